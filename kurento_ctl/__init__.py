@@ -1,0 +1,1 @@
+"""kurento_ctl package."""

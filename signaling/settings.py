@@ -1,0 +1,383 @@
+"""One frozen settings tree, read from an optional TOML file and `TELEMED_*` variables.
+
+Every field carries its documentation, unit and bounds in its metadata; `docs/configuration.md`
+is generated from them (`python -m signaling.settings --markdown`) and a test keeps it current.
+Environment names are `TELEMED_<SECTION>_<FIELD>` (top-level fields: `TELEMED_<FIELD>`);
+lists are comma-separated. The environment wins over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "AuthSettings",
+    "CallSettings",
+    "HttpSettings",
+    "LogSettings",
+    "MediaSettings",
+    "RecordingSettings",
+    "RedisSettings",
+    "Settings",
+    "SettingsError",
+    "TurnSettings",
+    "load_settings",
+]
+
+ENV_PREFIX = "TELEMED_"
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the setting."""
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    unit: str = "",
+    min: float | None = None,
+    max: float | None = None,
+    secret: bool = False,
+) -> Any:
+    meta = {"doc": doc, "unit": unit, "min": min, "max": max, "secret": secret}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use tuples for list defaults")
+    return field(default=default, metadata=meta, repr=not secret)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpSettings:
+    host: str = setting("127.0.0.1", "Address the HTTP and WebSocket server binds to.")
+    port: int = setting(8080, "TCP port of the HTTP and WebSocket server.", min=0, max=65535)
+    public_url: str = setting(
+        "", "Base URL users reach the service at, used in join links. Empty: http://host:port."
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        (), "WebSocket Origins accepted. Empty: the origin of public_url only."
+    )
+    max_frame_bytes: int = setting(
+        65536, "Largest WebSocket frame accepted from a client.", unit="bytes", min=1024
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSettings:
+    url: str = setting(
+        "",
+        "Redis URL (redis://, rediss:// or unix://). Empty: start a private redis-server"
+        " under the data folder.",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MediaSettings:
+    kurento_urls: tuple[str, ...] = setting(
+        (), "Kurento media server WebSocket URLs. Empty: start the embedded media server."
+    )
+    embedded_port: int = setting(
+        8888, "Loopback port of the embedded media server.", min=0, max=65535
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TurnSettings:
+    provider: Literal["embedded", "coturn-secret", "coturn-redis", "return", "none"] = setting(
+        "embedded",
+        "Where per-call TURN credentials come from. embedded: a private coturn on loopback"
+        " (when the turnserver binary is present).",
+    )
+    urls: tuple[str, ...] = setting(
+        (), "TURN URLs handed to clients (turn:host:3478?transport=udp, turns:host:443, ...)."
+    )
+    secrets: tuple[str, ...] = setting(
+        (),
+        "coturn static-auth-secret values, newest first; the first signs new credentials.",
+        secret=True,
+    )
+    realm: str = setting("telemed.local", "TURN realm.")
+    embedded_port: int = setting(
+        3478, "Listening port of the embedded coturn.", min=0, max=65535
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSettings:
+    jwt_secret: str = setting(
+        "",
+        "Shared secret (HS256) the MIS signs join tokens with. Empty: one is generated and"
+        " kept in the data folder.",
+        secret=True,
+    )
+    jwt_issuer: str = setting("mis", "Expected `iss` of join tokens.")
+    jwt_audience: str = setting("telemed", "Expected `aud` of join tokens.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallSettings:
+    watchdog_timeout: float = setting(
+        10.0, "A call whose media has not flowed both ways by then fails with no-media.",
+        unit="s", min=0.01,
+    )
+    max_conference_size: int = setting(8, "Most participants in a conference.", min=2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordingSettings:
+    dir: str = setting("", "Folder recordings are written to. Empty: <data_dir>/recordings.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogSettings:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "Log level.")
+    format: Literal["kv", "json"] = setting("kv", "key=value lines or JSON lines.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    data_dir: str = setting("var", "Folder for state of embedded services, secrets and recordings.")
+    http: HttpSettings = field(default_factory=HttpSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
+    turn: TurnSettings = field(default_factory=TurnSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    calls: CallSettings = field(default_factory=CallSettings)
+    recordings: RecordingSettings = field(default_factory=RecordingSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+    @property
+    def recordings_path(self) -> Path:
+        return Path(self.recordings.dir).resolve() if self.recordings.dir else (
+            self.data_path / "recordings"
+        )
+
+    @property
+    def public_url(self) -> str:
+        if self.http.public_url:
+            return self.http.public_url.rstrip("/")
+        host = self.http.host if self.http.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"http://{host}:{self.http.port}"
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Settings)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(Settings)
+        if dataclasses.is_dataclass(hints[f.name])
+    }
+
+
+def env_name(section: str | None, name: str) -> str:
+    return ENV_PREFIX + (f"{section}_{name}" if section else name).upper()
+
+
+def _convert(label: str, tp: Any, raw: Any, meta: Mapping[str, Any]) -> Any:
+    """Coerce `raw` (a string from the environment, or a TOML value) to `tp`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if raw not in choices:
+            raise SettingsError(f"{label}: expected one of {', '.join(choices)}, got {raw!r}")
+        return raw
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if isinstance(raw, str):
+            items: list[Any] = [s.strip() for s in raw.split(",") if s.strip()]
+        elif isinstance(raw, list):
+            items = raw
+        else:
+            raise SettingsError(f"{label}: expected a list, got {raw!r}")
+        return tuple(_convert(label, item_tp, item, {}) for item in items)
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"{label}: optional settings are expressed with empty defaults")
+    value: Any
+    if tp is bool:
+        if isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
+            value = True
+        elif isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off"):
+            value = False
+        else:
+            raise SettingsError(f"{label}: expected true or false, got {raw!r}")
+        return value
+    if tp is int:
+        if isinstance(raw, bool):
+            raise SettingsError(f"{label}: expected an integer, got {raw!r}")
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{label}: expected an integer, got {raw!r}") from None
+    elif tp is float:
+        if isinstance(raw, bool):
+            raise SettingsError(f"{label}: expected a number, got {raw!r}")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{label}: expected a number, got {raw!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise SettingsError(f"{label}: expected a finite number, got {raw!r}")
+    elif tp is str:
+        if not isinstance(raw, str):
+            raise SettingsError(f"{label}: expected a string, got {raw!r}")
+        value = raw
+    else:
+        raise TypeError(f"{label}: unsupported setting type {tp!r}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise SettingsError(f"{label}: must be at least {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise SettingsError(f"{label}: must be at most {hi}, got {value}")
+    return value
+
+
+def _build(cls: type, section: str | None, file_values: Mapping[str, Any],
+           env: Mapping[str, str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in file_values:
+        if key not in known:
+            where = f"[{section}]" if section else "top level"
+            raise SettingsError(f"config file: unknown setting {key!r} in {where}")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            sub = file_values.get(f.name, {})
+            if not isinstance(sub, Mapping):
+                raise SettingsError(f"config file: [{f.name}] must be a table")
+            kwargs[f.name] = _build(tp, f.name, sub, env)  # type: ignore[arg-type]
+            continue
+        name = env_name(section, f.name)
+        if name in env:
+            kwargs[f.name] = _convert(name, tp, env[name], f.metadata)
+        elif f.name in file_values:
+            label = f"{section}.{f.name}" if section else f.name
+            kwargs[f.name] = _convert(label, tp, file_values[f.name], f.metadata)
+    return cls(**kwargs)
+
+
+def _check_env(env: Mapping[str, str]) -> None:
+    """An unknown TELEMED_ variable is almost always a typo: refuse it."""
+    valid = {env_name(None, f.name) for f in dataclasses.fields(Settings)
+             if f.name not in _sections()}
+    valid.add(ENV_PREFIX + "CONFIG")
+    for section, cls in _sections().items():
+        valid.update(env_name(section, f.name) for f in dataclasses.fields(cls))
+    for key in env:
+        if key.startswith(ENV_PREFIX) and key not in valid and not key.startswith(
+            ENV_PREFIX + "TEST_"
+        ):
+            raise SettingsError(f"{key}: unknown setting")
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, config_file: str | os.PathLike[str] | None = None
+) -> Settings:
+    """Settings from `config_file` (or `$TELEMED_CONFIG`) overlaid with the environment."""
+    env = os.environ if env is None else env
+    _check_env(env)
+    path = config_file or env.get(ENV_PREFIX + "CONFIG")
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                values = tomllib.load(fh)
+        except OSError as exc:
+            raise SettingsError(f"{ENV_PREFIX}CONFIG: cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{ENV_PREFIX}CONFIG: {path} is not valid TOML: {exc}") from None
+    settings: Settings = _build(Settings, None, values, env)
+    return settings
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """Settings as a dict with secrets masked, for logs and diagnostics."""
+    def walk(obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                out[f.name] = walk(value)
+            elif f.metadata.get("secret") and value:
+                out[f.name] = "***"
+            else:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+    return walk(settings)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " \\| ".join(f"`{c}`" for c in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, str(tp))
+
+
+def markdown() -> str:
+    """The configuration reference, docs/configuration.md."""
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated by `python -m signaling.settings --markdown`; a test keeps it current. -->",
+        "",
+        "Settings come from an optional TOML file (path in `TELEMED_CONFIG`, sections as below)",
+        "and from environment variables, which win. List values in the environment are",
+        "comma-separated. An unknown `TELEMED_*` variable, an unknown key in the file or a bad",
+        "value stops start-up with a message naming the setting.",
+        "",
+    ]
+
+    def table(cls: type, section: str | None) -> None:
+        hints = typing.get_type_hints(cls)
+        lines.append("| variable | TOML | type | default | meaning |")
+        lines.append("|---|---|---|---|---|")
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                continue
+            default = f.default
+            shown = ", ".join(default) if isinstance(default, tuple) else default
+            shown = "(empty)" if shown in ("", ()) else f"`{shown}`"
+            unit = f" ({f.metadata['unit']})" if f.metadata.get("unit") else ""
+            secret = " Secret: never logged." if f.metadata.get("secret") else ""
+            key = f"{section}.{f.name}" if section else f.name
+            lines.append(
+                f"| `{env_name(section, f.name)}` | `{key}` | {_type_name(tp)}{unit} | {shown} "
+                f"| {f.metadata['doc']}{secret} |"
+            )
+        lines.append("")
+
+    lines.append("## General")
+    lines.append("")
+    table(Settings, None)
+    for section, cls in _sections().items():
+        lines.append(f"## [{section}]")
+        lines.append("")
+        table(cls, section)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    if sys.argv[1:] == ["--markdown"]:
+        print(markdown())
+    else:
+        import json
+
+        print(json.dumps(describe(load_settings()), indent=2))

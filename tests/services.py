@@ -1,0 +1,197 @@
+"""Real services for tests: redis-server, coturn turnserver, headless Chromium.
+
+Each is started on loopback on free ports by a context manager and stopped on exit.
+A missing binary is a test failure, never a skip: the project's `./dev test` installs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
+
+
+def require_binary(name: str) -> str:
+    """Path of `name`, or fail the test: missing tools never skip."""
+    path = shutil.which(name) or (
+        name if os.path.isabs(name) and os.access(name, os.X_OK) else None
+    )
+    if path is None:
+        pytest.fail(f"required binary {name!r} is not installed; run ./dev test to install it")
+    return path
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_range(size: int) -> tuple[int, int]:
+    """A block of `size` ports that are free for UDP now (best effort)."""
+    for _ in range(50):
+        start = free_port(socket.SOCK_DGRAM)
+        if start + size >= 65535:
+            continue
+        ok = True
+        for port in range(start, start + size):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return start, start + size - 1
+    raise RuntimeError("no free UDP port range")
+
+
+def wait_port(
+    port: int, *, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+        time.sleep(0.02)
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    port: int
+    pid: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@contextlib.contextmanager
+def run_redis(tmp: Path) -> Iterator[RedisServer]:
+    binary = require_binary("redis-server")
+    port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, proc=proc)
+        yield RedisServer(port=port, pid=proc.pid)
+    finally:
+        stop_process(proc)
+
+
+@dataclass(frozen=True)
+class TurnServer:
+    port: int
+    secret: str
+    realm: str
+    pid: int
+    log_file: Path
+    min_port: int
+    max_port: int
+
+    @property
+    def url(self) -> str:
+        return f"turn:127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def run_turnserver(
+    tmp: Path, *, redis_userdb: str | None = None, realm: str = "telemed.test"
+) -> Iterator[TurnServer]:
+    """coturn on loopback, shared-secret auth (or a Redis user DB), loopback peers allowed."""
+    binary = require_binary("turnserver")
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port(socket.SOCK_DGRAM)
+    lo, hi = free_port_range(40)
+    secret = secrets.token_hex(16)
+    args = [
+        binary,
+        "-n",
+        "--listening-ip=127.0.0.1",
+        "--relay-ip=127.0.0.1",
+        f"--listening-port={port}",
+        f"--min-port={lo}",
+        f"--max-port={hi}",
+        f"--realm={realm}",
+        "--fingerprint",
+        "--no-tls",
+        "--no-dtls",
+        "--allow-loopback-peers",
+        "--no-cli",
+        f"--userdb={tmp}/turndb",
+        f"--log-file={tmp}/turn.log",
+        "--simple-log",
+        f"--pidfile={tmp}/turn.pid",
+    ]
+    if redis_userdb is None:
+        args += ["--use-auth-secret", f"--static-auth-secret={secret}"]
+    else:
+        args += ["--lt-cred-mech", f"--redis-userdb={redis_userdb}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc=proc)  # coturn listens on TCP too
+        yield TurnServer(
+            port=port,
+            secret=secret,
+            realm=realm,
+            pid=proc.pid,
+            log_file=tmp / "turn.log",
+            min_port=lo,
+            max_port=hi,
+        )
+    finally:
+        stop_process(proc)
