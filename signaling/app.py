@@ -1,0 +1,97 @@
+"""The aiohttp application: health endpoints now, the hub, API and pages as they land."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from signaling.embedded import Endpoints
+from signaling.settings import Settings
+from signaling.supervisor import Supervisor
+
+__all__ = ["create_app", "probe_kurento", "probe_redis"]
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+ENDPOINTS = web.AppKey("endpoints", Endpoints)
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+REDIS = web.AppKey("redis", aioredis.Redis)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+
+Check = Callable[[], Awaitable[dict[str, Any]]]
+
+
+async def probe_redis(client: aioredis.Redis, timeout: float = 1.0) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(timeout):
+            await client.ping()
+        return {"up": True}
+    except (TimeoutError, OSError, aioredis.RedisError) as exc:
+        return {"up": False, "error": type(exc).__name__}
+
+
+async def probe_kurento(
+    session: aiohttp.ClientSession, url: str, timeout: float = 1.0
+) -> dict[str, Any]:
+    """A JSON-RPC `ping` on a fresh socket: it creates no session on the server."""
+    try:
+        async with asyncio.timeout(timeout), session.ws_connect(url) as ws:
+            await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": 0, "method": "ping"}))
+            reply = json.loads(await ws.receive_str())
+        ok = reply.get("result", {}).get("value") == "pong"
+        return {"up": ok} if ok else {"up": False, "error": "bad reply"}
+    except (TimeoutError, OSError, aiohttp.ClientError, ValueError, TypeError) as exc:
+        return {"up": False, "error": type(exc).__name__}
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    endpoints = app[ENDPOINTS]
+    redis_check = probe_redis(app[REDIS])
+    media_checks = [probe_kurento(app[HTTP], url) for url in endpoints.kurento_urls]
+    redis_state, *media_states = await asyncio.gather(redis_check, *media_checks)
+    media = dict(zip(endpoints.kurento_urls, media_states, strict=True))
+    body: dict[str, Any] = {"redis": redis_state, "media_servers": media}
+    ready = redis_state["up"] and any(m["up"] for m in media_states)
+    supervisor = app.get(SUPERVISOR)
+    if supervisor is not None:
+        body["children"] = supervisor.status()
+        ready = ready and supervisor.all_ready
+    body["status"] = "ready" if ready else "not ready"
+    return web.json_response(body, status=200 if ready else 503)
+
+
+def create_app(
+    settings: Settings, endpoints: Endpoints, *, supervisor: Supervisor | None = None
+) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+    app[SETTINGS] = settings
+    app[ENDPOINTS] = endpoints
+    if supervisor is not None:
+        app[SUPERVISOR] = supervisor
+
+    async def clients(app: web.Application) -> AsyncIterator[None]:
+        app[REDIS] = aioredis.Redis.from_url(endpoints.redis_url)
+        app[HTTP] = aiohttp.ClientSession()
+        yield
+        await app[HTTP].close()
+        with contextlib.suppress(aioredis.RedisError, OSError):
+            await app[REDIS].aclose()
+
+    app.cleanup_ctx.append(clients)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,88 @@
+"""`telemed` command: `telemed run` starts the whole service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from signaling import embedded
+from signaling.app import create_app
+from signaling.logs import configure_logging
+from signaling.settings import Settings, SettingsError, describe, load_settings
+from signaling.supervisor import Supervisor
+
+__all__ = ["main", "serve"]
+
+log = logging.getLogger("telemed")
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run children and the web app until `stop` is set (or SIGTERM/SIGINT)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    specs, endpoints = embedded.plan(settings)
+    supervisor = Supervisor()
+    for spec in specs:
+        supervisor.add(spec)
+    runner: web.AppRunner | None = None
+    try:
+        if specs:
+            log.info("= starting embedded services: %s", ", ".join(s.name for s in specs))
+        await supervisor.start()
+        app = create_app(settings, endpoints, supervisor=supervisor)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.http.host, settings.http.port)
+        await site.start()
+        log.info("= serving on %s", settings.public_url)
+        await stop.wait()
+        log.info("= stopping")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await supervisor.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="telemed", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the service (embedded services unless configured)")
+    run.add_argument("--config", help="TOML settings file (also $TELEMED_CONFIG)")
+    sub.add_parser("settings", help="print the effective settings, secrets masked")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_settings(config_file=getattr(args, "config", None))
+    except SettingsError as exc:
+        print(f"telemed: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log.level, settings.log.format)
+
+    if args.command == "settings":
+        import json
+
+        print(json.dumps(describe(settings), indent=2))
+        return 0
+    try:
+        asyncio.run(serve(settings))
+    except RuntimeError as exc:
+        log.error("! %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

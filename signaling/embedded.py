@@ -1,0 +1,199 @@
+"""The embedded default: what `telemed run` starts itself when no external service is given.
+
+`plan(settings)` returns the child processes to supervise and the endpoints the service
+should use (`Endpoints`), whether they are embedded children or external URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from signaling.settings import Settings
+from signaling.supervisor import ChildSpec
+
+__all__ = ["Endpoints", "Secrets", "load_secrets", "plan"]
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secrets generated on first start and kept (mode 0600) in the data folder."""
+
+    jwt_secret: str
+    turn_secret: str
+
+
+def load_secrets(data_dir: Path) -> Secrets:
+    path = data_dir / "secrets.json"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    values: dict[str, str] = {}
+    if path.exists():
+        values = json.loads(path.read_text())
+    changed = False
+    for key in ("jwt_secret", "turn_secret"):
+        if not values.get(key):
+            values[key] = secrets.token_urlsafe(32)
+            changed = True
+    if changed:
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(values, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    return Secrets(jwt_secret=values["jwt_secret"], turn_secret=values["turn_secret"])
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    redis_url: str
+    kurento_urls: tuple[str, ...]
+    #: TURN servers handed to clients, and the shared secret that signs their credentials.
+    turn_urls: tuple[str, ...]
+    turn_secrets: tuple[str, ...]
+    jwt_secret: str
+
+
+async def _tcp_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError):
+        _, writer = await asyncio.open_connection(host, port)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+    return False
+
+
+async def _unix_open(path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(b"PING\r\n")
+        line = await reader.readline()
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return line.startswith(b"+PONG")
+    return False
+
+
+def _redis_child(data: Path) -> tuple[ChildSpec, str]:
+    folder = data / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    sock = folder / "redis.sock"
+    argv = [
+        shutil.which("redis-server") or "redis-server",
+        "--port", "0",  # no TCP at all: only our unix socket
+        "--unixsocket", str(sock), "--unixsocketperm", "700",
+        "--dir", str(folder), "--appendonly", "yes", "--save", "",
+        "--daemonize", "no", "--loglevel", "warning",
+    ]
+    return ChildSpec(name="redis", argv=argv, probe=lambda: _unix_open(sock)), f"unix://{sock}"
+
+
+def _media_child(settings: Settings) -> tuple[ChildSpec, str]:
+    port = settings.media.embedded_port
+    argv = [
+        sys.executable, "-m", "mediaserver", "--host", "127.0.0.1", "--port", str(port),
+        "--recordings-root", str(settings.recordings_path),
+    ]
+    spec = ChildSpec(name="mediaserver", argv=argv, probe=lambda: _tcp_open("127.0.0.1", port))
+    return spec, f"ws://127.0.0.1:{port}/kurento"
+
+
+def _turn_child(settings: Settings, data: Path, secret: str) -> tuple[ChildSpec, str] | None:
+    binary = shutil.which("turnserver")
+    if binary is None:
+        return None
+    folder = data / "turn"
+    folder.mkdir(parents=True, exist_ok=True)
+    port = settings.turn.embedded_port
+    # The secret goes into a 0600 file, not argv, where `ps` would show it.
+    conf = folder / "turnserver.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(
+            "\n".join([
+                "listening-ip=127.0.0.1",
+                "relay-ip=127.0.0.1",
+                f"listening-port={port}",
+                "min-port=49160",
+                "max-port=49260",
+                "use-auth-secret",
+                f"static-auth-secret={secret}",
+                f"realm={settings.turn.realm}",
+                "fingerprint",
+                "no-tls",
+                "no-dtls",
+                "no-cli",
+                "no-multicast-peers",
+                "no-software-attribute",
+                "stale-nonce=600",
+                "no-rfc5780",
+                # Never relay to loopback, private or IPv4-mapped ranges (see docs/turn.md).
+                "denied-peer-ip=0.0.0.0-0.255.255.255",
+                "denied-peer-ip=10.0.0.0-10.255.255.255",
+                "denied-peer-ip=127.0.0.0-127.255.255.255",
+                "denied-peer-ip=169.254.0.0-169.254.255.255",
+                "denied-peer-ip=172.16.0.0-172.31.255.255",
+                "denied-peer-ip=192.168.0.0-192.168.255.255",
+                "denied-peer-ip=::1",
+                "denied-peer-ip=fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                "denied-peer-ip=::ffff:0.0.0.0-::ffff:255.255.255.255",
+                f"userdb={folder}/turndb",
+                f"pidfile={folder}/turnserver.pid",
+                "log-file=stdout",
+                "simple-log",
+                "",
+            ])
+        )
+    spec = ChildSpec(name="coturn", argv=[binary, "-c", str(conf), "-n"],
+                     probe=lambda: _tcp_open("127.0.0.1", port))
+    return spec, f"turn:127.0.0.1:{port}"
+
+
+def plan(settings: Settings) -> tuple[list[ChildSpec], Endpoints]:
+    data = settings.data_path
+    data.mkdir(parents=True, exist_ok=True)
+    settings.recordings_path.mkdir(parents=True, exist_ok=True)
+    kept = load_secrets(data)
+    children: list[ChildSpec] = []
+
+    redis_url = settings.redis.url
+    if not redis_url:
+        spec, redis_url = _redis_child(data)
+        children.append(spec)
+
+    kurento_urls = settings.media.kurento_urls
+    if not kurento_urls:
+        spec, url = _media_child(settings)
+        children.append(spec)
+        kurento_urls = (url,)
+
+    turn_urls = settings.turn.urls
+    turn_secrets = settings.turn.secrets
+    if settings.turn.provider == "embedded":
+        turn_secrets = (kept.turn_secret,)
+        planned = _turn_child(settings, data, kept.turn_secret)
+        if planned is not None:
+            spec, url = planned
+            children.append(spec)
+            turn_urls = (f"{url}?transport=udp", f"{url}?transport=tcp")
+        else:
+            turn_urls = ()
+
+    endpoints = Endpoints(
+        redis_url=redis_url,
+        kurento_urls=tuple(kurento_urls),
+        turn_urls=tuple(turn_urls),
+        turn_secrets=tuple(turn_secrets),
+        jwt_secret=settings.auth.jwt_secret or kept.jwt_secret,
+    )
+    return children, endpoints

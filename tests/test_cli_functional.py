@@ -1,0 +1,115 @@
+"""`telemed run` with no settings: the whole embedded service comes up and goes away cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.helpers import scaled
+from tests.services import free_port, require_binary
+
+
+def running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def poll_ready(url: str, timeout: float) -> dict[str, Any]:
+    """Polls /readyz: readiness of a separate process has no event we could await."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + scaled(timeout)
+    last: Any = None
+    async with aiohttp.ClientSession() as http:
+        while loop.time() < deadline:
+            try:
+                async with http.get(url) as resp:
+                    last = (resp.status, await resp.json())
+                    if resp.status == 200:
+                        return last[1]  # type: ignore[no-any-return]
+            except aiohttp.ClientError as exc:
+                last = exc
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} not ready within {scaled(timeout)}s; last answer: {last}")
+
+
+def free_udp_and_tcp_port() -> int:
+    while True:
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
+async def test_run_with_no_settings_serves_readyz_with_children_up_and_stops_clean(
+    tmp_path: Path,
+) -> None:
+    for binary in ("redis-server", "turnserver"):
+        require_binary(binary)
+    http_port = free_port()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("TELEMED_")
+    } | {
+        "TELEMED_DATA_DIR": str(tmp_path / "data"),
+        "TELEMED_HTTP_PORT": str(http_port),
+        "TELEMED_MEDIA_EMBEDDED_PORT": str(free_port()),
+        "TELEMED_TURN_EMBEDDED_PORT": str(free_udp_and_tcp_port()),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signaling.cli", "run", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        body = await poll_ready(f"http://127.0.0.1:{http_port}/readyz", 30)
+        children = body["children"]
+        assert set(children) == {"redis", "mediaserver", "coturn"}
+        assert all(c["state"] == "running" for c in children.values()), children
+        assert body["redis"]["up"] is True
+        assert all(m["up"] for m in body["media_servers"].values())
+        pids = [c["pid"] for c in children.values()]
+        assert all(running(p) for p in pids)
+        async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{http_port}/healthz"
+        ) as resp:
+            assert resp.status == 200
+
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), scaled(20)) == 0
+        assert [p for p in pids if running(p)] == []
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        assert proc.stderr is not None
+        log = (await proc.stderr.read()).decode(errors="replace")
+    secrets_file = tmp_path / "data" / "secrets.json"
+    assert secrets_file.stat().st_mode & 0o077 == 0
+    # The generated secrets never reach the log.
+    import json
+
+    for secret in json.loads(secrets_file.read_text()).values():
+        assert secret not in log
+
+
+async def test_a_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMED_")}
+    env |= {"TELEMED_HTTP_PORT": "not-a-port", "TELEMED_DATA_DIR": str(tmp_path)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signaling.cli", "run", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), scaled(20))
+    assert proc.returncode == 2
+    assert b"TELEMED_HTTP_PORT" in err

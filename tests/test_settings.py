@@ -1,0 +1,89 @@
+"""Settings: defaults, environment, TOML file, bad values, and the generated reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from signaling import settings as settings_mod
+from signaling.settings import SettingsError, describe, load_settings
+
+
+def test_no_settings_at_all_gives_the_embedded_defaults() -> None:
+    s = load_settings(env={})
+    assert s.http.port == 8080
+    assert s.redis.url == ""
+    assert s.media.kurento_urls == ()
+    assert s.calls.watchdog_timeout == 10.0
+    assert s.public_url == "http://127.0.0.1:8080"
+
+
+def test_environment_variables_set_typed_values() -> None:
+    s = load_settings(env={
+        "TELEMED_HTTP_PORT": "9000",
+        "TELEMED_MEDIA_KURENTO_URLS": "ws://a:8888/kurento, ws://b:8888/kurento",
+        "TELEMED_CALLS_WATCHDOG_TIMEOUT": "2.5",
+        "TELEMED_LOG_FORMAT": "json",
+        "TELEMED_DATA_DIR": "/tmp/x",
+    })
+    assert s.http.port == 9000
+    assert s.media.kurento_urls == ("ws://a:8888/kurento", "ws://b:8888/kurento")
+    assert s.calls.watchdog_timeout == 2.5
+    assert s.log.format == "json"
+    assert s.data_dir == "/tmp/x"
+
+
+def test_toml_file_is_read_and_environment_wins(tmp_path: Path) -> None:
+    conf = tmp_path / "telemed.toml"
+    conf.write_text('[http]\nport = 7000\nhost = "0.0.0.0"\n[media]\nkurento_urls = ["ws://k/kurento"]\n')
+    s = load_settings(env={"TELEMED_CONFIG": str(conf), "TELEMED_HTTP_PORT": "7001"})
+    assert s.http.port == 7001
+    assert s.http.host == "0.0.0.0"
+    assert s.media.kurento_urls == ("ws://k/kurento",)
+    assert s.public_url == "http://127.0.0.1:7001"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TELEMED_HTTP_PORT": "eighty"}, "TELEMED_HTTP_PORT"),
+        ({"TELEMED_HTTP_PORT": "70000"}, "TELEMED_HTTP_PORT"),
+        ({"TELEMED_CALLS_WATCHDOG_TIMEOUT": "0"}, "TELEMED_CALLS_WATCHDOG_TIMEOUT"),
+        ({"TELEMED_CALLS_WATCHDOG_TIMEOUT": "nan"}, "TELEMED_CALLS_WATCHDOG_TIMEOUT"),
+        ({"TELEMED_LOG_FORMAT": "xml"}, "TELEMED_LOG_FORMAT"),
+        ({"TELEMED_HTTP_PROT": "1"}, "TELEMED_HTTP_PROT"),
+        ({"TELEMED_CONFIG": "/nonexistent/telemed.toml"}, "TELEMED_CONFIG"),
+    ],
+)
+def test_a_bad_setting_is_refused_with_its_name(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        load_settings(env=env)
+
+
+def test_unknown_key_or_bad_toml_in_file_is_refused(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.toml"
+    conf.write_text("[http]\nportt = 1\n")
+    with pytest.raises(SettingsError, match="portt"):
+        load_settings(env={}, config_file=conf)
+    conf.write_text("[http\n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(env={}, config_file=conf)
+    conf.write_text("[http]\nport = true\n")
+    with pytest.raises(SettingsError, match=r"http\.port"):
+        load_settings(env={}, config_file=conf)
+
+
+def test_secrets_are_masked_when_settings_are_described() -> None:
+    s = load_settings(env={"TELEMED_AUTH_JWT_SECRET": "hunter2-very-secret"})
+    text = str(describe(s)) + repr(s)
+    assert "hunter2" not in text
+    assert describe(s)["auth"]["jwt_secret"] == "***"
+
+
+def test_configuration_reference_in_docs_is_current() -> None:
+    doc = Path(__file__).parents[1] / "docs" / "configuration.md"
+    assert doc.read_text().strip() == settings_mod.markdown().strip(), (
+        "docs/configuration.md is stale: run "
+        "python -m signaling.settings --markdown > docs/configuration.md"
+    )

@@ -1,0 +1,130 @@
+"""The supervisor with real child processes: restart on death, no orphans on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from signaling.supervisor import ChildSpec, ChildState, Supervisor
+from tests.helpers import scaled, wait_until, within
+
+# A child that starts a grandchild in its own group, reports both pids, then waits.
+CHILD = """
+import os, subprocess, sys, time
+g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+open(sys.argv[1], "a").write(f"{os.getpid()} {g.pid}\\n")
+print("child up", flush=True)
+time.sleep(600)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def spec(tmp_path: Path, **kw: object) -> ChildSpec:
+    return ChildSpec(
+        name="sleeper",
+        argv=[sys.executable, "-c", CHILD, str(tmp_path / "pids")],
+        restart_delays=(0.01,),
+        stop_timeout=scaled(2),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def pids(tmp_path: Path) -> list[tuple[int, int]]:
+    path = tmp_path / "pids"
+    if not path.exists():
+        return []
+    return [tuple(map(int, line.split())) for line in path.read_text().split("\n") if line]  # type: ignore[misc]
+
+
+async def test_a_killed_child_is_restarted(tmp_path: Path) -> None:
+    sup = Supervisor()
+    child = sup.add(spec(tmp_path))
+    await sup.start()
+    try:
+        first = child.pid
+        assert first is not None and child.state is ChildState.RUNNING
+        os.kill(first, signal.SIGKILL)
+        await within(child.wait_for(lambda c: c.starts == 2 and c.ready, scaled(10)), 10,
+                     "restart")
+        assert child.pid != first
+        assert child.last_exit == -signal.SIGKILL
+    finally:
+        await sup.stop()
+
+
+async def test_stop_leaves_no_child_or_grandchild_running(tmp_path: Path) -> None:
+    sup = Supervisor()
+    sup.add(spec(tmp_path))
+    await sup.start()
+    await wait_until(lambda: len(pids(tmp_path)) == 1, describe=lambda: pids(tmp_path))
+    [(child_pid, grandchild_pid)] = pids(tmp_path)
+    assert alive(child_pid) and alive(grandchild_pid)
+    await sup.stop()
+    assert sup.status()["sleeper"]["state"] == "stopped"
+    assert not alive(child_pid)
+    await wait_until(lambda: not alive(grandchild_pid), describe=lambda: grandchild_pid)
+
+
+async def test_children_die_when_the_supervisor_process_is_killed(tmp_path: Path) -> None:
+    script = f"""
+import asyncio, sys
+sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+from signaling.supervisor import ChildSpec, Supervisor
+async def main():
+    sup = Supervisor()
+    sup.add(ChildSpec(name="c", argv=[sys.executable, "-c", {CHILD!r}, {str(tmp_path / 'pids')!r}]))
+    await sup.start()
+    print("ready", flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert parent.stdout is not None
+        line = await asyncio.wait_for(parent.stdout.readline(), scaled(20))
+        assert line.strip() == b"ready"
+        await wait_until(lambda: len(pids(tmp_path)) == 1, describe=lambda: pids(tmp_path))
+        [(child_pid, _)] = pids(tmp_path)
+        assert alive(child_pid)
+        parent.kill()
+        await parent.wait()
+        await wait_until(lambda: not alive(child_pid), describe=lambda: f"child {child_pid}")
+    finally:
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
+
+
+async def test_a_child_that_never_becomes_ready_fails_start(tmp_path: Path) -> None:
+    async def never() -> bool:
+        return False
+
+    sup = Supervisor()
+    sup.add(spec(tmp_path, probe=never, ready_timeout=scaled(0.3)))
+    try:
+        try:
+            await sup.start()
+        except RuntimeError as exc:
+            assert "did not become ready" in str(exc)
+        else:
+            raise AssertionError("start() succeeded with a child that is never ready")
+    finally:
+        await sup.stop()
+    assert all(not alive(c) for c, _ in pids(tmp_path))
