@@ -149,6 +149,9 @@ class Child:
                               extra={"child": self.spec.name})
                     await self._terminate(proc)
                 self.last_exit = await proc.wait()
+                # Whatever it left in its group goes with it, before a new one starts.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 await pump
                 if self.stop_requested():
                     break

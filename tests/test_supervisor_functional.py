@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -65,6 +66,8 @@ async def test_a_killed_child_is_restarted(tmp_path: Path) -> None:
         assert child.last_exit == -signal.SIGKILL
     finally:
         await sup.stop()
+    for _, grandchild in pids(tmp_path):
+        await wait_until(lambda g=grandchild: not alive(g), describe=lambda: pids(tmp_path))
 
 
 async def test_stop_leaves_no_child_or_grandchild_running(tmp_path: Path) -> None:
@@ -107,6 +110,10 @@ asyncio.run(main())
         await parent.wait()
         await wait_until(lambda: not alive(child_pid), describe=lambda: f"child {child_pid}")
     finally:
+        # The grandchild has no death signal of its own; this test's concern is the child.
+        for _, grandchild in pids(tmp_path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(grandchild, signal.SIGKILL)
         if parent.returncode is None:
             parent.kill()
             await parent.wait()
