@@ -1,0 +1,290 @@
+"""`KurentoClient`: one session with one media server over an aiohttp WebSocket.
+
+Many requests may be in flight at once; each has its own timeout. A keepalive ping detects
+a dead socket; the client then reconnects with backoff and resumes its session with
+`connect {sessionId}`. If the server restarted (40007 on `connect`, or a new `serverId`),
+every object we held is gone: listeners registered with `on_session_lost` are told so that
+calls fail cleanly instead of hanging, and the client carries on with a fresh session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aiohttp
+
+from kurento_ctl.errors import (
+    ConnectionLost,
+    InvalidSession,
+    KurentoError,
+    ProtocolViolation,
+    RequestTimeout,
+    rpc_error,
+)
+from kurento_ctl.jsonrpc import ClientProtocol, Notification, Reply
+
+__all__ = ["EventHandler", "KurentoClient"]
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[Notification], None]
+SessionLostHandler = Callable[[str], None]
+
+
+def safe_call(handler: Callable[..., None], *args: Any) -> None:
+    """A failing listener is logged and does not stop the others (mediasoup's safeEmit)."""
+    try:
+        handler(*args)
+    except Exception:
+        log.exception("! listener %r failed", handler)
+
+
+class KurentoClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        request_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        ping_interval: float = 5.0,
+        reconnect_delays: Sequence[float] = (0.1, 0.5, 1.0, 2.0, 5.0),
+        http: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.url = url
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.ping_interval = ping_interval
+        self.reconnect_delays = tuple(reconnect_delays)
+        self.server_id: str | None = None
+        self._http = http
+        self._own_http = http is None
+        self._protocol = ClientProtocol()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._handlers: dict[tuple[str, str], list[EventHandler]] = {}
+        self._session_lost: list[SessionLostHandler] = []
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def session_id(self) -> str | None:
+        return self._protocol.session_id
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def connect(self) -> None:
+        """Opens the socket and a session; raises if the server cannot be reached."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        await self._open()
+        self._spawn(self._keepalive(), "keepalive")
+
+    async def close(self) -> None:
+        self._closing = True
+        self._connected.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._ws is not None:
+            await self._ws.close()
+        self._fail_all(ConnectionLost("client closed"))
+        if self._own_http and self._http is not None:
+            await self._http.close()
+        self._http = None
+
+    async def __aenter__(self) -> KurentoClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=f"kurento:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open(self) -> None:
+        assert self._http is not None
+        ws = await asyncio.wait_for(
+            self._http.ws_connect(self.url, autoping=True, heartbeat=None, max_msg_size=0),
+            self.connect_timeout,
+        )
+        self._ws = ws
+        self._spawn(self._read(ws), "reader")
+        old_session = self._protocol.session_id
+        try:
+            if old_session is None:
+                result = await self._call("connect", {}, with_session=False)
+            else:
+                result = await self._call("connect", {"sessionId": old_session},
+                                          with_session=False)
+        except InvalidSession:
+            log.warning("! session %s unknown to %s: the media server restarted",
+                        old_session, self.url)
+            self._protocol.session_id = None
+            self._lose_session(old_session)
+            result = await self._call("connect", {}, with_session=False)
+        server_id = result.get("serverId") if isinstance(result, dict) else None
+        if old_session is not None and self.server_id is not None \
+                and server_id != self.server_id and self._protocol.session_id == old_session:
+            # Same session id accepted by a different server process: treat as lost too.
+            self._lose_session(old_session)
+        self.server_id = server_id
+        self._connected.set()
+        log.info("= connected to %s session=%s server=%s", self.url,
+                 self._protocol.session_id, server_id)
+
+    def _lose_session(self, session_id: str | None) -> None:
+        self._handlers.clear()
+        for handler in list(self._session_lost):
+            safe_call(handler, session_id or "")
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async for msg in ws:
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    try:
+                        self._protocol.receive_text(msg.data)
+                    except ProtocolViolation as exc:
+                        log.warning("! %s from %s", exc, self.url)
+                        continue
+                    self._dispatch()
+                elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+                    break
+        finally:
+            if self._ws is ws:
+                self._on_socket_closed()
+
+    def _dispatch(self) -> None:
+        for item in self._protocol.events_received():
+            if isinstance(item, Reply):
+                future = self._futures.pop(item.id, None)
+                if future is None or future.done():
+                    continue
+                if item.error is not None:
+                    future.set_exception(rpc_error(item.error))
+                else:
+                    future.set_result(item.result)
+            else:
+                for handler in list(self._handlers.get((item.object_id, item.type), ())):
+                    safe_call(handler, item)
+
+    def _on_socket_closed(self) -> None:
+        self._connected.clear()
+        self._ws = None
+        self._fail_all(ConnectionLost(f"connection to {self.url} lost"))
+        if not self._closing:
+            log.warning("! connection to %s lost, reconnecting", self.url)
+            self._spawn(self._reconnect(), "reconnect")
+
+    def _fail_all(self, exc: KurentoError) -> None:
+        self._protocol.fail_pending()
+        futures, self._futures = self._futures, {}
+        for future in futures.values():
+            if not future.done():
+                future.set_exception(exc)
+
+    async def _reconnect(self) -> None:
+        attempt = 0
+        while not self._closing:
+            delay = self.reconnect_delays[min(attempt, len(self.reconnect_delays) - 1)]
+            await asyncio.sleep(delay)
+            attempt += 1
+            try:
+                await self._open()
+                return
+            except (OSError, aiohttp.ClientError, TimeoutError, KurentoError) as exc:
+                log.info("= reconnect to %s failed (%s), attempt %d", self.url,
+                         type(exc).__name__, attempt)
+                if self._ws is not None:
+                    await self._ws.close()
+
+    async def _keepalive(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.ping_interval)
+            if not self._connected.is_set() or self._ws is None:
+                continue
+            ws = self._ws
+            try:
+                await self._call("ping", {"interval": int(self.ping_interval * 1000)},
+                                 timeout=max(self.ping_interval, 1.0))
+            except RequestTimeout:
+                log.warning("! ping to %s unanswered, dropping the socket", self.url)
+                await ws.close()
+            except KurentoError:
+                pass
+
+    # ---------------------------------------------------------------- requests
+
+    async def _call(self, method: str, params: dict[str, Any], *, with_session: bool = True,
+                    timeout: float | None = None) -> Any:
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise ConnectionLost(f"not connected to {self.url}")
+        request_id = self._protocol.send_request(method, params, with_session=with_session)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._futures[request_id] = future
+        for text in self._protocol.data_to_send():
+            log.debug("> %s", text[:300])
+            await ws.send_str(text)
+        try:
+            return await asyncio.wait_for(future, timeout or self.request_timeout)
+        except TimeoutError:
+            self._futures.pop(request_id, None)
+            self._protocol.forget(request_id)
+            raise RequestTimeout(f"{method} to {self.url}: no reply in "
+                                 f"{timeout or self.request_timeout}s") from None
+
+    async def request(self, method: str, params: dict[str, Any] | None = None, *,
+                      timeout: float | None = None) -> Any:
+        """Sends one request once connected and returns its `result`."""
+        if not self._connected.is_set():
+            try:
+                await asyncio.wait_for(self._connected.wait(), timeout or self.request_timeout)
+            except TimeoutError:
+                raise ConnectionLost(f"not connected to {self.url}") from None
+        return await self._call(method, params or {}, timeout=timeout)
+
+    # ---------------------------------------------------------------- events
+
+    def add_handler(self, object_id: str, event_type: str, handler: EventHandler) -> None:
+        self._handlers.setdefault((object_id, event_type), []).append(handler)
+
+    def remove_handler(self, object_id: str, event_type: str, handler: EventHandler) -> None:
+        handlers = self._handlers.get((object_id, event_type), [])
+        if handler in handlers:
+            handlers.remove(handler)
+        if not handlers:
+            self._handlers.pop((object_id, event_type), None)
+
+    def drop_object(self, object_id: str) -> None:
+        """Forgets every handler of an object and of its children (after release)."""
+        for key in [k for k in self._handlers if k[0] == object_id
+                    or k[0].startswith(object_id + "/")]:
+            del self._handlers[key]
+
+    def on_session_lost(self, handler: SessionLostHandler) -> Callable[[], None]:
+        """Registers `handler(old_session_id)`; returns a function that unregisters it."""
+        self._session_lost.append(handler)
+        return lambda: self._session_lost.remove(handler) if handler in self._session_lost \
+            else None
+
+    @property
+    def handler_count(self) -> int:
+        return sum(len(v) for v in self._handlers.values())
+
+    @property
+    def task_count(self) -> int:
+        return len(self._tasks)

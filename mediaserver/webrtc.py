@@ -1,0 +1,337 @@
+"""WebRtcEndpoint served by an aiortc RTCPeerConnection.
+
+aiortc does not trickle: `setLocalDescription` gathers every local candidate. We return
+them inside the SDP (as KMS does when gatherCandidates precedes the offer) and also raise
+one IceCandidateFound each, then IceGatheringDone, once `gatherCandidates` was invoked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
+
+from kurento_ctl.jsonrpc import ErrorCode
+from mediaserver.elements import Element, KmsError, MediaPipelineImpl, Method, require
+from mediaserver.tracks import Fanout, FlowMonitor, OutboundTrack
+
+if TYPE_CHECKING:
+    from mediaserver.core import MediaServer
+
+__all__ = ["WebRtcEndpointImpl"]
+
+log = logging.getLogger(__name__)
+
+ICE_STATES = {"new": "DISCONNECTED", "checking": "CONNECTING", "completed": "READY",
+              "failed": "FAILED", "closed": "DISCONNECTED"}
+
+
+def unusable_for_kurento(address: str) -> bool:
+    """What KMS cannot use: mDNS names and link-local IPv6 (no scope in ICE)."""
+    if address.lower().endswith(".local"):
+        return True
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    return ip.version == 6 and ip.is_link_local
+
+
+class WebRtcEndpointImpl(Element):
+    type_name = "WebRtcEndpoint"
+    hierarchy = ("kurento.BaseRtpEndpoint", "kurento.SdpEndpoint", "kurento.SessionEndpoint",
+                 "kurento.Endpoint", "kurento.MediaElement", "kurento.MediaObject")
+    events = Element.events | frozenset({
+        "IceCandidateFound", "IceGatheringDone", "IceComponentStateChanged",
+        "NewCandidatePairSelected", "MediaStateChanged", "ConnectionStateChanged",
+        "MediaSessionStarted", "MediaSessionTerminated", "DataChannelOpened",
+        "DataChannelClosed", "DtlsConnectionStateChange", "MediaTranscodingStateChanged",
+        "OnKeySoftLimit",
+    })
+
+    def __init__(self, server: MediaServer, pipeline: MediaPipelineImpl,
+                 params: dict[str, Any]) -> None:
+        super().__init__(server, pipeline)
+        self.recvonly = bool(params.get("recvonly", False))
+        self.sendonly = bool(params.get("sendonly", False))
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.negotiated = False
+        self.offer_generated = False
+        self.gather_requested = False
+        self.gathered = False
+        self.properties: dict[str, Any] = {"stunServerAddress": "", "stunServerPort": 3478,
+                                           "turnUrl": "", "externalIPv4": "",
+                                           "externalIPv6": "", "networkInterfaces": ""}
+        self._pending_candidates: list[dict[str, Any]] = []
+        self._fanouts: dict[str, Fanout] = {}
+        self._outbound: dict[str, OutboundTrack] = {}
+        self._in_flow = {k: FlowMonitor(self.flow_callback("In", k)) for k in ("audio", "video")}
+        self._out_flow = {k: FlowMonitor(self.flow_callback("Out", k))
+                          for k in ("audio", "video")}
+        self._ice_state = "DISCONNECTED"
+        self._media_connected = False
+        self.pc.on("track", self._on_track)
+        self.pc.on("iceconnectionstatechange", self._on_ice_state)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    # -- media ------------------------------------------------------------------
+
+    def output(self, kind: str) -> Fanout | None:
+        return self._fanouts.get(kind)
+
+    def on_source(self, kind: str, fanout: Fanout | None) -> None:
+        track = self._outbound.get(kind)
+        if track is not None:
+            track.attach(fanout)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        kind = track.kind
+        if kind not in ("audio", "video") or kind in self._fanouts:
+            return
+        self._fanouts[kind] = Fanout(track, self._out_flow[kind].frame)
+        self.output_changed(kind)
+
+    def flowing_in(self, kind: str) -> bool:
+        return self._in_flow[kind].flowing
+
+    def flowing_out(self, kind: str) -> bool:
+        return self._out_flow[kind].flowing
+
+    def _on_ice_state(self) -> None:
+        state = ICE_STATES.get(self.pc.iceConnectionState, "CONNECTING")
+        if self.pc.iceConnectionState == "completed":
+            self.emit("IceComponentStateChanged", state="CONNECTED", streamId=1, componentId=1)
+            self._emit_selected_pair()
+        if state != self._ice_state:
+            self._ice_state = state
+            self.emit("IceComponentStateChanged", state=state, streamId=1, componentId=1)
+
+    def _emit_selected_pair(self) -> None:
+        for transceiver in self.pc.getTransceivers()[:1]:
+            transport = transceiver.receiver.transport.transport
+            pair = transport._connection._nominated.get(1)  # aioice keeps no public accessor
+            if pair is None:
+                continue
+            self.emit("NewCandidatePairSelected", candidatePair={
+                "__module__": "kurento", "__type__": "IceCandidatePair", "componentId": 1,
+                "localCandidate": "candidate:" + pair.local_candidate.to_sdp(),
+                "remoteCandidate": "candidate:" + pair.remote_candidate.to_sdp(),
+                "streamId": "1"})
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected" and not self._media_connected:
+            self._media_connected = True
+            self.emit("ConnectionStateChanged", oldState="DISCONNECTED", newState="CONNECTED")
+            self.emit("MediaStateChanged", oldState="DISCONNECTED", newState="CONNECTED")
+        elif state in ("failed", "closed") and self._media_connected:
+            self._media_connected = False
+            self.emit("ConnectionStateChanged", oldState="CONNECTED", newState="DISCONNECTED")
+            self.emit("MediaStateChanged", oldState="CONNECTED", newState="DISCONNECTED")
+
+    # -- methods ----------------------------------------------------------------
+
+    def methods(self) -> dict[str, Method]:
+        methods = super().methods()
+        methods.update({
+            "processOffer": Method(self._process_offer, ("offer",)),
+            "processAnswer": Method(self._process_answer, ("answer",)),
+            "generateOffer": Method(self._generate_offer, (), ("options",)),
+            "gatherCandidates": Method(self._gather_candidates),
+            "addIceCandidate": Method(self._add_ice_candidate, ("candidate",)),
+            "getLocalSessionDescriptor": Method(self._local_sdp),
+            "getRemoteSessionDescriptor": Method(self._remote_sdp),
+            "getIceCandidatePairs": Method(self._pairs),
+            "getConnectionState": Method(self._connection_state),
+            "getMediaState": Method(self._connection_state),
+        })
+        for prop in self.properties:
+            cap = prop[0].upper() + prop[1:]
+            methods["get" + cap] = Method(self._getter(prop))
+            methods["set" + cap] = Method(self._setter(prop), (prop,))
+        return methods
+
+    def _getter(self, prop: str) -> Any:
+        async def get(params: dict[str, Any]) -> Any:
+            return self.properties[prop]
+        return get
+
+    def _setter(self, prop: str) -> Any:
+        async def set_(params: dict[str, Any]) -> None:
+            self.properties[prop] = params[prop]
+        return set_
+
+    def _add_outbound(self) -> None:
+        for transceiver in self.pc.getTransceivers():
+            kind = transceiver.kind
+            if kind not in ("audio", "video") or kind in self._outbound:
+                continue
+            track = OutboundTrack(kind, self._in_flow[kind].frame)
+            self._outbound[kind] = track
+            transceiver.sender.replaceTrack(track)
+            source = self.sources.get(kind)
+            track.attach(source.output(kind) if source is not None else None)
+
+    async def _process_offer(self, params: dict[str, Any]) -> str:
+        offer = require(params, "offer", str, "a string")
+        if self.negotiated or self.offer_generated:
+            raise KmsError(ErrorCode.SDP_END_POINT_ALREADY_NEGOTIATED,
+                           "Endpoint already negotiated")
+        if not offer.strip():
+            raise KmsError(ErrorCode.SDP_PARSE_ERROR, "Empty offer not valid")
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        except Exception as exc:  # aiortc raises ValueError and others for bad SDP
+            raise KmsError(ErrorCode.SDP_PARSE_ERROR, f"Error parsing SDP: {exc}") from None
+        self.negotiated = True
+        if not self.recvonly:
+            for transceiver in self.pc.getTransceivers():
+                offered = transceiver._offerDirection or "sendrecv"
+                if "recv" in offered:
+                    transceiver.direction = "sendrecv" if "send" in offered else "sendonly"
+            self._add_outbound()
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        await self._flush_candidates()
+        self.emit("MediaSessionStarted")
+        self._announce_candidates()
+        return str(self.pc.localDescription.sdp)
+
+    async def _generate_offer(self, params: dict[str, Any]) -> str:
+        if self.negotiated or self.offer_generated:
+            raise KmsError(ErrorCode.SDP_END_POINT_ALREADY_NEGOTIATED,
+                           "Endpoint already negotiated")
+        options = params.get("options") or {}
+        for kind, key in (("audio", "offerToReceiveAudio"), ("video", "offerToReceiveVideo")):
+            recv = bool(options.get(key, True)) and not self.sendonly
+            send = not self.recvonly
+            if recv or send:
+                direction = "sendrecv" if recv and send else ("recvonly" if recv else "sendonly")
+                self.pc.addTransceiver(kind, direction=direction)
+        if not self.recvonly:
+            self._add_outbound()
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        self.offer_generated = True
+        self._announce_candidates()
+        return str(self.pc.localDescription.sdp)
+
+    async def _process_answer(self, params: dict[str, Any]) -> str:
+        answer = require(params, "answer", str, "a string")
+        if not self.offer_generated:
+            raise KmsError(ErrorCode.SDP_END_POINT_NOT_OFFER_GENERATED,
+                           "Offer not generated. It is not possible to process an answer.")
+        if self.negotiated:
+            raise KmsError(ErrorCode.SDP_END_POINT_ANSWER_ALREADY_PROCCESED,
+                           "Sdp Answer already processed")
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        except Exception as exc:
+            raise KmsError(ErrorCode.SDP_PARSE_ERROR, f"Error parsing SDP: {exc}") from None
+        self.negotiated = True
+        await self._flush_candidates()
+        self.emit("MediaSessionStarted")
+        return str(self.pc.localDescription.sdp)
+
+    async def _gather_candidates(self, params: dict[str, Any]) -> None:
+        self.gather_requested = True
+        self._announce_candidates()
+
+    def _announce_candidates(self) -> None:
+        if not self.gather_requested or self.gathered or self.pc.localDescription is None:
+            return
+        self.gathered = True
+        self.emit("IceComponentStateChanged", state="GATHERING", streamId=1, componentId=1)
+        for index, transceiver in enumerate(self.pc.getTransceivers()):
+            gatherer = transceiver.sender.transport.transport.iceGatherer
+            for candidate in gatherer.getLocalCandidates():
+                self.emit("IceCandidateFound", candidate={
+                    "__module__": "kurento", "__type__": "IceCandidate",
+                    "candidate": "candidate:" + candidate_to_sdp(candidate),
+                    "sdpMid": transceiver.mid or str(index), "sdpMLineIndex": index})
+            if self.pc.sctp is None and index == 0:
+                # BUNDLE: one transport carries every m-line; announce its candidates once.
+                break
+        self.emit("IceGatheringDone")
+
+    async def _add_ice_candidate(self, params: dict[str, Any]) -> None:
+        candidate = params.get("candidate")
+        if not isinstance(candidate, dict):
+            raise KmsError(ErrorCode.MARSHALL_ERROR,
+                           "'candidate' parameter should be a IceCandidate")
+        for field_name, kind in (("candidate", str), ("sdpMid", str), ("sdpMLineIndex", int)):
+            if not isinstance(candidate.get(field_name), kind):
+                raise KmsError(ErrorCode.MARSHALL_ERROR,
+                               f"'{field_name}' parameter should be a "
+                               f"{'string' if kind is str else 'integer'}")
+        if not self.negotiated:
+            self._pending_candidates.append(candidate)
+            return
+        await self._apply_candidate(candidate)
+
+    async def _flush_candidates(self) -> None:
+        pending, self._pending_candidates = self._pending_candidates, []
+        for candidate in pending:
+            await self._apply_candidate(candidate)
+
+    async def _apply_candidate(self, candidate: dict[str, Any]) -> None:
+        line = str(candidate["candidate"]).strip()
+        if not line:
+            return  # end-of-candidates: KMS ignores it
+        if line.startswith("candidate:"):
+            line = line[len("candidate:"):]
+        try:
+            parsed = candidate_from_sdp(line)
+        except (ValueError, IndexError):
+            log.info("= unparsable candidate ignored", extra={"object": self.id})
+            return
+        if self.server.strict_candidates and unusable_for_kurento(parsed.ip):
+            # KMS >= 6.13.2 silently ignores what it cannot resolve or scope.
+            log.info("= strict: candidate %s ignored", parsed.ip, extra={"object": self.id})
+            return
+        parsed.sdpMid = candidate["sdpMid"]
+        parsed.sdpMLineIndex = candidate["sdpMLineIndex"]
+        with contextlib.suppress(Exception):
+            await self.pc.addIceCandidate(parsed)
+
+    async def _local_sdp(self, params: dict[str, Any]) -> str:
+        if self.pc.localDescription is None:
+            raise KmsError(ErrorCode.SDP_END_POINT_NO_LOCAL_SDP_ERROR, "No local SDP")
+        return str(self.pc.localDescription.sdp)
+
+    async def _remote_sdp(self, params: dict[str, Any]) -> str:
+        if self.pc.remoteDescription is None:
+            raise KmsError(ErrorCode.SDP_END_POINT_NO_REMOTE_SDP_ERROR, "No remote SDP")
+        return str(self.pc.remoteDescription.sdp)
+
+    async def _pairs(self, params: dict[str, Any]) -> list[Any]:
+        return []
+
+    async def _connection_state(self, params: dict[str, Any]) -> str:
+        return "CONNECTED" if self._media_connected else "DISCONNECTED"
+
+    async def _stats(self, params: dict[str, Any]) -> dict[str, Any]:
+        report = await self.pc.getStats()
+        out: dict[str, Any] = {}
+        for key, stat in report.items():
+            entry = {k: v for k, v in vars(stat).items()
+                     if isinstance(v, (int, float, str, bool))}
+            entry["timestampMillis"] = int(stat.timestamp.timestamp() * 1000)
+            out[key] = entry
+        return out
+
+    async def release(self) -> None:
+        for monitor in (*self._in_flow.values(), *self._out_flow.values()):
+            monitor.close()
+        for track in self._outbound.values():
+            track.stop()
+        for fanout in self._fanouts.values():
+            await fanout.close()
+        await super().release()
+        await asyncio.shield(self.pc.close())
