@@ -1,0 +1,153 @@
+"""The embedded media server in-process on loopback, and scripted aiortc participants."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import math
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from mediaserver.app import SERVER, create_app
+from mediaserver.core import MediaServer
+from tests.services import free_port
+
+
+@contextlib.asynccontextmanager
+async def run_mediaserver(
+    *, strict_candidates: bool = False, gc_grace: float = 240.0,
+    recordings_root: Path | None = None,
+) -> AsyncIterator[tuple[str, MediaServer]]:
+    """Serves the embedded media server on a free loopback port; yields (url, server)."""
+    app = create_app(strict_candidates=strict_candidates, gc_grace=gc_grace,
+                     recordings_root=recordings_root)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"ws://127.0.0.1:{port}/kurento", app[SERVER]
+    finally:
+        await runner.cleanup()
+
+
+class ToneTrack(MediaStreamTrack):
+    """A 440 Hz tone in 20 ms frames, paced to real time."""
+
+    kind = "audio"
+
+    def __init__(self, frequency: float = 440.0) -> None:
+        super().__init__()
+        self._frequency = frequency
+        self._samples = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        rate, n = 48000, 960
+        if self._start is None:
+            self._start = time.monotonic()
+        delay = self._start + self._samples / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        t = (np.arange(n) + self._samples) / rate
+        wave = (np.sin(2 * math.pi * self._frequency * t) * 8000).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(wave.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = self._samples
+        frame.time_base = fractions.Fraction(1, rate)
+        self._samples += n
+        return frame
+
+
+class PatternTrack(MediaStreamTrack):
+    """320x240 frames at 15 fps whose brightness moves, so encoders see change."""
+
+    kind = "video"
+
+    def __init__(self, width: int = 320, height: int = 240, fps: int = 15) -> None:
+        super().__init__()
+        self._size = (width, height)
+        self._fps = fps
+        self._count = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        delay = self._start + self._count / self._fps - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        w, h = self._size
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:, :, 1] = (self._count * 8) % 256
+        img[:, (self._count * 4) % w, :] = 255
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+        frame.pts = int(self._count * 90000 / self._fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        self._count += 1
+        return frame
+
+
+class Peer:
+    """A scripted participant: an aiortc peer connection that publishes and counts frames."""
+
+    def __init__(self, *, audio: bool = True, video: bool = True) -> None:
+        self.pc = RTCPeerConnection()
+        self.received: dict[str, int] = {"audio": 0, "video": 0}
+        self.got_media = {"audio": asyncio.Event(), "video": asyncio.Event()}
+        self._readers: list[asyncio.Task[None]] = []
+        if audio:
+            self.pc.addTrack(ToneTrack())
+        if video:
+            self.pc.addTrack(PatternTrack())
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._readers.append(asyncio.create_task(self._read(track)))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                self.received[track.kind] += 1
+                if self.received[track.kind] >= 5:
+                    self.got_media[track.kind].set()
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def accept(self, answer: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+
+    async def close(self) -> None:
+        for task in self._readers:
+            task.cancel()
+        await self.pc.close()
+
+
+async def ffprobe(path: Path) -> dict[str, Any]:
+    import json
+    import shutil
+
+    binary = shutil.which("ffprobe")
+    assert binary, "ffprobe is not installed; ./dev test installs it"
+    proc = await asyncio.create_subprocess_exec(
+        binary, "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return json.loads(out)  # type: ignore[no-any-return]
