@@ -154,7 +154,7 @@ def _turn_child(settings: Settings, data: Path, secret: str) -> tuple[ChildSpec,
                 "",
             ])
         )
-    spec = ChildSpec(name="coturn", argv=[binary, "-c", str(conf), "-n"],
+    spec = ChildSpec(name="coturn", argv=[binary, "-c", str(conf)],
                      probe=lambda: _tcp_open("127.0.0.1", port))
     return spec, f"turn:127.0.0.1:{port}"
 

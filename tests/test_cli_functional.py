@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,21 @@ async def poll_ready(url: str, timeout: float) -> dict[str, Any]:
                 last = exc
             await asyncio.sleep(0.1)
     raise AssertionError(f"{url} not ready within {scaled(timeout)}s; last answer: {last}")
+
+
+async def relay_allocates(port: int, secret: str) -> bool:
+    """Whether coturn grants a relay allocation to shared-secret credentials."""
+    from aioice import Connection, TransportPolicy
+
+    user = f"{int(time.time()) + 600}:cli-test"
+    password = base64.b64encode(hmac.new(secret.encode(), user.encode(), hashlib.sha1).digest())
+    conn = Connection(ice_controlling=True, turn_server=("127.0.0.1", port), turn_username=user,
+                      turn_password=password.decode(), transport_policy=TransportPolicy.RELAY)
+    try:
+        await asyncio.wait_for(conn.gather_candidates(), scaled(10))
+        return any(c.type == "relay" for c in conn.local_candidates)
+    finally:
+        await conn.close()
 
 
 def free_udp_and_tcp_port() -> int:
@@ -85,6 +105,12 @@ async def test_run_with_no_settings_serves_readyz_with_children_up_and_stops_cle
         ) as resp:
             assert resp.status == 200
 
+        # The embedded coturn signs with the generated secret and refuses anything else.
+        secret = json.loads((tmp_path / "data" / "secrets.json").read_text())["turn_secret"]
+        turn_port = int(env["TELEMED_TURN_EMBEDDED_PORT"])
+        assert await relay_allocates(turn_port, secret) is True
+        assert await relay_allocates(turn_port, "not-the-secret") is False
+
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), scaled(20)) == 0
         assert [p for p in pids if running(p)] == []
@@ -97,8 +123,6 @@ async def test_run_with_no_settings_serves_readyz_with_children_up_and_stops_cle
     secrets_file = tmp_path / "data" / "secrets.json"
     assert secrets_file.stat().st_mode & 0o077 == 0
     # The generated secrets never reach the log.
-    import json
-
     for secret in json.loads(secrets_file.read_text()).values():
         assert secret not in log
 
