@@ -91,13 +91,14 @@ class KurentoClient:
     async def close(self) -> None:
         self._closing = True
         self._connected.clear()
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._ws is not None:
-            await self._ws.close()
         self._fail_all(ConnectionLost("client closed"))
         if self._own_http and self._http is not None:
             await self._http.close()

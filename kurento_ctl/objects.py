@@ -197,9 +197,6 @@ class WebRtcEndpoint(MediaElement):
     async def set_stun_server_port(self, port: int) -> None:
         await self.invoke("setStunServerPort", stunServerPort=port)
 
-    async def get_ice_connection_state(self) -> Any:
-        return await self.invoke("getIceCandidatePairs")
-
 
 class RecorderEndpoint(MediaElement):
     kurento_type = "RecorderEndpoint"

@@ -54,7 +54,7 @@ class ServerManagerImpl(MediaObjectImpl):
             "getSessions": Method(self._sessions),
             "getInfo": Method(self._info),
             "getUsedMemory": Method(self._memory),
-            "getUsedCpu": Method(self._cpu, (), ("interval",)),
+            "getUsedCpu": Method(self._cpu, ("interval",)),
             "getCpuCount": Method(self._cpu_count),
             "getMetadata": Method(self._metadata),
         }
@@ -262,6 +262,9 @@ class MediaServer:
         if method == "closeSession":
             await self.close_session(session)
             return None
+        if method == "release" and isinstance(params.get("object"), str) \
+                and params["object"] not in self.objects:
+            return None  # KMS: releasing an unknown or released id succeeds
         obj = self.lookup(params.get("object"))
         if method == "describe":
             return {"hierarchy": list(obj.hierarchy), "qualifiedType": f"kurento.{obj.type_name}",

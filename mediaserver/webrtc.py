@@ -52,7 +52,6 @@ class WebRtcEndpointImpl(Element):
         "NewCandidatePairSelected", "MediaStateChanged", "ConnectionStateChanged",
         "MediaSessionStarted", "MediaSessionTerminated", "DataChannelOpened",
         "DataChannelClosed", "DtlsConnectionStateChange", "MediaTranscodingStateChanged",
-        "OnKeySoftLimit",
     })
 
     def __init__(self, server: MediaServer, pipeline: MediaPipelineImpl,
@@ -69,6 +68,7 @@ class WebRtcEndpointImpl(Element):
                                            "turnUrl": "", "externalIPv4": "",
                                            "externalIPv6": "", "networkInterfaces": ""}
         self._pending_candidates: list[dict[str, Any]] = []
+        self.ignored_candidates = 0
         self._fanouts: dict[str, Fanout] = {}
         self._outbound: dict[str, OutboundTrack] = {}
         self._in_flow = {k: FlowMonitor(self.flow_callback("In", k)) for k in ("audio", "video")}
@@ -147,7 +147,7 @@ class WebRtcEndpointImpl(Element):
             "addIceCandidate": Method(self._add_ice_candidate, ("candidate",)),
             "getLocalSessionDescriptor": Method(self._local_sdp),
             "getRemoteSessionDescriptor": Method(self._remote_sdp),
-            "getIceCandidatePairs": Method(self._pairs),
+            "getICECandidatePairs": Method(self._pairs),
             "getConnectionState": Method(self._connection_state),
             "getMediaState": Method(self._connection_state),
         })
@@ -294,6 +294,7 @@ class WebRtcEndpointImpl(Element):
         if self.server.strict_candidates and unusable_for_kurento(parsed.ip):
             # KMS >= 6.13.2 silently ignores what it cannot resolve or scope.
             log.info("= strict: candidate %s ignored", parsed.ip, extra={"object": self.id})
+            self.ignored_candidates += 1
             return
         parsed.sdpMid = candidate["sdpMid"]
         parsed.sdpMLineIndex = candidate["sdpMLineIndex"]

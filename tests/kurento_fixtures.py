@@ -1,0 +1,213 @@
+"""A scripted Kurento on loopback: a real WebSocket server that answers like KMS.
+
+Every request is checked against the kmd.json interface definitions; anything that does
+not fit (unknown method on that class, unknown or missing parameters) is recorded in
+`violations`, which tests assert empty. Knobs: per-operation delays and errors, dropping
+every connection, a restart that forgets all sessions, events pushed at will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from kurento_ctl.jsonrpc import ErrorCode, encode_error, encode_event, encode_result, parse_request
+from tests.kmd import kmd
+from tests.services import free_port
+
+
+@dataclass
+class ScriptedKms:
+    server_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    sessions: set[str] = field(default_factory=set)
+    objects: dict[str, str] = field(default_factory=dict)  # id -> class name
+    subscriptions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    delays: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, tuple[int, str, str | None]] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    requests: list[tuple[Any, str, dict[str, Any]]] = field(default_factory=list)
+    #: Events sent just before the reply to a subscribe of that type (a race KMS has).
+    emit_before_reply: dict[str, dict[str, Any]] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    silent: bool = False  # accept requests but never answer
+    sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    bound: dict[str, web.WebSocketResponse] = field(default_factory=dict)
+    connections: int = 0
+
+    def __post_init__(self) -> None:
+        self.objects["manager_ServerManager"] = "ServerManager"
+
+    # -- knobs -----------------------------------------------------------------
+
+    async def drop_connections(self) -> None:
+        for ws in list(self.sockets):
+            await ws.close()
+
+    def restart(self) -> None:
+        """A new process: new serverId, no sessions, no objects."""
+        self.server_id = str(uuid.uuid4())
+        self.sessions.clear()
+        self.subscriptions.clear()
+        self.objects = {"manager_ServerManager": "ServerManager"}
+
+    async def emit(self, object_id: str, event_type: str, data: dict[str, Any]) -> int:
+        """Sends an event to every session subscribed to it; returns how many got it."""
+        sent = 0
+        for session, obj, etype in set(self.subscriptions.values()):
+            ws = self.bound.get(session)
+            if obj == object_id and etype == event_type and ws is not None and not ws.closed:
+                await ws.send_str(encode_event(object_id, event_type, {
+                    "source": object_id, "tags": [], "timestampMillis": "1", "type": event_type,
+                    **data}))
+                sent += 1
+        return sent
+
+    # -- protocol ----------------------------------------------------------------
+
+    def _class_of(self, object_id: Any) -> str:
+        if object_id not in self.objects:
+            raise _Fail(ErrorCode.MEDIA_OBJECT_NOT_FOUND, f"Object '{object_id}' not found")
+        return self.objects[object_id]
+
+    async def _answer(self, method: str, params: dict[str, Any], session: str) -> Any:
+        if method == "create":
+            cls = params.get("type", "")
+            ctor = params.get("constructorParams") or {}
+            self.violations += kmd().check_create(cls, ctor)
+            if cls not in kmd().classes:
+                raise _Fail(ErrorCode.MEDIA_OBJECT_NOT_AVAILABLE, f"Factory '{cls}' not found")
+            parent = ctor.get("mediaPipeline")
+            prefix = f"{parent}/" if parent else ""
+            object_id = f"{prefix}{uuid.uuid4()}_kurento.{cls}"
+            self.objects[object_id] = cls
+            return object_id
+        if method == "invoke":
+            cls = self._class_of(params.get("object"))
+            op = params.get("operation", "")
+            op_params = params.get("operationParams") or {}
+            self.violations += kmd().check_invoke(cls, op, op_params)
+            if op in self.delays:
+                await asyncio.sleep(self.delays[op])
+            if op in self.errors:
+                code, message, data_type = self.errors[op]
+                raise _Fail(ErrorCode(code), message, data_type)
+            if op == "getPipelines":
+                return [o for o, c in self.objects.items() if c == "MediaPipeline"]
+            return self.values.get(op)
+        if method == "subscribe":
+            obj = params.get("object")
+            cls = self._class_of(obj)
+            if params.get("type") not in kmd().events(cls):
+                self.violations.append(f"{cls} raises no {params.get('type')!r}")
+                raise _Fail(ErrorCode.MEDIA_OBJECT_EVENT_NOT_SUPPORTED,
+                            f"Event '{params.get('type')}' not supported")
+            sub = str(uuid.uuid4())
+            self.subscriptions[sub] = (session, obj, params["type"])
+            if params["type"] in self.emit_before_reply:
+                await self.emit(obj, params["type"], self.emit_before_reply[params["type"]])
+            return sub
+        if method == "unsubscribe":
+            self.subscriptions.pop(params.get("subscription", ""), None)
+            return None
+        if method == "release":
+            obj = params.get("object", "")
+            for key in [k for k in self.objects if k == obj or k.startswith(f"{obj}/")]:
+                del self.objects[key]
+            return None
+        if method == "describe":
+            cls = self._class_of(params.get("object"))
+            return {"type": cls, "qualifiedType": f"kurento.{cls}", "hierarchy": []}
+        self.violations.append(f"unexpected method {method!r}")
+        raise _Fail(ErrorCode.METHOD_NOT_FOUND, "Method not found.")
+
+    async def handle(self, ws: web.WebSocketResponse, text: str, state: dict[str, Any]) -> None:
+        req = parse_request(text)
+        if isinstance(req, str):
+            await ws.send_str(req)
+            return
+        method, params = req.method, dict(req.params)
+        self.requests.append((req.id, method, params))
+        if self.silent:
+            return
+        try:
+            if method == "ping":
+                result: dict[str, Any] = {"value": "pong"}
+                if state.get("session"):
+                    result["sessionId"] = state["session"]
+                await ws.send_str(encode_result(req.id, result))
+                return
+            if method == "connect":
+                wanted = params.get("sessionId")
+                if wanted is not None and wanted not in self.sessions:
+                    raise _Fail(ErrorCode.INVALID_SESSION, "Invalid session")
+                session = wanted or state.get("session") or str(uuid.uuid4())
+            else:
+                session = params.get("sessionId") or state.get("session") or str(uuid.uuid4())
+            self.sessions.add(session)
+            state["session"] = session
+            self.bound[session] = ws
+            if method == "connect":
+                await ws.send_str(encode_result(req.id, {"serverId": self.server_id,
+                                                         "sessionId": session}))
+                return
+            value = await self._answer(method, params, session)
+            result = {"sessionId": session}
+            if method == "describe":
+                result |= value
+            elif method not in ("release", "unsubscribe"):
+                result["value"] = value
+            if not ws.closed:
+                await ws.send_str(encode_result(req.id, result))
+        except _Fail as exc:
+            if not ws.closed:
+                await ws.send_str(encode_error(req.id, exc.code, exc.message,
+                                               exc.data_type or exc.code.data_type))
+
+    async def socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sockets.add(ws)
+        self.connections += 1
+        state: dict[str, Any] = {}
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    task = asyncio.create_task(self.handle(ws, msg.data, state))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        finally:
+            self.sockets.discard(ws)
+            for task in tasks:
+                task.cancel()
+        return ws
+
+
+class _Fail(Exception):
+    def __init__(self, code: ErrorCode, message: str, data_type: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data_type = data_type
+
+
+@contextlib.asynccontextmanager
+async def run_scripted_kms(port: int | None = None) -> AsyncIterator[tuple[str, ScriptedKms]]:
+    kms = ScriptedKms()
+    app = web.Application()
+    app.router.add_get("/kurento", kms.socket)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    port = port or free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"ws://127.0.0.1:{port}/kurento", kms
+    finally:
+        await kms.drop_connections()
+        await runner.cleanup()

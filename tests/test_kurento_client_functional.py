@@ -1,0 +1,227 @@
+"""kurento_ctl against a scripted KMS (checked against kmd.json) and the embedded server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kurento_ctl.client import KurentoClient
+from kurento_ctl.errors import ObjectNotFound, RequestTimeout, RpcError
+from kurento_ctl.events import KurentoEvent, MediaFlowInStateChanged, ObjectCreated
+from kurento_ctl.objects import MediaObject, MediaPipeline, ServerManager, pipeline_scope
+from tests.helpers import scaled, wait_until, within
+from tests.kurento_fixtures import ScriptedKms, run_scripted_kms
+from tests.media_fixtures import run_mediaserver
+
+
+@pytest.fixture(params=["scripted", "embedded"])
+async def kms(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[str, Any]]:
+    """The same client tests run against both servers."""
+    if request.param == "scripted":
+        async with run_scripted_kms() as (url, scripted):
+            yield url, scripted
+            assert scripted.violations == [], "requests that do not fit kmd.json"
+    else:
+        async with run_mediaserver(recordings_root=tmp_path) as (url, server):
+            yield url, server
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[tuple[str, ScriptedKms]]:
+    async with run_scripted_kms() as (url, kms):
+        yield url, kms
+        assert kms.violations == [], "requests that do not fit kmd.json"
+
+
+async def test_objects_are_created_invoked_and_released(kms: tuple[str, Any],
+                                                        tmp_path: Path) -> None:
+    url, _ = kms
+    async with KurentoClient(url) as client:
+        manager = ServerManager(client)
+        pipeline = await MediaPipeline.create(client)
+        assert pipeline.id.endswith("_kurento.MediaPipeline")
+        endpoint = await pipeline.create_webrtc_endpoint()
+        recorder = await pipeline.create_recorder_endpoint(f"file://{tmp_path}/x.webm",
+                                                           media_profile="WEBM_AUDIO_ONLY")
+        assert endpoint.id.startswith(pipeline.id + "/")
+        await endpoint.connect(recorder, "AUDIO")
+        await endpoint.set_turn_url("user:pass@127.0.0.1:3478")
+        assert pipeline.id in await manager.get_pipelines()
+        await pipeline.release()
+        assert pipeline.id not in await manager.get_pipelines()
+        with pytest.raises(ObjectNotFound) as info:
+            await endpoint.gather_candidates()
+        assert info.value.code == 40101 and info.value.data_type == "MEDIA_OBJECT_NOT_FOUND"
+
+
+async def test_a_hundred_requests_in_flight_all_complete(kms: tuple[str, Any]) -> None:
+    url, _ = kms
+    async with KurentoClient(url) as client:
+        pipeline = await MediaPipeline.create(client)
+        results = await asyncio.gather(*(ServerManager(client).get_pipelines()
+                                         for _ in range(100)))
+        assert all(pipeline.id in r for r in results)
+        await pipeline.release()
+
+
+async def test_unknown_factory_is_a_typed_error_keeping_kurentos_code(kms: tuple[str, Any]) -> None:
+    url, backend = kms
+    async with KurentoClient(url) as client:
+        with pytest.raises(RpcError) as info:
+            await client.request("create", {"type": "NoSuchThing", "constructorParams": {}})
+        assert info.value.code == 40108
+        assert "Factory 'NoSuchThing' not found" in info.value.message
+        if isinstance(backend, ScriptedKms):
+            backend.violations.clear()  # the bad request was the point of this test
+
+
+async def test_pipeline_scope_releases_on_every_exit_path(kms: tuple[str, Any]) -> None:
+    url, _ = kms
+    async with KurentoClient(url) as client:
+        with pytest.raises(ZeroDivisionError):
+            async with pipeline_scope(client) as pipeline:
+                await pipeline.create_webrtc_endpoint()
+                raise ZeroDivisionError
+        assert await ServerManager(client).get_pipelines() == []
+
+
+async def test_close_leaves_no_task_or_handler_behind(kms: tuple[str, Any]) -> None:
+    url, _ = kms
+    before = {t for t in asyncio.all_tasks() if not t.done()}
+    client = KurentoClient(url)
+    await client.connect()
+    pipeline = await MediaPipeline.create(client)
+    endpoint = await pipeline.create_webrtc_endpoint()
+    await endpoint.subscribe(MediaFlowInStateChanged, lambda e: None)
+    await pipeline.release()
+    assert client.handler_count == 0
+    await client.close()
+    assert client.task_count == 0
+    after = {t for t in asyncio.all_tasks() if not t.done()}
+    assert {t.get_name() for t in after - before if t.get_name().startswith("kurento:")} == set()
+
+
+async def test_server_manager_events_reach_a_subscriber(kms: tuple[str, Any]) -> None:
+    url, backend = kms
+    async with KurentoClient(url) as client:
+        created: asyncio.Queue[KurentoEvent] = asyncio.Queue()
+        await ServerManager(client).subscribe(ObjectCreated, created.put_nowait)
+        pipeline = await MediaPipeline.create(client)
+        if isinstance(backend, ScriptedKms):
+            await backend.emit("manager_ServerManager", "ObjectCreated", {"object": pipeline.id})
+        event = await within(created.get(), 5, "ObjectCreated")
+        assert isinstance(event, ObjectCreated)
+        assert event.raw["object"] == pipeline.id
+
+
+# ---------------------------------------------------------------- scripted-only behaviour
+
+
+async def test_requests_are_not_lock_step(scripted: tuple[str, ScriptedKms]) -> None:
+    url, kms = scripted
+    kms.delays["getUsedMemory"] = scaled(2.0)
+    async with KurentoClient(url) as client:
+        manager = ServerManager(client)
+        slow = [asyncio.create_task(manager.get_used_memory()) for _ in range(20)]
+        await wait_until(lambda: sum(1 for r in kms.requests if r[2].get("operation")
+                                     == "getUsedMemory") == 20,
+                         describe=lambda: len(kms.requests))
+        # Every slow request reached the server before any was answered.
+        assert not any(t.done() for t in slow)
+        kms.values["getUsedMemory"] = 1
+        assert await manager.get_pipelines() == []
+        assert not any(t.done() for t in slow), "a fast reply waited for slow ones"
+        for t in slow:
+            t.cancel()
+
+
+async def test_a_request_times_out_and_a_late_reply_is_ignored(
+    scripted: tuple[str, ScriptedKms],
+) -> None:
+    url, kms = scripted
+    kms.delays["getUsedMemory"] = scaled(0.5)
+    kms.values["getUsedMemory"] = 42
+    async with KurentoClient(url, request_timeout=scaled(0.1)) as client:
+        with pytest.raises(RequestTimeout):
+            await ServerManager(client).get_used_memory()
+        kms.delays.clear()
+        await asyncio.sleep(scaled(0.6))  # let the late reply arrive: nothing must break
+        assert await ServerManager(client).get_used_memory() == 42
+
+
+async def test_an_event_sent_before_the_subscribe_reply_is_delivered(
+    scripted: tuple[str, ScriptedKms],
+) -> None:
+    url, kms = scripted
+    kms.emit_before_reply["MediaFlowInStateChanged"] = {
+        "state": "FLOWING", "mediaType": "VIDEO", "padName": "default"}
+    async with KurentoClient(url) as client:
+        pipeline = await MediaPipeline.create(client)
+        endpoint = await pipeline.create_webrtc_endpoint()
+        got: list[KurentoEvent] = []
+        await endpoint.subscribe(MediaFlowInStateChanged, got.append)
+        await wait_until(lambda: got, describe=lambda: got)
+        assert isinstance(got[0], MediaFlowInStateChanged) and got[0].flowing
+        assert got[0].media_type == "VIDEO"
+
+
+async def test_reconnect_keeps_the_session_and_its_subscriptions(
+    scripted: tuple[str, ScriptedKms],
+) -> None:
+    url, kms = scripted
+    lost: list[str] = []
+    async with KurentoClient(url, reconnect_delays=(0.01,)) as client:
+        client.on_session_lost(lost.append)
+        session = client.session_id
+        pipeline = await MediaPipeline.create(client)
+        endpoint = await pipeline.create_webrtc_endpoint()
+        events: asyncio.Queue[KurentoEvent] = asyncio.Queue()
+        await endpoint.subscribe(MediaFlowInStateChanged, events.put_nowait)
+        await kms.drop_connections()
+        await wait_until(lambda: kms.connections == 2 and client.connected,
+                         describe=lambda: (kms.connections, client.connected))
+        assert client.session_id == session and lost == []
+        resume = [r for r in kms.requests if r[1] == "connect"][-1]
+        assert resume[2] == {"sessionId": session}
+        assert await kms.emit(endpoint.id, "MediaFlowInStateChanged",
+                              {"state": "FLOWING", "mediaType": "AUDIO"}) == 1
+        event = await within(events.get(), 5, "event after reconnect")
+        assert isinstance(event, MediaFlowInStateChanged)
+        await ServerManager(client).get_pipelines()
+        ids = [r[0] for r in kms.requests if r[1] != "connect" or r[2]]
+        assert len(ids) == len(set(ids)), "a request id was reused within the session"
+
+
+async def test_a_server_restart_is_reported_as_session_loss(
+    scripted: tuple[str, ScriptedKms],
+) -> None:
+    url, kms = scripted
+    lost: list[str] = []
+    async with KurentoClient(url, reconnect_delays=(0.01,)) as client:
+        client.on_session_lost(lost.append)
+        old = client.session_id
+        pipeline = await MediaPipeline.create(client)
+        kms.restart()
+        await kms.drop_connections()
+        await wait_until(lambda: lost and client.connected, describe=lambda: (lost, client))
+        assert lost == [old]
+        assert client.session_id not in (None, old)
+        with pytest.raises(ObjectNotFound):
+            await MediaObject(client, pipeline.id).invoke("getName")
+        kms.violations.clear()  # getName on a vanished object was the point
+
+
+async def test_an_unanswered_ping_drops_the_socket_and_reconnects(
+    scripted: tuple[str, ScriptedKms],
+) -> None:
+    url, kms = scripted
+    async with KurentoClient(url, ping_interval=0.05, reconnect_delays=(0.01,)) as client:
+        kms.silent = True
+        await wait_until(lambda: not client.connected, describe=lambda: kms.requests[-3:])
+        kms.silent = False
+        await wait_until(lambda: client.connected, describe=lambda: kms.connections)
+        assert kms.connections >= 2

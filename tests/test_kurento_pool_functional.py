@@ -1,0 +1,88 @@
+"""KurentoPool over two scripted media servers: placement, loss, failover and recovery."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from kurento_ctl.pool import KurentoPool, NoMediaServer
+from tests.helpers import scaled, wait_until
+from tests.kurento_fixtures import run_scripted_kms
+from tests.services import free_port
+
+
+async def test_pipelines_go_to_the_least_loaded_server() -> None:
+    async with run_scripted_kms() as (url_a, kms_a), run_scripted_kms() as (url_b, kms_b):
+        # Someone else already runs two pipelines on A.
+        kms_a.objects.update({"x_kurento.MediaPipeline": "MediaPipeline",
+                              "y_kurento.MediaPipeline": "MediaPipeline"})
+        pool = KurentoPool([url_a, url_b], health_interval=scaled(10))
+        await pool.start()
+        try:
+            await pool.check()
+            placed = [(await pool.create_pipeline())[0].url for _ in range(2)]
+            assert placed == [url_b, url_b]
+            assert pool.status()[url_b]["pipelines"] == 2
+            assert pool.status()[url_a]["load"] == 2
+        finally:
+            await pool.close()
+        assert kms_a.violations == kms_b.violations == []
+
+
+async def test_a_server_that_goes_away_reports_its_pipelines_lost_and_comes_back() -> None:
+    port_b = free_port()
+    async with run_scripted_kms() as (url_a, _):
+        stack = contextlib.AsyncExitStack()
+        url_b, kms_b = await stack.enter_async_context(run_scripted_kms(port_b))
+        pool = KurentoPool([url_a, url_b], health_interval=scaled(10), down_after=0.0)
+        lost: list[tuple[str, set[str]]] = []
+        pool.on_pipelines_lost(lambda url, ids: lost.append((url, ids)))
+        await pool.start()
+        try:
+            kms_b.objects.clear()  # nothing else on B: A looks busier once it holds ours
+            server_a, on_a = await pool.create_pipeline()
+            server_b, on_b = await pool.create_pipeline()
+            assert {server_a.url, server_b.url} == {url_a, url_b}
+            b_pipeline = on_b if server_b.url == url_b else on_a
+            await stack.aclose()  # B stops answering
+            await wait_until(lambda: not pool.servers[1].client.connected)
+            await pool.check()
+            assert lost == [(url_b, {b_pipeline.id})]
+            assert not pool.status()[url_b]["up"]
+            for _ in range(2):
+                assert (await pool.create_pipeline())[0].url == url_a
+
+            async with run_scripted_kms(port_b):
+                await wait_until(lambda: pool.servers[1].client.connected)
+                await pool.check()
+                assert pool.status()[url_b]["up"]
+        finally:
+            await pool.close()
+
+
+async def test_no_reachable_server_is_a_clear_error() -> None:
+    pool = KurentoPool([f"ws://127.0.0.1:{free_port()}/kurento"], health_interval=scaled(10))
+    await pool.start()
+    try:
+        with pytest.raises(NoMediaServer):
+            await pool.create_pipeline()
+    finally:
+        await pool.close()
+
+
+async def test_a_restarted_server_reports_lost_pipelines_at_once() -> None:
+    async with run_scripted_kms() as (url, kms):
+        pool = KurentoPool([url], health_interval=scaled(10))
+        lost: list[tuple[str, set[str]]] = []
+        pool.on_pipelines_lost(lambda u, ids: lost.append((u, ids)))
+        await pool.start()
+        try:
+            pool.servers[0].client.reconnect_delays = (0.01,)
+            _, pipeline = await pool.create_pipeline()
+            kms.restart()
+            await kms.drop_connections()
+            await wait_until(lambda: lost, describe=lambda: pool.status())
+            assert lost == [(url, {pipeline.id})]
+        finally:
+            await pool.close()
