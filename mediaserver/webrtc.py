@@ -170,7 +170,8 @@ class WebRtcEndpointImpl(Element):
     def _add_outbound(self) -> None:
         for transceiver in self.pc.getTransceivers():
             kind = transceiver.kind
-            if kind not in ("audio", "video") or kind in self._outbound:
+            if kind not in ("audio", "video") or kind in self._outbound \
+                    or "send" not in transceiver.direction:
                 continue
             track = OutboundTrack(kind, self._in_flow[kind].frame)
             self._outbound[kind] = track
@@ -192,9 +193,10 @@ class WebRtcEndpointImpl(Element):
         self.negotiated = True
         if not self.recvonly:
             for transceiver in self.pc.getTransceivers():
-                offered = transceiver._offerDirection or "sendrecv"
-                if "recv" in offered:
-                    transceiver.direction = "sendrecv" if "send" in offered else "sendonly"
+                # aiortc keeps the offer's direction as seen from our side.
+                ours = transceiver._offerDirection or "sendrecv"
+                if "send" in ours:
+                    transceiver.direction = "sendrecv" if "recv" in ours else "sendonly"
             self._add_outbound()
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)

@@ -13,7 +13,10 @@ import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from kurento_ctl.pool import KurentoPool
 from signaling.embedded import Endpoints
+from signaling.hub import Hub
+from signaling.session import SessionConfig, websocket_handler
 from signaling.settings import Settings
 from signaling.supervisor import Supervisor
 
@@ -26,6 +29,9 @@ ENDPOINTS = web.AppKey("endpoints", Endpoints)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 REDIS = web.AppKey("redis", aioredis.Redis)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+HUB = web.AppKey("hub", Hub)
+POOL = web.AppKey("pool", KurentoPool)
+SESSION_CONFIG = web.AppKey("session_config", SessionConfig)
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -83,15 +89,44 @@ def create_app(
     if supervisor is not None:
         app[SUPERVISOR] = supervisor
 
+    app[SESSION_CONFIG] = SessionConfig(
+        jwt_keys=[endpoints.jwt_secret], issuer=settings.auth.jwt_issuer,
+        audience=settings.auth.jwt_audience, allowed_origins=allowed_origins(settings),
+        max_message=settings.http.max_frame_bytes)
+    pool = KurentoPool(endpoints.kurento_urls)
+    app[POOL] = pool
+    app[HUB] = Hub(pool=pool, recordings_root=settings.recordings_path,
+                   watchdog_timeout=settings.calls.watchdog_timeout,
+                   turn_urls=endpoints.turn_urls,
+                   turn_secret=endpoints.turn_secrets[0] if endpoints.turn_secrets else "",
+                   max_conference_size=settings.calls.max_conference_size)
+
     async def clients(app: web.Application) -> AsyncIterator[None]:
         app[REDIS] = aioredis.Redis.from_url(endpoints.redis_url)
         app[HTTP] = aiohttp.ClientSession()
+        await pool.start()
         yield
-        await app[HTTP].close()
-        with contextlib.suppress(aioredis.RedisError, OSError):
-            await app[REDIS].aclose()
+        try:
+            await app[HUB].shutdown()
+        finally:
+            await pool.close()
+            await app[HTTP].close()
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                await app[REDIS].aclose()
 
     app.cleanup_ctx.append(clients)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/ws", websocket_handler)
     return app
+
+
+def allowed_origins(settings: Settings) -> set[str]:
+    if settings.http.allowed_origins:
+        return {o.rstrip("/") for o in settings.http.allowed_origins}
+    origins = {settings.public_url}
+    if not settings.http.public_url:
+        # The embedded default is reached as either name of the loopback host.
+        origins |= {f"http://127.0.0.1:{settings.http.port}",
+                    f"http://localhost:{settings.http.port}"}
+    return origins

@@ -1,0 +1,122 @@
+"""`Call` and its lifecycle: one entry point for every state change, each one on the timeline."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from signaling.participant import Participant
+
+__all__ = ["Call", "CallKind", "CallState", "FailureReason", "IllegalTransition", "Timeline"]
+
+log = logging.getLogger(__name__)
+
+
+class CallKind(enum.StrEnum):
+    CONSULTATION = "consultation"
+    REFERRAL = "referral"
+    CONFERENCE = "conference"
+
+
+class CallState(enum.StrEnum):
+    CREATED = "created"
+    RINGING = "ringing"
+    CONNECTING = "connecting"
+    LIVE = "live"
+    ENDED = "ended"
+    FAILED = "failed"
+
+
+class FailureReason(enum.StrEnum):
+    NO_MEDIA = "no-media"
+    MEDIA_SERVER_LOST = "media-server-lost"
+    RECORDING_FAILED = "recording-failed"
+    TURN_EXHAUSTED = "turn-exhausted"
+    DECLINED = "declined"
+    RING_TIMEOUT = "ring-timeout"
+    SHUTDOWN = "shutdown"
+    INTERNAL = "internal"
+
+
+TRANSITIONS: dict[CallState, frozenset[CallState]] = {
+    CallState.CREATED: frozenset({CallState.RINGING, CallState.CONNECTING, CallState.ENDED,
+                                  CallState.FAILED}),
+    CallState.RINGING: frozenset({CallState.CONNECTING, CallState.ENDED, CallState.FAILED}),
+    CallState.CONNECTING: frozenset({CallState.LIVE, CallState.ENDED, CallState.FAILED}),
+    CallState.LIVE: frozenset({CallState.ENDED, CallState.FAILED}),
+    CallState.ENDED: frozenset(),
+    CallState.FAILED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@dataclass
+class Timeline:
+    """What happened to a call, in order; bounded so a chatty client cannot grow it forever."""
+
+    limit: int = 2000
+    events: deque[dict[str, Any]] = field(default_factory=deque)
+    dropped: int = 0
+
+    def add(self, what: str, now: float | None = None, **data: Any) -> None:
+        if len(self.events) >= self.limit:
+            self.events.popleft()
+            self.dropped += 1
+        self.events.append({"at": now if now is not None else time.time(), "event": what,
+                            **data})
+
+    def as_list(self) -> list[dict[str, Any]]:
+        return list(self.events)
+
+
+@dataclass
+class Call:
+    kind: CallKind
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    state: CallState = CallState.CREATED
+    participants: dict[str, Participant] = field(default_factory=dict)
+    failure: FailureReason | None = None
+    failure_detail: str = ""
+    media_server: str | None = None
+    max_participants: int = 2
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    timeline: Timeline = field(default_factory=Timeline)
+
+    def __post_init__(self) -> None:
+        self.timeline.add("state", state=self.state.value, kind=self.kind.value)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (CallState.ENDED, CallState.FAILED)
+
+    def transition(self, to: CallState, *, reason: FailureReason | None = None,
+                   detail: str = "", now: float | None = None) -> None:
+        if to not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"call {self.id}: {self.state} -> {to}")
+        if (to is CallState.FAILED) != (reason is not None):
+            raise IllegalTransition(f"call {self.id}: a failure needs a reason, nothing else does")
+        log.info("= %s -> %s %s", self.state.value, to.value, reason.value if reason else "",
+                 extra={"call_id": self.id})
+        self.state = to
+        if reason is not None:
+            self.failure, self.failure_detail = reason, detail
+        self.timeline.add("state", now, state=to.value,
+                          **({"reason": reason.value, "detail": detail} if reason else {}))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "kind": self.kind.value, "state": self.state.value,
+            "failure": self.failure.value if self.failure else None,
+            "failureDetail": self.failure_detail or None, "mediaServer": self.media_server,
+            "participants": [p.describe() for p in self.participants.values()],
+            "createdAt": self.created_at, "metadata": self.metadata,
+        }

@@ -1,0 +1,274 @@
+"""`CallMedia`: one call's Kurento pipeline, endpoints and recorders.
+
+Topology: each participant publishes through one WebRtcEndpoint whose stream is also
+connected to its own RecorderEndpoint; each viewer receives each other participant through
+a WebRtcEndpoint connected from that participant's publisher. Events are subscribed before
+`processOffer`/`connect`, since KMS does not replay them. Independent calls to the media
+server are issued together (`asyncio.gather`). `close()` ends every recorder with
+`stopAndWait` before the pipeline is released, whatever happened before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kurento_ctl.errors import KurentoError, SdpError
+from kurento_ctl.events import (
+    Error,
+    IceCandidateFound,
+    IceComponentStateChanged,
+    KurentoEvent,
+    MediaFlowInStateChanged,
+    MediaFlowOutStateChanged,
+    Recording,
+)
+from kurento_ctl.objects import MediaPipeline, RecorderEndpoint, WebRtcEndpoint
+from kurento_ctl.pool import KurentoPool, PooledServer
+from signaling.candidates import CandidateBuffer, CandidateFilter
+from signaling.errors import MediaError
+
+__all__ = ["CallMedia", "MediaListener"]
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 10.0  # KMS's stopAndWait caps itself at 4 s; ours covers the RPC on top
+
+
+@dataclass
+class MediaListener:
+    """What the hub wants to hear about; every callback is plain and must not block."""
+
+    candidate: Callable[[str, str, dict[str, Any]], None]  # viewer, target, candidate
+    flow: Callable[[str, str, str, str, bool], None]  # endpoint owner, target, dir, kind, on
+    recording: Callable[[str], None]  # participant whose recorder started
+    failure: Callable[[str, str], None]  # participant, description
+    ice_state: Callable[[str, str, str], None]  # participant, target, state
+    dropped: Callable[[str, str, list[str]], None]  # participant, direction, reasons
+
+
+@dataclass
+class Endpoints:
+    publisher: WebRtcEndpoint | None = None
+    recorder: RecorderEndpoint | None = None
+    recorder_path: Path | None = None
+    subscriptions: dict[str, WebRtcEndpoint] = field(default_factory=dict)
+
+
+class CallMedia:
+    def __init__(self, call_id: str, pool: KurentoPool, recordings_dir: Path,
+                 listener: MediaListener, candidate_filter: CandidateFilter) -> None:
+        self.call_id = call_id
+        self.pool = pool
+        self.recordings_dir = recordings_dir
+        self.listener = listener
+        self.filter = candidate_filter
+        self.server: PooledServer | None = None
+        self.pipeline: MediaPipeline | None = None
+        self.participants: dict[str, Endpoints] = {}
+        self.buffer = CandidateBuffer()
+        self.ice_states: dict[tuple[str, str], str] = {}
+        self._pipeline_lock = asyncio.Lock()
+        self._closed = False
+        self.recordings: list[Path] = []
+
+    @property
+    def log_extra(self) -> dict[str, str]:
+        return {"call_id": self.call_id}
+
+    async def _ensure_pipeline(self) -> MediaPipeline:
+        async with self._pipeline_lock:
+            if self._closed:
+                raise MediaError("the call is over", code="call.ended")
+            if self.pipeline is None:
+                self.server, self.pipeline = await self.pool.create_pipeline()
+                log.info("= pipeline %s on %s", self.pipeline.id, self.server.url,
+                         extra=self.log_extra)
+            return self.pipeline
+
+    async def _endpoint(self, owner: str, target: str) -> WebRtcEndpoint:
+        """A WebRtcEndpoint with every event we rely on subscribed before it is used."""
+        pipeline = await self._ensure_pipeline()
+        ep = await pipeline.create_webrtc_endpoint()
+
+        def on_candidate(e: KurentoEvent) -> None:
+            assert isinstance(e, IceCandidateFound)
+            verdict = self.filter.judge(e.candidate)
+            if not verdict.keep:
+                self.listener.dropped(owner, "to-browser", [verdict.reason])
+                return
+            self.listener.candidate(owner, target, {
+                "candidate": e.candidate, "sdpMid": e.sdp_mid, "sdpMLineIndex": e.sdp_mline_index})
+
+        def on_flow(e: KurentoEvent) -> None:
+            assert isinstance(e, (MediaFlowInStateChanged, MediaFlowOutStateChanged))
+            direction = "in" if isinstance(e, MediaFlowInStateChanged) else "out"
+            self.listener.flow(owner, target, direction, e.media_type.lower(), e.flowing)
+
+        def on_ice(e: KurentoEvent) -> None:
+            assert isinstance(e, IceComponentStateChanged)
+            self.ice_states[(owner, target)] = e.state
+            self.listener.ice_state(owner, target, e.state)
+
+        def on_error(e: KurentoEvent) -> None:
+            assert isinstance(e, Error)
+            self.listener.failure(owner, f"{e.error_type}: {e.description}")
+
+        await asyncio.gather(
+            ep.subscribe(IceCandidateFound, on_candidate),
+            ep.subscribe(MediaFlowInStateChanged, on_flow),
+            ep.subscribe(MediaFlowOutStateChanged, on_flow),
+            ep.subscribe(IceComponentStateChanged, on_ice),
+            ep.subscribe(Error, on_error),
+        )
+        return ep
+
+    def _offer(self, owner: str, sdp: str) -> str:
+        filtered, reasons = self.filter.filter_sdp(sdp)
+        if reasons:
+            self.listener.dropped(owner, "from-browser", reasons)
+        return filtered
+
+    def _answer(self, owner: str, sdp: str) -> str:
+        filtered, reasons = self.filter.filter_sdp(sdp)
+        if reasons:
+            self.listener.dropped(owner, "to-browser", reasons)
+        return filtered
+
+    async def _negotiate(self, owner: str, target: str, ep: WebRtcEndpoint, offer: str) -> str:
+        try:
+            answer = await ep.process_offer(self._offer(owner, offer))
+        except SdpError as exc:
+            raise MediaError(f"the media server refused the offer: {exc.message}",
+                             code="sdp.invalid") from None
+        await ep.gather_candidates()
+        for candidate in self.buffer.take(f"{owner}/{target}"):
+            await self._add_candidate(ep, candidate)
+        return self._answer(owner, answer)
+
+    async def publish(self, participant: str, offer: str, kinds: frozenset[str]) -> str:
+        """Answers a publisher's offer; its recorder is recording (or waiting for media)."""
+        entry = self.participants.setdefault(participant, Endpoints())
+        if entry.publisher is not None:
+            raise MediaError("already published; leave and join again to renegotiate",
+                             code="sdp.invalid")
+        pipeline = await self._ensure_pipeline()
+        profile = "WEBM" if kinds == {"audio", "video"} else (
+            "WEBM_AUDIO_ONLY" if kinds == {"audio"} else "WEBM_VIDEO_ONLY")
+        path = self.recordings_dir / f"{participant}.webm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ep, recorder = await asyncio.gather(
+            self._endpoint(participant, "publish"),
+            pipeline.create_recorder_endpoint(path.as_uri(), media_profile=profile),  # type: ignore[arg-type]
+        )
+        entry.publisher, entry.recorder, entry.recorder_path = ep, recorder, path
+        self.recordings.append(path)
+
+        def on_recording(_: KurentoEvent) -> None:
+            self.listener.recording(participant)
+
+        def on_recorder_error(e: KurentoEvent) -> None:
+            assert isinstance(e, Error)
+            self.listener.failure(participant, f"recorder: {e.error_type}: {e.description}")
+
+        media_type = None if len(kinds) != 1 else ("AUDIO" if "audio" in kinds else "VIDEO")
+        await asyncio.gather(
+            recorder.subscribe(Recording, on_recording),
+            recorder.subscribe(Error, on_recorder_error),
+            ep.connect(recorder, media_type),  # type: ignore[arg-type]
+        )
+        await recorder.record()
+        # Connect whoever already watches this participant.
+        viewers = [(viewer, e.subscriptions[participant]) for viewer, e in
+                   self.participants.items() if participant in e.subscriptions]
+        await asyncio.gather(*(ep.connect(sub) for _, sub in viewers))
+        return await self._negotiate(participant, "publish", ep, offer)
+
+    async def subscribe(self, viewer: str, source: str, offer: str) -> str:
+        entry = self.participants.setdefault(viewer, Endpoints())
+        if source in entry.subscriptions:
+            raise MediaError("already subscribed to that participant", code="sdp.invalid")
+        ep = await self._endpoint(viewer, source)
+        entry.subscriptions[source] = ep
+        publisher = self.participants.get(source, Endpoints()).publisher
+        if publisher is not None:
+            await publisher.connect(ep)
+        return await self._negotiate(viewer, source, ep, offer)
+
+    def _endpoint_for(self, owner: str, target: str) -> WebRtcEndpoint | None:
+        entry = self.participants.get(owner)
+        if entry is None:
+            return None
+        return entry.publisher if target == "publish" else entry.subscriptions.get(target)
+
+    async def add_candidate(self, owner: str, target: str, candidate: dict[str, Any]) -> None:
+        verdict = self.filter.judge(str(candidate.get("candidate", "")))
+        if not verdict.keep:
+            self.listener.dropped(owner, "from-browser", [verdict.reason])
+            return
+        ep = self._endpoint_for(owner, target)
+        if ep is None:
+            if not self.buffer.add(f"{owner}/{target}", candidate):
+                raise MediaError("too many early candidates", code="candidate.invalid")
+            return
+        await self._add_candidate(ep, candidate)
+
+    async def _add_candidate(self, ep: WebRtcEndpoint, candidate: dict[str, Any]) -> None:
+        line = str(candidate.get("candidate", ""))
+        if not line:
+            return  # end-of-candidates; KMS ignores it
+        mid = candidate.get("sdpMid")
+        index = candidate.get("sdpMLineIndex")
+        await ep.add_ice_candidate(line, str(mid if mid is not None else "0"),
+                                   int(index) if isinstance(index, int) else 0)
+
+    async def remove(self, participant: str) -> None:
+        """A participant left: its recorder is finalized, its endpoints released."""
+        entry = self.participants.pop(participant, None)
+        released: list[Any] = []
+        if entry is not None:
+            if entry.recorder is not None:
+                await self._stop(entry.recorder)
+                released.append(entry.recorder)
+            if entry.publisher is not None:
+                released.append(entry.publisher)
+            released.extend(entry.subscriptions.values())
+        for other in self.participants.values():
+            sub = other.subscriptions.pop(participant, None)
+            if sub is not None:
+                released.append(sub)
+        for obj in released:
+            with contextlib.suppress(KurentoError):
+                await obj.release()
+
+    async def _stop(self, recorder: RecorderEndpoint) -> None:
+        try:
+            await asyncio.wait_for(recorder.stop_and_wait(), STOP_TIMEOUT)
+        except (KurentoError, TimeoutError) as exc:
+            log.error("! stopAndWait of %s failed: %s", recorder.id, exc, extra=self.log_extra)
+
+    async def close(self) -> None:
+        """Finalizes every recording, then releases the pipeline; safe to call twice."""
+        async with self._pipeline_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            recorders = [e.recorder for e in self.participants.values() if e.recorder]
+            await asyncio.gather(*(self._stop(r) for r in recorders))
+        finally:
+            if self.pipeline is not None:
+                with contextlib.suppress(KurentoError):
+                    await self.pipeline.release()
+                if self.server is not None:
+                    self.pool.forget_pipeline(self.server, self.pipeline.id)
+            self.participants.clear()
+
+    @property
+    def pipeline_id(self) -> str | None:
+        return self.pipeline.id if self.pipeline is not None else None

@@ -1,0 +1,46 @@
+"""`Participant`: someone the MIS invited to a call, and their connection state."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Participant", "ParticipantState"]
+
+
+class ParticipantState(enum.StrEnum):
+    INVITED = "invited"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    LEFT = "left"
+
+
+TRANSITIONS: dict[ParticipantState, frozenset[ParticipantState]] = {
+    ParticipantState.INVITED: frozenset({ParticipantState.CONNECTING, ParticipantState.LEFT}),
+    ParticipantState.CONNECTING: frozenset({ParticipantState.CONNECTED, ParticipantState.LEFT}),
+    # A new socket for someone already in the call replaces the old one.
+    ParticipantState.CONNECTED: frozenset({ParticipantState.LEFT, ParticipantState.CONNECTING}),
+    # A participant who left may come back to the same call with a new connection.
+    ParticipantState.LEFT: frozenset({ParticipantState.CONNECTING}),
+}
+
+
+@dataclass
+class Participant:
+    id: str  # the MIS user id (the token's subject)
+    name: str
+    role: str
+    state: ParticipantState = ParticipantState.INVITED
+    published: frozenset[str] = frozenset()  # media kinds this participant sends
+    joins: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def transition(self, to: ParticipantState) -> None:
+        if to not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"participant {self.id}: {self.state} -> {to}")
+        self.state = to
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "role": self.role, "state": self.state.value,
+                "published": sorted(self.published)}

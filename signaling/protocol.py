@@ -1,0 +1,228 @@
+"""The browser ↔ signalling protocol, version 1: messages, parsing and encoding. No I/O.
+
+Every message is a JSON object with a `type`. Requests from the client carry an `id`
+(string or integer); the reply names it in `re`. Server events carry no `re`. The
+WebSocket subprotocol `telemed.v1` (optional) or `hello.protocol` names the version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from signaling.errors import MessageError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "SUBPROTOCOL",
+    "Candidate",
+    "ClientEvent",
+    "ClientMessage",
+    "End",
+    "Hello",
+    "Join",
+    "Leave",
+    "Ping",
+    "Publish",
+    "Subscribe",
+    "encode",
+    "parse_client_message",
+    "schemas",
+]
+
+PROTOCOL_VERSION = 1
+SUBPROTOCOL = "telemed.v1"
+RequestId = str | int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hello:
+    """Authenticates the socket with a join token."""
+
+    TYPE: ClassVar[str] = "hello"
+    id: RequestId = None
+    token: str
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, kw_only=True)
+class Join:
+    """Enters the call the token opens; the reply is `joined`."""
+
+    TYPE: ClassVar[str] = "join"
+    id: RequestId = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Publish:
+    """An SDP offer (sendonly) for this participant's camera and microphone."""
+
+    TYPE: ClassVar[str] = "publish"
+    id: RequestId = None
+    sdp: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Subscribe:
+    """An SDP offer (recvonly) to receive another participant's media."""
+
+    TYPE: ClassVar[str] = "subscribe"
+    id: RequestId = None
+    participant: str
+    sdp: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Candidate:
+    """A trickled ICE candidate for `target`: `publish` or a participant id subscribed to.
+
+    An empty `candidate` is end-of-candidates.
+    """
+
+    TYPE: ClassVar[str] = "candidate"
+    id: RequestId = None
+    target: str
+    candidate: str
+    sdpMid: str | None = None
+    sdpMLineIndex: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Leave:
+    TYPE: ClassVar[str] = "leave"
+    id: RequestId = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class End:
+    """Ends the call for everyone (doctors and consultants only)."""
+
+    TYPE: ClassVar[str] = "end"
+    id: RequestId = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientEvent:
+    """The client's diagnostics (ICE/connection state changes, media it receives).
+
+    `event` `mediaReceived` with `data.participant` and `data.kinds` tells the watchdog
+    that media from that participant reaches the browser.
+    """
+
+    TYPE: ClassVar[str] = "clientEvent"
+    id: RequestId = None
+    event: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ping:
+    TYPE: ClassVar[str] = "ping"
+    id: RequestId = None
+
+
+ClientMessage = Hello | Join | Publish | Subscribe | Candidate | Leave | End | ClientEvent | Ping
+MESSAGES: dict[str, type[Any]] = {
+    cls.TYPE: cls for cls in typing.get_args(ClientMessage)
+}
+
+MAX_FIELD = {"sdp": 32768, "candidate": 1024, "token": 4096}
+
+
+def _check(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, __import__("types").UnionType):
+        return any(_check(value, arg) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    return isinstance(value, tp)
+
+
+def parse_client_message(text: str | bytes, *, max_size: int = 65536) -> ClientMessage:
+    """The message, or MessageError with the code and the field at fault."""
+    if len(text) > max_size:
+        raise MessageError(f"message of {len(text)} bytes exceeds {max_size}",
+                           code="message.too_large")
+    try:
+        obj = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise MessageError("not valid JSON", code="message.malformed") from None
+    if not isinstance(obj, dict):
+        raise MessageError("a message is a JSON object", code="message.malformed")
+    kind = obj.get("type")
+    cls = MESSAGES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise MessageError(f"unknown message type {kind!r}"[:120], code="message.unknown_type")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key == "type":
+            continue
+        if key not in fields:
+            raise MessageError(f"{kind}: unknown field {key!r}"[:120])
+        if not _check(value, hints[key]):
+            raise MessageError(f"{kind}.{key}: wrong type")
+        if isinstance(value, str) and len(value) > MAX_FIELD.get(key, 4096):
+            raise MessageError(f"{kind}.{key}: too long")
+        kwargs[key] = value
+    for name, f in fields.items():
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \
+                and name not in kwargs:
+            raise MessageError(f"{kind}.{name}: required")
+    return typing.cast(ClientMessage, cls(**kwargs))
+
+
+def encode(type_: str, *, re: RequestId = None, **fields: Any) -> str:
+    """A server message: events have no `re`; replies name the request they answer."""
+    body: dict[str, Any] = {"type": type_}
+    if re is not None:
+        body["re"] = re
+    body.update(fields)
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def error(code: str, message: str, *, re: RequestId = None) -> str:
+    return encode("error", re=re, code=code, message=message)
+
+
+def _schema(tp: Any) -> dict[str, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, __import__("types").UnionType):
+        return {"anyOf": [_schema(a) for a in typing.get_args(tp)]}
+    if tp is type(None):
+        return {"type": "null"}
+    if tp is str:
+        return {"type": "string"}
+    if tp is int:
+        return {"type": "integer"}
+    if tp is dict or origin is dict:
+        return {"type": "object"}
+    raise TypeError(tp)
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schemas of every client message, derived from the dataclasses."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind, cls in MESSAGES.items():
+        hints = typing.get_type_hints(cls)
+        props: dict[str, Any] = {"type": {"const": kind}}
+        required = ["type"]
+        for f in dataclasses.fields(cls):
+            props[f.name] = _schema(hints[f.name])
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                required.append(f.name)
+        out[kind] = {"type": "object", "properties": props, "required": required,
+                     "additionalProperties": False}
+    return out

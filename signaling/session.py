@@ -1,0 +1,260 @@
+"""The WebSocket driver: one browser connection, from `hello` to its last message.
+
+Checks the Origin, authenticates with the join token, validates every message, limits
+size and rate, and answers each request with a reply naming its id or an `error` with a
+stable code. A bad message never harms the connection's call or anyone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from signaling.errors import AuthError, ResourceError, SignalingError
+from signaling.hub import Hub
+from signaling.protocol import (
+    SUBPROTOCOL,
+    Candidate,
+    ClientEvent,
+    ClientMessage,
+    End,
+    Hello,
+    Join,
+    Leave,
+    Ping,
+    Publish,
+    Subscribe,
+    encode,
+    error,
+    parse_client_message,
+)
+from signaling.tokens import JoinClaims, verify_join_token
+
+__all__ = ["ClientSession", "RateLimit", "SessionConfig", "websocket_handler"]
+
+log = logging.getLogger(__name__)
+
+#: Frames above this close the socket (1009); below it but above max_message, an error reply.
+HARD_FRAME_LIMIT = 1024 * 1024
+
+
+class RateLimit:
+    """A token bucket; time is an argument so tests need no clock."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.last: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class SessionConfig:
+    def __init__(self, *, jwt_keys: list[Any], issuer: str, audience: str,
+                 allowed_origins: set[str], max_message: int = 65536,
+                 rate: float = 50.0, burst: float = 100.0, heartbeat: float = 15.0) -> None:
+        self.jwt_keys = jwt_keys
+        self.issuer = issuer
+        self.audience = audience
+        self.allowed_origins = allowed_origins
+        self.max_message = max_message
+        self.rate = rate
+        self.burst = burst
+        self.heartbeat = heartbeat
+
+
+class ClientSession:
+    """One connection's state: who it is once authenticated, and its outgoing queue."""
+
+    def __init__(self, ws: web.WebSocketResponse, hub: Hub, config: SessionConfig,
+                 peer: str) -> None:
+        self.ws = ws
+        self.hub = hub
+        self.config = config
+        self.peer = peer
+        self.claims: JoinClaims | None = None
+        self.joined = False
+        self.limit = RateLimit(config.rate, config.burst)
+        self.violations = 0
+        self._out: asyncio.Queue[str | None] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, text: str) -> None:
+        self._out.put_nowait(text)
+
+    async def _writer(self) -> None:
+        while (text := await self._out.get()) is not None:
+            if self.ws.closed:
+                return
+            with contextlib.suppress(ConnectionError):
+                await self.ws.send_str(text)
+
+    @property
+    def log_extra(self) -> dict[str, Any]:
+        if self.claims is None:
+            return {"peer": self.peer}
+        return {"call_id": self.claims.call_id, "participant": self.claims.subject}
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._writer())
+        try:
+            async for msg in self.ws:
+                if msg.type is WSMsgType.TEXT:
+                    await self._receive(msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    self.send(error("message.malformed", "binary frames are not accepted"))
+                if self.violations > 50:
+                    log.warning("! closing a connection that keeps sending bad messages",
+                                extra=self.log_extra)
+                    await self.ws.close(code=WSCloseCode.POLICY_VIOLATION,
+                                        message=b"rate.limited")
+                    break
+        finally:
+            for task in list(self._tasks):
+                with contextlib.suppress(Exception):
+                    await task
+            if self.claims is not None and self.joined:
+                await self.hub.leave(self, self.claims.call_id, self.claims.subject,
+                                     why="disconnected")
+            self._out.put_nowait(None)
+            await writer
+
+    async def _receive(self, text: str) -> None:
+        if not self.limit.allow(time.monotonic()):
+            self.violations += 1
+            self.send(error("rate.limited", "too many messages; slow down"))
+            return
+        try:
+            message = parse_client_message(text, max_size=self.config.max_message)
+        except SignalingError as exc:
+            self.violations += 1
+            log.info("! %s: %s", exc.code, exc.message, extra=self.log_extra)
+            self.send(error(exc.code, exc.message))
+            return
+        if isinstance(message, (Publish, Subscribe)):
+            # Negotiations take media-server round trips; run them side by side.
+            task = asyncio.create_task(self._handle(message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            await self._handle(message)
+
+    async def _handle(self, message: ClientMessage) -> None:
+        try:
+            reply = await self._dispatch(message)
+            if reply is not None:
+                kind, fields = reply
+                self.send(encode(kind, re=message.id, **fields))
+        except SignalingError as exc:
+            log.info("! %s %s: %s", message.TYPE, exc.code, exc.message, extra=self.log_extra)
+            self.send(error(exc.code, exc.message, re=message.id))
+        except Exception:
+            log.exception("! %s failed", message.TYPE, extra=self.log_extra)
+            self.send(error("internal", "internal error; the call goes on", re=message.id))
+
+    def _claims(self) -> JoinClaims:
+        if self.claims is None:
+            raise AuthError("send hello with your token first", code="auth.required")
+        return self.claims
+
+    def _joined(self) -> JoinClaims:
+        claims = self._claims()
+        if not self.joined:
+            raise SignalingError("join the call first", code="call.not_joined")
+        return claims
+
+    async def _dispatch(self, message: ClientMessage) -> tuple[str, dict[str, Any]] | None:
+        match message:
+            case Hello(token=token):
+                if self.claims is not None:
+                    raise AuthError("already authenticated", code="auth.invalid")
+                claims = verify_join_token(token, keys=self.config.jwt_keys,
+                                           issuer=self.config.issuer,
+                                           audience=self.config.audience)
+                self.hub.lookup(claims)
+                self.claims = claims
+                log.info("< hello from %s (%s)", claims.subject, claims.role,
+                         extra=self.log_extra)
+                return "welcome", {"participant": claims.subject, "call": claims.call_id}
+            case Join():
+                claims = self._claims()
+                if self.joined:
+                    raise SignalingError("already joined", code="call.already_joined")
+                joined = await self.hub.join(self, claims)
+                self.joined = True
+                return "joined", joined
+            case Publish(sdp=sdp):
+                claims = self._joined()
+                answer = await self.hub.publish(self, claims.call_id, claims.subject, sdp)
+                return "answer", {"target": "publish", "sdp": answer}
+            case Subscribe(participant=source, sdp=sdp):
+                claims = self._joined()
+                answer = await self.hub.subscribe(self, claims.call_id, claims.subject,
+                                                  source, sdp)
+                return "answer", {"target": source, "sdp": answer}
+            case Candidate(target=target, candidate=candidate, sdpMid=mid,
+                           sdpMLineIndex=index):
+                claims = self._joined()
+                await self.hub.candidate(self, claims.call_id, claims.subject, target,
+                                         {"candidate": candidate, "sdpMid": mid,
+                                          "sdpMLineIndex": index})
+                return None if message.id is None else ("ok", {})
+            case ClientEvent(event=event, data=data):
+                claims = self._joined()
+                self.hub.client_event(self, claims.call_id, claims.subject, event, data)
+                return None if message.id is None else ("ok", {})
+            case Leave():
+                claims = self._joined()
+                self.joined = False
+                await self.hub.leave(self, claims.call_id, claims.subject)
+                return "ok", {}
+            case End():
+                claims = self._joined()
+                if claims.role == "patient":
+                    raise SignalingError("only clinicians end a call for everyone",
+                                         code="call.not_allowed")
+                await self.hub.end(claims.call_id)
+                return "ok", {}
+            case Ping():
+                return "pong", {}
+        raise ResourceError("unhandled message", code="internal")  # pragma: no cover
+
+
+def origin_allowed(request: web.Request, allowed: set[str]) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    parts = urlsplit(origin)
+    return f"{parts.scheme}://{parts.netloc}" in allowed
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    from signaling.app import HUB, SESSION_CONFIG
+
+    hub = request.app[HUB]
+    config = request.app[SESSION_CONFIG]
+    if not origin_allowed(request, config.allowed_origins):
+        log.warning("! WebSocket from a foreign origin %r refused",
+                    request.headers.get("Origin", "")[:100])
+        return web.json_response({"code": "origin.forbidden",
+                                  "message": "this origin may not open a call socket"},
+                                 status=403)
+    ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), max_msg_size=HARD_FRAME_LIMIT,
+                               heartbeat=config.heartbeat)
+    await ws.prepare(request)
+    session = ClientSession(ws, hub, config, request.remote or "?")
+    await session.run()
+    return ws

@@ -1,0 +1,238 @@
+"""The signalling service in-process with the embedded media server, and scripted
+participants that speak our WebSocket protocol with aiortc peer connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+from signaling.app import HUB, create_app
+from signaling.embedded import Endpoints
+from signaling.hub import Hub
+from signaling.protocol import SUBPROTOCOL
+from signaling.settings import Settings, load_settings
+from signaling.tokens import mint_join_token
+from tests.helpers import scaled, within
+from tests.media_fixtures import PatternTrack, ToneTrack
+from tests.services import free_port
+
+JWT_SECRET = "test-secret-" + "x" * 20
+
+
+@dataclass
+class Service:
+    url: str  # http://127.0.0.1:port
+    hub: Hub
+    settings: Settings
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/ws"
+
+    def token(self, call_id: str, subject: str, *, role: str = "patient", name: str = "",
+              **overrides: Any) -> str:
+        args: dict[str, Any] = {
+            "key": JWT_SECRET, "issuer": self.settings.auth.jwt_issuer,
+            "audience": self.settings.auth.jwt_audience, "subject": subject,
+            "name": name or subject, "role": role, "call_id": call_id}
+        args.update(overrides)
+        return mint_join_token(**args)
+
+
+@contextlib.asynccontextmanager
+async def run_service(tmp_path: Path, redis_url: str, kurento_urls: tuple[str, ...], *,
+                      watchdog_timeout: float = 10.0, env: dict[str, str] | None = None
+                      ) -> AsyncIterator[Service]:
+    port = free_port()
+    settings = load_settings(env={
+        "TELEMED_HTTP_PORT": str(port), "TELEMED_DATA_DIR": str(tmp_path / "data"),
+        "TELEMED_CALLS_WATCHDOG_TIMEOUT": str(watchdog_timeout), **(env or {})})
+    endpoints = Endpoints(redis_url=redis_url, kurento_urls=kurento_urls, turn_urls=(),
+                          turn_secrets=(), jwt_secret=JWT_SECRET)
+    app = create_app(settings, endpoints)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield Service(f"http://127.0.0.1:{port}", app[HUB], settings)
+    finally:
+        await runner.cleanup()
+
+
+def _as_mdns(line: str) -> str:
+    if not line.startswith("a=candidate:"):
+        return line
+    parts = line.split(" ")
+    parts[4] = f"{uuid.uuid4()}.local"
+    return " ".join(parts)
+
+
+class ProtocolError(Exception):
+    def __init__(self, reply: dict[str, Any]) -> None:
+        super().__init__(f"{reply.get('code')}: {reply.get('message')}")
+        self.code = reply.get("code")
+
+
+class CallClient:
+    """A participant: one WebSocket, one publishing peer, one receiving peer per source."""
+
+    def __init__(self, service: Service, token: str, *, origin: str | None = None) -> None:
+        self.service = service
+        self.token = token
+        self.origin = origin or service.url
+        self.events: list[dict[str, Any]] = []
+        self._event_added = asyncio.Condition()
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next = 0
+        self.pcs: dict[str, RTCPeerConnection] = {}
+        self.received: dict[str, dict[str, int]] = {}
+        self.got_media: dict[str, asyncio.Event] = {}
+        self._readers: list[asyncio.Task[None]] = []
+        self.strip_remote_candidates = False
+        #: Rewrite our candidates' addresses as mDNS names, which the hub must drop.
+        self.mdns_candidates = False
+        self.http: aiohttp.ClientSession | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.participant: str | None = None
+
+    async def connect(self) -> None:
+        self.http = aiohttp.ClientSession()
+        self.ws = await self.http.ws_connect(self.service.ws_url, protocols=[SUBPROTOCOL],
+                                             headers={"Origin": self.origin})
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                break
+            body = json.loads(msg.data)
+            re = body.get("re")
+            if re is not None and re in self._replies:
+                self._replies.pop(re).set_result(body)
+                continue
+            if body["type"] == "candidate":
+                await self._remote_candidate(body)
+            async with self._event_added:
+                self.events.append(body)
+                self._event_added.notify_all()
+
+    async def send_raw(self, text: str) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(text)
+
+    async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        self._next += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[self._next] = future
+        await self.send_raw(json.dumps({"type": type_, "id": self._next, **fields}))
+        reply = await within(future, 20, f"reply to {type_}")
+        if reply["type"] == "error":
+            raise ProtocolError(reply)
+        return reply
+
+    async def wait_event(self, type_: str, pred: Callable[[dict[str, Any]], bool] = lambda e: True,
+                         timeout: float = 20) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            return next((e for e in self.events if e["type"] == type_ and pred(e)), None)
+
+        async def wait() -> dict[str, Any]:
+            async with self._event_added:
+                await self._event_added.wait_for(lambda: find() is not None)
+            found = find()
+            assert found is not None
+            return found
+
+        try:
+            return await asyncio.wait_for(wait(), scaled(timeout))
+        except TimeoutError:
+            raise AssertionError(f"no {type_} event within {scaled(timeout)}s; saw "
+                                 f"{[e['type'] for e in self.events]}") from None
+
+    async def join(self) -> dict[str, Any]:
+        await self.request("hello", token=self.token)
+        joined = await self.request("join")
+        self.participant = joined["you"]["id"]
+        return joined
+
+    async def _negotiate(self, target: str, pc: RTCPeerConnection, **fields: Any) -> None:
+        await pc.setLocalDescription(await pc.createOffer())
+        kind = "publish" if target == "publish" else "subscribe"
+        offer = pc.localDescription.sdp
+        if self.mdns_candidates:
+            offer = "\r\n".join(_as_mdns(line) for line in offer.split("\r\n"))
+        reply = await self.request(kind, sdp=offer, **fields)
+        sdp = reply["sdp"]
+        if self.strip_remote_candidates:
+            sdp = "\r\n".join(line for line in sdp.split("\r\n")
+                              if not line.startswith("a=candidate"))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
+
+    async def _remote_candidate(self, body: dict[str, Any]) -> None:
+        pc = self.pcs.get(body["target"])
+        if pc is None or self.strip_remote_candidates or not body.get("candidate"):
+            return
+        candidate = candidate_from_sdp(body["candidate"].split(":", 1)[1])
+        candidate.sdpMid = body.get("sdpMid")
+        candidate.sdpMLineIndex = body.get("sdpMLineIndex")
+        with contextlib.suppress(Exception):
+            await pc.addIceCandidate(candidate)
+
+    async def publish(self, *, audio: bool = True, video: bool = True) -> None:
+        pc = RTCPeerConnection()
+        self.pcs["publish"] = pc
+        if audio:
+            pc.addTransceiver(ToneTrack(), direction="sendonly")
+        if video:
+            pc.addTransceiver(PatternTrack(), direction="sendonly")
+        await self._negotiate("publish", pc)
+
+    async def subscribe(self, source: str) -> None:
+        pc = RTCPeerConnection()
+        self.pcs[source] = pc
+        self.received[source] = {"audio": 0, "video": 0}
+        self.got_media[source] = asyncio.Event()
+        pc.addTransceiver("audio", direction="recvonly")
+        pc.addTransceiver("video", direction="recvonly")
+        pc.on("track", lambda track: self._readers.append(
+            asyncio.create_task(self._read_track(source, track))))
+        await self._negotiate(source, pc, participant=source)
+
+    async def _read_track(self, source: str, track: MediaStreamTrack) -> None:
+        counts = self.received[source]
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                counts[track.kind] += 1
+                if counts["audio"] >= 5 and counts["video"] >= 5 \
+                        and not self.got_media[source].is_set():
+                    self.got_media[source].set()
+                    # What a browser reports from its inbound-rtp stats.
+                    await self.request("clientEvent", event="mediaReceived",
+                                       data={"participant": source})
+
+    async def close(self) -> None:
+        for task in self._readers:
+            task.cancel()
+        for pc in self.pcs.values():
+            await pc.close()
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await self._reader
+        if self.http is not None:
+            await self.http.close()

@@ -1,0 +1,43 @@
+"""TURN credentials, pure functions: coturn's shared-secret scheme (`use-auth-secret`).
+
+Username `<expiry>:<call>:<participant>`; password base64(HMAC-SHA1(secret, username)).
+coturn checks the expiry only when an allocation is created; a live allocation keeps
+refreshing after it, so the expiry covers joining, not the whole call.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["TurnCredential", "ice_servers", "shared_secret_credential"]
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass(frozen=True)
+class TurnCredential:
+    username: str
+    password: str
+    expires: int
+
+
+def shared_secret_credential(secret: str, *, call_id: str, participant: str, now: float,
+                             ttl: float = 3600.0) -> TurnCredential:
+    expires = int(now + ttl)
+    # Colons separate the fields, so none may appear inside them.
+    username = f"{expires}:{_SAFE.sub('_', call_id)}:{_SAFE.sub('_', participant)}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return TurnCredential(username, base64.b64encode(digest).decode(), expires)
+
+
+def ice_servers(urls: tuple[str, ...], credential: TurnCredential | None) -> list[dict[str, Any]]:
+    """An RTCIceServer list for the browser: the TURN URLs with this participant's secret."""
+    if not urls or credential is None:
+        return []
+    return [{"urls": list(urls), "username": credential.username,
+             "credential": credential.password}]
