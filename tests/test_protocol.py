@@ -1,0 +1,99 @@
+"""The browser protocol codec: parsing, validation errors with codes, schemas."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from signaling.errors import MessageError
+from signaling.protocol import (
+    Candidate,
+    ClientEvent,
+    Hello,
+    Publish,
+    encode,
+    error,
+    parse_client_message,
+    schemas,
+)
+
+
+def test_a_valid_message_becomes_its_dataclass() -> None:
+    msg = parse_client_message('{"type":"publish","id":7,"sdp":"v=0"}')
+    assert msg == Publish(id=7, sdp="v=0")
+    cand = parse_client_message(json.dumps({"type": "candidate", "target": "publish",
+                                            "candidate": "", "sdpMid": None}))
+    assert isinstance(cand, Candidate) and cand.candidate == "" and cand.sdpMid is None
+    assert parse_client_message('{"type":"clientEvent","event":"ice","data":{"s":1}}') == \
+        ClientEvent(event="ice", data={"s": 1})
+
+
+@pytest.mark.parametrize(("text", "code", "names"), [
+    ("{not json", "message.malformed", ""),
+    ("[1,2]", "message.malformed", ""),
+    ('{"type":"teleport"}', "message.unknown_type", "teleport"),
+    ('{"sdp":"x"}', "message.unknown_type", ""),
+    ('{"type":"publish"}', "message.invalid", "publish.sdp"),
+    ('{"type":"publish","sdp":5}', "message.invalid", "publish.sdp"),
+    ('{"type":"publish","sdp":"x","extra":1}', "message.invalid", "extra"),
+    ('{"type":"hello","token":"t","id":[1]}', "message.invalid", "hello.id"),
+    ('{"type":"candidate","target":"publish","candidate":"x","sdpMLineIndex":true}',
+     "message.invalid", "sdpMLineIndex"),
+])
+def test_bad_messages_get_a_specific_code_naming_the_field(text: str, code: str,
+                                                           names: str) -> None:
+    with pytest.raises(MessageError) as info:
+        parse_client_message(text)
+    assert info.value.code == code
+    assert names in info.value.message
+
+
+def test_an_oversized_message_is_refused_before_parsing() -> None:
+    with pytest.raises(MessageError) as info:
+        parse_client_message('{"type":"ping"}' + " " * 100, max_size=50)
+    assert info.value.code == "message.too_large"
+
+
+def test_replies_name_the_request_and_events_do_not() -> None:
+    assert json.loads(encode("answer", re=3, sdp="v=0")) == {"type": "answer", "re": 3,
+                                                             "sdp": "v=0"}
+    assert json.loads(encode("callLive")) == {"type": "callLive"}
+    assert json.loads(error("auth.expired", "token expired", re="a")) == {
+        "type": "error", "re": "a", "code": "auth.expired", "message": "token expired"}
+
+
+def test_schemas_accept_what_the_parser_accepts() -> None:
+    all_schemas = schemas()
+    assert set(all_schemas) == {"hello", "join", "publish", "subscribe", "candidate", "leave",
+                                "end", "clientEvent", "ping"}
+    sample = {"type": "hello", "id": 1, "token": "abc"}
+    jsonschema.validate(sample, all_schemas["hello"])
+    assert parse_client_message(json.dumps(sample)) == Hello(id=1, token="abc")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"type": "hello"}, all_schemas["hello"])
+
+
+@given(st.text(max_size=300))
+def test_arbitrary_text_never_escapes_as_anything_but_a_message_error(text: str) -> None:
+    try:
+        parse_client_message(text)
+    except MessageError as exc:
+        assert exc.code.startswith("message.")
+
+
+@given(st.dictionaries(st.sampled_from(["type", "id", "sdp", "token", "target", "candidate",
+                                        "participant", "event", "data", "x"]),
+                       st.one_of(st.none(), st.integers(), st.text(max_size=20),
+                                 st.sampled_from(["publish", "hello", "candidate", "join"]),
+                                 st.lists(st.integers(), max_size=2),
+                                 st.dictionaries(st.text(max_size=3), st.integers(),
+                                                 max_size=2))))
+def test_arbitrary_objects_parse_or_fail_with_a_code(obj: dict[str, object]) -> None:
+    try:
+        parse_client_message(json.dumps(obj))
+    except MessageError as exc:
+        assert exc.code in ("message.invalid", "message.unknown_type", "message.malformed")

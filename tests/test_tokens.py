@@ -1,0 +1,77 @@
+"""Join tokens: every way a token can be wrong has its own code."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from signaling.errors import AuthError
+from signaling.tokens import mint_join_token, verify_join_token
+
+KEY = "k" * 32
+ARGS = {"issuer": "mis", "audience": "telemed"}
+
+
+def mint(**kw: object) -> str:
+    base: dict[str, object] = {"key": KEY, "subject": "pat-1", "name": "Anna", "role": "patient",
+                               "call_id": "call-1", **ARGS}
+    base.update(kw)
+    return mint_join_token(**base)  # type: ignore[arg-type]
+
+
+def verify(token: str, **kw: object) -> object:
+    base: dict[str, object] = {"keys": [KEY], **ARGS}
+    base.update(kw)
+    return verify_join_token(token, **base)  # type: ignore[arg-type]
+
+
+def test_a_good_token_yields_its_claims() -> None:
+    claims = verify(mint(), call_id="call-1")
+    assert (claims.subject, claims.name, claims.role, claims.call_id) == (  # type: ignore[attr-defined]
+        "pat-1", "Anna", "patient", "call-1")
+
+
+@pytest.mark.parametrize(("token", "kw", "code"), [
+    (lambda: mint(key="other" * 8), {}, "auth.invalid"),
+    (lambda: mint(now=time.time() - 7200, ttl=60), {}, "auth.expired"),
+    (lambda: mint(audience="someone-else"), {}, "auth.audience"),
+    (lambda: mint(issuer="intruder"), {}, "auth.invalid"),
+    (lambda: mint(), {"call_id": "call-2"}, "auth.wrong_call"),
+    (lambda: "not.a.jwt", {}, "auth.invalid"),
+    (lambda: "garbage", {}, "auth.invalid"),
+    (lambda: jwt.encode({"sub": "x", "aud": "telemed", "iss": "mis", "exp": time.time() + 60,
+                         "role": "patient", "call": "call-1"}, None, algorithm="none"),
+     {}, "auth.invalid"),
+    (lambda: jwt.encode({"sub": "x", "aud": "telemed", "iss": "mis", "exp": time.time() + 60,
+                         "role": "admin", "call": "call-1"}, KEY, algorithm="HS256"),
+     {}, "auth.invalid"),
+])
+def test_bad_tokens_are_refused_with_their_code(token: object, kw: dict[str, object],
+                                                code: str) -> None:
+    with pytest.raises(AuthError) as info:
+        verify(token(), **kw)  # type: ignore[operator]
+    assert info.value.code == code
+
+
+def test_rotated_keys_are_all_accepted() -> None:
+    old = mint(key="old" * 11)
+    assert verify(old, keys=[KEY, "old" * 11])
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_asymmetric_tokens_from_the_mis_verify_with_its_public_key(alg: str) -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048) if alg == "RS256" \
+        else ec.generate_private_key(ec.SECP256R1())
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    public = private.public_key()
+    token = mint(key=pem, algorithm=alg)
+    assert verify(token, keys=[public], algorithms=[alg])
+    with pytest.raises(AuthError):
+        # An HS256 token signed with the public key's PEM must not pass as RS256/ES256.
+        forged = jwt.encode({"sub": "x"}, "s" * 32, algorithm="HS256")
+        verify(forged, keys=[public], algorithms=[alg])

@@ -1,0 +1,64 @@
+"""The media watchdog with a manual clock, and its timer on the real loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from signaling.watchdog import Expectation, Expired, MediaWatchdog, WatchdogTimer
+from tests.helpers import within
+
+AUDIO = Expectation("pat", "from-browser", "audio")
+VIDEO = Expectation("pat", "from-browser", "video")
+TO = Expectation("pat", "to-browser", "video", "doc")
+
+
+def test_nothing_expires_before_the_deadline_and_the_first_due_is_named() -> None:
+    wd = MediaWatchdog(timeout=10)
+    wd.expect(AUDIO, now=100)
+    wd.expect(TO, now=101)
+    assert wd.check(109.9) is None
+    expired = wd.check(110.0)
+    assert isinstance(expired, Expired) and expired.expectation == AUDIO
+    assert "audio" in expired.detail and "pat" in expired.detail
+
+
+def test_proof_clears_an_expectation_even_if_it_came_first() -> None:
+    wd = MediaWatchdog(timeout=10)
+    assert wd.satisfy(VIDEO) is False  # media flowed before we armed for it
+    wd.expect(VIDEO, now=0)
+    wd.expect(AUDIO, now=0)
+    assert wd.satisfy(AUDIO) is True
+    assert not wd.pending and wd.check(1000) is None
+
+
+def test_forgetting_a_participant_drops_what_involves_them() -> None:
+    wd = MediaWatchdog(timeout=10)
+    wd.expect(TO, now=0)
+    wd.expect(Expectation("doc", "from-browser", "audio"), now=0)
+    wd.forget("doc")
+    assert not wd.pending
+
+
+def test_the_detail_callback_adds_ice_state() -> None:
+    wd = MediaWatchdog(timeout=1)
+    wd.expect(AUDIO, now=0)
+    expired = wd.check(2, detail=lambda e: "ICE CONNECTING")
+    assert expired is not None and expired.detail.endswith("(ICE CONNECTING)")
+
+
+async def test_the_timer_fires_at_the_deadline_and_not_after_proof() -> None:
+    wd = MediaWatchdog(timeout=0.05)
+    fired: asyncio.Queue[Expired] = asyncio.Queue()
+    timer = WatchdogTimer(wd, fired.put_nowait)
+    start = timer.now()
+    wd.expect(AUDIO, timer.now())
+    wd.expect(VIDEO, timer.now())
+    wd.satisfy(VIDEO)
+    timer.rearm()
+    expired = await within(fired.get(), 2, "watchdog")
+    assert expired.expectation == AUDIO
+    assert timer.now() - start >= 0.05
+    wd.satisfy(AUDIO)
+    timer.rearm()
+    timer.cancel()
+    assert fired.empty()
