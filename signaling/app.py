@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from kurento_ctl.pool import KurentoPool
+from signaling.api import Api, setup_api
 from signaling.embedded import Endpoints
 from signaling.hub import Hub
 from signaling.session import SessionConfig, websocket_handler
@@ -32,6 +33,7 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 HUB = web.AppKey("hub", Hub)
 POOL = web.AppKey("pool", KurentoPool)
 SESSION_CONFIG = web.AppKey("session_config", SessionConfig)
+API = web.AppKey("api", Api)
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -118,6 +120,10 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/ws", websocket_handler)
+    app[API] = setup_api(app)
+    from web import setup_web
+
+    setup_web(app)
     return app
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -28,6 +29,7 @@ class Secrets:
 
     jwt_secret: str
     turn_secret: str
+    api_key: str
 
 
 def load_secrets(data_dir: Path) -> Secrets:
@@ -37,7 +39,7 @@ def load_secrets(data_dir: Path) -> Secrets:
     if path.exists():
         values = json.loads(path.read_text())
     changed = False
-    for key in ("jwt_secret", "turn_secret"):
+    for key in ("jwt_secret", "turn_secret", "api_key"):
         if not values.get(key):
             values[key] = secrets.token_urlsafe(32)
             changed = True
@@ -49,7 +51,8 @@ def load_secrets(data_dir: Path) -> Secrets:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    return Secrets(jwt_secret=values["jwt_secret"], turn_secret=values["turn_secret"])
+    return Secrets(jwt_secret=values["jwt_secret"], turn_secret=values["turn_secret"],
+                   api_key=values["api_key"])
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Endpoints:
     turn_urls: tuple[str, ...]
     turn_secrets: tuple[str, ...]
     jwt_secret: str
+    api_key_hashes: tuple[str, ...] = ()
 
 
 async def _tcp_open(host: str, port: int) -> bool:
@@ -82,6 +86,11 @@ async def _unix_open(path: Path) -> bool:
             await writer.wait_closed()
         return line.startswith(b"+PONG")
     return False
+
+
+def hash_api_key(key: str) -> str:
+    """API keys are high-entropy random strings, so a plain SHA-256 is enough at rest."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _redis_child(data: Path) -> tuple[ChildSpec, str]:
@@ -195,5 +204,6 @@ def plan(settings: Settings) -> tuple[list[ChildSpec], Endpoints]:
         turn_urls=tuple(turn_urls),
         turn_secrets=tuple(turn_secrets),
         jwt_secret=settings.auth.jwt_secret or kept.jwt_secret,
+        api_key_hashes=settings.auth.api_key_hashes or (hash_api_key(kept.api_key),),
     )
     return children, endpoints

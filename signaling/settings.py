@@ -68,6 +68,12 @@ class HttpSettings:
     max_frame_bytes: int = setting(
         65536, "Largest WebSocket frame accepted from a client.", unit="bytes", min=1024
     )
+    demo: bool = setting(
+        True,
+        "Offer a 'start a test call' button on the start page. Only ever served when the"
+        " service binds to a loopback address.",
+    )
+    language: Literal["ru", "en"] = setting("ru", "Default language of the pages.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +126,15 @@ class AuthSettings:
     )
     jwt_issuer: str = setting("mis", "Expected `iss` of join tokens.")
     jwt_audience: str = setting("telemed", "Expected `aud` of join tokens.")
+    api_key_hashes: tuple[str, ...] = setting(
+        (),
+        "SHA-256 (hex) of each MIS API key accepted on /api/v1 (several, for rotation)."
+        " `telemed api-key` makes a key and its hash. Empty: one key is generated and kept"
+        " in the data folder.",
+    )
+    token_ttl: float = setting(
+        86400.0, "Lifetime of join tokens the API mints.", unit="s", min=60
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

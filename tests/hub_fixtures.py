@@ -19,7 +19,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from signaling.app import HUB, create_app
-from signaling.embedded import Endpoints
+from signaling.embedded import Endpoints, hash_api_key
 from signaling.hub import Hub
 from signaling.protocol import SUBPROTOCOL
 from signaling.settings import Settings, load_settings
@@ -29,6 +29,7 @@ from tests.media_fixtures import PatternTrack, ToneTrack
 from tests.services import free_port
 
 JWT_SECRET = "test-secret-" + "x" * 20
+API_KEY = "test-api-key-" + "y" * 20
 
 
 @dataclass
@@ -60,7 +61,8 @@ async def run_service(tmp_path: Path, redis_url: str, kurento_urls: tuple[str, .
         "TELEMED_HTTP_PORT": str(port), "TELEMED_DATA_DIR": str(tmp_path / "data"),
         "TELEMED_CALLS_WATCHDOG_TIMEOUT": str(watchdog_timeout), **(env or {})})
     endpoints = Endpoints(redis_url=redis_url, kurento_urls=kurento_urls, turn_urls=(),
-                          turn_secrets=(), jwt_secret=JWT_SECRET)
+                          turn_secrets=(), jwt_secret=JWT_SECRET,
+                          api_key_hashes=(hash_api_key(API_KEY),))
     app = create_app(settings, endpoints)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
     await runner.setup()

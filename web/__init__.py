@@ -1,1 +1,100 @@
-"""web package."""
+"""The pages patients and doctors use: start page, join page with pre-call check, call view."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from signaling.call import CallKind
+from web.i18n import LANGUAGES, strings
+
+__all__ = ["setup_web"]
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+
+
+def _language(request: web.Request) -> str:
+    from signaling.app import SETTINGS
+
+    wanted = request.query.get("lang", "")
+    return wanted if wanted in LANGUAGES else request.app[SETTINGS].http.language
+
+
+def _context(request: web.Request, **extra: object) -> dict[str, object]:
+    lang = _language(request)
+    return {"lang": lang, "t": strings(lang), "languages": LANGUAGES, **extra}
+
+
+def demo_allowed(request: web.Request) -> bool:
+    """The demo button creates calls for anyone: only on a service bound to loopback."""
+    from signaling.app import SETTINGS
+
+    settings = request.app[SETTINGS]
+    try:
+        loopback = ipaddress.ip_address(settings.http.host).is_loopback
+    except ValueError:
+        loopback = settings.http.host == "localhost"
+    return settings.http.demo and loopback
+
+
+async def index(request: web.Request) -> web.Response:
+    return aiohttp_jinja2.render_template(
+        "index.html", request, _context(request, demo=demo_allowed(request), links=[]))
+
+
+async def demo_call(request: web.Request) -> web.Response:
+    from signaling.app import API, HUB, SESSION_CONFIG
+
+    if not demo_allowed(request):
+        raise web.HTTPNotFound()
+    # A form post from another site must not start calls on a doctor's machine.
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in request.app[SESSION_CONFIG].allowed_origins:
+        raise web.HTTPForbidden(text="origin not allowed")
+    t = strings(_language(request))
+    call = request.app[HUB].create_call(CallKind.CONSULTATION, [
+        ("demo-patient", t["demo_patient_name"], "patient"),
+        ("demo-doctor", t["demo_doctor_name"], "doctor"),
+    ], {"demo": True})
+    links = [{"role": p["role"], "href": p["link"]} for p in request.app[API].tokens(call)]
+    return aiohttp_jinja2.render_template(
+        "index.html", request, _context(request, demo=True, links=links))
+
+
+async def join_page(request: web.Request) -> web.Response:
+    from signaling.app import ENDPOINTS, SETTINGS
+    from signaling.errors import AuthError
+    from signaling.tokens import verify_join_token
+
+    token = request.match_info["token"]
+    settings = request.app[SETTINGS]
+    try:
+        claims = verify_join_token(token, keys=[request.app[ENDPOINTS].jwt_secret],
+                                   issuer=settings.auth.jwt_issuer,
+                                   audience=settings.auth.jwt_audience)
+        role = claims.role
+    except AuthError:
+        role = "patient"  # the page shows the token error once the socket refuses it
+    lang = _language(request)
+    response = aiohttp_jinja2.render_template(
+        "join.html", request, _context(request, token=token, role=role,
+                                       strings_json=json.dumps(strings(lang))))
+    # The token is in the URL: keep it out of other sites' Referer headers.
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def setup_web(app: web.Application) -> None:
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"),
+                         autoescape=jinja2.select_autoescape(["html"]))
+    app.router.add_get("/", index)
+    app.router.add_post("/demo/call", demo_call)
+    app.router.add_get("/join/{token}", join_page)
+    app.router.add_static("/static", HERE / "static")

@@ -1,0 +1,112 @@
+"""Every string the pages show, in Russian (default) and English, in one place."""
+
+from __future__ import annotations
+
+__all__ = ["LANGUAGES", "STRINGS", "strings"]
+
+LANGUAGES = ("ru", "en")
+
+STRINGS: dict[str, dict[str, str]] = {
+    "ru": {
+        "title": "Видеоконсультация",
+        "tagline": "Защищённая видеосвязь медицинской информационной системы",
+        "start_demo": "Начать тестовую консультацию",
+        "demo_hint": "Откройте обе ссылки в разных окнах или на разных устройствах.",
+        "demo_patient": "Ссылка пациента",
+        "demo_doctor": "Ссылка врача",
+        "demo_patient_name": "Пациент (тест)",
+        "demo_doctor_name": "Врач (тест)",
+        "no_demo": "Ссылку на консультацию вы получите в личном кабинете.",
+        "check_title": "Проверка перед приёмом",
+        "camera": "Камера",
+        "microphone": "Микрофон",
+        "mic_level": "Уровень звука микрофона",
+        "join": "Подключиться",
+        "joining": "Подключение…",
+        "waiting": "Ожидаем второго участника…",
+        "connecting": "Устанавливаем соединение…",
+        "live": "Приём идёт",
+        "recording": "Идёт запись",
+        "mute": "Выключить микрофон",
+        "unmute": "Включить микрофон",
+        "camera_off": "Выключить камеру",
+        "camera_on": "Включить камеру",
+        "hangup": "Завершить",
+        "end_all": "Завершить приём для всех",
+        "you": "Вы",
+        "quality": "Качество связи",
+        "ended": "Приём завершён. Окно можно закрыть.",
+        "failed_no_media": "Не удалось установить соединение: видео и звук не доходят. "
+                           "Проверьте подключение к интернету, попробуйте другую сеть "
+                           "(например, мобильную) и войдите снова по той же ссылке.",
+        "failed_media_server": "Сервер видеосвязи недоступен. Попробуйте подключиться через "
+                               "минуту по той же ссылке.",
+        "failed_recording": "Не удалось начать запись приёма, поэтому приём не начат. "
+                            "Попробуйте позже.",
+        "failed_other": "Соединение прервано. Войдите снова по той же ссылке.",
+        "err_permission": "Доступ к камере и микрофону запрещён. Разрешите его в настройках "
+                          "браузера (значок замка в адресной строке) и обновите страницу.",
+        "err_no_device": "Камера или микрофон не найдены. Подключите их и обновите страницу.",
+        "err_busy": "Камера или микрофон заняты другой программой. Закройте её и обновите "
+                    "страницу.",
+        "err_insecure": "Браузер не даёт доступа к камере на этой странице. Откройте ссылку "
+                        "в актуальной версии Chrome, Firefox или Safari по адресу https://.",
+        "err_token": "Ссылка недействительна или устарела. Запросите новую в личном кабинете.",
+        "err_generic": "Произошла ошибка:",
+        "reconnecting": "Связь потеряна, переподключаемся…",
+        "participant_left": "Собеседник отключился",
+    },
+    "en": {
+        "title": "Video consultation",
+        "tagline": "Secure video calls for the medical information system",
+        "start_demo": "Start a test consultation",
+        "demo_hint": "Open both links in separate windows or on separate devices.",
+        "demo_patient": "Patient's link",
+        "demo_doctor": "Doctor's link",
+        "demo_patient_name": "Patient (test)",
+        "demo_doctor_name": "Doctor (test)",
+        "no_demo": "You will find your consultation link in your personal cabinet.",
+        "check_title": "Before the appointment",
+        "camera": "Camera",
+        "microphone": "Microphone",
+        "mic_level": "Microphone level",
+        "join": "Join",
+        "joining": "Joining…",
+        "waiting": "Waiting for the other participant…",
+        "connecting": "Connecting…",
+        "live": "In consultation",
+        "recording": "Recording",
+        "mute": "Mute microphone",
+        "unmute": "Unmute microphone",
+        "camera_off": "Turn camera off",
+        "camera_on": "Turn camera on",
+        "hangup": "Hang up",
+        "end_all": "End the consultation for everyone",
+        "you": "You",
+        "quality": "Connection quality",
+        "ended": "The consultation has ended. You can close this window.",
+        "failed_no_media": "The connection could not be established: no video or sound gets "
+                           "through. Check your internet connection, try another network "
+                           "(for example mobile data) and open the same link again.",
+        "failed_media_server": "The video server is unavailable. Try the same link again in "
+                               "a minute.",
+        "failed_recording": "The consultation could not be recorded, so it did not start. "
+                            "Please try again later.",
+        "failed_other": "The connection was interrupted. Open the same link again.",
+        "err_permission": "Camera and microphone access is blocked. Allow it in the browser "
+                          "settings (the lock icon in the address bar) and reload the page.",
+        "err_no_device": "No camera or microphone found. Connect one and reload the page.",
+        "err_busy": "The camera or microphone is used by another program. Close it and reload "
+                    "the page.",
+        "err_insecure": "The browser does not allow the camera on this page. Open the link in "
+                        "a current Chrome, Firefox or Safari over https://.",
+        "err_token": "This link is invalid or has expired. Ask for a new one in your cabinet.",
+        "err_generic": "Something went wrong:",
+        "reconnecting": "Connection lost, reconnecting…",
+        "participant_left": "The other participant has left",
+    },
+}
+
+
+def strings(language: str) -> dict[str, str]:
+    return STRINGS.get(language, STRINGS["ru"])
