@@ -58,6 +58,7 @@ class KurentoPool:
         health_interval: float = 2.0,
         down_after: float = 3.0,
         failures_to_down: int = 2,
+        check_timeout: float = 2.0,
         client_factory: Callable[[str], KurentoClient] | None = None,
     ) -> None:
         if not urls:
@@ -67,8 +68,11 @@ class KurentoPool:
         self.health_interval = health_interval
         self.down_after = down_after
         self.failures_to_down = failures_to_down
+        # Not tied to the interval: a busy server may answer slower than we poll it.
+        self.check_timeout = check_timeout
         self._lost_handlers: list[LostHandler] = []
         self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
         for server in self.servers:
             self._watch(server)
 
@@ -92,6 +96,7 @@ class KurentoPool:
             await server.client.connect()
             server.up = True
             server.failures = 0
+            self._notify()
         except (OSError, TimeoutError, KurentoError, Exception) as exc:
             # aiohttp raises a variety of errors for an unreachable host.
             log.warning("! media server %s unreachable: %s", server.url, type(exc).__name__)
@@ -133,11 +138,12 @@ class KurentoPool:
         try:
             server.reported_pipelines = len(
                 await asyncio.wait_for(ServerManager(client).get_pipelines(),
-                                       self.health_interval))
+                                       self.check_timeout))
             server.failures = 0
             if not server.up:
                 log.info("= media server %s is back", server.url)
-            server.up = True
+                server.up = True
+                self._notify()
         except (KurentoError, TimeoutError):
             server.failures += 1
             if server.up and server.failures >= self.failures_to_down:
@@ -149,6 +155,17 @@ class KurentoPool:
         log.warning("! media server %s down (%s): %d pipelines lost", server.url, why, len(lost))
         for handler in list(self._lost_handlers):
             safe_call(handler, server.url, lost)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_up(self) -> PooledServer:
+        """Waits until some server can take a pipeline (readiness probes, tests)."""
+        while True:
+            with contextlib.suppress(NoMediaServer):
+                return self.pick()
+            await self._changed.wait()
 
     def pick(self) -> PooledServer:
         candidates = [s for s in self.servers if s.up and s.client.connected]

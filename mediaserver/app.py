@@ -18,12 +18,14 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 SERVER = web.AppKey("mediaserver", MediaServer)
+SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
 
 
 async def kurento_socket(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER]
     ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
     await ws.prepare(request)
+    request.app[SOCKETS].add(ws)
     bound: Session | None = None
     queue: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -78,6 +80,7 @@ async def kurento_socket(request: web.Request) -> web.StreamResponse:
                 queue.put_nowait(encode_error(None, ErrorCode.PARSE_ERROR, "Parse error.",
                                               "PARSE_ERROR"))
     finally:
+        request.app[SOCKETS].discard(ws)
         for task in list(tasks):
             task.cancel()
         queue.put_nowait(None)
@@ -107,6 +110,14 @@ def create_app(*, strict_candidates: bool = False, gc_grace: float = 240.0,
         yield
         await app[SERVER].close()
 
+    async def going_away(app: web.Application) -> None:
+        # Clients learn of the shutdown at once instead of waiting for a ping to go unanswered.
+        sockets: set[web.WebSocketResponse] = app[SOCKETS]
+        await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutdown")
+                               for ws in list(sockets)), return_exceptions=True)
+
+    app[SOCKETS] = set()
+    app.on_shutdown.append(going_away)
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/kurento", kurento_socket)
     app.router.add_get("/{tail:.*}", other_path)

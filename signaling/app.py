@@ -95,13 +95,17 @@ def create_app(
         jwt_keys=[endpoints.jwt_secret], issuer=settings.auth.jwt_issuer,
         audience=settings.auth.jwt_audience, allowed_origins=allowed_origins(settings),
         max_message=settings.http.max_frame_bytes)
-    pool = KurentoPool(endpoints.kurento_urls)
+    pool = KurentoPool(endpoints.kurento_urls, health_interval=settings.media.health_interval,
+                       down_after=settings.media.down_after)
     app[POOL] = pool
     app[HUB] = Hub(pool=pool, recordings_root=settings.recordings_path,
                    watchdog_timeout=settings.calls.watchdog_timeout,
                    turn_urls=endpoints.turn_urls,
                    turn_secret=endpoints.turn_secrets[0] if endpoints.turn_secrets else "",
-                   max_conference_size=settings.calls.max_conference_size)
+                   max_conference_size=settings.calls.max_conference_size,
+                   ring_timeout=settings.calls.ring_timeout,
+                   rejoin_grace=settings.calls.rejoin_grace,
+                   media_loss_report=settings.calls.media_loss_report)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         app[REDIS] = aioredis.Redis.from_url(endpoints.redis_url)

@@ -56,6 +56,13 @@ def offer_kinds(sdp: str, wanted: str = "send") -> frozenset[str]:
 
 
 @dataclass
+class Ringing:
+    caller: str
+    callee: str
+    timer: asyncio.TimerHandle
+
+
+@dataclass
 class CallRuntime:
     call: Call
     media: CallMedia
@@ -64,13 +71,19 @@ class CallRuntime:
     connections: dict[str, Connection] = field(default_factory=dict)
     recording: set[str] = field(default_factory=set)
     closing: bool = False
+    #: Participants whose connection dropped, with the timer that ends their grace period.
+    reconnecting: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    #: Media flows that stopped mid-call: the pending report, or None once reported.
+    interrupted: dict[tuple[str, str, str], asyncio.TimerHandle | None] = field(
+        default_factory=dict)
 
 
 class Hub:
     def __init__(self, *, pool: KurentoPool, recordings_root: Path, watchdog_timeout: float,
                  candidate_policy: CandidatePolicy | None = None,
                  turn_urls: tuple[str, ...] = (), turn_secret: str = "",
-                 max_conference_size: int = 8) -> None:
+                 max_conference_size: int = 8, ring_timeout: float = 30.0,
+                 rejoin_grace: float = 20.0, media_loss_report: float = 5.0) -> None:
         self.pool = pool
         self.recordings_root = recordings_root
         self.watchdog_timeout = watchdog_timeout
@@ -78,7 +91,13 @@ class Hub:
         self.turn_urls = turn_urls
         self.turn_secret = turn_secret
         self.max_conference_size = max_conference_size
+        self.ring_timeout = ring_timeout
+        self.rejoin_grace = rejoin_grace
+        self.media_loss_report = media_loss_report
         self.calls: dict[str, Call] = {}
+        #: Connections that said `hello`, joined or not: a consultant waiting to be rung.
+        self.online: dict[str, dict[str, Connection]] = {}
+        self.rings: dict[str, Ringing] = {}
         self.runtime: dict[str, CallRuntime] = {}
         self.hooks: list[CallHook] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -161,9 +180,108 @@ class Hub:
             raise CallError("you are not a participant of this call", code="call.not_yours")
         return call, participant
 
+    def attach(self, conn: Connection, claims: JoinClaims) -> Call:
+        """A connection authenticated for a call: it can now be rung and told of its end."""
+        call, participant = self.lookup(claims)
+        self.online.setdefault(call.id, {})[participant.id] = conn
+        return call
+
+    async def detach(self, conn: Connection, claims: JoinClaims) -> None:
+        online = self.online.get(claims.call_id, {})
+        if online.get(claims.subject) is conn:
+            del online[claims.subject]
+        ring = self.rings.get(claims.call_id)
+        if ring is not None and claims.subject == ring.caller:
+            # Nobody is left to talk to whoever picks up.
+            await self._stop_ringing(claims.call_id, "ringCancelled", None, "caller left")
+
+    def _tell(self, call_id: str, pid: str, text: str) -> None:
+        rt = self.runtime.get(call_id)
+        conn = (rt.connections.get(pid) if rt else None) or self.online.get(call_id, {}).get(pid)
+        if conn is not None:
+            conn.send(text)
+
+    # ---------------------------------------------------------------- referral ringing
+
+    def ring(self, claims: JoinClaims, target: str) -> dict[str, Any]:
+        call, caller = self.lookup(claims)
+        if call.kind is not CallKind.REFERRAL:
+            raise CallError("only a referral rings", code="call.not_referral")
+        if caller.role != "doctor":
+            raise CallError("only the referring doctor rings", code="call.not_allowed")
+        callee = call.participants.get(target)
+        if callee is None or callee.id == caller.id:
+            raise CallError("no such participant to ring", code="participant.not_found")
+        if call.state is not CallState.CREATED:
+            raise CallError(f"the call is {call.state.value}", code="call.state")
+        conn = self.online.get(call.id, {}).get(target)
+        if conn is None:
+            raise CallError(f"{callee.name} is not online", code="participant.offline")
+        call.transition(CallState.RINGING)
+        call.timeline.add("ring", participant=caller.id, target=target)
+        timer = asyncio.get_running_loop().call_later(
+            self.ring_timeout, lambda: self._spawn(self._stop_ringing(
+                call.id, "ringTimeout", FailureReason.RING_TIMEOUT,
+                f"no answer within {self.ring_timeout:g} s")))
+        self.rings[call.id] = Ringing(caller.id, target, timer)
+        conn.send(encode("incomingCall", call=call.id, kind=call.kind.value,
+                         caller=caller.describe(), timeout=self.ring_timeout))
+        return {"participant": target, "timeout": self.ring_timeout}
+
+    def _rung(self, claims: JoinClaims) -> Ringing:
+        ring = self.rings.get(claims.call_id)
+        if ring is None or ring.callee != claims.subject:
+            raise CallError("nothing is ringing for you", code="call.not_ringing")
+        return ring
+
+    def accept(self, claims: JoinClaims) -> None:
+        call, _ = self.lookup(claims)
+        ring = self._rung(claims)
+        ring.timer.cancel()
+        del self.rings[call.id]
+        call.transition(CallState.CONNECTING)
+        call.timeline.add("accepted", participant=claims.subject)
+        self._tell(call.id, ring.caller, encode("ringAccepted", participant=claims.subject))
+
+    async def decline(self, claims: JoinClaims) -> None:
+        self.lookup(claims)
+        self._rung(claims)
+        await self._stop_ringing(claims.call_id, "ringDeclined", FailureReason.DECLINED,
+                                 f"{claims.subject} declined")
+
+    async def cancel(self, claims: JoinClaims) -> None:
+        self.lookup(claims)
+        ring = self.rings.get(claims.call_id)
+        if ring is None or ring.caller != claims.subject:
+            raise CallError("you are not ringing anyone", code="call.not_ringing")
+        await self._stop_ringing(claims.call_id, "ringCancelled", None, "caller cancelled")
+
+    async def _stop_ringing(self, call_id: str, event: str, reason: FailureReason | None,
+                            detail: str) -> None:
+        ring = self.rings.pop(call_id, None)
+        if ring is None:
+            return
+        ring.timer.cancel()
+        call = self.calls[call_id]
+        call.timeline.add(event, participant=ring.callee, detail=detail)
+        told = ring.callee if event in ("ringCancelled", "ringTimeout") else ring.caller
+        self._tell(call_id, told, encode(event, participant=ring.callee))
+        if event == "ringTimeout":
+            self._tell(call_id, ring.caller, encode(event, participant=ring.callee))
+        await self.end(call_id, reason, detail)
+
+    # ---------------------------------------------------------------- joining
+
     async def join(self, conn: Connection, claims: JoinClaims) -> dict[str, Any]:
         call, participant = self.lookup(claims)
+        ringing = call.state in (CallState.CREATED, CallState.RINGING)
+        if call.kind is CallKind.REFERRAL and ringing and participant.role != "doctor":
+            raise CallError("answer the ring before joining", code="call.not_accepted")
         rt = self._runtime(call)
+        grace = rt.reconnecting.pop(participant.id, None)
+        if grace is not None:
+            grace.cancel()
+            call.timeline.add("rejoined", participant=participant.id)
         old = rt.connections.get(participant.id)
         if old is not None and old is not conn:
             # The same person on a new device or a new socket: the newest wins.
@@ -174,7 +292,8 @@ class Hub:
         participant.joins += 1
         participant.published = frozenset()
         rt.connections[participant.id] = conn
-        if call.state in (CallState.CREATED, CallState.RINGING):
+        self.online.setdefault(call.id, {})[participant.id] = conn
+        if ringing and call.kind is not CallKind.REFERRAL:
             call.transition(CallState.CONNECTING)
         call.timeline.add("joined", participant=participant.id)
         credential = shared_secret_credential(
@@ -251,11 +370,40 @@ class Hub:
         if event == "mediaReceived" and isinstance(data.get("participant"), str):
             self._satisfy(rt, Expectation(pid, "browser-report", "media", data["participant"]))
 
+    async def disconnected(self, conn: Connection, call_id: str, pid: str) -> None:
+        """The socket dropped without a `leave`: hold the place for the rejoin grace."""
+        rt = self.runtime.get(call_id)
+        if rt is None or rt.connections.get(pid) is not conn:
+            return
+        if self.rejoin_grace <= 0 or rt.closing:
+            await self.leave(conn, call_id, pid, why="disconnected")
+            return
+        del rt.connections[pid]
+        participant = rt.call.participants[pid]
+        participant.transition(ParticipantState.RECONNECTING)
+        rt.call.timeline.add("disconnected", participant=pid, grace=self.rejoin_grace)
+        log.info("= %s disconnected; may rejoin for %g s", pid, self.rejoin_grace,
+                 extra={"call_id": call_id})
+        rt.reconnecting[pid] = asyncio.get_running_loop().call_later(
+            self.rejoin_grace, lambda: self._spawn(self._grace_over(call_id, pid)))
+        self._broadcast(rt, encode("participantReconnecting", participant=pid,
+                                   grace=self.rejoin_grace))
+        await self._drop_media(rt, pid)
+
+    async def _grace_over(self, call_id: str, pid: str) -> None:
+        rt = self.runtime.get(call_id)
+        if rt is None or rt.reconnecting.pop(pid, None) is None:
+            return
+        await self._gone(rt, pid, "disconnected")
+
     async def leave(self, conn: Connection, call_id: str, pid: str, why: str = "left") -> None:
         rt = self.runtime.get(call_id)
         if rt is None or rt.connections.get(pid) is not conn:
             return
         del rt.connections[pid]
+        await self._gone(rt, pid, why)
+
+    async def _gone(self, rt: CallRuntime, pid: str, why: str) -> None:
         participant = rt.call.participants[pid]
         if participant.state is not ParticipantState.LEFT:
             participant.transition(ParticipantState.LEFT)
@@ -264,13 +412,17 @@ class Hub:
         if rt.closing:
             return
         self._broadcast(rt, encode("participantLeft", participant=pid))
-        if not rt.connections:
-            await self.end(call_id)
+        if not rt.connections and not rt.reconnecting:
+            await self.end(rt.call.id)
             return
         await self._drop_media(rt, pid)
         self._check_live(rt)
 
     async def _drop_media(self, rt: CallRuntime, pid: str) -> None:
+        for key in [k for k in rt.interrupted if pid in (k[0], k[1])]:
+            timer = rt.interrupted.pop(key)
+            if timer is not None:
+                timer.cancel()
         rt.watchdog.forget(pid)
         rt.timer.rearm()
         rt.recording.discard(pid)
@@ -293,16 +445,44 @@ class Hub:
             return
         call.timeline.add("flow", participant=owner, target=target, direction=direction,
                           kind=kind, flowing=flowing)
+        key = (owner, target, kind)
         if not flowing:
-            if call.state is CallState.LIVE:
-                self._broadcast(rt, encode("mediaInterrupted", participant=owner,
-                                           target=target, kind=kind))
+            if call.state is CallState.LIVE and key not in rt.interrupted:
+                rt.interrupted[key] = asyncio.get_running_loop().call_later(
+                    self.media_loss_report, self._report_loss, call.id, key)
             return
+        if key in rt.interrupted:
+            timer = rt.interrupted.pop(key)
+            if timer is not None:
+                timer.cancel()
+            else:
+                self._media_loss_changed(rt, key, "mediaRestored", "call.media_restored")
         if target == "publish" and direction == "out":
             self._satisfy(rt, Expectation(owner, "from-browser", kind))
             self._send(call.id, owner, encode("mediaFlowing", direction="sending", kind=kind))
         elif target != "publish" and direction == "in":
             self._satisfy(rt, Expectation(owner, "to-browser", kind, target))
+
+    def _report_loss(self, call_id: str, key: tuple[str, str, str]) -> None:
+        rt = self.runtime.get(call_id)
+        if rt is None or key not in rt.interrupted or rt.closing:
+            return
+        rt.interrupted[key] = None
+        self._media_loss_changed(rt, key, "mediaInterrupted", "call.media_interrupted")
+
+    def _media_loss_changed(self, rt: CallRuntime, key: tuple[str, str, str], event: str,
+                            hook: str) -> None:
+        """Media that stopped (or came back) mid-call: told to everyone, the call goes on."""
+        owner, target, kind = key
+        # A publisher's endpoint stops receiving from its browser; a subscriber's endpoint
+        # stops sending to its browser: either way name whose media and who misses it.
+        source = owner if target == "publish" else target
+        fields: dict[str, Any] = {"participant": source, "kind": kind,
+                  **({} if target == "publish" else {"viewer": owner})}
+        rt.call.timeline.add(event, **fields)
+        log.warning("! %s %s", event, fields, extra={"call_id": rt.call.id})
+        self._broadcast(rt, encode(event, **fields))
+        self._emit(hook, rt.call, fields)
 
     def _on_recording(self, call: Call, pid: str) -> None:
         rt = self.runtime.get(call.id)
@@ -380,25 +560,34 @@ class Hub:
                 return
             rt.closing = True
             rt.timer.cancel()
+            for handle in [*rt.reconnecting.values(), *rt.interrupted.values()]:
+                if handle is not None:
+                    handle.cancel()
+        ring = self.rings.pop(call_id, None)
+        if ring is not None:
+            ring.timer.cancel()
         try:
             if reason is None:
                 call.transition(CallState.ENDED)
             else:
                 call.transition(CallState.FAILED, reason=reason, detail=detail)
-            if rt is not None:
-                message = encode("callEnded") if reason is None else encode(
-                    "callFailed", reason=reason.value, detail=detail)
-                self._broadcast(rt, message)
+            message = encode("callEnded") if reason is None else encode(
+                "callFailed", reason=reason.value, detail=detail)
+            # Everyone connected hears it, joined or only online (a consultant being rung).
+            audience = {**self.online.pop(call_id, {}), **(rt.connections if rt else {})}
+            for conn in audience.values():
+                conn.send(message)
         finally:
             if rt is not None:
                 try:
-                    await rt.media.close()
+                    await rt.media.close(server_lost=reason is FailureReason.MEDIA_SERVER_LOST)
                 finally:
-                    for pid in list(rt.connections):
+                    for pid in [*rt.connections, *rt.reconnecting]:
                         participant = call.participants[pid]
                         if participant.state is not ParticipantState.LEFT:
                             participant.transition(ParticipantState.LEFT)
                     rt.connections.clear()
+                    rt.reconnecting.clear()
                     self.runtime.pop(call_id, None)
             data = {"recordings": [str(p) for p in rt.media.recordings]} if rt else {}
             if reason is None:
@@ -409,7 +598,7 @@ class Hub:
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(self.end(cid, FailureReason.SHUTDOWN, "the service is stopping")
-                               for cid in list(self.runtime)))
+                               for cid in {*self.runtime, *self.rings}))
         for task in list(self._tasks):
             with contextlib.suppress(Exception):
                 await task

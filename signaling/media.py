@@ -76,6 +76,7 @@ class CallMedia:
         self._pipeline_lock = asyncio.Lock()
         self._closed = False
         self.recordings: list[Path] = []
+        self._segments: dict[str, int] = {}
 
     @property
     def log_extra(self) -> dict[str, str]:
@@ -151,6 +152,14 @@ class CallMedia:
             await self._add_candidate(ep, candidate)
         return self._answer(owner, answer)
 
+    def _recording_path(self, participant: str) -> Path:
+        """`<id>.webm`, then `<id>.part2.webm`… when the participant rejoined and published
+        again, so a rejoin never overwrites what was already recorded."""
+        earlier = self._segments.get(participant, 0)
+        self._segments[participant] = earlier + 1
+        name = f"{participant}.webm" if not earlier else f"{participant}.part{earlier + 1}.webm"
+        return self.recordings_dir / name
+
     async def publish(self, participant: str, offer: str, kinds: frozenset[str]) -> str:
         """Answers a publisher's offer; its recorder is recording (or waiting for media)."""
         entry = self.participants.setdefault(participant, Endpoints())
@@ -160,7 +169,7 @@ class CallMedia:
         pipeline = await self._ensure_pipeline()
         profile = "WEBM" if kinds == {"audio", "video"} else (
             "WEBM_AUDIO_ONLY" if kinds == {"audio"} else "WEBM_VIDEO_ONLY")
-        path = self.recordings_dir / f"{participant}.webm"
+        path = self._recording_path(participant)
         path.parent.mkdir(parents=True, exist_ok=True)
         ep, recorder = await asyncio.gather(
             self._endpoint(participant, "publish"),
@@ -252,12 +261,21 @@ class CallMedia:
         except (KurentoError, TimeoutError) as exc:
             log.error("! stopAndWait of %s failed: %s", recorder.id, exc, extra=self.log_extra)
 
-    async def close(self) -> None:
-        """Finalizes every recording, then releases the pipeline; safe to call twice."""
+    async def close(self, *, server_lost: bool = False) -> None:
+        """Finalizes every recording, then releases the pipeline; safe to call twice.
+
+        When the media server is gone (`server_lost`) its objects went with it: nothing is
+        asked of it, so teardown does not wait out request timeouts on a dead socket.
+        """
         async with self._pipeline_lock:
             if self._closed:
                 return
             self._closed = True
+        if server_lost:
+            if self.pipeline is not None and self.server is not None:
+                self.pool.forget_pipeline(self.server, self.pipeline.id)
+            self.participants.clear()
+            return
         try:
             recorders = [e.recorder for e in self.participants.values() if e.recorder]
             await asyncio.gather(*(self._stop(r) for r in recorders))

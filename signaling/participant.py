@@ -13,14 +13,20 @@ class ParticipantState(enum.StrEnum):
     INVITED = "invited"
     CONNECTING = "connecting"
     CONNECTED = "connected"
+    #: The connection dropped; the participant may rejoin within the grace period.
+    RECONNECTING = "reconnecting"
     LEFT = "left"
 
 
 TRANSITIONS: dict[ParticipantState, frozenset[ParticipantState]] = {
     ParticipantState.INVITED: frozenset({ParticipantState.CONNECTING, ParticipantState.LEFT}),
-    ParticipantState.CONNECTING: frozenset({ParticipantState.CONNECTED, ParticipantState.LEFT}),
+    ParticipantState.CONNECTING: frozenset({ParticipantState.CONNECTED, ParticipantState.LEFT,
+                                            ParticipantState.RECONNECTING}),
     # A new socket for someone already in the call replaces the old one.
-    ParticipantState.CONNECTED: frozenset({ParticipantState.LEFT, ParticipantState.CONNECTING}),
+    ParticipantState.CONNECTED: frozenset({ParticipantState.LEFT, ParticipantState.CONNECTING,
+                                           ParticipantState.RECONNECTING}),
+    ParticipantState.RECONNECTING: frozenset({ParticipantState.CONNECTING,
+                                              ParticipantState.LEFT}),
     # A participant who left may come back to the same call with a new connection.
     ParticipantState.LEFT: frozenset({ParticipantState.CONNECTING}),
 }

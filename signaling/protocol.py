@@ -18,15 +18,19 @@ from signaling.errors import MessageError
 __all__ = [
     "PROTOCOL_VERSION",
     "SUBPROTOCOL",
+    "Accept",
+    "Cancel",
     "Candidate",
     "ClientEvent",
     "ClientMessage",
+    "Decline",
     "End",
     "Hello",
     "Join",
     "Leave",
     "Ping",
     "Publish",
+    "Ring",
     "Subscribe",
     "encode",
     "parse_client_message",
@@ -119,12 +123,46 @@ class ClientEvent:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Ring:
+    """A referral: the doctor rings a consultant of the call who is online (said `hello`)."""
+
+    TYPE: ClassVar[str] = "ring"
+    id: RequestId = None
+    participant: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accept:
+    """The rung consultant takes the call; both sides then `join`."""
+
+    TYPE: ClassVar[str] = "accept"
+    id: RequestId = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decline:
+    """The rung consultant refuses the call; it fails with reason `declined`."""
+
+    TYPE: ClassVar[str] = "decline"
+    id: RequestId = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cancel:
+    """The ringing doctor hangs up before an answer; the call ends."""
+
+    TYPE: ClassVar[str] = "cancel"
+    id: RequestId = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Ping:
     TYPE: ClassVar[str] = "ping"
     id: RequestId = None
 
 
-ClientMessage = Hello | Join | Publish | Subscribe | Candidate | Leave | End | ClientEvent | Ping
+ClientMessage = (Hello | Join | Publish | Subscribe | Candidate | Leave | End | ClientEvent
+                 | Ring | Accept | Decline | Cancel | Ping)
 MESSAGES: dict[str, type[Any]] = {
     cls.TYPE: cls for cls in typing.get_args(ClientMessage)
 }

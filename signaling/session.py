@@ -20,15 +20,19 @@ from signaling.errors import AuthError, ResourceError, SignalingError
 from signaling.hub import Hub
 from signaling.protocol import (
     SUBPROTOCOL,
+    Accept,
+    Cancel,
     Candidate,
     ClientEvent,
     ClientMessage,
+    Decline,
     End,
     Hello,
     Join,
     Leave,
     Ping,
     Publish,
+    Ring,
     Subscribe,
     encode,
     error,
@@ -126,9 +130,10 @@ class ClientSession:
             for task in list(self._tasks):
                 with contextlib.suppress(Exception):
                     await task
-            if self.claims is not None and self.joined:
-                await self.hub.leave(self, self.claims.call_id, self.claims.subject,
-                                     why="disconnected")
+            if self.claims is not None:
+                if self.joined:
+                    await self.hub.disconnected(self, self.claims.call_id, self.claims.subject)
+                await self.hub.detach(self, self.claims)
             self._out.put_nowait(None)
             await writer
 
@@ -184,7 +189,7 @@ class ClientSession:
                 claims = verify_join_token(token, keys=self.config.jwt_keys,
                                            issuer=self.config.issuer,
                                            audience=self.config.audience)
-                self.hub.lookup(claims)
+                self.hub.attach(self, claims)
                 self.claims = claims
                 log.info("< hello from %s (%s)", claims.subject, claims.role,
                          extra=self.log_extra)
@@ -227,6 +232,17 @@ class ClientSession:
                     raise SignalingError("only clinicians end a call for everyone",
                                          code="call.not_allowed")
                 await self.hub.end(claims.call_id)
+                return "ok", {}
+            case Ring(participant=target):
+                return "ringing", self.hub.ring(self._claims(), target)
+            case Accept():
+                self.hub.accept(self._claims())
+                return "ok", {}
+            case Decline():
+                await self.hub.decline(self._claims())
+                return "ok", {}
+            case Cancel():
+                await self.hub.cancel(self._claims())
                 return "ok", {}
             case Ping():
                 return "pong", {}

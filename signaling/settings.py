@@ -93,6 +93,13 @@ class MediaSettings:
     embedded_port: int = setting(
         8888, "Loopback port of the embedded media server.", min=0, max=65535
     )
+    health_interval: float = setting(
+        2.0, "How often each media server is pinged.", unit="s", min=0.05,
+    )
+    down_after: float = setting(
+        3.0, "A media server whose socket is gone this long is down: its calls fail with "
+        "media-server-lost.", unit="s", min=0.05,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,6 +151,17 @@ class CallSettings:
         unit="s", min=0.01,
     )
     max_conference_size: int = setting(8, "Most participants in a conference.", min=2)
+    ring_timeout: float = setting(
+        30.0, "A referral not answered by then fails with ring-timeout.", unit="s", min=0.01,
+    )
+    rejoin_grace: float = setting(
+        20.0, "A participant whose connection dropped may rejoin within this time and keep "
+        "its place; after it, it has left.", unit="s", min=0.0,
+    )
+    media_loss_report: float = setting(
+        5.0, "Media that stops mid-call for this long is reported (event and webhook); "
+        "the call goes on.", unit="s", min=0.01,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

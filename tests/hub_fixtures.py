@@ -25,7 +25,7 @@ from signaling.protocol import SUBPROTOCOL
 from signaling.settings import Settings, load_settings
 from signaling.tokens import mint_join_token
 from tests.helpers import scaled, within
-from tests.media_fixtures import PatternTrack, ToneTrack
+from tests.media_fixtures import GatedTrack, PatternTrack, ToneTrack
 from tests.services import free_port
 
 JWT_SECRET = "test-secret-" + "x" * 20
@@ -109,6 +109,8 @@ class CallClient:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
         self.participant: str | None = None
+        self.tracks: list[GatedTrack] = []
+        self.authenticated = False
 
     async def connect(self) -> None:
         self.http = aiohttp.ClientSession()
@@ -164,8 +166,14 @@ class CallClient:
             raise AssertionError(f"no {type_} event within {scaled(timeout)}s; saw "
                                  f"{[e['type'] for e in self.events]}") from None
 
+    async def hello(self) -> dict[str, Any]:
+        welcome = await self.request("hello", token=self.token)
+        self.authenticated = True
+        return welcome
+
     async def join(self) -> dict[str, Any]:
-        await self.request("hello", token=self.token)
+        if not self.authenticated:
+            await self.hello()
         joined = await self.request("join")
         self.participant = joined["you"]["id"]
         return joined
@@ -197,9 +205,11 @@ class CallClient:
         pc = RTCPeerConnection()
         self.pcs["publish"] = pc
         if audio:
-            pc.addTransceiver(ToneTrack(), direction="sendonly")
+            self.tracks.append(ToneTrack())
+            pc.addTransceiver(self.tracks[-1], direction="sendonly")
         if video:
-            pc.addTransceiver(PatternTrack(), direction="sendonly")
+            self.tracks.append(PatternTrack())
+            pc.addTransceiver(self.tracks[-1], direction="sendonly")
         await self._negotiate("publish", pc)
 
     async def subscribe(self, source: str) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fractions
 import math
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from mediaserver.app import SERVER, create_app
 from mediaserver.core import MediaServer
+from tests.helpers import scaled
 from tests.services import free_port
 
 
@@ -40,7 +42,53 @@ async def run_mediaserver(
         await runner.cleanup()
 
 
-class ToneTrack(MediaStreamTrack):
+@contextlib.asynccontextmanager
+async def mediaserver_process(port: int, recordings_root: Path) -> AsyncIterator[
+        asyncio.subprocess.Process]:
+    """`python -m mediaserver` as its own process, so a test can kill it like a crash."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mediaserver", "--port", str(port),
+        "--recordings-root", str(recordings_root), "--log-level", "WARNING")
+    try:
+        async with asyncio.timeout(scaled(15)):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    if proc.returncode is not None:
+                        raise RuntimeError("the media server exited at start") from None
+                    await asyncio.sleep(0.05)  # polling a port: there is no event to await
+                    continue
+                writer.close()
+                break
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+
+
+class GatedTrack(MediaStreamTrack):
+    """A paced source that can be paused: `gate.clear()` stops frames, `gate.set()` resumes."""
+
+    _start: float | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def _wait_gate(self) -> None:
+        if self.gate.is_set():
+            return
+        paused = time.monotonic()
+        await self.gate.wait()
+        if self._start is not None:
+            # Resume at the normal pace instead of bursting the frames "missed" meanwhile.
+            self._start += time.monotonic() - paused
+
+
+class ToneTrack(GatedTrack):
     """A 440 Hz tone in 20 ms frames, paced to real time."""
 
     kind = "audio"
@@ -52,6 +100,7 @@ class ToneTrack(MediaStreamTrack):
         self._start: float | None = None
 
     async def recv(self) -> av.AudioFrame:
+        await self._wait_gate()
         if self.readyState != "live":
             raise MediaStreamError
         rate, n = 48000, 960
@@ -70,7 +119,7 @@ class ToneTrack(MediaStreamTrack):
         return frame
 
 
-class PatternTrack(MediaStreamTrack):
+class PatternTrack(GatedTrack):
     """320x240 frames at 15 fps whose brightness moves, so encoders see change."""
 
     kind = "video"
@@ -83,6 +132,7 @@ class PatternTrack(MediaStreamTrack):
         self._start: float | None = None
 
     async def recv(self) -> av.VideoFrame:
+        await self._wait_gate()
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:

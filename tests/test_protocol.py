@@ -69,7 +69,8 @@ def test_replies_name_the_request_and_events_do_not() -> None:
 def test_schemas_accept_what_the_parser_accepts() -> None:
     all_schemas = schemas()
     assert set(all_schemas) == {"hello", "join", "publish", "subscribe", "candidate", "leave",
-                                "end", "clientEvent", "ping"}
+                                "end", "clientEvent", "ring", "accept", "decline", "cancel",
+                                "ping"}
     sample = {"type": "hello", "id": 1, "token": "abc"}
     jsonschema.validate(sample, all_schemas["hello"])
     assert parse_client_message(json.dumps(sample)) == Hello(id=1, token="abc")

@@ -1,0 +1,207 @@
+"""Calls over their life: a conference, a dropped connection and its rejoin, media that
+stops mid-call, and a media server that dies under a call."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+from kurento_ctl.client import KurentoClient
+from kurento_ctl.objects import ServerManager
+from signaling.call import Call, CallKind, CallState, FailureReason
+from signaling.participant import ParticipantState
+from tests.hub_fixtures import CallClient, Service, run_service
+from tests.media_fixtures import ffprobe, mediaserver_process, run_mediaserver
+from tests.services import RedisServer, free_port
+
+
+async def go_live(service: Service, call: Call, clients: dict[str, CallClient]) -> None:
+    """Every participant joins, publishes and receives every other; the call goes live."""
+    await asyncio.gather(*(c.connect() for c in clients.values()))
+    for client in clients.values():
+        await client.join()
+    await asyncio.gather(*(c.publish() for c in clients.values()))
+    await asyncio.gather(*(c.subscribe(other) for pid, c in clients.items()
+                           for other in clients if other != pid))
+    for client in clients.values():
+        await client.wait_event("callLive")
+    assert call.state is CallState.LIVE
+
+
+def roles(call: Call) -> dict[str, str]:
+    return {p.id: p.role for p in call.participants.values()}
+
+
+def clients_for(service: Service, call: Call) -> dict[str, CallClient]:
+    return {pid: CallClient(service, service.token(call.id, pid, role=role))
+            for pid, role in roles(call).items()}
+
+
+async def close_all(clients: dict[str, CallClient]) -> None:
+    await asyncio.gather(*(c.close() for c in clients.values()))
+
+
+async def test_a_three_party_conference_is_live_and_recorded(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
+            run_service(tmp_path, redis_server.url, (kms_url,)) as service:
+        call = service.hub.create_call(CallKind.CONFERENCE, [
+            ("d1", "Branch 1", "doctor"), ("d2", "Branch 2", "doctor"),
+            ("d3", "Branch 3", "consultant")])
+        clients = clients_for(service, call)
+        try:
+            await go_live(service, call, clients)
+            for pid, client in clients.items():
+                assert set(client.received) == set(clients) - {pid}
+                assert all(n >= 5 for counts in client.received.values()
+                           for n in counts.values())
+            await clients["d1"].request("end")
+            await clients["d3"].wait_event("callEnded")
+        finally:
+            await close_all(clients)
+        names = sorted(f.name for f in service.settings.recordings_path.rglob("*.webm"))
+        assert names == ["d1.webm", "d2.webm", "d3.webm"]
+
+
+async def test_a_dropped_participant_rejoins_and_the_call_goes_on(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
+            run_service(tmp_path, redis_server.url, (kms_url,),
+                        env={"TELEMED_CALLS_REJOIN_GRACE": "30"}) as service:
+        call = service.hub.create_call(CallKind.CONSULTATION, [
+            ("pat-1", "P", "patient"), ("doc-1", "D", "doctor")])
+        clients = clients_for(service, call)
+        doctor = clients["doc-1"]
+        again = CallClient(service, service.token(call.id, "pat-1"))
+        try:
+            await go_live(service, call, clients)
+            await clients["pat-1"].close()  # the patient's network drops
+            await doctor.wait_event("participantReconnecting")
+            assert call.participants["pat-1"].state is ParticipantState.RECONNECTING
+            assert call.state is CallState.LIVE
+
+            await again.connect()
+            await again.join()
+            await again.publish()
+            await doctor.wait_event("participantPublished", lambda e: e["participant"] == "pat-1")
+            doctor.got_media.pop("pat-1")
+            await asyncio.gather(doctor.subscribe("pat-1"), again.subscribe("doc-1"))
+            await asyncio.wait_for(doctor.got_media["pat-1"].wait(), 20)
+            await asyncio.wait_for(again.got_media["doc-1"].wait(), 20)
+            assert call.state is CallState.LIVE
+            assert "rejoined" in [e["event"] for e in call.timeline.as_list()]
+            await doctor.request("end")
+        finally:
+            await asyncio.gather(close_all(clients), again.close())
+        names = sorted(f.name for f in service.settings.recordings_path.rglob("*.webm"))
+        assert names == ["doc-1.webm", "pat-1.part2.webm", "pat-1.webm"]
+        for name in names:
+            await ffprobe(next(service.settings.recordings_path.rglob(name)))
+
+
+async def test_a_participant_who_does_not_return_in_time_has_left(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
+            run_service(tmp_path, redis_server.url, (kms_url,),
+                        env={"TELEMED_CALLS_REJOIN_GRACE": "0.3"}) as service:
+        call = service.hub.create_call(CallKind.CONSULTATION, [
+            ("pat-1", "P", "patient"), ("doc-1", "D", "doctor")])
+        clients = clients_for(service, call)
+        ended = asyncio.Event()
+        service.hub.hooks.append(lambda event, c, data: ended.set()
+                                 if event == "call.ended" else None)
+        try:
+            await go_live(service, call, clients)
+            await clients["pat-1"].close()
+            await clients["doc-1"].wait_event("participantReconnecting")
+            left = await clients["doc-1"].wait_event("participantLeft")
+            assert left["participant"] == "pat-1"
+            assert call.participants["pat-1"].state is ParticipantState.LEFT
+            await clients["doc-1"].close()
+            await asyncio.wait_for(ended.wait(), 10)
+        finally:
+            await close_all(clients)
+        assert service.hub.runtime == {}
+
+
+async def test_media_that_stops_mid_call_is_reported_and_the_call_goes_on(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
+            run_service(tmp_path, redis_server.url, (kms_url,),
+                        env={"TELEMED_CALLS_MEDIA_LOSS_REPORT": "0.3"}) as service:
+        reported: list[tuple[str, dict[str, object]]] = []
+        service.hub.hooks.append(lambda event, call, data: reported.append((event, data))
+                                 if event.startswith("call.media") else None)
+        call = service.hub.create_call(CallKind.CONSULTATION, [
+            ("pat-1", "P", "patient"), ("doc-1", "D", "doctor")])
+        clients = clients_for(service, call)
+        try:
+            await go_live(service, call, clients)
+            for track in clients["pat-1"].tracks:
+                track.gate.clear()  # the patient's camera and microphone stop sending
+            lost = await clients["doc-1"].wait_event(
+                "mediaInterrupted", lambda e: e["participant"] == "pat-1")
+            assert lost["kind"] in ("audio", "video")
+            assert call.state is CallState.LIVE
+            for track in clients["pat-1"].tracks:
+                track.gate.set()
+            await clients["doc-1"].wait_event("mediaRestored",
+                                              lambda e: e["participant"] == "pat-1")
+            assert call.state is CallState.LIVE
+            events = [e for e, _ in reported]
+            assert "call.media_interrupted" in events and "call.media_restored" in events
+            await clients["doc-1"].request("end")
+        finally:
+            await close_all(clients)
+
+
+async def test_a_media_server_that_dies_fails_its_calls_and_the_next_call_works(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    port = free_port()
+    kms_url = f"ws://127.0.0.1:{port}/kurento"
+    env = {"TELEMED_MEDIA_HEALTH_INTERVAL": "0.2", "TELEMED_MEDIA_DOWN_AFTER": "0.5"}
+    async with run_service(tmp_path, redis_server.url, (kms_url,), env=env) as service:
+        call = service.hub.create_call(CallKind.CONSULTATION, [
+            ("pat-1", "P", "patient"), ("doc-1", "D", "doctor")])
+        clients = clients_for(service, call)
+        torn_down = asyncio.Event()
+        service.hub.hooks.append(lambda event, c, data: torn_down.set()
+                                 if event == "call.failed" and c is call else None)
+        try:
+            async with mediaserver_process(port, tmp_path) as proc:
+                await service.hub.pool.check()
+                await go_live(service, call, clients)
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+                loop = asyncio.get_running_loop()
+                killed = loop.time()
+                failed = await clients["pat-1"].wait_event("callFailed", timeout=10)
+                assert loop.time() - killed < 5
+                assert failed["reason"] == "media-server-lost"
+                assert (await clients["doc-1"].wait_event("callFailed"))["reason"] == \
+                    "media-server-lost"
+                await asyncio.wait_for(torn_down.wait(), 5)
+            assert call.failure is FailureReason.MEDIA_SERVER_LOST
+            assert service.hub.runtime == {}
+        finally:
+            await close_all(clients)
+
+        async with mediaserver_process(port, tmp_path):
+            await asyncio.wait_for(service.hub.pool.wait_up(), 15)
+            second = service.hub.create_call(CallKind.CONSULTATION, [
+                ("pat-2", "P", "patient"), ("doc-2", "D", "doctor")])
+            clients = clients_for(service, second)
+            try:
+                await go_live(service, second, clients)
+                await clients["doc-2"].request("end")
+                await clients["pat-2"].wait_event("callEnded")
+            finally:
+                await close_all(clients)
+            async with KurentoClient(kms_url) as kc:
+                assert await ServerManager(kc).get_pipelines() == []
