@@ -5,12 +5,13 @@
     ├── MessageError          message.*: malformed JSON, unknown type, invalid fields, too large
     ├── CallError             call.* / participant.*: not found, full, ended, not yours
     ├── MediaError            sdp.invalid, candidate.invalid, media.unavailable
-    └── ResourceError         turn.exhausted, recording.failed, rate.limited
+    └── ResourceError         turn.exhausted, rate.limited
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CODES",
     "AuthError",
     "CallError",
     "MediaError",
@@ -20,8 +21,47 @@ __all__ = [
 ]
 
 
+#: Every code a client or the MIS can receive, and what it means. Stable: clients branch on
+#: them. docs/protocol.md and docs/api.md list them; a test keeps this, the code and the
+#: docs in step.
+CODES: dict[str, str] = {
+    "origin.forbidden": "HTTP 403 on the WebSocket upgrade: the page's Origin is not allowed",
+    "auth.required": "send `hello` with a join token first",
+    "auth.invalid": "token (or API key) malformed, forged, from an unknown issuer or incomplete",
+    "auth.expired": "token expired",
+    "auth.audience": "token made for another service",
+    "auth.wrong_call": "token opens another call",
+    "message.malformed": "not a JSON object, or a binary frame",
+    "message.unknown_type": "no such message type",
+    "message.invalid": "a field is missing or has the wrong type; the message names it",
+    "message.too_large": "message above http.max_frame_bytes",
+    "rate.limited": "too many messages; the connection closes if it goes on",
+    "call.not_found": "no such call (or not one you are in)",
+    "call.not_yours": "the token's subject is not a participant of the call",
+    "call.ended": "the call is over",
+    "call.full": "the call has its maximum of participants",
+    "call.not_joined": "`join` first",
+    "call.already_joined": "this connection already joined",
+    "call.not_allowed": "your role may not do that (patients do not end calls or ring)",
+    "call.not_referral": "only referrals ring",
+    "call.not_ringing": "nothing is ringing for you (or you are not ringing anyone)",
+    "call.not_accepted": "a consultant joins a referral only after accepting it",
+    "call.state": "the call is not in a state that allows this",
+    "participant.not_found": "no such participant in this call",
+    "participant.offline": "the participant to ring has no connection open",
+    "sdp.invalid": "the SDP cannot be parsed, offers no usable media, or was already sent",
+    "candidate.invalid": "the ICE candidate cannot be parsed",
+    "media.unavailable": "no media server can take the call, or it failed the request",
+    "turn.exhausted": "no TURN credentials are left in the pool",
+    "request.invalid": "REST: a field of the request is invalid; `field` names it",
+    "internal": "a bug on our side; the call goes on and the log has the details",
+}
+
+
 class SignalingError(Exception):
     code = "internal"
+    #: The `id` of the request at fault, when it could be read.
+    request_id: str | int | None = None
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)

@@ -188,7 +188,10 @@ def _check(value: Any, tp: Any) -> bool:
 
 
 def parse_client_message(text: str | bytes, *, max_size: int = 65536) -> ClientMessage:
-    """The message, or MessageError with the code and the field at fault."""
+    """The message, or MessageError with the code and the field at fault.
+
+    The error carries the request's `id` when one could be read, so the reply names it.
+    """
     if len(text) > max_size:
         raise MessageError(f"message of {len(text)} bytes exceeds {max_size}",
                            code="message.too_large")
@@ -198,6 +201,16 @@ def parse_client_message(text: str | bytes, *, max_size: int = 65536) -> ClientM
         raise MessageError("not valid JSON", code="message.malformed") from None
     if not isinstance(obj, dict):
         raise MessageError("a message is a JSON object", code="message.malformed")
+    rid = obj.get("id")
+    try:
+        return _build(obj)
+    except MessageError as exc:
+        if isinstance(rid, (str, int)) and not isinstance(rid, bool):
+            exc.request_id = rid
+        raise
+
+
+def _build(obj: dict[str, Any]) -> ClientMessage:
     kind = obj.get("type")
     cls = MESSAGES.get(kind) if isinstance(kind, str) else None
     if cls is None:

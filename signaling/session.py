@@ -123,6 +123,9 @@ class ClientSession:
                 if self.violations > 50:
                     log.warning("! closing a connection that keeps sending bad messages",
                                 extra=self.log_extra)
+                    # Deliver the errors already queued, so the client sees why it is cut off.
+                    self._out.put_nowait(None)
+                    await writer
                     await self.ws.close(code=WSCloseCode.POLICY_VIOLATION,
                                         message=b"rate.limited")
                     break
@@ -147,7 +150,7 @@ class ClientSession:
         except SignalingError as exc:
             self.violations += 1
             log.info("! %s: %s", exc.code, exc.message, extra=self.log_extra)
-            self.send(error(exc.code, exc.message))
+            self.send(error(exc.code, exc.message, re=exc.request_id))
             return
         if isinstance(message, (Publish, Subscribe)):
             # Negotiations take media-server round trips; run them side by side.

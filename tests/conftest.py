@@ -45,15 +45,29 @@ def turn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TurnServer
         yield server
 
 
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Any]:
-    """Headless Debian Chromium with fake camera and microphone, driven by Playwright."""
+async def _chromium(args: list[str]) -> AsyncIterator[Any]:
     require_binary(CHROMIUM)
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
         try:
             yield b
         finally:
             await b.close()
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    """Headless Debian Chromium with fake camera and microphone, driven by Playwright."""
+    async for b in _chromium(CHROMIUM_ARGS):
+        yield b
+
+
+@pytest.fixture
+async def browser_without_media_permission(tmp_path: Path) -> AsyncIterator[Any]:
+    """Chromium that grants no camera permission on its own: pages that never ask for it
+    get mDNS (`<uuid>.local`) host candidates, as patients' browsers do."""
+    async for b in _chromium([a for a in CHROMIUM_ARGS
+                              if a != "--use-fake-ui-for-media-stream"]):
+        yield b

@@ -87,3 +87,80 @@ async def test_permission_denied_shows_what_to_do(
         await error.wait_for(state="visible", timeout=scaled(10) * 1000)
         assert "Разрешите" in await error.inner_text()
         assert await page.locator("#join-button").is_disabled()
+
+
+RECEIVE_ONLY = """async ([token, source]) => {
+  // Receive-only: no getUserMedia, so Chromium hides its host addresses behind mDNS names.
+  const ws = new WebSocket(location.origin.replace('http', 'ws') + '/ws', ['telemed.v1']);
+  await new Promise((ok, fail) => { ws.onopen = ok; ws.onerror = fail; });
+  const replies = new Map();
+  const pc = new RTCPeerConnection();
+  window.sentCandidates = [];
+  ws.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    if (m.re !== undefined && replies.has(m.re)) { replies.get(m.re)(m); return; }
+    if (m.type === 'candidate' && m.candidate)
+      pc.addIceCandidate({candidate: m.candidate, sdpMid: m.sdpMid,
+                          sdpMLineIndex: m.sdpMLineIndex}).catch(() => {});
+  };
+  let next = 1;
+  const request = (type, fields = {}) => new Promise((ok) => {
+    const id = next++; replies.set(id, ok); ws.send(JSON.stringify({type, id, ...fields}));
+  });
+  await request('hello', {token});
+  await request('join');
+  pc.addTransceiver('audio', {direction: 'recvonly'});
+  pc.addTransceiver('video', {direction: 'recvonly'});
+  pc.onicecandidate = (e) => {
+    if (e.candidate) window.sentCandidates.push(e.candidate.candidate);
+    ws.send(JSON.stringify({type: 'candidate', target: source,
+      candidate: e.candidate ? e.candidate.candidate : '',
+      sdpMid: e.candidate ? e.candidate.sdpMid : null,
+      sdpMLineIndex: e.candidate ? e.candidate.sdpMLineIndex : null}));
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  const answer = await request('subscribe', {participant: source, sdp: pc.localDescription.sdp});
+  await pc.setRemoteDescription({type: 'answer', sdp: answer.sdp});
+  window.receiver = pc;
+}"""
+
+FRAMES_DECODED = """async () => {
+  if (!window.receiver) return 0;
+  let frames = 0;
+  (await window.receiver.getStats()).forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') frames = s.framesDecoded || 0;
+  });
+  return frames;
+}"""
+
+
+async def test_chromium_mdns_candidates_are_dropped_and_media_still_arrives(
+    tmp_path: Path, redis_server: RedisServer, browser_without_media_permission: Any
+) -> None:
+    browser = browser_without_media_permission
+    from tests.hub_fixtures import CallClient
+
+    async with run_mediaserver(recordings_root=tmp_path, strict_candidates=True) as (
+            kms_url, _), run_service(tmp_path, redis_server.url, (kms_url,)) as service:
+        call = service.hub.create_call(CallKind.CONSULTATION, [("pat-8", "P", "patient"),
+                                                              ("doc-8", "D", "doctor")])
+        doctor = CallClient(service, service.token(call.id, "doc-8", role="doctor"))
+        context = await browser.new_context()
+        page = await context.new_page()
+        try:
+            await doctor.connect()
+            await doctor.join()
+            await doctor.publish()
+            await page.goto(f"{service.url}/healthz")  # any page of ours: the right Origin
+            await page.evaluate(RECEIVE_ONLY, [service.token(call.id, "pat-8"), "doc-8"])
+            await page.wait_for_function(f"({FRAMES_DECODED})().then(n => n > 5)",
+                                         timeout=scaled(30) * 1000, polling=200)
+            sent = await page.evaluate("window.sentCandidates")
+        finally:
+            await context.close()
+            await doctor.close()
+        host = [c for c in sent if " typ host" in c]
+        assert host and all(".local " in c for c in host if " udp " in c.lower()), sent
+        drops = [e for e in call.timeline.as_list()
+                 if e["event"] == "candidates-dropped" and e["participant"] == "pat-8"]
+        assert drops and {"mdns"} <= {r for d in drops for r in d["reasons"]}
