@@ -16,10 +16,12 @@ from aiohttp import web
 from kurento_ctl.pool import KurentoPool
 from signaling.api import Api, setup_api
 from signaling.embedded import Endpoints
+from signaling.history import CallStore, EventSink
 from signaling.hub import Hub
 from signaling.session import SessionConfig, websocket_handler
 from signaling.settings import Settings
 from signaling.supervisor import Supervisor
+from signaling.webhooks import Outbox, parse_endpoint
 
 __all__ = ["create_app", "probe_kurento", "probe_redis"]
 
@@ -34,6 +36,9 @@ HUB = web.AppKey("hub", Hub)
 POOL = web.AppKey("pool", KurentoPool)
 SESSION_CONFIG = web.AppKey("session_config", SessionConfig)
 API = web.AppKey("api", Api)
+STORE = web.AppKey("store", CallStore)
+OUTBOX = web.AppKey("outbox", Outbox)
+SINK = web.AppKey("sink", EventSink)
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -108,13 +113,37 @@ def create_app(
                    media_loss_report=settings.calls.media_loss_report)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
-        app[REDIS] = aioredis.Redis.from_url(endpoints.redis_url)
+        redis = app[REDIS] = aioredis.Redis.from_url(endpoints.redis_url)
         app[HTTP] = aiohttp.ClientSession()
+        store = app[STORE] = CallStore(redis)
+        hooks = settings.webhooks
+        outbox = None
+        if hooks.endpoints:
+            outbox = app[OUTBOX] = Outbox(
+                redis, [parse_endpoint(e) for e in hooks.endpoints], hooks.secret,
+                timeout=hooks.timeout, retry_base=hooks.retry_base, retry_cap=hooks.retry_cap,
+                claim_timeout=hooks.claim_timeout)
+            outbox.start()
+        with contextlib.suppress(aioredis.RedisError, OSError):
+            closed = await store.close_unfinished("the service restarted")
+            for snap in closed:
+                log.warning("! call left unfinished by the previous run marked failed",
+                            extra={"call_id": snap["id"]})
+                if outbox is not None:
+                    await outbox.publish("call.failed", {
+                        "call": {k: v for k, v in snap.items() if k != "timeline"},
+                        "reason": "shutdown", "detail": snap["failureDetail"]})
+        sink = app[SINK] = EventSink(store, outbox)
+        sink.start()
+        app[HUB].hooks.append(sink)
         await pool.start()
         yield
         try:
             await app[HUB].shutdown()
+            await sink.flush()
         finally:
+            if outbox is not None:
+                await outbox.close()
             await pool.close()
             await app[HTTP].close()
             with contextlib.suppress(aioredis.RedisError, OSError):

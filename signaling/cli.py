@@ -62,7 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the service (embedded services unless configured)")
     run.add_argument("--config", help="TOML settings file (also $TELEMED_CONFIG)")
     sub.add_parser("settings", help="print the effective settings, secrets masked")
+    sub.add_parser("api-key", help="make a new API key and the hash to configure")
     args = parser.parse_args(argv)
+    if args.command == "api-key":
+        import secrets
+
+        from signaling.embedded import hash_api_key
+
+        key = secrets.token_urlsafe(32)
+        print(f"key (give it to the MIS):                  {key}")
+        print(f"hash (add to TELEMED_AUTH_API_KEY_HASHES): {hash_api_key(key)}")
+        return 0
 
     try:
         settings = load_settings(config_file=getattr(args, "config", None))

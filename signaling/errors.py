@@ -39,6 +39,7 @@ CODES: dict[str, str] = {
     "call.not_found": "no such call (or not one you are in)",
     "call.not_yours": "the token's subject is not a participant of the call",
     "call.ended": "the call is over",
+    "call.removed": "the MIS removed this participant from the call",
     "call.full": "the call has its maximum of participants",
     "call.not_joined": "`join` first",
     "call.already_joined": "this connection already joined",
@@ -54,6 +55,9 @@ CODES: dict[str, str] = {
     "media.unavailable": "no media server can take the call, or it failed the request",
     "turn.exhausted": "no TURN credentials are left in the pool",
     "request.invalid": "REST: a field of the request is invalid; `field` names it",
+    "request.too_large": "REST: the request body is above 64 KiB",
+    "request.conflict": "REST: the Idempotency-Key was used with a different request",
+    "event.not_found": "REST: no such webhook event",
     "internal": "a bug on our side; the call goes on and the log has the details",
 }
 

@@ -178,7 +178,31 @@ class Hub:
         participant = call.participants.get(claims.subject)
         if participant is None:
             raise CallError("you are not a participant of this call", code="call.not_yours")
+        if participant.extra.get("removed"):
+            raise CallError("you were removed from this call", code="call.removed")
         return call, participant
+
+    async def kick(self, call_id: str, pid: str) -> None:
+        """The MIS removes a participant; they cannot come back with their token."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise CallError("no such call", code="call.not_found")
+        if call.finished:
+            raise CallError("the call is over", code="call.ended")
+        if pid not in call.participants:
+            raise CallError("no such participant", code="participant.not_found")
+        call.participants[pid].extra["removed"] = True
+        self.online.get(call_id, {}).pop(pid, None)
+        rt = self.runtime.get(call_id)
+        if rt is None:
+            return
+        conn = rt.connections.get(pid)
+        if conn is not None:
+            conn.send(encode("removed"))
+            await self.leave(conn, call_id, pid, why="removed")
+        elif (timer := rt.reconnecting.pop(pid, None)) is not None:
+            timer.cancel()
+            await self._gone(rt, pid, "removed")
 
     def attach(self, conn: Connection, claims: JoinClaims) -> Call:
         """A connection authenticated for a call: it can now be rung and told of its end."""

@@ -165,6 +165,28 @@ class CallSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WebhookSettings:
+    endpoints: tuple[str, ...] = setting(
+        (), "Where events are POSTed. Each entry is a URL, optionally followed by the events "
+        "it wants separated by spaces (`call.*` patterns work): "
+        "`https://mis/hook call.live call.failed`. Empty: no webhooks.",
+    )
+    secret: str = setting(
+        "", "HMAC-SHA256 key that signs every delivery. Required when endpoints are set.",
+        secret=True,
+    )
+    timeout: float = setting(10.0, "Time a receiver has to answer one delivery.", unit="s",
+                             min=0.1)
+    retry_base: float = setting(1.0, "First retry delay; it doubles per failure.", unit="s",
+                                min=0.01)
+    retry_cap: float = setting(300.0, "Longest delay between retries.", unit="s", min=0.01)
+    claim_timeout: float = setting(
+        60.0, "A delivery claimed by a process that then died is retried after this.",
+        unit="s", min=0.1,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class RecordingSettings:
     dir: str = setting("", "Folder recordings are written to. Empty: <data_dir>/recordings.")
 
@@ -184,6 +206,7 @@ class Settings:
     turn: TurnSettings = field(default_factory=TurnSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     calls: CallSettings = field(default_factory=CallSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     recordings: RecordingSettings = field(default_factory=RecordingSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
@@ -335,7 +358,22 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{ENV_PREFIX}CONFIG: {path} is not valid TOML: {exc}") from None
     settings: Settings = _build(Settings, None, values, env)
+    _check_together(settings)
     return settings
+
+
+def _check_together(settings: Settings) -> None:
+    """Rules that span settings."""
+    from signaling.webhooks import parse_endpoint
+
+    hooks = settings.webhooks
+    if hooks.endpoints and not hooks.secret:
+        raise SettingsError("webhooks.secret: required when webhooks.endpoints is set")
+    for entry in hooks.endpoints:
+        try:
+            parse_endpoint(entry)
+        except ValueError as exc:
+            raise SettingsError(f"webhooks.endpoints: {exc}") from None
 
 
 def describe(settings: Settings) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
-from signaling.app import HUB, create_app
+from signaling.app import HUB, SINK, create_app
 from signaling.embedded import Endpoints, hash_api_key
 from signaling.hub import Hub
 from signaling.protocol import SUBPROTOCOL
@@ -37,6 +37,11 @@ class Service:
     url: str  # http://127.0.0.1:port
     hub: Hub
     settings: Settings
+    app: web.Application
+
+    async def app_sink_settled(self) -> None:
+        """Waits until history and webhooks hold everything that happened so far."""
+        await self.app[SINK].settle()
 
     @property
     def ws_url(self) -> str:
@@ -68,7 +73,7 @@ async def run_service(tmp_path: Path, redis_url: str, kurento_urls: tuple[str, .
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        yield Service(f"http://127.0.0.1:{port}", app[HUB], settings)
+        yield Service(f"http://127.0.0.1:{port}", app[HUB], settings, app)
     finally:
         await runner.cleanup()
 

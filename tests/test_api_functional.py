@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,14 @@ import aiohttp
 import pytest
 
 from signaling.tokens import verify_join_token
-from tests.hub_fixtures import API_KEY, JWT_SECRET, CallClient, Service, run_service
+from tests.hub_fixtures import (
+    API_KEY,
+    JWT_SECRET,
+    CallClient,
+    ProtocolError,
+    Service,
+    run_service,
+)
 from tests.media_fixtures import run_mediaserver
 from tests.services import RedisServer
 
@@ -122,3 +131,137 @@ async def test_ended_call_refuses_new_tokens_and_unknown_calls_are_404(
     assert (status, body["code"]) == (409, "call.ended")
     status, body = await post(http, f"{service.url}/api/v1/calls/nope/end")
     assert (status, body["code"]) == (404, "call.not_found")
+
+
+async def test_calls_are_listed_newest_first_by_state_and_paged(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    ids = []
+    for _ in range(3):
+        _, created = await post(http, f"{service.url}/api/v1/calls", CONSULTATION)
+        ids.append(created["id"])
+    await post(http, f"{service.url}/api/v1/calls/{ids[0]}/end")
+    await service.app_sink_settled()
+    async with http.get(f"{service.url}/api/v1/calls?limit=2", headers=AUTH) as r:
+        first = await r.json()
+    assert [c["id"] for c in first["calls"]] == [ids[2], ids[1]]
+    async with http.get(f"{service.url}/api/v1/calls?limit=2&cursor={first['nextCursor']}",
+                        headers=AUTH) as r:
+        rest = await r.json()
+    assert ids[0] in [c["id"] for c in rest["calls"]]
+    async with http.get(f"{service.url}/api/v1/calls?state=ended&limit=200",
+                        headers=AUTH) as r:
+        ended = await r.json()
+    assert ids[0] in [c["id"] for c in ended["calls"]]
+    assert not {ids[1], ids[2]} & {c["id"] for c in ended["calls"]}
+    async with http.get(f"{service.url}/api/v1/calls?state=bogus", headers=AUTH) as r:
+        assert (r.status, (await r.json())["field"]) == (422, "state")
+
+
+async def test_history_outlives_the_process(
+    tmp_path: Path, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",)) as a:
+        _, created = await post(http, f"{a.url}/api/v1/calls", CONSULTATION)
+        await post(http, f"{a.url}/api/v1/calls/{created['id']}/end")
+        _, open_call = await post(http, f"{a.url}/api/v1/calls", CONSULTATION)
+        await a.app_sink_settled()
+    async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",)) as b:
+        async with http.get(f"{b.url}/api/v1/calls/{created['id']}", headers=AUTH) as r:
+            stored = await r.json()
+        async with http.get(f"{b.url}/api/v1/calls/{open_call['id']}", headers=AUTH) as r:
+            cut = await r.json()
+    assert stored["state"] == "ended" and stored["metadata"] == {"mis_visit": "V-1"}
+    assert [e["event"] for e in stored["timeline"]][-1] == "state"
+    # The first process stopped cleanly: its open call failed with shutdown.
+    assert (cut["state"], cut["failure"]) == ("failed", "shutdown")
+
+
+async def test_idempotent_creation_returns_the_same_call(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    headers = {**AUTH, "Idempotency-Key": "visit-V-1-attempt"}
+    s1, one = await post(http, f"{service.url}/api/v1/calls", CONSULTATION, headers=headers)
+    s2, two = await post(http, f"{service.url}/api/v1/calls", CONSULTATION, headers=headers)
+    assert (s1, s2) == (201, 200) and one["id"] == two["id"]
+    assert len(service.hub.calls) == 1
+    status, body = await post(http, f"{service.url}/api/v1/calls",
+                              {**CONSULTATION, "metadata": {}}, headers=headers)
+    assert (status, body["code"]) == (409, "request.conflict")
+    assert len(service.hub.calls) == 1
+
+
+async def test_one_participant_gets_a_new_token_and_a_removed_one_is_out(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    _, created = await post(http, f"{service.url}/api/v1/calls", CONSULTATION)
+    base = f"{service.url}/api/v1/calls/{created['id']}"
+    status, fresh = await post(http, f"{base}/tokens", {"participant": "pat-1"})
+    assert status == 200 and [p["id"] for p in fresh["participants"]] == ["pat-1"]
+    status, body = await post(http, f"{base}/tokens", {"participant": "nobody"})
+    assert (status, body["code"]) == (404, "participant.not_found")
+
+    patient = CallClient(service, fresh["participants"][0]["token"])
+    doctor = CallClient(service, next(p["token"] for p in created["participants"]
+                                      if p["id"] == "doc-1"))
+    try:
+        await asyncio.gather(patient.connect(), doctor.connect())
+        await patient.join()
+        await doctor.join()
+        async with http.delete(f"{base}/participants/pat-1", headers=AUTH) as r:
+            assert r.status == 200
+        await patient.wait_event("removed")
+        await doctor.wait_event("participantLeft")
+        again = CallClient(service, fresh["participants"][0]["token"])
+        try:
+            await again.connect()
+            with pytest.raises(ProtocolError) as info:
+                await again.hello()
+            assert info.value.code == "call.removed"
+        finally:
+            await again.close()
+    finally:
+        await asyncio.gather(patient.close(), doctor.close())
+
+
+async def test_oversized_bodies_and_repeated_bad_keys_are_refused(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(f"{service.url}/api/v1/calls", data=b"{" + b" " * 70000 + b"}",
+                         headers={**AUTH, "Content-Type": "application/json"}) as r:
+        assert (r.status, (await r.json())["code"]) == (413, "request.too_large")
+    codes = []
+    for _ in range(25):
+        _, body = await post(http, f"{service.url}/api/v1/calls", CONSULTATION,
+                             headers={"Authorization": "Bearer guess"})
+        codes.append(body["code"])
+    assert codes[0] == "auth.invalid" and codes[-1] == "rate.limited"
+    assert service.hub.calls == {}
+
+
+async def test_every_route_is_in_the_openapi_document_and_answers_match_it(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    import re as regex
+
+    async with http.get(f"{service.url}/api/v1/openapi.json") as r:
+        doc = await r.json()
+    routes = {(route.method.lower(), regex.sub(r"\{(\w+)\}", r"{\1}",
+                                               route.resource.canonical))
+              for route in service.app.router.routes()
+              if route.resource is not None
+              and route.resource.canonical.startswith("/api/v1/")
+              and route.method != "HEAD"} - {("get", "/api/v1/openapi.json")}
+    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert routes == documented
+
+    env = {**__import__("os").environ, "PYTHONWARNINGS": "ignore"}
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "st"), "run", f"{service.url}/api/v1/openapi.json",
+        "-H", f"Authorization: Bearer {API_KEY}",
+        "--checks", "not_a_server_error,response_schema_conformance,status_code_conformance",
+        "--max-examples", "25", "--generation-deterministic", "--phases",
+        "examples,coverage,fuzzing",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode()[-4000:]

@@ -87,3 +87,13 @@ def test_configuration_reference_in_docs_is_current() -> None:
         "docs/configuration.md is stale: run "
         "python -m signaling.settings --markdown > docs/configuration.md"
     )
+
+
+def test_api_key_command_prints_a_key_and_its_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    from signaling.cli import main
+    from signaling.embedded import hash_api_key
+
+    assert main(["api-key"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    key, digest = (line.rsplit(" ", 1)[1] for line in lines)
+    assert len(key) >= 40 and hash_api_key(key) == digest

@@ -148,6 +148,7 @@ function onEvent(msg) {
     case "callFailed": report("shown", { reason: msg.reason }); finish(T[FAILURES[msg.reason] || "failed_other"]); break;
     case "callEnded": finish(T.ended); break;
     case "replaced": finish(T.failed_other); break;
+    case "removed": finish(T.ended); break;
     default: break;
   }
 }

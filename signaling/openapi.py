@@ -1,0 +1,200 @@
+"""The OpenAPI 3.1 document of /api/v1, served at /api/v1/openapi.json.
+
+Written by hand next to the handlers (signaling/api.py); tests check that every route is
+here and that live responses validate against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["document"]
+
+ID = {"type": "string", "pattern": "^[A-Za-z0-9_.@-]{1,64}$"}
+ROLE = {"type": "string", "enum": ["patient", "doctor", "consultant"]}
+STATE = {"type": "string",
+         "enum": ["created", "ringing", "connecting", "live", "ended", "failed"]}
+NUMBER_OR_NULL = {"type": ["number", "null"]}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    "401": _json(_ref("Error"), "missing or wrong API key (`auth.invalid`)"),
+    "413": _json(_ref("Error"), "body above 64 KiB (`request.too_large`)"),
+    "422": _json(_ref("Error"), "a field is invalid (`request.invalid`, `field` names it)"),
+    "429": _json(_ref("Error"), "too many failed authentications (`rate.limited`)"),
+}
+NOT_FOUND = {"404": _json(_ref("Error"), "`call.not_found` / `participant.not_found`")}
+CONFLICT = {"409": _json(_ref("Error"), "`call.ended`, `request.conflict`")}
+CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                       "field": {"type": "string"}},
+    },
+    "NewParticipant": {
+        "type": "object", "required": ["id", "name", "role"], "additionalProperties": False,
+        "properties": {"id": ID, "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                       "role": ROLE},
+    },
+    "NewCall": {
+        "type": "object", "required": ["kind", "participants"],
+        "properties": {
+            "kind": {"type": "string", "enum": ["consultation", "referral", "conference"]},
+            "participants": {"type": "array", "minItems": 1, "maxItems": 8,
+                             "items": _ref("NewParticipant")},
+            "metadata": {"type": "object", "description": "echoed back in reads and webhooks"},
+        },
+    },
+    "Participant": {
+        "type": "object", "required": ["id", "name", "role", "state", "published"],
+        "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "role": ROLE,
+                       "state": {"type": "string"},
+                       "published": {"type": "array", "items": {"type": "string"}}},
+    },
+    "Call": {
+        "type": "object",
+        "required": ["id", "kind", "state", "participants", "createdAt", "metadata"],
+        "properties": {
+            "id": {"type": "string"}, "kind": {"type": "string"}, "state": STATE,
+            "failure": {"type": ["string", "null"]},
+            "failureDetail": {"type": ["string", "null"]},
+            "mediaServer": {"type": ["string", "null"]},
+            "participants": {"type": "array", "items": _ref("Participant")},
+            "createdAt": {"type": "number"}, "metadata": {"type": "object"},
+            "liveAt": NUMBER_OR_NULL, "endedAt": NUMBER_OR_NULL, "duration": NUMBER_OR_NULL,
+            "joins": {"type": "array", "items": {"type": "object"}},
+            "timeline": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "JoinToken": {
+        "type": "object", "required": ["id", "role", "token", "link"],
+        "properties": {"id": {"type": "string"}, "role": ROLE, "token": {"type": "string"},
+                       "link": {"type": "string"}},
+    },
+    "CreatedCall": {},  # the Call, with join tokens in place of participants: below
+    "CallPage": {
+        "type": "object", "required": ["calls", "nextCursor"],
+        "properties": {"calls": {"type": "array", "items": _ref("Call")},
+                       "nextCursor": NUMBER_OR_NULL},
+    },
+    "WebhookEvent": {
+        "type": "object", "required": ["id", "event", "time", "data", "deliveries", "pending"],
+        "properties": {
+            "id": {"type": "string"}, "event": {"type": "string"}, "time": {"type": "number"},
+            "data": {"type": "object"},
+            "deliveries": {"type": "array", "items": {
+                "type": "object", "required": ["url", "at", "attempt", "status"],
+                "properties": {"url": {"type": "string"}, "at": {"type": "number"},
+                               "attempt": {"type": "integer"},
+                               "status": {"type": ["integer", "null"]},
+                               "error": {"type": ["string", "null"]}}}},
+            "pending": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+}
+
+
+SCHEMAS["CreatedCall"] = {
+    **SCHEMAS["Call"],
+    "properties": {**SCHEMAS["Call"]["properties"],
+                   "participants": {"type": "array", "items": _ref("JoinToken")}},
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Telemed signalling API", "version": "1"},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"apiKey": []}],
+        "paths": {
+            "/api/v1/calls": {
+                "post": {
+                    "summary": "Create a call; returns a join token and link per participant",
+                    "parameters": [{"name": "Idempotency-Key", "in": "header",
+                                    "schema": {"type": "string", "maxLength": 200}}],
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {"schema": _ref("NewCall")}}},
+                    "responses": {
+                        "201": _json(_ref("CreatedCall"), "created"),
+                        "200": _json(_ref("CreatedCall"),
+                                     "an earlier request with the same Idempotency-Key"),
+                        **ERRORS, **CONFLICT},
+                },
+                "get": {
+                    "summary": "Calls, newest first, paged by cursor",
+                    "parameters": [
+                        {"name": "state", "in": "query", "schema": STATE},
+                        {"name": "since", "in": "query", "schema": {"type": "number"}},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "number"}},
+                    ],
+                    "responses": {"200": _json(_ref("CallPage"), "a page of calls"),
+                                  **ERRORS},
+                },
+            },
+            "/api/v1/calls/{call_id}": {
+                "get": {
+                    "summary": "A call, with its timeline (live or from history)",
+                    "parameters": [CALL_ID],
+                    "responses": {"200": _json(_ref("Call"), "the call"), **ERRORS,
+                                  **NOT_FOUND},
+                },
+            },
+            "/api/v1/calls/{call_id}/end": {
+                "post": {
+                    "summary": "End the call for everyone",
+                    "parameters": [CALL_ID],
+                    "responses": {"200": _json(_ref("Call"), "the ended call"), **ERRORS,
+                                  **NOT_FOUND},
+                },
+            },
+            "/api/v1/calls/{call_id}/tokens": {
+                "post": {
+                    "summary": "New join tokens (all participants, or one)",
+                    "parameters": [CALL_ID],
+                    "requestBody": {"required": False, "content": {"application/json": {
+                        "schema": {"type": "object",
+                                   "properties": {"participant": {"type": "string"}}}}}},
+                    "responses": {
+                        "200": _json({"type": "object", "required": ["participants"],
+                                      "properties": {"participants": {
+                                          "type": "array", "items": _ref("JoinToken")}}},
+                                     "fresh tokens"),
+                        **ERRORS, **NOT_FOUND, **CONFLICT},
+                },
+            },
+            "/api/v1/calls/{call_id}/participants/{participant}": {
+                "delete": {
+                    "summary": "Remove a participant; their token no longer opens the call",
+                    "parameters": [CALL_ID, {"name": "participant", "in": "path",
+                                             "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": _json(_ref("Call"), "the call"), **ERRORS,
+                                  **NOT_FOUND, **CONFLICT},
+                },
+            },
+            "/api/v1/webhooks/events/{event_id}": {
+                "get": {
+                    "summary": "A webhook event and its delivery log",
+                    "parameters": [{"name": "event_id", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}],
+                    "responses": {"200": _json(_ref("WebhookEvent"), "the event"), **ERRORS,
+                                  "404": _json(_ref("Error"), "`event.not_found`")},
+                },
+            },
+        },
+    }

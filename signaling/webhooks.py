@@ -1,0 +1,239 @@
+"""Webhooks to the MIS: a durable outbox in Redis, signed deliveries, retries in order.
+
+Events are written to Redis before anything is sent, so a crash between an event and its
+delivery loses nothing. Each endpoint has its own queue, delivered strictly in order: a
+receiver that is down holds back later events (with exponential backoff up to a cap)
+rather than receiving them out of order. Delivery is at-least-once; receivers deduplicate
+by the event id.
+
+Signature: `X-Telemed-Signature: t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import redis.asyncio as aioredis
+
+__all__ = ["EVENTS", "Endpoint", "Outbox", "as_text", "parse_endpoint", "sign", "verify_signature"]
+
+log = logging.getLogger(__name__)
+
+EVENTS = ("call.created", "call.live", "participant.joined", "participant.left",
+          "call.failed", "call.ended", "call.media_interrupted", "call.media_restored",
+          "recording.ready")
+PREFIX = "telemed:webhooks:"
+LOG_LIMIT = 50
+ENQUEUE = """
+redis.call('SET', KEYS[1], ARGV[1])
+local n = redis.call('INCR', KEYS[2])
+for i = 3, #KEYS do redis.call('ZADD', KEYS[i], n, ARGV[2]) end
+return n
+"""
+
+
+def as_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    patterns: tuple[str, ...] = ("*",)
+
+    @property
+    def key(self) -> str:
+        """Stable across restarts, so a queue survives them."""
+        return hashlib.sha256(self.url.encode()).hexdigest()[:16]
+
+    def wants(self, event: str) -> bool:
+        return any(fnmatch.fnmatchcase(event, p) for p in self.patterns)
+
+
+def parse_endpoint(entry: str) -> Endpoint:
+    """`URL [event-pattern ...]`."""
+    url, *patterns = entry.split()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(e, p) for e in EVENTS):
+            raise ValueError(f"{p!r} matches no event (events: {', '.join(EVENTS)})")
+    return Endpoint(url, tuple(patterns) or ("*",))
+
+
+def sign(secret: str, body: bytes, now: float) -> str:
+    t = int(now)
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def verify_signature(secret: str, header: str, body: bytes, *, now: float,
+                     tolerance: float = 300.0) -> bool:
+    """What a receiver does: recompute, compare in constant time, refuse stale timestamps."""
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        t = int(fields["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs(now - t) > tolerance:
+        return False
+    expected = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, fields.get("v1", ""))
+
+
+class Outbox:
+    """Queues events durably and delivers them; one delivery loop per endpoint."""
+
+    def __init__(self, redis: aioredis.Redis, endpoints: list[Endpoint], secret: str, *,
+                 timeout: float = 10.0, retry_base: float = 1.0, retry_cap: float = 300.0,
+                 claim_timeout: float = 60.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis = redis
+        self.endpoints = endpoints
+        self.secret = secret
+        self.timeout = timeout
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.claim_timeout = claim_timeout
+        self.clock = clock
+        self._wake = {e.key: asyncio.Event() for e in endpoints}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: aiohttp.ClientSession | None = None
+        self._enqueue = redis.register_script(ENQUEUE)
+
+    # ------------------------------------------------------------------ queueing
+
+    async def publish(self, event: str, data: dict[str, Any]) -> str:
+        """Stores the event and queues it for every endpoint that wants it; returns its id."""
+        event_id = uuid.uuid4().hex
+        body = {"id": event_id, "event": event, "time": self.clock(), "data": data}
+        wanting = [e for e in self.endpoints if e.wants(event)]
+        # One script: the event and its place in every queue are stored together or not at
+        # all, numbered by a global sequence so each queue keeps the order events happened in.
+        await self._enqueue(keys=[f"{PREFIX}event:{event_id}", f"{PREFIX}seq",
+                                  *(f"{PREFIX}queue:{e.key}" for e in wanting)],
+                            args=[json.dumps(body, separators=(",", ":")), event_id])
+        for endpoint in wanting:
+            self._wake[endpoint.key].set()
+        return event_id
+
+    async def event(self, event_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(f"{PREFIX}event:{event_id}")
+        if raw is None:
+            return None
+        body: dict[str, Any] = json.loads(raw)
+        deliveries = await self.redis.lrange(f"{PREFIX}log:{event_id}", 0, -1)
+        pending = [e.url for e in self.endpoints
+                   if await self.redis.zscore(f"{PREFIX}queue:{e.key}", event_id) is not None]
+        return {**body, "deliveries": [json.loads(d) for d in deliveries], "pending": pending}
+
+    async def pending(self) -> int:
+        counts = [await self.redis.zcard(f"{PREFIX}queue:{e.key}") for e in self.endpoints]
+        return sum(counts)
+
+    # ------------------------------------------------------------------ delivery
+
+    def start(self) -> None:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        self._tasks = [asyncio.create_task(self._deliver_loop(e), name=f"webhooks {e.url}")
+                       for e in self.endpoints]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._http is not None:
+            await self._http.close()
+
+    async def _deliver_loop(self, endpoint: Endpoint) -> None:
+        queue = f"{PREFIX}queue:{endpoint.key}"
+        state = f"{PREFIX}state:{endpoint.key}"
+        wake = self._wake[endpoint.key]
+        while True:
+            try:
+                delay = await self._deliver_next(endpoint, queue, state)
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning("! webhook outbox unavailable: %s", type(exc).__name__)
+                delay = self.retry_base
+            if delay is None:
+                continue
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+
+    async def _deliver_next(self, endpoint: Endpoint, queue: str, state: str) -> float | None:
+        """Delivers the oldest queued event; returns how long to wait, None to go on."""
+        head = await self.redis.zrange(queue, 0, 0)
+        if not head:
+            return self.claim_timeout
+        event_id = as_text(head[0])
+        now = self.clock()
+        info = {as_text(k): as_text(v) for k, v in (await self.redis.hgetall(state)).items()}
+        if info.get("event") == event_id:
+            not_before = float(info.get("not_before", 0))
+            if not_before > now:
+                return not_before - now
+            attempts = int(info.get("attempts", 0))
+        else:
+            attempts = 0
+        # Claim it: another process (or this one after a crash) retries only once the claim
+        # has run out.
+        await self.redis.hset(state, mapping={"event": event_id, "attempts": attempts,
+                                              "not_before": now + self.claim_timeout})
+        raw = await self.redis.get(f"{PREFIX}event:{event_id}")
+        if raw is None:  # expired or removed by hand: nothing to deliver
+            await self.redis.zrem(queue, event_id)
+            return None
+        status, error = await self._post(endpoint, event_id,
+                                         raw if isinstance(raw, bytes) else raw.encode())
+        attempts += 1
+        record = {"url": endpoint.url, "at": self.clock(), "attempt": attempts,
+                  "status": status, "error": error}
+        log_key = f"{PREFIX}log:{event_id}"
+        if status is not None and 200 <= status < 300:
+            async with self.redis.pipeline(transaction=True) as tx:
+                tx.rpush(log_key, json.dumps(record))
+                tx.ltrim(log_key, -LOG_LIMIT, -1)
+                tx.zrem(queue, event_id)
+                tx.delete(state)
+                await tx.execute()
+            return None
+        delay = min(self.retry_cap, self.retry_base * 2 ** (attempts - 1))
+        log.warning("! webhook %s to %s failed (%s); retry %d in %.1fs", event_id,
+                    endpoint.url, error or status, attempts, delay)
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.rpush(log_key, json.dumps(record))
+            tx.ltrim(log_key, -LOG_LIMIT, -1)
+            tx.hset(state, mapping={"event": event_id, "attempts": attempts,
+                                    "not_before": self.clock() + delay})
+            await tx.execute()
+        return float(delay)
+
+    async def _post(self, endpoint: Endpoint, event_id: str, raw: bytes
+                    ) -> tuple[int | None, str | None]:
+        assert self._http is not None
+        body = json.loads(raw)
+        headers = {"Content-Type": "application/json", "X-Telemed-Event": body["event"],
+                   "X-Telemed-Event-Id": event_id,
+                   "X-Telemed-Signature": sign(self.secret, raw, self.clock())}
+        try:
+            async with self._http.post(endpoint.url, data=raw, headers=headers) as response:
+                return response.status, None if response.status < 300 else f"HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return None, type(exc).__name__

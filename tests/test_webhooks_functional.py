@@ -1,0 +1,160 @@
+"""Webhooks to a real receiver on loopback, through real Redis: signed, ordered, retried,
+and kept across a SIGKILL of the service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from signaling.call import CallKind
+from signaling.settings import SettingsError, load_settings
+from signaling.webhooks import sign, verify_signature
+from tests.hub_fixtures import API_KEY, CallClient, run_service
+from tests.media_fixtures import run_mediaserver
+from tests.services import RedisServer, free_port
+from tests.test_cli_functional import poll_ready
+from tests.webhook_receiver import run_receiver
+
+SECRET = "hook-secret-" + "z" * 20
+
+
+def hook_env(url: str, extra: str = "") -> dict[str, str]:
+    return {"TELEMED_WEBHOOKS_ENDPOINTS": f"{url} {extra}".strip(),
+            "TELEMED_WEBHOOKS_SECRET": SECRET, "TELEMED_WEBHOOKS_RETRY_BASE": "0.05",
+            "TELEMED_WEBHOOKS_RETRY_CAP": "0.2", "TELEMED_WEBHOOKS_CLAIM_TIMEOUT": "1"}
+
+
+def test_signatures_verify_only_with_the_key_the_body_and_a_fresh_time() -> None:
+    body = b'{"id":"1"}'
+    header = sign(SECRET, body, 1000.0)
+    assert verify_signature(SECRET, header, body, now=1010.0)
+    assert not verify_signature("other", header, body, now=1010.0)
+    assert not verify_signature(SECRET, header, body + b" ", now=1010.0)
+    assert not verify_signature(SECRET, header, body, now=2000.0)  # replayed later
+    assert not verify_signature(SECRET, "garbage", body, now=1000.0)
+
+
+def test_endpoints_without_a_secret_or_with_unknown_events_stop_start_up() -> None:
+    with pytest.raises(SettingsError, match=r"webhooks\.secret"):
+        load_settings(env={"TELEMED_WEBHOOKS_ENDPOINTS": "http://mis/hook"})
+    with pytest.raises(SettingsError, match="matches no event"):
+        load_settings(env={"TELEMED_WEBHOOKS_ENDPOINTS": "http://mis/hook call.exploded",
+                           "TELEMED_WEBHOOKS_SECRET": SECRET})
+
+
+async def test_a_call_sends_its_webhooks_in_order_signed_and_filtered(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with run_receiver(SECRET) as everything, run_receiver(SECRET) as failures, \
+            run_mediaserver(recordings_root=tmp_path) as (kms_url, _):
+        env = hook_env(everything.url)
+        env["TELEMED_WEBHOOKS_ENDPOINTS"] += f",{failures.url} call.failed"
+        async with run_service(tmp_path, redis_server.url, (kms_url,), env=env) as service:
+            call = service.hub.create_call(CallKind.CONSULTATION, [
+                ("pat-1", "P", "patient"), ("doc-1", "D", "doctor")], {"visit": "V-77"})
+            patient = CallClient(service, service.token(call.id, "pat-1"))
+            doctor = CallClient(service, service.token(call.id, "doc-1", role="doctor"))
+            try:
+                await asyncio.gather(patient.connect(), doctor.connect())
+                await patient.join()
+                await doctor.join()
+                await asyncio.gather(patient.publish(), doctor.publish())
+                await asyncio.gather(patient.subscribe("doc-1"), doctor.subscribe("pat-1"))
+                await doctor.wait_event("callLive")
+                await doctor.request("end")
+            finally:
+                await asyncio.gather(patient.close(), doctor.close())
+            ended = await everything.wait_for("call.ended", call.id)
+        assert everything.events(call.id) == [
+            "call.created", "participant.joined", "participant.joined", "call.live",
+            "call.ended"]
+        assert ended["data"]["call"]["metadata"] == {"visit": "V-77"}
+        assert ended["data"]["call"]["duration"] > 0
+        assert [p.endswith(".webm") for p in ended["data"]["recordings"]] == [True, True]
+        assert everything.bad_signatures == 0
+        assert len({e["id"] for e in everything.received}) == len(everything.received)
+        assert failures.received == []  # it asked for call.failed only
+
+
+async def test_a_receiver_that_fails_three_times_gets_every_event_once_in_order(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with run_receiver(SECRET) as receiver:
+        receiver.fail_next = 3
+        async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",),
+                               env=hook_env(receiver.url)) as service:
+            calls = [service.hub.create_call(CallKind.CONSULTATION, [
+                ("p", "P", "patient"), ("d", "D", "doctor")]) for _ in range(3)]
+            for call in calls:
+                await service.hub.end(call.id)
+            await receiver.wait_for("call.ended", calls[-1].id)
+            async with aiohttp.ClientSession() as http, http.get(
+                    f"{service.url}/api/v1/webhooks/events/{receiver.received[0]['id']}",
+                    headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+                log = await r.json()
+        ids = [c.id for c in calls]
+        got = [(e["event"], e["data"]["call"]["id"]) for e in receiver.received]
+        assert got == [("call.created", cid) for cid in ids] + [("call.ended", cid) for cid in ids]
+        assert receiver.attempts == len(got) + 3
+        assert [d["status"] for d in log["deliveries"]] == [500, 500, 500, 204]
+        assert log["pending"] == []
+
+
+async def test_events_queued_when_the_service_is_killed_are_delivered_after_restart(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The service runs as `telemed run` and is SIGKILLed while its receiver is down."""
+    hook_port = free_port()
+    http_port = free_port()
+    api_key = uuid.uuid4().hex
+    from signaling.embedded import hash_api_key
+
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _):
+        env = {**os.environ, **hook_env(f"http://127.0.0.1:{hook_port}/hook"),
+               "TELEMED_HTTP_PORT": str(http_port), "TELEMED_DATA_DIR": str(tmp_path / "d"),
+               "TELEMED_REDIS_URL": redis_server.url, "TELEMED_MEDIA_KURENTO_URLS": kms_url,
+               "TELEMED_TURN_PROVIDER": "none",
+               "TELEMED_AUTH_API_KEY_HASHES": hash_api_key(api_key)}
+        base = f"http://127.0.0.1:{http_port}"
+        auth = {"Authorization": f"Bearer {api_key}"}
+
+        async def start() -> asyncio.subprocess.Process:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "signaling.cli", "run", env=env)
+            await poll_ready(f"{base}/readyz", 30)
+            return proc
+
+        proc = await start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                created = []
+                for _ in range(3):
+                    async with http.post(f"{base}/api/v1/calls", headers=auth, json={
+                        "kind": "consultation",
+                        "participants": [{"id": "p", "name": "P", "role": "patient"},
+                                         {"id": "d", "name": "D", "role": "doctor"}]}) as r:
+                        assert r.status == 201
+                        created.append((await r.json())["id"])
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        async with run_receiver(SECRET, hook_port) as receiver:
+            proc = await start()
+            try:
+                for call_id in created:
+                    await receiver.wait_for("call.created", call_id)
+                # Calls the killed process could not finish are failed, and told so.
+                failed = await receiver.wait_for("call.failed", created[0])
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                await proc.wait()
+        assert [e["data"]["call"]["id"] for e in receiver.received
+                if e["event"] == "call.created"] == created
+        assert failed["data"]["call"]["failureDetail"] == "the service restarted"
