@@ -249,6 +249,16 @@ class Api:
         await request.app[HUB].kick(call.id, request.match_info["participant"])
         return web.json_response(call.describe())
 
+    async def turn_status(self, request: web.Request) -> web.Response:
+        from signaling.app import HUB
+
+        turn = request.app[HUB].turn
+        if turn is None:
+            return web.json_response({"enabled": False, "size": 0, "inUse": 0, "leases": []})
+        return web.json_response({"enabled": True, "size": turn.size,
+                                  "inUse": await turn.in_use(), "issued": turn.issued,
+                                  "exhausted": turn.exhausted, "leases": await turn.active()})
+
     async def webhook_event(self, request: web.Request) -> web.Response:
         from signaling.app import OUTBOX
 
@@ -272,6 +282,7 @@ def setup_api(app: web.Application) -> Api:
     app.router.add_delete("/api/v1/calls/{call_id}/participants/{participant}",
                           api.remove_participant)
     app.router.add_get("/api/v1/webhooks/events/{event_id}", api.webhook_event)
+    app.router.add_get("/api/v1/turn", api.turn_status)
     app.router.add_post("/api/v1/calls/{call_id}/end", api.end_call)
     app.router.add_post("/api/v1/calls/{call_id}/tokens", api.new_tokens)
     return api

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,10 @@ from signaling.session import SessionConfig, websocket_handler
 from signaling.settings import Settings
 from signaling.supervisor import Supervisor
 from signaling.webhooks import Outbox, parse_endpoint
+from turn.lease import TurnProvider
+from turn.pool import TurnPool
+from turn.providers.coturn import CoturnRedisUserDb, CoturnSharedSecret
+from turn.providers.return_users import ReturnUsersFile
 
 __all__ = ["create_app", "probe_kurento", "probe_redis"]
 
@@ -100,20 +105,20 @@ def create_app(
         jwt_keys=[endpoints.jwt_secret], issuer=settings.auth.jwt_issuer,
         audience=settings.auth.jwt_audience, allowed_origins=allowed_origins(settings),
         max_message=settings.http.max_frame_bytes)
+    redis = app[REDIS] = aioredis.Redis.from_url(endpoints.redis_url)
+    turn = build_turn(settings, endpoints, redis)
     pool = KurentoPool(endpoints.kurento_urls, health_interval=settings.media.health_interval,
                        down_after=settings.media.down_after)
     app[POOL] = pool
     app[HUB] = Hub(pool=pool, recordings_root=settings.recordings_path,
                    watchdog_timeout=settings.calls.watchdog_timeout,
-                   turn_urls=endpoints.turn_urls,
-                   turn_secret=endpoints.turn_secrets[0] if endpoints.turn_secrets else "",
+                   turn=turn,
                    max_conference_size=settings.calls.max_conference_size,
                    ring_timeout=settings.calls.ring_timeout,
                    rejoin_grace=settings.calls.rejoin_grace,
                    media_loss_report=settings.calls.media_loss_report)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
-        redis = app[REDIS] = aioredis.Redis.from_url(endpoints.redis_url)
         app[HTTP] = aiohttp.ClientSession()
         store = app[STORE] = CallStore(redis)
         hooks = settings.webhooks
@@ -158,6 +163,29 @@ def create_app(
 
     setup_web(app)
     return app
+
+
+def build_turn(settings: Settings, endpoints: Endpoints, redis: aioredis.Redis
+               ) -> TurnPool | None:
+    """The TURN lease pool for the configured provider, or None (`none`, or no coturn)."""
+    cfg = settings.turn
+    provider: TurnProvider
+    if cfg.provider == "none" or not endpoints.turn_urls:
+        return None
+    if cfg.provider in ("embedded", "coturn-secret"):
+        provider = CoturnSharedSecret(endpoints.turn_secrets, endpoints.turn_urls)
+    elif cfg.provider == "coturn-redis":
+        userdb = aioredis.Redis.from_url(cfg.redis_url) if cfg.redis_url else redis
+        provider = CoturnRedisUserDb(userdb, cfg.realm, endpoints.turn_urls)
+    else:
+        path = Path(cfg.users_file) if cfg.users_file else \
+            Path(settings.data_dir) / "turn" / "users.txt"
+        provider = ReturnUsersFile(path, cfg.realm, endpoints.turn_urls, size=cfg.pool_size,
+                                   hashed=cfg.return_hashed,
+                                   pid_file=Path(cfg.return_pid_file)
+                                   if cfg.return_pid_file else None)
+    return TurnPool(redis, provider, size=cfg.pool_size, ttl=cfg.lease_ttl,
+                    namespace=cfg.provider)
 
 
 def allowed_origins(settings: Settings) -> set[str]:

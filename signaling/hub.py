@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiortc.sdp import SessionDescription
+from redis.exceptions import RedisError
 
 from kurento_ctl.errors import KurentoError
 from kurento_ctl.pool import KurentoPool, NoMediaServer
@@ -28,7 +29,8 @@ from signaling.participant import Participant, ParticipantState
 from signaling.protocol import encode
 from signaling.tokens import JoinClaims
 from signaling.watchdog import Expectation, Expired, MediaWatchdog, WatchdogTimer
-from turn.credentials import ice_servers, shared_secret_credential
+from turn.lease import TurnExhausted, TurnLease, ice_servers_for
+from turn.pool import TurnPool
 
 __all__ = ["Connection", "Hub", "offer_kinds"]
 
@@ -73,6 +75,7 @@ class CallRuntime:
     closing: bool = False
     #: Participants whose connection dropped, with the timer that ends their grace period.
     reconnecting: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    leases: dict[str, TurnLease] = field(default_factory=dict)
     #: Media flows that stopped mid-call: the pending report, or None once reported.
     interrupted: dict[tuple[str, str, str], asyncio.TimerHandle | None] = field(
         default_factory=dict)
@@ -81,15 +84,14 @@ class CallRuntime:
 class Hub:
     def __init__(self, *, pool: KurentoPool, recordings_root: Path, watchdog_timeout: float,
                  candidate_policy: CandidatePolicy | None = None,
-                 turn_urls: tuple[str, ...] = (), turn_secret: str = "",
-                 max_conference_size: int = 8, ring_timeout: float = 30.0,
-                 rejoin_grace: float = 20.0, media_loss_report: float = 5.0) -> None:
+                 turn: TurnPool | None = None, max_conference_size: int = 8,
+                 ring_timeout: float = 30.0, rejoin_grace: float = 20.0,
+                 media_loss_report: float = 5.0) -> None:
         self.pool = pool
         self.recordings_root = recordings_root
         self.watchdog_timeout = watchdog_timeout
         self.candidate_policy = candidate_policy or CandidatePolicy()
-        self.turn_urls = turn_urls
-        self.turn_secret = turn_secret
+        self.turn = turn
         self.max_conference_size = max_conference_size
         self.ring_timeout = ring_timeout
         self.rejoin_grace = rejoin_grace
@@ -302,6 +304,8 @@ class Hub:
         if call.kind is CallKind.REFERRAL and ringing and participant.role != "doctor":
             raise CallError("answer the ring before joining", code="call.not_accepted")
         rt = self._runtime(call)
+        # First, so that an exhausted pool refuses the join before anything changed.
+        lease = await self._lease_turn(rt, participant.id)
         grace = rt.reconnecting.pop(participant.id, None)
         if grace is not None:
             grace.cancel()
@@ -320,9 +324,6 @@ class Hub:
         if ringing and call.kind is not CallKind.REFERRAL:
             call.transition(CallState.CONNECTING)
         call.timeline.add("joined", participant=participant.id)
-        credential = shared_secret_credential(
-            self.turn_secret, call_id=call.id, participant=participant.id, now=time.time(),
-            ttl=3600) if self.turn_secret else None
         self._broadcast(rt, encode("participantJoined", participant=participant.describe()),
                         but=participant.id)
         self._emit("participant.joined", call, {"participant": participant.id})
@@ -331,10 +332,41 @@ class Hub:
             "you": participant.describe(),
             "participants": [p.describe() for p in call.participants.values()
                              if p.id != participant.id],
-            "iceServers": ice_servers(self.turn_urls, credential),
+            "iceServers": ice_servers_for(lease),
             "recording": True,
             "watchdogTimeout": self.watchdog_timeout,
         }
+
+    async def _lease_turn(self, rt: CallRuntime, pid: str) -> TurnLease | None:
+        if self.turn is None:
+            return None
+        try:
+            lease = await self.turn.lease(rt.call.id, pid)
+        except TurnExhausted as exc:
+            rt.call.timeline.add("turn-exhausted", participant=pid)
+            raise CallError(str(exc), code="turn.exhausted") from None
+        except (RedisError, OSError) as exc:
+            log.error("! TURN pool unreachable: %s", type(exc).__name__,
+                      extra={"call_id": rt.call.id})
+            raise CallError("TURN credentials are unavailable", code="turn.exhausted") from None
+        old = rt.leases.get(pid)
+        if old is not None and old.username != lease.username:
+            await self._revoke(old, release=False)
+        rt.leases[pid] = lease
+        return lease
+
+    async def _revoke(self, lease: TurnLease, *, release: bool = True) -> None:
+        """Returns a lease (or only revokes replaced credentials); never raises."""
+        if self.turn is None:
+            return
+        try:
+            if release:
+                await self.turn.release(lease)
+            else:
+                await self.turn.provider.revoke(lease)
+        except Exception:
+            log.exception("! returning TURN lease %s failed; it expires on its own",
+                          lease.key, extra={"call_id": lease.call_id})
 
     def _member(self, conn: Connection, call_id: str, pid: str) -> CallRuntime:
         rt = self.runtime.get(call_id)
@@ -428,6 +460,8 @@ class Hub:
         await self._gone(rt, pid, why)
 
     async def _gone(self, rt: CallRuntime, pid: str, why: str) -> None:
+        if (lease := rt.leases.pop(pid, None)) is not None:
+            await self._revoke(lease)
         participant = rt.call.participants[pid]
         if participant.state is not ParticipantState.LEFT:
             participant.transition(ParticipantState.LEFT)
@@ -613,6 +647,8 @@ class Hub:
                     rt.connections.clear()
                     rt.reconnecting.clear()
                     self.runtime.pop(call_id, None)
+                    leases, rt.leases = list(rt.leases.values()), {}
+                    await asyncio.gather(*(self._revoke(lease) for lease in leases))
             data = {"recordings": [str(p) for p in rt.media.recordings]} if rt else {}
             if reason is None:
                 self._emit("call.ended", call, data)

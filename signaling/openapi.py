@@ -187,6 +187,19 @@ def document() -> dict[str, Any]:
                                   **NOT_FOUND, **CONFLICT},
                 },
             },
+            "/api/v1/turn": {
+                "get": {
+                    "summary": "TURN lease pool usage (no credentials)",
+                    "responses": {"200": _json({
+                        "type": "object", "required": ["enabled", "size", "inUse", "leases"],
+                        "properties": {
+                            "enabled": {"type": "boolean"}, "size": {"type": "integer"},
+                            "inUse": {"type": "integer"}, "issued": {"type": "integer"},
+                            "exhausted": {"type": "integer"},
+                            "leases": {"type": "array", "items": {"type": "object"}}}},
+                        "pool usage"), **ERRORS},
+                },
+            },
             "/api/v1/webhooks/events/{event_id}": {
                 "get": {
                     "summary": "A webhook event and its delivery log",

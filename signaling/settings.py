@@ -121,6 +121,31 @@ class TurnSettings:
     embedded_port: int = setting(
         3478, "Listening port of the embedded coturn.", min=0, max=65535
     )
+    pool_size: int = setting(
+        1000, "Most TURN leases out at once, across all signalling nodes; a join beyond it "
+        "fails with turn.exhausted. For reTurn, the number of accounts in the users file.",
+        min=1,
+    )
+    lease_ttl: float = setting(
+        14400.0, "Lifetime of one participant's TURN credentials; covers the longest call "
+        "(every join or rejoin takes new ones). Leases of a crashed node return after it.",
+        unit="s", min=1.0,
+    )
+    redis_url: str = setting(
+        "", "coturn-redis: the Redis coturn reads its user DB from (its redis-userdb). "
+        "Empty: the service's own Redis.",
+    )
+    users_file: str = setting(
+        "", "return: path of reTurn's users file (UserDatabaseFile). Empty: "
+        "<data_dir>/turn/users.txt.",
+    )
+    return_pid_file: str = setting(
+        "", "return: reTurn's pid file; it gets SIGHUP to reload the users file. Empty: rely "
+        "on its UserDatabaseCheckInterval.",
+    )
+    return_hashed: bool = setting(
+        True, "return: write MD5(user:realm:password) (UserDatabaseHashedPasswords = true).",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

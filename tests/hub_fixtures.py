@@ -14,7 +14,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
@@ -59,14 +65,15 @@ class Service:
 
 @contextlib.asynccontextmanager
 async def run_service(tmp_path: Path, redis_url: str, kurento_urls: tuple[str, ...], *,
-                      watchdog_timeout: float = 10.0, env: dict[str, str] | None = None
+                      watchdog_timeout: float = 10.0, env: dict[str, str] | None = None,
+                      turn_urls: tuple[str, ...] = (), turn_secrets: tuple[str, ...] = (),
                       ) -> AsyncIterator[Service]:
     port = free_port()
     settings = load_settings(env={
         "TELEMED_HTTP_PORT": str(port), "TELEMED_DATA_DIR": str(tmp_path / "data"),
         "TELEMED_CALLS_WATCHDOG_TIMEOUT": str(watchdog_timeout), **(env or {})})
-    endpoints = Endpoints(redis_url=redis_url, kurento_urls=kurento_urls, turn_urls=(),
-                          turn_secrets=(), jwt_secret=JWT_SECRET,
+    endpoints = Endpoints(redis_url=redis_url, kurento_urls=kurento_urls, turn_urls=turn_urls,
+                          turn_secrets=turn_secrets, jwt_secret=JWT_SECRET,
                           api_key_hashes=(hash_api_key(API_KEY),))
     app = create_app(settings, endpoints)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
@@ -116,6 +123,9 @@ class CallClient:
         self.participant: str | None = None
         self.tracks: list[GatedTrack] = []
         self.authenticated = False
+        self.ice_servers: list[dict[str, Any]] = []
+        #: `iceTransportPolicy: relay`: only TURN relay candidates, as a locked-down network.
+        self.relay_only = False
 
     async def connect(self) -> None:
         self.http = aiohttp.ClientSession()
@@ -181,7 +191,16 @@ class CallClient:
             await self.hello()
         joined = await self.request("join")
         self.participant = joined["you"]["id"]
+        self.ice_servers = joined["iceServers"]
         return joined
+
+    def _peer(self) -> RTCPeerConnection:
+        """A peer connection using the TURN servers the hub handed out, as a browser does."""
+        servers = [RTCIceServer(urls=s["urls"], username=s["username"],
+                                credential=s["credential"]) for s in self.ice_servers]
+        policy = RTCIceTransportPolicy.RELAY if self.relay_only else RTCIceTransportPolicy.ALL
+        return RTCPeerConnection(RTCConfiguration(iceServers=servers or None,
+                                                  iceTransportPolicy=policy))
 
     async def _negotiate(self, target: str, pc: RTCPeerConnection, **fields: Any) -> None:
         await pc.setLocalDescription(await pc.createOffer())
@@ -207,7 +226,7 @@ class CallClient:
             await pc.addIceCandidate(candidate)
 
     async def publish(self, *, audio: bool = True, video: bool = True) -> None:
-        pc = RTCPeerConnection()
+        pc = self._peer()
         self.pcs["publish"] = pc
         if audio:
             self.tracks.append(ToneTrack())
@@ -218,7 +237,7 @@ class CallClient:
         await self._negotiate("publish", pc)
 
     async def subscribe(self, source: str) -> None:
-        pc = RTCPeerConnection()
+        pc = self._peer()
         self.pcs[source] = pc
         self.received[source] = {"audio": 0, "video": 0}
         self.got_media[source] = asyncio.Event()

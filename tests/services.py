@@ -150,7 +150,8 @@ class TurnServer:
 
 @contextlib.contextmanager
 def run_turnserver(
-    tmp: Path, *, redis_userdb: str | None = None, realm: str = "telemed.test"
+    tmp: Path, *, redis_userdb: str | None = None, realm: str = "telemed.test",
+    relay_ip: str = "127.0.0.1",
 ) -> Iterator[TurnServer]:
     """coturn on loopback, shared-secret auth (or a Redis user DB), loopback peers allowed."""
     binary = require_binary("turnserver")
@@ -162,7 +163,7 @@ def run_turnserver(
         binary,
         "-n",
         "--listening-ip=127.0.0.1",
-        "--relay-ip=127.0.0.1",
+        f"--relay-ip={relay_ip}",
         f"--listening-port={port}",
         f"--min-port={lo}",
         f"--max-port={hi}",

@@ -12,9 +12,8 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
-from typing import Any
 
-__all__ = ["TurnCredential", "ice_servers", "shared_secret_credential"]
+__all__ = ["TurnCredential", "shared_secret_credential"]
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -33,11 +32,3 @@ def shared_secret_credential(secret: str, *, call_id: str, participant: str, now
     username = f"{expires}:{_SAFE.sub('_', call_id)}:{_SAFE.sub('_', participant)}"
     digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
     return TurnCredential(username, base64.b64encode(digest).decode(), expires)
-
-
-def ice_servers(urls: tuple[str, ...], credential: TurnCredential | None) -> list[dict[str, Any]]:
-    """An RTCIceServer list for the browser: the TURN URLs with this participant's secret."""
-    if not urls or credential is None:
-        return []
-    return [{"urls": list(urls), "username": credential.username,
-             "credential": credential.password}]

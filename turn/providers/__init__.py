@@ -1,1 +1,1 @@
-"""turn/providers package."""
+"""TURN credential providers: coturn shared secret, coturn Redis user DB, reTurn users file."""

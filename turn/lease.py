@@ -1,0 +1,49 @@
+"""`TurnLease` and the provider interface every TURN credential source implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["TurnExhausted", "TurnLease", "TurnProvider", "ice_servers_for"]
+
+
+class TurnExhausted(Exception):
+    """The pool has no credentials left; the join fails with `turn.exhausted`."""
+
+
+@dataclass(frozen=True)
+class TurnLease:
+    call_id: str
+    participant: str
+    username: str
+    credential: str
+    urls: tuple[str, ...]
+    expires: float
+    #: Provider-specific handle (the account of a fixed pool, for instance).
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.call_id}/{self.participant}"
+
+    def ice_server(self) -> dict[str, Any]:
+        """As an RTCIceServer for the browser."""
+        return {"urls": list(self.urls), "username": self.username,
+                "credential": self.credential}
+
+
+def ice_servers_for(lease: TurnLease | None) -> list[dict[str, Any]]:
+    return [lease.ice_server()] if lease is not None and lease.urls else []
+
+
+class TurnProvider(Protocol):
+    """Where credentials come from. The pool (turn.pool) bounds and records leases."""
+
+    async def issue(self, call_id: str, participant: str, ttl: float, now: float,
+                    slot: int) -> TurnLease:
+        """Credentials for the pool's `slot` (0 … size-1), valid for `ttl` seconds."""
+        ...
+
+    async def revoke(self, lease: TurnLease) -> None:
+        """Makes the credentials open no new allocation (where the server allows it)."""

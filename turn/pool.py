@@ -1,0 +1,108 @@
+"""`TurnPool`: a bounded set of lease slots in Redis, shared by every signalling node.
+
+A lease takes a numbered slot atomically (one Lua script), so two nodes never hand out
+the same slot; slots of a node that crashed come back when their TTL passes. The provider
+turns a slot into credentials (for reTurn, slot n is account n of the users file).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from turn.lease import TurnExhausted, TurnLease, TurnProvider
+
+__all__ = ["TurnPool"]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "telemed:turn:"
+# KEYS: expiries (zset member->expiry), slots (hash slot->member), holders (hash member->slot)
+# ARGV: member, now, expiry, size
+ACQUIRE = """
+local now = tonumber(ARGV[2])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, m in ipairs(expired) do
+  local s = redis.call('HGET', KEYS[3], m)
+  if s then redis.call('HDEL', KEYS[2], s) end
+  redis.call('HDEL', KEYS[3], m)
+  redis.call('ZREM', KEYS[1], m)
+end
+local slot = redis.call('HGET', KEYS[3], ARGV[1])
+if not slot then
+  for i = 0, tonumber(ARGV[4]) - 1 do
+    if redis.call('HEXISTS', KEYS[2], i) == 0 then slot = i; break end
+  end
+  if not slot then return -1 end
+  redis.call('HSET', KEYS[2], slot, ARGV[1])
+  redis.call('HSET', KEYS[3], ARGV[1], slot)
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return tonumber(slot)
+"""
+RELEASE = """
+local s = redis.call('HGET', KEYS[3], ARGV[1])
+if s then redis.call('HDEL', KEYS[2], s) end
+redis.call('HDEL', KEYS[3], ARGV[1])
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+
+
+class TurnPool:
+    def __init__(self, redis: aioredis.Redis, provider: TurnProvider, *, size: int,
+                 ttl: float, namespace: str = "default",
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis = redis
+        self.provider = provider
+        self.size = size
+        self.ttl = ttl
+        self.clock = clock
+        base = f"{PREFIX}{namespace}:"
+        self._keys = [base + "expiries", base + "slots", base + "holders"]
+        self._details = base + "lease:"
+        self._acquire = redis.register_script(ACQUIRE)
+        self._release = redis.register_script(RELEASE)
+        self.issued = 0
+        self.exhausted = 0
+
+    async def lease(self, call_id: str, participant: str) -> TurnLease:
+        """Credentials for one participant of one call; a rejoin keeps its slot."""
+        now = self.clock()
+        member = f"{call_id}/{participant}"
+        slot = int(await self._acquire(keys=self._keys,
+                                       args=[member, now, now + self.ttl, self.size]))
+        if slot < 0:
+            self.exhausted += 1
+            log.warning("! TURN pool exhausted (%d leases)", self.size,
+                        extra={"call_id": call_id})
+            raise TurnExhausted(f"all {self.size} TURN leases are in use")
+        lease = await self.provider.issue(call_id, participant, self.ttl, now, slot)
+        await self.redis.set(self._details + member, json.dumps({
+            "call": call_id, "participant": participant, "username": lease.username,
+            "expires": lease.expires, "slot": slot}), ex=max(1, int(self.ttl) + 1))
+        self.issued += 1
+        return lease
+
+    async def release(self, lease: TurnLease) -> None:
+        """Returns the slot; the provider revokes what the TURN server lets it."""
+        await self._release(keys=self._keys, args=[lease.key])
+        await self.redis.delete(self._details + lease.key)
+        await self.provider.revoke(lease)
+
+    async def active(self) -> list[dict[str, Any]]:
+        members = await self.redis.zrangebyscore(self._keys[0], self.clock(), "+inf")
+        out = []
+        for m in members:
+            raw = await self.redis.get(self._details + (m.decode() if isinstance(m, bytes)
+                                                        else str(m)))
+            if raw is not None:
+                out.append(json.loads(raw))
+        return out
+
+    async def in_use(self) -> int:
+        return int(await self.redis.zcount(self._keys[0], self.clock(), "+inf"))

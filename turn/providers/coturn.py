@@ -1,0 +1,68 @@
+"""coturn: shared-secret credentials (`use-auth-secret`) and its Redis user database."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+import redis.asyncio as aioredis
+
+from turn.credentials import shared_secret_credential
+from turn.lease import TurnLease
+
+__all__ = ["CoturnRedisUserDb", "CoturnSharedSecret", "user_key"]
+
+
+class CoturnSharedSecret:
+    """Stateless credentials coturn verifies with its `static-auth-secret` list.
+
+    Several secrets rotate: the first signs; coturn (4.5+) accepts any secret given by a
+    repeated `static-auth-secret` line. Rotating = add the new one first on coturn, then
+    here, and drop the old one from both after the longest lease TTL. Revocation is not
+    possible: credentials stay valid for new allocations until they expire.
+    """
+
+    def __init__(self, secrets_: tuple[str, ...], urls: tuple[str, ...]) -> None:
+        if not secrets_:
+            raise ValueError("coturn shared-secret TURN needs at least one secret")
+        self.secrets = secrets_
+        self.urls = urls
+
+    async def issue(self, call_id: str, participant: str, ttl: float, now: float,
+                    slot: int) -> TurnLease:
+        cred = shared_secret_credential(self.secrets[0], call_id=call_id,
+                                        participant=participant, now=now, ttl=ttl)
+        return TurnLease(call_id, participant, cred.username, cred.password, self.urls,
+                         cred.expires)
+
+    async def revoke(self, lease: TurnLease) -> None:
+        return None  # nothing to do: they expire on their own
+
+
+def user_key(realm: str, name: str, password: str) -> str:
+    """coturn's long-term credential key: hex MD5(name:realm:password)."""
+    return hashlib.md5(f"{name}:{realm}:{password}".encode()).hexdigest()
+
+
+class CoturnRedisUserDb:
+    """One user per lease in coturn's Redis user DB, expiring with the lease and deleted
+    when it is returned, so a revoked credential opens no new allocation."""
+
+    def __init__(self, redis: aioredis.Redis, realm: str, urls: tuple[str, ...]) -> None:
+        self.redis = redis
+        self.realm = realm
+        self.urls = urls
+
+    def _key(self, name: str) -> str:
+        return f"turn/realm/{self.realm}/user/{name}/key"
+
+    async def issue(self, call_id: str, participant: str, ttl: float, now: float,
+                    slot: int) -> TurnLease:
+        name = f"tm-{secrets.token_hex(8)}"
+        password = secrets.token_urlsafe(18)
+        await self.redis.set(self._key(name), user_key(self.realm, name, password),
+                             ex=max(1, int(ttl)))
+        return TurnLease(call_id, participant, name, password, self.urls, now + ttl)
+
+    async def revoke(self, lease: TurnLease) -> None:
+        await self.redis.delete(self._key(lease.username))
