@@ -114,6 +114,7 @@ class MediaServer:
         self.manager = ServerManagerImpl(self, "manager_ServerManager", None)
         self.objects[self.manager.id] = self.manager
         self._gc_task: asyncio.Task[None] | None = None
+        self._released = asyncio.Event()
 
     # ---------------------------------------------------------------- sessions
 
@@ -183,6 +184,13 @@ class MediaServer:
         for session in self.sessions.values():
             session.pipelines.discard(obj.id)
         self.manager.emit("ObjectDestroyed", objectId=obj.id)
+        self._released.set()
+        self._released = asyncio.Event()
+
+    async def wait_idle(self) -> None:
+        """Returns once no pipeline is left (every recorder finalized with it)."""
+        while any(isinstance(o, MediaPipelineImpl) for o in self.objects.values()):
+            await self._released.wait()
 
     def _create(self, type_name: str, params: dict[str, Any]) -> MediaObjectImpl:
         if type_name == "MediaPipeline":

@@ -112,6 +112,8 @@ class Api:
         except CallError as exc:
             status = 404 if exc.code in ("call.not_found", "participant.not_found",
                                          "event.not_found") else 409
+            if exc.code == "recording.disk_full":
+                status = 507
             return problem(status, exc.code, exc.message)
 
     def tokens(self, call: Call, only: str | None = None) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,14 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from kurento_ctl.pool import KurentoPool
+from recordings.catalog import Catalog
+from recordings.http import CATALOG, setup_recordings
+from recordings.retention import purge
+from recordings.worker import RecordingWorker
 from signaling.api import Api, setup_api
+from signaling.call import Call
 from signaling.embedded import Endpoints
-from signaling.history import CallStore, EventSink
+from signaling.history import CallStore, EventSink, snapshot
 from signaling.hub import Hub
 from signaling.session import SessionConfig, websocket_handler
 from signaling.settings import Settings
@@ -44,6 +50,7 @@ API = web.AppKey("api", Api)
 STORE = web.AppKey("store", CallStore)
 OUTBOX = web.AppKey("outbox", Outbox)
 SINK = web.AppKey("sink", EventSink)
+RECORDINGS = web.AppKey("recordings", RecordingWorker)
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -116,7 +123,8 @@ def create_app(
                    max_conference_size=settings.calls.max_conference_size,
                    ring_timeout=settings.calls.ring_timeout,
                    rejoin_grace=settings.calls.rejoin_grace,
-                   media_loss_report=settings.calls.media_loss_report)
+                   media_loss_report=settings.calls.media_loss_report,
+                   min_free_bytes=settings.recordings.min_free_bytes)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         app[HTTP] = aiohttp.ClientSession()
@@ -141,12 +149,40 @@ def create_app(
         sink = app[SINK] = EventSink(store, outbox)
         sink.start()
         app[HUB].hooks.append(sink)
+        catalog = app[CATALOG] = Catalog(settings.recordings_path, redis)
+
+        async def publish(event: str, data: dict[str, Any]) -> None:
+            if outbox is not None:
+                await outbox.publish(event, data)
+
+        rec = settings.recordings
+        worker = app[RECORDINGS] = RecordingWorker(catalog, publish, workers=rec.workers,
+                                                   queue_size=rec.queue_size,
+                                                   compose_files=rec.compose)
+        worker.start()
+
+        def on_call_over(event: str, call: Call, data: dict[str, Any]) -> None:
+            paths = data.get("recordings") or []
+            if event in ("call.ended", "call.failed") and paths:
+                snap = snapshot(call)
+                snap["recordings"] = [Path(p).name for p in paths]
+                worker.submit(Path(paths[0]).parent, snap)
+
+        app[HUB].hooks.append(on_call_over)
+        with contextlib.suppress(aioredis.RedisError, OSError):
+            if found := await worker.scan(store.get):
+                log.warning("! %d calls' recordings left unfinalized by a previous run "
+                            "queued", found)
+        housekeeping = asyncio.create_task(_retention(settings, catalog))
         await pool.start()
         yield
         try:
             await app[HUB].shutdown()
             await sink.flush()
+            await _drain(worker, settings.recordings.drain_timeout)
         finally:
+            housekeeping.cancel()
+            await worker.close()
             if outbox is not None:
                 await outbox.close()
             await pool.close()
@@ -159,10 +195,33 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/ws", websocket_handler)
     app[API] = setup_api(app)
+    setup_recordings(app)
     from web import setup_web
 
     setup_web(app)
     return app
+
+
+async def _drain(worker: RecordingWorker, timeout: float) -> None:
+    """At shutdown, lets queued recordings finish; whatever is left, the next start-up scan
+    finalizes."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while not worker.queue.empty() or worker.busy:
+                await worker.idle.wait()
+
+
+async def _retention(settings: Settings, catalog: Catalog) -> None:
+    days = settings.recordings.retention_days
+    if days <= 0:
+        return
+    while True:
+        now = time.time()
+        try:
+            await purge(catalog, older_than=now - days * 86400, now=now)
+        except (aioredis.RedisError, OSError) as exc:
+            log.error("! retention run failed: %s", type(exc).__name__)
+        await asyncio.sleep(3600)
 
 
 def build_turn(settings: Settings, endpoints: Endpoints, redis: aioredis.Redis

@@ -40,6 +40,9 @@ CODES: dict[str, str] = {
     "call.not_yours": "the token's subject is not a participant of the call",
     "call.ended": "the call is over",
     "call.removed": "the MIS removed this participant from the call",
+    "recording.disk_full": "REST: the recordings volume is below recordings.min_free_bytes; "
+                           "no call is created",
+    "recording.not_found": "REST: no such recording (or file of it)",
     "call.full": "the call has its maximum of participants",
     "call.not_joined": "`join` first",
     "call.already_joined": "this connection already joined",

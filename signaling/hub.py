@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,8 @@ class CallRuntime:
     #: Participants whose connection dropped, with the timer that ends their grace period.
     reconnecting: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     leases: dict[str, TurnLease] = field(default_factory=dict)
+    #: (viewer, source) pairs whose browser reported media arriving.
+    reported: set[tuple[str, str]] = field(default_factory=set)
     #: Media flows that stopped mid-call: the pending report, or None once reported.
     interrupted: dict[tuple[str, str, str], asyncio.TimerHandle | None] = field(
         default_factory=dict)
@@ -86,12 +89,15 @@ class Hub:
                  candidate_policy: CandidatePolicy | None = None,
                  turn: TurnPool | None = None, max_conference_size: int = 8,
                  ring_timeout: float = 30.0, rejoin_grace: float = 20.0,
-                 media_loss_report: float = 5.0) -> None:
+                 media_loss_report: float = 5.0, min_free_bytes: int = 0,
+                 free_bytes: Callable[[Path], int] | None = None) -> None:
         self.pool = pool
         self.recordings_root = recordings_root
         self.watchdog_timeout = watchdog_timeout
         self.candidate_policy = candidate_policy or CandidatePolicy()
         self.turn = turn
+        self.min_free_bytes = min_free_bytes
+        self.free_bytes = free_bytes or (lambda path: shutil.disk_usage(path).free)
         self.max_conference_size = max_conference_size
         self.ring_timeout = ring_timeout
         self.rejoin_grace = rejoin_grace
@@ -109,6 +115,14 @@ class Hub:
 
     def create_call(self, kind: CallKind, participants: list[tuple[str, str, str]],
                     metadata: dict[str, Any] | None = None) -> Call:
+        self.recordings_root.mkdir(parents=True, exist_ok=True)
+        free = self.free_bytes(self.recordings_root)
+        if free < self.min_free_bytes:
+            # A call that cannot be recorded must not happen at all.
+            log.error("! refusing a call: %d bytes free for recordings, %d required", free,
+                      self.min_free_bytes)
+            raise CallError("the recordings volume is full; calls are refused until space "
+                            "is freed", code="recording.disk_full")
         size = self.max_conference_size if kind is CallKind.CONFERENCE else 2
         if len(participants) > size:
             raise CallError(f"a {kind.value} takes at most {size} participants",
@@ -424,6 +438,7 @@ class Hub:
         rt.call.timeline.add(f"client.{event}"[:64], participant=pid,
                              data={k: data[k] for k in list(data)[:16]})
         if event == "mediaReceived" and isinstance(data.get("participant"), str):
+            rt.reported.add((pid, data["participant"]))
             self._satisfy(rt, Expectation(pid, "browser-report", "media", data["participant"]))
 
     async def disconnected(self, conn: Connection, call_id: str, pid: str) -> None:
@@ -477,6 +492,7 @@ class Hub:
         self._check_live(rt)
 
     async def _drop_media(self, rt: CallRuntime, pid: str) -> None:
+        rt.reported = {pair for pair in rt.reported if pid not in pair}
         for key in [k for k in rt.interrupted if pid in (k[0], k[1])]:
             timer = rt.interrupted.pop(key)
             if timer is not None:
@@ -575,7 +591,9 @@ class Hub:
         expected = {(a.id, b.id) for a in publishers for b in publishers if a is not b}
         subscribed = {(viewer, source) for viewer, e in rt.media.participants.items()
                       for source in e.subscriptions}
-        if not expected <= subscribed:
+        # Expectations are armed only once a subscription is answered, so an empty watchdog
+        # alone could be early: every pair must also have been reported by its browser.
+        if not expected <= subscribed or not expected <= rt.reported:
             return
         for p in publishers:
             if p.state is ParticipantState.CONNECTING:

@@ -87,6 +87,24 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"calls": {"type": "array", "items": _ref("Call")},
                        "nextCursor": NUMBER_OR_NULL},
     },
+    "Recording": {
+        "type": "object", "required": ["call", "state", "files"],
+        "properties": {
+            "call": {"type": "string"},
+            "state": {"type": "string",
+                      "enum": ["composing", "verified", "ready", "flagged", "deleted"]},
+            "files": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "participant": {"type": "string"},
+                "size": {"type": "integer"}, "sha256": {"type": "string"},
+                "streams": {"type": "array", "items": {"type": "string"}},
+                "duration": {"type": ["number", "null"]},
+                "startedAt": {"type": ["number", "null"]},
+                "problem": {"type": ["string", "null"]}}}},
+            "composed": {"type": ["object", "null"]},
+            "problems": {"type": "array", "items": {"type": "string"}},
+            "deleted": {"type": "object"},
+        },
+    },
     "WebhookEvent": {
         "type": "object", "required": ["id", "event", "time", "data", "deliveries", "pending"],
         "properties": {
@@ -185,6 +203,66 @@ def document() -> dict[str, Any]:
                                              "required": True, "schema": {"type": "string"}}],
                     "responses": {"200": _json(_ref("Call"), "the call"), **ERRORS,
                                   **NOT_FOUND, **CONFLICT},
+                },
+            },
+            "/api/v1/recordings": {
+                "get": {
+                    "summary": "Calls' recordings, newest first",
+                    "parameters": [
+                        {"name": "since", "in": "query", "schema": {"type": "number"}},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 200}}],
+                    "responses": {"200": _json({
+                        "type": "object", "required": ["recordings"],
+                        "properties": {"recordings": {"type": "array",
+                                                      "items": _ref("Recording")}}},
+                        "recordings"), **ERRORS},
+                },
+            },
+            "/api/v1/recordings/purge": {
+                "post": {
+                    "summary": "Apply the retention period now (`dryRun=true`: only list)",
+                    "parameters": [{"name": "dryRun", "in": "query",
+                                    "schema": {"type": "string", "enum": ["true", "false"]}}],
+                    "responses": {"200": _json({"type": "object"}, "what was (or would be) "
+                                               "deleted"), **ERRORS},
+                },
+            },
+            "/api/v1/recordings/{call_id}": {
+                "get": {
+                    "summary": "A call's recording metadata: files, checksums, problems",
+                    "parameters": [CALL_ID],
+                    "responses": {"200": _json(_ref("Recording"), "metadata"), **ERRORS,
+                                  "404": {"description": "`recording.not_found`"}},
+                },
+            },
+            "/api/v1/recordings/{call_id}/files/{name}": {
+                "get": {
+                    "summary": "Download one file; HTTP Range supported",
+                    "parameters": [CALL_ID, {"name": "name", "in": "path", "required": True,
+                                             "schema": {"type": "string"}},
+                                   {"name": "Range", "in": "header",
+                                    "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "the file",
+                                "content": {"video/webm": {"schema": {"type": "string",
+                                                                      "format": "binary"}}}},
+                        "206": {"description": "the requested range",
+                                "content": {"video/webm": {"schema": {"type": "string",
+                                                                      "format": "binary"}}}},
+                        "416": {"description": "unsatisfiable range"},
+                        "404": {"description": "`recording.not_found`"}, **ERRORS},
+                },
+            },
+            "/api/v1/recordings/{call_id}/links": {
+                "post": {
+                    "summary": "A signed player link for a doctor, valid one hour",
+                    "parameters": [CALL_ID],
+                    "responses": {"200": _json({
+                        "type": "object", "required": ["url", "expiresIn"],
+                        "properties": {"url": {"type": "string"},
+                                       "expiresIn": {"type": "integer"}}}, "the link"),
+                        "404": {"description": "`recording.not_found`"}, **ERRORS},
                 },
             },
             "/api/v1/turn": {

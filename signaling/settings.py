@@ -214,6 +214,25 @@ class WebhookSettings:
 @dataclass(frozen=True, kw_only=True)
 class RecordingSettings:
     dir: str = setting("", "Folder recordings are written to. Empty: <data_dir>/recordings.")
+    compose: bool = setting(
+        True, "Make one consultation file per call (participants side by side, audio mixed) "
+        "with ffmpeg after it ends.",
+    )
+    workers: int = setting(1, "Calls finalized and composed at once.", min=1, max=16)
+    queue_size: int = setting(100, "Calls waiting to be finalized; more are refused loudly "
+                              "and picked up by the next start-up scan.", min=1)
+    retention_days: float = setting(
+        0.0, "Delete recordings older than this (0: keep for ever). Metadata keeps the "
+        "deletion.", unit="days", min=0.0,
+    )
+    drain_timeout: float = setting(
+        30.0, "At shutdown, time given to recordings being finalized; the rest is finished "
+        "by the next start-up.", unit="s", min=0.0,
+    )
+    min_free_bytes: int = setting(
+        1024 ** 3, "New calls are refused (recording.disk_full) when the recordings volume "
+        "has less free space than this.", unit="bytes", min=0,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 EVENTS = ("call.created", "call.live", "participant.joined", "participant.left",
           "call.failed", "call.ended", "call.media_interrupted", "call.media_restored",
-          "recording.ready")
+          "recording.ready", "recording.failed")
 PREFIX = "telemed:webhooks:"
 LOG_LIMIT = 50
 ENQUEUE = """

@@ -25,6 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from signaling.app import HUB, SINK, create_app
+from signaling.call import Call, CallState
 from signaling.embedded import Endpoints, hash_api_key
 from signaling.hub import Hub
 from signaling.protocol import SUBPROTOCOL
@@ -71,7 +72,9 @@ async def run_service(tmp_path: Path, redis_url: str, kurento_urls: tuple[str, .
     port = free_port()
     settings = load_settings(env={
         "TELEMED_HTTP_PORT": str(port), "TELEMED_DATA_DIR": str(tmp_path / "data"),
-        "TELEMED_CALLS_WATCHDOG_TIMEOUT": str(watchdog_timeout), **(env or {})})
+        "TELEMED_CALLS_WATCHDOG_TIMEOUT": str(watchdog_timeout),
+        # Composing costs seconds of ffmpeg per call: only the recordings tests ask for it.
+        "TELEMED_RECORDINGS_COMPOSE": "false", **(env or {})})
     endpoints = Endpoints(redis_url=redis_url, kurento_urls=kurento_urls, turn_urls=turn_urls,
                           turn_secrets=turn_secrets, jwt_secret=JWT_SECRET,
                           api_key_hashes=(hash_api_key(API_KEY),))
@@ -272,3 +275,25 @@ class CallClient:
                 await self._reader
         if self.http is not None:
             await self.http.close()
+
+
+async def go_live(service: Service, call: Call, clients: dict[str, CallClient]) -> None:
+    """Every participant joins, publishes and receives every other; the call goes live."""
+    await asyncio.gather(*(c.connect() for c in clients.values()))
+    for client in clients.values():
+        await client.join()
+    await asyncio.gather(*(c.publish() for c in clients.values()))
+    await asyncio.gather(*(c.subscribe(other) for pid, c in clients.items()
+                           for other in clients if other != pid))
+    for client in clients.values():
+        await client.wait_event("callLive")
+    assert call.state is CallState.LIVE
+
+
+def roles(call: Call) -> dict[str, str]:
+    return {p.id: p.role for p in call.participants.values()}
+
+
+def clients_for(service: Service, call: Call) -> dict[str, CallClient]:
+    return {pid: CallClient(service, service.token(call.id, pid, role=role))
+            for pid, role in roles(call).items()}

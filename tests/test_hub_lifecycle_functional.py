@@ -9,33 +9,11 @@ from pathlib import Path
 
 from kurento_ctl.client import KurentoClient
 from kurento_ctl.objects import ServerManager
-from signaling.call import Call, CallKind, CallState, FailureReason
+from signaling.call import CallKind, CallState, FailureReason
 from signaling.participant import ParticipantState
-from tests.hub_fixtures import CallClient, Service, run_service
+from tests.hub_fixtures import CallClient, clients_for, go_live, run_service
 from tests.media_fixtures import ffprobe, mediaserver_process, run_mediaserver
 from tests.services import RedisServer, free_port
-
-
-async def go_live(service: Service, call: Call, clients: dict[str, CallClient]) -> None:
-    """Every participant joins, publishes and receives every other; the call goes live."""
-    await asyncio.gather(*(c.connect() for c in clients.values()))
-    for client in clients.values():
-        await client.join()
-    await asyncio.gather(*(c.publish() for c in clients.values()))
-    await asyncio.gather(*(c.subscribe(other) for pid, c in clients.items()
-                           for other in clients if other != pid))
-    for client in clients.values():
-        await client.wait_event("callLive")
-    assert call.state is CallState.LIVE
-
-
-def roles(call: Call) -> dict[str, str]:
-    return {p.id: p.role for p in call.participants.values()}
-
-
-def clients_for(service: Service, call: Call) -> dict[str, CallClient]:
-    return {pid: CallClient(service, service.token(call.id, pid, role=role))
-            for pid, role in roles(call).items()}
 
 
 async def close_all(clients: dict[str, CallClient]) -> None:

@@ -72,9 +72,10 @@ async def test_a_call_sends_its_webhooks_in_order_signed_and_filtered(
             finally:
                 await asyncio.gather(patient.close(), doctor.close())
             ended = await everything.wait_for("call.ended", call.id)
+            await everything.wait_for("recording.ready")
         assert everything.events(call.id) == [
             "call.created", "participant.joined", "participant.joined", "call.live",
-            "call.ended"]
+            "call.ended", "recording.ready"]
         assert ended["data"]["call"]["metadata"] == {"visit": "V-77"}
         assert ended["data"]["call"]["duration"] > 0
         assert [p.endswith(".webm") for p in ended["data"]["recordings"]] == [True, True]

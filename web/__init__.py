@@ -14,7 +14,7 @@ from aiohttp import web
 from signaling.call import CallKind
 from web.i18n import LANGUAGES, strings
 
-__all__ = ["setup_web"]
+__all__ = ["page_context", "setup_web"]
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -27,7 +27,8 @@ def _language(request: web.Request) -> str:
     return wanted if wanted in LANGUAGES else request.app[SETTINGS].http.language
 
 
-def _context(request: web.Request, **extra: object) -> dict[str, object]:
+def page_context(request: web.Request, **extra: object) -> dict[str, object]:
+    """What every page template gets: language, strings, and the page's own values."""
     lang = _language(request)
     return {"lang": lang, "t": strings(lang), "languages": LANGUAGES, **extra}
 
@@ -46,7 +47,7 @@ def demo_allowed(request: web.Request) -> bool:
 
 async def index(request: web.Request) -> web.Response:
     return aiohttp_jinja2.render_template(
-        "index.html", request, _context(request, demo=demo_allowed(request), links=[]))
+        "index.html", request, page_context(request, demo=demo_allowed(request), links=[]))
 
 
 async def demo_call(request: web.Request) -> web.Response:
@@ -65,7 +66,7 @@ async def demo_call(request: web.Request) -> web.Response:
     ], {"demo": True})
     links = [{"role": p["role"], "href": p["link"]} for p in request.app[API].tokens(call)]
     return aiohttp_jinja2.render_template(
-        "index.html", request, _context(request, demo=True, links=links))
+        "index.html", request, page_context(request, demo=True, links=links))
 
 
 async def join_page(request: web.Request) -> web.Response:
@@ -84,7 +85,7 @@ async def join_page(request: web.Request) -> web.Response:
         role = "patient"  # the page shows the token error once the socket refuses it
     lang = _language(request)
     response = aiohttp_jinja2.render_template(
-        "join.html", request, _context(request, token=token, role=role,
+        "join.html", request, page_context(request, token=token, role=role,
                                        strings_json=json.dumps(strings(lang))))
     # The token is in the URL: keep it out of other sites' Referer headers.
     response.headers["Referrer-Policy"] = "no-referrer"

@@ -9,6 +9,9 @@ LANGUAGES = ("ru", "en")
 STRINGS: dict[str, dict[str, str]] = {
     "ru": {
         "title": "Видеоконсультация",
+        "recordings_title": "Запись приёма",
+        "recordings_composed": "Приём целиком",
+        "recordings_streams": "Каждый участник",
         "tagline": "Защищённая видеосвязь медицинской информационной системы",
         "start_demo": "Начать тестовую консультацию",
         "demo_hint": "Откройте обе ссылки в разных окнах или на разных устройствах.",
@@ -58,6 +61,9 @@ STRINGS: dict[str, dict[str, str]] = {
     },
     "en": {
         "title": "Video consultation",
+        "recordings_title": "Call recording",
+        "recordings_composed": "Whole consultation",
+        "recordings_streams": "Each participant",
         "tagline": "Secure video calls for the medical information system",
         "start_demo": "Start a test consultation",
         "demo_hint": "Open both links in separate windows or on separate devices.",

@@ -1,0 +1,126 @@
+"""Recordings over HTTP: the MIS lists and downloads with its API key; a doctor opens a
+player page through a signed, expiring link the MIS asks for. HTTP Range works on both
+(aiohttp's FileResponse), so browsers can seek. A file is served only when the call's
+metadata lists its name, so no path from a request ever reaches the file system."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp_jinja2
+import jwt
+from aiohttp import web
+
+from recordings.catalog import Catalog
+from recordings.retention import purge
+
+__all__ = ["CATALOG", "setup_recordings"]
+
+CATALOG = web.AppKey("catalog", Catalog)
+AUDIENCE = "telemed-recordings"
+LINK_TTL = 3600
+
+
+def _secret(request: web.Request) -> str:
+    from signaling.app import ENDPOINTS
+
+    return request.app[ENDPOINTS].jwt_secret
+
+
+async def _meta(request: web.Request, call_id: str) -> dict[str, Any]:
+    meta = await request.app[CATALOG].get(call_id)
+    if meta is None:
+        raise web.HTTPNotFound(text='{"code": "recording.not_found"}',
+                               content_type="application/json")
+    return meta
+
+
+async def _file(request: web.Request, meta: dict[str, Any], name: str) -> web.FileResponse:
+    path = request.app[CATALOG].path_of(meta, name)
+    if path is None or not path.is_file():
+        raise web.HTTPNotFound(text='{"code": "recording.not_found"}',
+                               content_type="application/json")
+    response = web.FileResponse(path, headers={
+        "Content-Type": "video/webm", "Cache-Control": "private, no-store",
+        "Content-Disposition": f'inline; filename="{meta["call"]}-{name}"'})
+    return response
+
+
+async def list_recordings(request: web.Request) -> web.Response:
+    try:
+        since = float(request.query.get("since", 0))
+        limit = int(request.query.get("limit", 50))
+    except ValueError:
+        return web.json_response({"code": "request.invalid", "message": "since and limit "
+                                  "are numbers", "field": "since"}, status=422)
+    items = await request.app[CATALOG].find(since=since, limit=max(1, min(limit, 200)))
+    return web.json_response({"recordings": items})
+
+
+async def get_recording(request: web.Request) -> web.Response:
+    return web.json_response(await _meta(request, request.match_info["call_id"]))
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    meta = await _meta(request, request.match_info["call_id"])
+    return await _file(request, meta, request.match_info["name"])
+
+
+async def make_link(request: web.Request) -> web.Response:
+    from signaling.app import SETTINGS
+
+    meta = await _meta(request, request.match_info["call_id"])
+    token = jwt.encode({"call": meta["call"], "aud": AUDIENCE,
+                        "exp": int(time.time()) + LINK_TTL}, _secret(request),
+                       algorithm="HS256")
+    base = request.app[SETTINGS].public_url
+    return web.json_response({"url": f"{base}/recordings/{token}", "expiresIn": LINK_TTL})
+
+
+async def run_purge(request: web.Request) -> web.Response:
+    from signaling.app import SETTINGS
+
+    days = request.app[SETTINGS].recordings.retention_days
+    if days <= 0:
+        return web.json_response({"code": "request.invalid", "message": "retention is off "
+                                  "(recordings.retention_days = 0)", "field": "retention"},
+                                 status=422)
+    now = time.time()
+    done = await purge(request.app[CATALOG], older_than=now - days * 86400, now=now,
+                       by="api", dry_run=request.query.get("dryRun") == "true")
+    return web.json_response({"dryRun": request.query.get("dryRun") == "true",
+                              "calls": done})
+
+
+def _link_call(request: web.Request) -> str:
+    try:
+        claims = jwt.decode(request.match_info["token"], _secret(request),
+                            algorithms=["HS256"], audience=AUDIENCE)
+    except jwt.PyJWTError:
+        raise web.HTTPForbidden(text="this link is invalid or has expired") from None
+    return str(claims["call"])
+
+
+async def player(request: web.Request) -> web.Response:
+    meta = await _meta(request, _link_call(request))
+    from web import page_context
+
+    return aiohttp_jinja2.render_template(
+        "recordings.html", request, page_context(request, meta=meta,
+                                                 token=request.match_info["token"]))
+
+
+async def player_file(request: web.Request) -> web.StreamResponse:
+    meta = await _meta(request, _link_call(request))
+    return await _file(request, meta, request.match_info["name"])
+
+
+def setup_recordings(app: web.Application) -> None:
+    app.router.add_get("/api/v1/recordings", list_recordings)
+    app.router.add_post("/api/v1/recordings/purge", run_purge)
+    app.router.add_get("/api/v1/recordings/{call_id}", get_recording)
+    app.router.add_get("/api/v1/recordings/{call_id}/files/{name}", download)
+    app.router.add_post("/api/v1/recordings/{call_id}/links", make_link)
+    app.router.add_get("/recordings/{token}", player)
+    app.router.add_get("/recordings/{token}/{name}", player_file)

@@ -1,0 +1,193 @@
+"""After a call: verify every file, write metadata, compose, tell the MIS. In the
+background, a bounded queue and a fixed number of workers; ffmpeg and hashing never run on
+the event loop. At start-up, folders a dead process left behind are finalized too."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from recordings.catalog import COMPOSED, Catalog, probe, sha256_of
+from recordings.compose import Stream, compose
+
+__all__ = ["RecordingWorker"]
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, dict[str, Any]], Awaitable[Any]]
+#: A recording may outlast the timeline's view of it by this much and still be plausible.
+SLACK = 5.0
+
+
+def _starts(snap: dict[str, Any]) -> dict[str, list[float]]:
+    """When each participant's recordings began (one entry per segment), from the timeline."""
+    starts: dict[str, list[float]] = {}
+    for e in snap.get("timeline", []):
+        if e.get("event") == "recording":
+            starts.setdefault(e["participant"], []).append(e["at"])
+    return starts
+
+
+def _owner(name: str) -> tuple[str, int]:
+    stem = name[: -len(".webm")]
+    base, dot, part = stem.rpartition(".part")
+    if dot and part.isdigit():
+        return base, int(part) - 1
+    return stem, 0
+
+
+class RecordingWorker:
+    def __init__(self, catalog: Catalog, publish: Publish, *, workers: int = 1,
+                 queue_size: int = 100, compose_files: bool = True) -> None:
+        self.catalog = catalog
+        self.publish = publish
+        self.compose_files = compose_files
+        self.queue: asyncio.Queue[tuple[Path, dict[str, Any], bool]] = asyncio.Queue(
+            queue_size)
+        self._workers = workers
+        self._tasks: list[asyncio.Task[None]] = []
+        self.done: dict[str, asyncio.Event] = {}
+        self.busy = 0
+        #: Set whenever a worker finishes a call (drain at shutdown waits on it).
+        self.idle = asyncio.Event()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(), name=f"recordings-{i}")
+                       for i in range(self._workers)]
+
+    async def close(self) -> None:
+        """Lets queued work finish (bounded by the caller's timeout), then stops."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def submit(self, folder: Path, snap: dict[str, Any], *, recovered: bool = False) -> bool:
+        self.done.setdefault(snap["id"], asyncio.Event())
+        try:
+            self.queue.put_nowait((folder, snap, recovered))
+            return True
+        except asyncio.QueueFull:
+            log.error("! recordings queue full; the next start-up will finalize this call",
+                      extra={"call_id": snap["id"]})
+            return False
+
+    async def wait(self, call_id: str) -> None:
+        await self.done.setdefault(call_id, asyncio.Event()).wait()
+
+    async def scan(self, snapshots: Callable[[str], Awaitable[dict[str, Any] | None]]) -> int:
+        """Folders with no final metadata: calls that ended with a process that died."""
+        found = 0
+        for folder in await asyncio.to_thread(self.catalog.folders):
+            meta = self.catalog.read(folder)
+            if meta is not None and meta.get("state") in ("ready", "verified", "flagged",
+                                                          "deleted"):
+                continue
+            snap = await snapshots(folder.name) or {"id": folder.name}
+            found += self.submit(folder, snap, recovered=True)
+        return found
+
+    async def _run(self) -> None:
+        while True:
+            folder, snap, recovered = await self.queue.get()
+            self.busy += 1
+            self.idle.clear()
+            try:
+                await self.finalize(folder, snap, recovered=recovered)
+            except Exception:
+                log.exception("! finalizing recordings failed", extra={"call_id": snap["id"]})
+            finally:
+                self.busy -= 1
+                self.done.setdefault(snap["id"], asyncio.Event()).set()
+                self.idle.set()
+
+    async def finalize(self, folder: Path, snap: dict[str, Any], *,
+                       recovered: bool = False) -> dict[str, Any]:
+        call_id = snap["id"]
+        starts = _starts(snap)
+        ended = snap.get("endedAt") or time.time()
+        files: list[dict[str, Any]] = []
+        problems: list[str] = []
+        present = {n for n in await asyncio.to_thread(os.listdir, folder)
+                   if n.endswith(".webm") and n != COMPOSED and not n.startswith(".")}
+        # Files the hub asked for that never appeared are flagged, not forgotten.
+        names = sorted(present | set(snap.get("recordings", [])))
+        for name in names:
+            path = folder / name
+            owner, segment = _owner(name)
+            if name not in present:
+                problems.append(f"{name}: missing (no media reached the recorder)")
+                files.append({"name": name, "participant": owner, "size": 0, "sha256": None,
+                              "streams": [], "duration": None, "startedAt": None,
+                              "problem": "missing (no media reached the recorder)"})
+                continue
+            size = path.stat().st_size
+            info = await probe(path) if size else {"error": "empty file"}
+            start_list = starts.get(owner, [])
+            started = start_list[segment] if segment < len(start_list) else None
+            entry: dict[str, Any] = {
+                "name": name, "participant": owner, "size": size,
+                "sha256": await asyncio.to_thread(sha256_of, path),
+                "streams": info.get("streams", []), "duration": info.get("duration"),
+                "startedAt": started, "problem": info.get("error")}
+            if entry["problem"] is None and not entry["streams"]:
+                entry["problem"] = "no streams"
+            if entry["problem"] is None and started and entry["duration"] and \
+                    entry["duration"] > ended - started + SLACK:
+                entry["problem"] = "longer than the call"
+            if entry["problem"]:
+                problems.append(f"{name}: {entry['problem']}")
+            files.append(entry)
+        meta: dict[str, Any] = {
+            "call": call_id, "kind": snap.get("kind"), "callState": snap.get("state"),
+            "failure": snap.get("failure"), "createdAt": snap.get("createdAt"),
+            "endedAt": snap.get("endedAt"), "mediaServer": snap.get("mediaServer"),
+            "participants": [{k: p[k] for k in ("id", "name", "role")}
+                             for p in snap.get("participants", [])],
+            "files": files, "problems": problems, "recovered": recovered,
+            "state": "composing" if self.compose_files else "verified", "composed": None,
+        }
+        await self.catalog.write(folder, meta)
+        for problem in problems:
+            log.error("! recording flagged: %s", problem, extra={"call_id": call_id})
+            await self.publish("recording.failed", {"call": {"id": call_id}, "problem": problem,
+                                                    "recovered": recovered})
+        good = [f for f in files if not f["problem"]]
+        if self.compose_files and good:
+            await self._compose(folder, meta, good)
+        meta["state"] = "flagged" if problems else ("ready" if meta["composed"] else "verified")
+        await self.catalog.write(folder, meta)
+        if not files:
+            await self.publish("recording.failed", {"call": {"id": call_id}, "problem": "no files",
+                                                    "recovered": recovered})
+        else:
+            await self.publish("recording.ready", {
+                "call": {"id": call_id}, "files": [f["name"] for f in files],
+                "composed": meta["composed"]["name"] if meta["composed"] else None,
+                "problems": problems})
+        return meta
+
+    async def _compose(self, folder: Path, meta: dict[str, Any],
+                       good: list[dict[str, Any]]) -> None:
+        first = min((f["startedAt"] for f in good if f["startedAt"]), default=None)
+        streams = [Stream(folder / f["name"],
+                          max(0.0, (f["startedAt"] - first) if first and f["startedAt"]
+                              else 0.0),
+                          "audio" in f["streams"], "video" in f["streams"]) for f in good]
+        out = folder / COMPOSED
+        error = await compose(streams, out)
+        if error is not None:
+            meta["problems"].append(f"{COMPOSED}: {error}")
+            return
+        info = await probe(out)
+        meta["composed"] = {"name": COMPOSED, "size": out.stat().st_size,
+                            "sha256": await asyncio.to_thread(sha256_of, out),
+                            "streams": info.get("streams", []),
+                            "duration": info.get("duration")}

@@ -1,0 +1,258 @@
+"""Recordings after real calls: verified files, metadata with checksums, the composed
+consultation, downloads with HTTP Range, retention, the disk watermark, and recovery after
+the signalling process is SIGKILLed."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from signaling.app import RECORDINGS
+from signaling.call import CallKind
+from tests.hub_fixtures import API_KEY, CallClient, Service, clients_for, go_live, run_service
+from tests.media_fixtures import ffprobe, run_mediaserver
+from tests.services import RedisServer, free_port
+from tests.test_cli_functional import poll_ready
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+async def recorded_call(service: Service, seconds: float = 1.5) -> str:
+    call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
+                                                          ("doc-1", "D", "doctor")])
+    clients = clients_for(service, call)
+    try:
+        await go_live(service, call, clients)
+        await asyncio.sleep(seconds)  # media to record: the length is what is checked
+        await clients["doc-1"].request("end")
+    finally:
+        await asyncio.gather(*(c.close() for c in clients.values()))
+    await asyncio.wait_for(service.app[RECORDINGS].wait(call.id), 60)
+    return call.id
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_a_call_leaves_verified_streams_metadata_and_a_composed_file(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
+            tmp_path, redis_server.url, (kms_url,),
+            env={"TELEMED_RECORDINGS_COMPOSE": "true"}) as service:
+        call_id = await recorded_call(service)
+        (folder,) = [p for p in service.settings.recordings_path.glob("*/*/*/*")
+                     if p.name == call_id]
+        meta = json.loads((folder / "metadata.json").read_text())
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{service.url}/api/v1/recordings/{call_id}", headers=AUTH) as r:
+            indexed = await r.json()
+    assert meta["state"] == "ready" and meta["problems"] == []
+    assert indexed["files"] == meta["files"]
+    assert [f["name"] for f in meta["files"]] == ["doc-1.webm", "pat-1.webm"]
+    for f in meta["files"]:
+        assert f["sha256"] == sha256(folder / f["name"])
+        assert f["size"] == (folder / f["name"]).stat().st_size
+        assert f["streams"] == ["audio", "video"] and f["duration"] > 1.0
+        assert f["startedAt"] is not None
+    composed = await ffprobe(folder / "consultation.webm")
+    video = [s for s in composed["streams"] if s["codec_type"] == "video"]
+    audio = [s for s in composed["streams"] if s["codec_type"] == "audio"]
+    assert len(video) == 1 and len(audio) == 1
+    assert (video[0]["width"], video[0]["height"]) == (1280, 360)  # two tiles side by side
+    longest = max(f["duration"] for f in meta["files"])
+    assert abs(float(composed["format"]["duration"]) - longest) < 1.5
+    assert meta["composed"]["sha256"] == sha256(folder / "consultation.webm")
+    assert sorted(p["role"] for p in meta["participants"]) == ["doctor", "patient"]
+
+
+@pytest.fixture
+async def recorded(tmp_path: Path, redis_server: RedisServer, redis_client: Any) -> Any:
+    """One recorded call, with a Redis emptied first (other tests' recordings are indexed
+    there too and retention would see them)."""
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
+            tmp_path, redis_server.url, (kms_url,),
+            env={"TELEMED_RECORDINGS_RETENTION_DAYS": "1e-9"}) as service:
+        call_id = await recorded_call(service, seconds=1.0)
+        yield service, call_id
+
+
+async def test_downloads_honour_ranges_and_refuse_strangers(recorded: Any) -> None:
+    service, call_id = recorded
+    (path,) = service.settings.recordings_path.rglob("pat-1.webm")
+    data = path.read_bytes()
+    size = len(data)
+    url = f"{service.url}/api/v1/recordings/{call_id}/files/pat-1.webm"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers=AUTH) as r:
+            assert r.status == 200 and await r.read() == data
+            assert r.headers["Accept-Ranges"] == "bytes"
+        cases = [("bytes=0-99", 0, 99), (f"bytes={size // 2}-{size // 2 + 9}", size // 2,
+                                          size // 2 + 9), ("bytes=-50", size - 50, size - 1),
+                 (f"bytes={size - 10}-", size - 10, size - 1)]
+        for header, first, last in cases:
+            async with http.get(url, headers={**AUTH, "Range": header}) as r:
+                assert r.status == 206, header
+                assert r.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
+                assert await r.read() == data[first:last + 1]
+        async with http.get(url, headers={**AUTH, "Range": f"bytes={size + 10}-"}) as r:
+            assert r.status == 416
+            assert r.headers["Content-Range"] == f"bytes */{size}"
+        async with http.get(url) as r:
+            assert r.status == 401
+        for name in ("..%2F..%2Fmetadata.json", "metadata.json", "x.webm", "%2Fetc%2Fpasswd"):
+            async with http.get(f"{service.url}/api/v1/recordings/{call_id}/files/{name}",
+                                headers=AUTH) as r:
+                assert r.status == 404, name
+        async with http.post(f"{service.url}/api/v1/recordings/{call_id}/links",
+                             headers=AUTH) as r:
+            link = (await r.json())["url"]
+        async with http.get(link) as r:
+            page = await r.text()
+            assert r.status == 200 and "pat-1.webm" in page
+        async with http.get(f"{link}/pat-1.webm", headers={"Range": "bytes=0-9"}) as r:
+            assert r.status == 206 and await r.read() == data[:10]
+        forged = link.rsplit("/", 1)[0] + "/" + "e30.e30.forged"
+        async with http.get(f"{forged}/pat-1.webm") as r:
+            assert r.status == 403
+
+
+async def test_retention_dry_run_then_deletion_is_recorded(recorded: Any) -> None:
+    service, call_id = recorded
+    files = sorted(service.settings.recordings_path.rglob("*.webm"))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{service.url}/api/v1/recordings/purge?dryRun=true",
+                             headers=AUTH) as r:
+            dry = await r.json()
+        assert [c["call"] for c in dry["calls"]] == [call_id]
+        assert all(f.exists() for f in files)
+        async with http.post(f"{service.url}/api/v1/recordings/purge", headers=AUTH) as r:
+            assert [c["call"] for c in (await r.json())["calls"]] == [call_id]
+        async with http.get(f"{service.url}/api/v1/recordings/{call_id}", headers=AUTH) as r:
+            meta = await r.json()
+    assert not any(f.exists() for f in files)
+    assert meta["state"] == "deleted" and meta["deleted"]["by"] == "api"
+    assert sorted(meta["deleted"]["files"]) == sorted(f.name for f in files)
+
+
+async def test_calls_are_refused_when_the_recordings_volume_is_nearly_full(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # The watermark above the volume's real free space: as if the disk were full.
+    env = {"TELEMED_RECORDINGS_MIN_FREE_BYTES": str(2 ** 62)}
+    body = {"kind": "consultation", "participants": [
+        {"id": "p", "name": "P", "role": "patient"}]}
+    async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",),
+                           env=env) as service, aiohttp.ClientSession() as http, \
+            http.post(f"{service.url}/api/v1/calls", headers=AUTH, json=body) as r:
+        body = await r.json()
+    assert (r.status, body["code"]) == (507, "recording.disk_full")
+    assert service.hub.calls == {}
+
+
+async def test_a_watchdog_failure_still_leaves_finalized_metadata(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
+            tmp_path, redis_server.url, (kms_url,), watchdog_timeout=1.0) as service:
+        call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
+                                                              ("doc-1", "D", "doctor")])
+        patient = CallClient(service, service.token(call.id, "pat-1"))
+        patient.strip_remote_candidates = patient.mdns_candidates = True
+        try:
+            await patient.connect()
+            await patient.join()
+            await patient.publish()
+            await patient.wait_event("callFailed")
+        finally:
+            await patient.close()
+        await asyncio.wait_for(service.app[RECORDINGS].wait(call.id), 30)
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{service.url}/api/v1/recordings/{call.id}", headers=AUTH) as r:
+            meta = await r.json()
+    # No media ever reached the recorder: the file is flagged, not dropped or hidden.
+    assert meta["callState"] == "failed" and meta["failure"] == "no-media"
+    assert [f["name"] for f in meta["files"]] == ["pat-1.webm"]
+    assert meta["state"] == "flagged" and meta["problems"]
+
+
+async def test_recordings_of_a_sigkilled_service_are_finalized_at_restart(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    from signaling.embedded import hash_api_key
+
+    api_key = uuid.uuid4().hex
+    http_port = free_port()
+    rec_dir = tmp_path / "rec"
+    # A short session grace: the media server finalizes the dead service's recorders soon.
+    async with run_mediaserver(recordings_root=rec_dir, gc_grace=0.5) as (kms_url, server):
+        env = {**os.environ, "TELEMED_HTTP_PORT": str(http_port),
+               "TELEMED_DATA_DIR": str(tmp_path / "d"), "TELEMED_REDIS_URL": redis_server.url,
+               "TELEMED_MEDIA_KURENTO_URLS": kms_url, "TELEMED_TURN_PROVIDER": "none",
+               "TELEMED_RECORDINGS_DIR": str(rec_dir), "TELEMED_RECORDINGS_COMPOSE": "false",
+               "TELEMED_AUTH_API_KEY_HASHES": hash_api_key(api_key),
+               "TELEMED_AUTH_JWT_SECRET": "k" * 32}
+        base = f"http://127.0.0.1:{http_port}"
+        auth = {"Authorization": f"Bearer {api_key}"}
+
+        async def start() -> asyncio.subprocess.Process:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "signaling.cli", "run", env=env)
+            await poll_ready(f"{base}/readyz", 30)
+            return proc
+
+        proc = await start()
+        try:
+            async with aiohttp.ClientSession() as http, http.post(
+                    f"{base}/api/v1/calls", headers=auth, json={
+                        "kind": "consultation", "participants": [
+                            {"id": "pat-1", "name": "P", "role": "patient"},
+                            {"id": "doc-1", "name": "D", "role": "doctor"}]}) as r:
+                created = await r.json()
+            tokens = {p["id"]: p["token"] for p in created["participants"]}
+            fake = Service(base, None, None, None)  # type: ignore[arg-type]
+            patient, doctor = CallClient(fake, tokens["pat-1"]), CallClient(fake, tokens["doc-1"])
+            try:
+                await asyncio.gather(patient.connect(), doctor.connect())
+                await patient.join()
+                await doctor.join()
+                await asyncio.gather(patient.publish(), doctor.publish())
+                await asyncio.gather(patient.subscribe("doc-1"), doctor.subscribe("pat-1"))
+                await doctor.wait_event("callLive")
+                await asyncio.sleep(1.0)  # media on disk before the crash
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+            finally:
+                await asyncio.gather(patient.close(), doctor.close())
+            await asyncio.wait_for(server.wait_idle(), 10)
+            proc = await start()
+            async with aiohttp.ClientSession() as http:
+                meta: dict[str, Any] = {}
+                for _ in range(100):
+                    async with http.get(f"{base}/api/v1/recordings/{created['id']}",
+                                        headers=auth) as r:
+                        if r.status == 200:
+                            meta = await r.json()
+                            if meta["state"] in ("verified", "flagged", "ready"):
+                                break
+                    await asyncio.sleep(0.1)  # another process's background work: polled
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                await proc.wait()
+    assert meta["recovered"] is True and meta["callState"] == "failed"
+    assert [f["name"] for f in meta["files"]] == ["doc-1.webm", "pat-1.webm"]
+    assert meta["state"] == "verified", meta["problems"]
+    for f in meta["files"]:
+        assert f["streams"] == ["audio", "video"] and f["duration"] > 0.5
