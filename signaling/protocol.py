@@ -210,13 +210,22 @@ def parse_client_message(text: str | bytes, *, max_size: int = 65536) -> ClientM
         raise
 
 
+_SHAPES: dict[type[Any], tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]] = {}
+
+
+def _shape(cls: type[Any]) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """Type hints and fields of a message class; resolving hints is slow, so once each."""
+    if cls not in _SHAPES:
+        _SHAPES[cls] = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+    return _SHAPES[cls]
+
+
 def _build(obj: dict[str, Any]) -> ClientMessage:
     kind = obj.get("type")
     cls = MESSAGES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise MessageError(f"unknown message type {kind!r}"[:120], code="message.unknown_type")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _shape(cls)
     kwargs: dict[str, Any] = {}
     for key, value in obj.items():
         if key == "type":

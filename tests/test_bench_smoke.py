@@ -1,0 +1,26 @@
+"""Each benchmark's smoke mode runs and reports its figures (benchmarks never fail on
+speed; this keeps them working)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import pytest
+
+from tests.helpers import scaled
+
+
+@pytest.mark.parametrize("name", ["watchdog", "turn_leases", "signalling", "call_setup"])
+async def test_benchmark_smoke_mode_reports_its_figures(name: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", f"bench.{name}", "--smoke",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), scaled(120))
+    assert proc.returncode == 0, err.decode()[-2000:]
+    (line,) = [x for x in out.decode().splitlines() if x.startswith("RESULT ")]
+    result = json.loads(line[len("RESULT "):])
+    assert result["bench"] == name
+    numbers = [v for v in result.values() if isinstance(v, (int, float))]
+    assert numbers and all(v == v for v in numbers)  # no NaN: every figure was measured
