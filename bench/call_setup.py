@@ -54,6 +54,7 @@ async def direct_pair() -> float:
     """Two aiortc peers, no server: offer → first decoded frame on the other side."""
     caller, callee = RTCPeerConnection(), RTCPeerConnection()
     got = asyncio.Event()
+    readers: list[asyncio.Task[None]] = []
 
     @callee.on("track")
     def on_track(track: Any) -> None:
@@ -61,7 +62,7 @@ async def direct_pair() -> float:
             with contextlib.suppress(MediaStreamError):
                 await track.recv()
                 got.set()
-        asyncio.ensure_future(read())
+        readers.append(asyncio.ensure_future(read()))
 
     start = time.perf_counter()
     caller.addTrack(ToneTrack())
