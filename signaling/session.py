@@ -192,11 +192,12 @@ class ClientSession:
                 claims = verify_join_token(token, keys=self.config.jwt_keys,
                                            issuer=self.config.issuer,
                                            audience=self.config.audience)
-                self.hub.attach(self, claims)
+                call = self.hub.attach(self, claims)
                 self.claims = claims
                 log.info("< hello from %s (%s)", claims.subject, claims.role,
                          extra=self.log_extra)
-                return "welcome", {"participant": claims.subject, "call": claims.call_id}
+                return "welcome", {"participant": claims.subject, "call": claims.call_id,
+                                   "kind": call.kind.value, "state": call.state.value}
             case Join():
                 claims = self._claims()
                 if self.joined:

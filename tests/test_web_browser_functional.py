@@ -164,3 +164,77 @@ async def test_chromium_mdns_candidates_are_dropped_and_media_still_arrives(
         drops = [e for e in call.timeline.as_list()
                  if e["event"] == "candidates-dropped" and e["participant"] == "pat-8"]
         assert drops and {"mdns"} <= {r for d in drops for r in d["reasons"]}
+
+
+async def test_a_referral_rings_the_consultants_workstation_and_is_accepted(
+    tmp_path: Path, redis_server: RedisServer, browser: Any
+) -> None:
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
+            run_service(tmp_path, redis_server.url, (kms_url,)) as service:
+        call = service.hub.create_call(CallKind.REFERRAL, [
+            ("doc-3", "Д-р Иванов", "doctor"), ("fd-3", "Д-р Сидорова", "consultant")])
+        link = f"{service.url}/join/" + "{}"
+        consultant = await open_call(browser, link.format(
+            service.token(call.id, "fd-3", role="consultant")), "consultant")
+        await consultant.click("#join-button")
+        await consultant.wait_for_selector("body[data-call-state=waiting]",
+                                           timeout=scaled(10) * 1000)
+        await consultant.screenshot(path=str(ARTIFACTS / "workstation-waiting.png"))
+        doctor = await open_call(browser, link.format(
+            service.token(call.id, "doc-3", role="doctor")), "doctor")
+        await doctor.click("#join-button")
+        await doctor.click("#ring-out:not([hidden])", timeout=scaled(15) * 1000)
+        await consultant.wait_for_selector("#ring:not([hidden])", timeout=scaled(10) * 1000)
+        assert "Д-р Иванов" in await consultant.inner_text("#ring-text")
+        await consultant.screenshot(path=str(ARTIFACTS / "workstation-ringing.png"))
+        await consultant.click("#accept")
+        for page in (doctor, consultant):
+            await page.wait_for_function(VIDEO_PLAYING, timeout=scaled(30) * 1000)
+            await page.wait_for_selector("body[data-call-state=live]", timeout=scaled(15) * 1000)
+        assert call.state is CallState.LIVE
+        await doctor.click("#end-all")
+        await consultant.wait_for_selector("#outcome:not([hidden])", timeout=scaled(15) * 1000)
+
+
+async def test_a_call_whose_media_is_blocked_shows_the_watchdog_failure(
+    tmp_path: Path, redis_server: RedisServer, browser: Any
+) -> None:
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
+            run_service(tmp_path, redis_server.url, (kms_url,),
+                        watchdog_timeout=2.0) as service:
+        call = service.hub.create_call(CallKind.CONSULTATION, [("p", "P", "patient"),
+                                                              ("d", "D", "doctor")])
+        context = await browser.new_context()
+        page = await context.new_page()
+        # A network that lets no media through: no ICE candidate leaves or enters the page.
+        await page.add_init_script(r"""(() => {
+          const send = WebSocket.prototype.send;
+          // No candidates, and no default address in c=/m= lines (that counts as one too).
+          const strip = (sdp) => sdp.split('\r\n').filter((l) => !l.startsWith('a=candidate'))
+            .map((l) => l.startsWith('c=IN IP4') ? 'c=IN IP4 0.0.0.0'
+              : l.startsWith('m=') ? l.replace(/^(m=\w+) \d+/, '$1 9') : l)
+            .join('\r\n');
+          WebSocket.prototype.send = function (data) {
+            const msg = JSON.parse(data);
+            if (msg.type === 'candidate') return;
+            if (msg.sdp) msg.sdp = strip(msg.sdp);
+            return send.call(this, JSON.stringify(msg));
+          };
+          RTCPeerConnection.prototype.addIceCandidate = () => Promise.resolve();
+          const setRemote = RTCPeerConnection.prototype.setRemoteDescription;
+          RTCPeerConnection.prototype.setRemoteDescription = function (desc) {
+            return setRemote.call(this, { type: desc.type, sdp: strip(desc.sdp) });
+          };
+        })();""")
+        await page.goto(f"{service.url}/join/{service.token(call.id, 'p')}")
+        await page.wait_for_selector("#join-button:not([disabled])", timeout=scaled(15) * 1000)
+        started = asyncio.get_running_loop().time()
+        await page.click("#join-button")
+        await page.wait_for_selector("#outcome:not([hidden])", timeout=scaled(15) * 1000)
+        elapsed = asyncio.get_running_loop().time() - started
+        text = await page.inner_text("#outcome-text")
+        await page.screenshot(path=str(ARTIFACTS / "call-failed-no-media.png"))
+        await context.close()
+    assert "видео и звук не доходят" in text
+    assert 2.0 <= elapsed < 2.0 + scaled(8)
+    assert call.failure is not None and call.failure.value == "no-media"

@@ -3,6 +3,7 @@
 const T = window.TELEMED_STRINGS;
 const app = document.getElementById("app");
 const token = app.dataset.token;
+const role = app.dataset.role;
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -134,7 +135,8 @@ function finish(text) {
 
 const FAILURES = {
   "no-media": "failed_no_media", "media-server-lost": "failed_media_server",
-  "recording-failed": "failed_recording",
+  "recording-failed": "failed_recording", "declined": "failed_declined",
+  "ring-timeout": "failed_ring_timeout",
 };
 
 function onEvent(msg) {
@@ -146,8 +148,12 @@ function onEvent(msg) {
     case "recording": $("recording").hidden = msg.state !== "on"; break;
     case "callLive": setStatus(T.live, "live"); $("recording").hidden = false; break;
     case "callFailed": report("shown", { reason: msg.reason }); finish(T[FAILURES[msg.reason] || "failed_other"]); break;
-    case "callEnded": finish(T.ended); break;
+    case "callEnded": finish(state.cancelled ? T.ring_cancelled : T.ended); break;
     case "replaced": finish(T.failed_other); break;
+    case "incomingCall": showRing(msg.caller); break;
+    case "ringAccepted": setStatus(T.ring_accepted); break;
+    case "ringCancelled": state.cancelled = true; $("ring").hidden = true; break;
+    case "ringTimeout": $("ring").hidden = true; break;
     case "removed": finish(T.ended); break;
     default: break;
   }
@@ -304,23 +310,57 @@ async function pollStats() {
   $("quality").textContent = text;
 }
 
+async function enterCall() {
+  const joined = await request("join");
+  state.me = joined.you.id;
+  state.iceServers = joined.iceServers || [];
+  if (meterContext) { meterContext.close(); meterContext = null; }
+  $("precheck").hidden = true;
+  $("ring").hidden = true;
+  $("call").hidden = false;
+  setStatus(joined.participants.length ? T.connecting : T.waiting);
+  for (const p of joined.participants) names.set(p.id, p.name);
+  await publish();
+  for (const p of joined.participants) subscribe(p.id, p.published);
+  setInterval(() => pollStats().catch(() => {}), 1000);
+  const consultant = joined.participants.find((p) => p.role === "consultant");
+  const ringOut = $("ring-out");
+  if (ringOut && joined.call.kind === "referral" && consultant && joined.call.state !== "connecting") {
+    ringOut.hidden = false;
+    ringOut.addEventListener("click", async () => {
+      ringOut.disabled = true;
+      try {
+        await request("ring", { participant: consultant.id });
+        setStatus(T.ringing, "ringing");
+      } catch (err) {
+        ringOut.disabled = false;
+        setStatus(`${T.err_generic} ${err.message}`);
+      }
+    });
+  }
+}
+
+// A consultant's workstation is online for a referral and rings when the doctor calls.
+function showRing(caller) {
+  $("precheck").hidden = true;
+  $("ring-text").textContent = `${T.ring_incoming}: ${caller.name}`;
+  $("ring").hidden = false;
+  document.body.dataset.callState = "ringing";
+}
+
 async function join() {
   $("join-button").disabled = true;
   $("join-button").textContent = T.joining;
   try {
     await connectSocket();
-    await request("hello", { token });
-    const joined = await request("join");
-    state.me = joined.you.id;
-    state.iceServers = joined.iceServers || [];
-    if (meterContext) { meterContext.close(); meterContext = null; }
-    $("precheck").hidden = true;
-    $("call").hidden = false;
-    setStatus(joined.participants.length ? T.connecting : T.waiting);
-    for (const p of joined.participants) names.set(p.id, p.name);
-    await publish();
-    for (const p of joined.participants) subscribe(p.id, p.published);
-    setInterval(() => pollStats().catch(() => {}), 1000);
+    const welcome = await request("hello", { token });
+    if (welcome.kind === "referral" && role === "consultant" && welcome.state !== "connecting"
+        && welcome.state !== "live") {
+      $("join-button").textContent = T.referral_waiting;
+      document.body.dataset.callState = "waiting";
+      return;
+    }
+    await enterCall();
   } catch (err) {
     $("join-button").textContent = T.join;
     $("join-button").disabled = false;
@@ -329,6 +369,21 @@ async function join() {
     if (state.ws) { state.over = true; state.ws.close(); state.over = false; }
   }
 }
+
+$("accept").addEventListener("click", async () => {
+  $("accept").disabled = $("decline").disabled = true;
+  try {
+    await request("accept");
+    await enterCall();
+  } catch (err) {
+    finish(`${T.err_generic} ${err.message}`);
+  }
+});
+$("decline").addEventListener("click", async () => {
+  $("accept").disabled = $("decline").disabled = true;
+  try { await request("decline"); } catch (err) { /* the call is over either way */ }
+  finish(T.declined_by_you);
+});
 
 function toggle(kind, button, offLabel, onLabel) {
   const tracks = kind === "audio" ? state.local.getAudioTracks() : state.local.getVideoTracks();
