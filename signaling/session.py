@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,8 +70,13 @@ class RateLimit:
 class SessionConfig:
     def __init__(self, *, jwt_keys: list[Any], issuer: str, audience: str,
                  allowed_origins: set[str], max_message: int = 65536,
-                 rate: float = 50.0, burst: float = 100.0, heartbeat: float = 15.0) -> None:
+                 rate: float = 50.0, burst: float = 100.0, heartbeat: float = 15.0,
+                 expiry_warning: float = 60.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.jwt_keys = jwt_keys
+        #: `tokenExpiring` is sent this long before the token's `exp`.
+        self.expiry_warning = expiry_warning
+        self.clock = clock
         self.issuer = issuer
         self.audience = audience
         self.allowed_origins = allowed_origins
@@ -90,6 +96,8 @@ class ClientSession:
         self.config = config
         self.peer = peer
         self.claims: JoinClaims | None = None
+        self._expiry: list[asyncio.TimerHandle] = []
+        self._writer_task: asyncio.Task[None] | None = None
         self.joined = False
         self.limit = RateLimit(config.rate, config.burst)
         self.violations = 0
@@ -113,7 +121,7 @@ class ClientSession:
         return {"call_id": self.claims.call_id, "participant": self.claims.subject}
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self._writer())
+        writer = self._writer_task = asyncio.create_task(self._writer())
         try:
             async for msg in self.ws:
                 if msg.type is WSMsgType.TEXT:
@@ -130,6 +138,8 @@ class ClientSession:
                                         message=b"rate.limited")
                     break
         finally:
+            for handle in self._expiry:
+                handle.cancel()
             for task in list(self._tasks):
                 with contextlib.suppress(Exception):
                     await task
@@ -173,6 +183,38 @@ class ClientSession:
             log.exception("! %s failed", message.TYPE, extra=self.log_extra)
             self.send(error("internal", "internal error; the call goes on", re=message.id))
 
+    def _watch_expiry(self, claims: JoinClaims) -> None:
+        """Warns before the token's expiry and, unless a fresh token arrives, ends the
+        participant's part in the call when it expires."""
+        for handle in self._expiry:
+            handle.cancel()
+        loop = asyncio.get_running_loop()
+        left = claims.expires - self.config.clock()
+        warn_at = max(0.0, left - self.config.expiry_warning)
+        self._expiry = [
+            loop.call_later(warn_at, lambda: self.send(encode(
+                "tokenExpiring", expiresAt=claims.expires))),
+            loop.call_later(max(0.0, left), lambda: self._spawn(self._expired(claims))),
+        ]
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expired(self, claims: JoinClaims) -> None:
+        if self.claims is not claims:
+            return
+        log.info("! token expired; the participant leaves the call", extra=self.log_extra)
+        self.send(error("auth.expired", "your token expired; open the link again"))
+        if self.joined:
+            self.joined = False
+            await self.hub.leave(self, claims.call_id, claims.subject, why="token-expired")
+        self._out.put_nowait(None)
+        if self._writer_task is not None:
+            await self._writer_task  # the error goes out before the close frame
+        await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"auth.expired")
+
     def _claims(self) -> JoinClaims:
         if self.claims is None:
             raise AuthError("send hello with your token first", code="auth.required")
@@ -187,13 +229,22 @@ class ClientSession:
     async def _dispatch(self, message: ClientMessage) -> tuple[str, dict[str, Any]] | None:
         match message:
             case Hello(token=token):
-                if self.claims is not None:
-                    raise AuthError("already authenticated", code="auth.invalid")
                 claims = verify_join_token(token, keys=self.config.jwt_keys,
                                            issuer=self.config.issuer,
                                            audience=self.config.audience)
+                if self.claims is not None:
+                    # A fresh token for the same seat extends the connection's life.
+                    if (claims.call_id, claims.subject) != (self.claims.call_id,
+                                                            self.claims.subject):
+                        raise AuthError("this connection belongs to another participant",
+                                        code="auth.invalid")
+                    self.claims = claims
+                    self._watch_expiry(claims)
+                    return "welcome", {"participant": claims.subject, "call": claims.call_id,
+                                       "refreshed": True}
                 call = self.hub.attach(self, claims)
                 self.claims = claims
+                self._watch_expiry(claims)
                 log.info("< hello from %s (%s)", claims.subject, claims.role,
                          extra=self.log_extra)
                 return "welcome", {"participant": claims.subject, "call": claims.call_id,

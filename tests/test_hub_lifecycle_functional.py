@@ -7,11 +7,13 @@ import asyncio
 import signal
 from pathlib import Path
 
+import pytest
+
 from kurento_ctl.client import KurentoClient
 from kurento_ctl.objects import ServerManager
 from signaling.call import CallKind, CallState, FailureReason
 from signaling.participant import ParticipantState
-from tests.hub_fixtures import CallClient, clients_for, go_live, run_service
+from tests.hub_fixtures import CallClient, ProtocolError, clients_for, go_live, run_service
 from tests.media_fixtures import ffprobe, mediaserver_process, run_mediaserver
 from tests.services import RedisServer, free_port
 
@@ -183,3 +185,41 @@ async def test_a_media_server_that_dies_fails_its_calls_and_the_next_call_works(
                 await close_all(clients)
             async with KurentoClient(kms_url) as kc:
                 assert await ServerManager(kc).get_pipelines() == []
+
+
+async def test_an_expiring_token_warns_then_ends_the_participants_part_unless_refreshed(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    from signaling.app import SESSION_CONFIG
+
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
+            run_service(tmp_path, redis_server.url, (kms_url,)) as service:
+        service.app[SESSION_CONFIG].expiry_warning = 1.0
+        call = service.hub.create_call(CallKind.CONSULTATION, [
+            ("pat-1", "P", "patient"), ("doc-1", "D", "doctor")])
+        patient = CallClient(service, service.token(call.id, "pat-1", ttl=2))
+        doctor = CallClient(service, service.token(call.id, "doc-1", role="doctor", ttl=2))
+        try:
+            await asyncio.gather(patient.connect(), doctor.connect())
+            await patient.join()
+            await doctor.join()
+            warned = await doctor.wait_event("tokenExpiring")
+            assert warned["expiresAt"] > 0
+            # The doctor's MIS hands a fresh token over the same connection; the patient's
+            # does not.
+            refreshed = await doctor.request(
+                "hello", token=service.token(call.id, "doc-1", role="doctor", ttl=600))
+            assert refreshed["refreshed"] is True
+            expired = await patient.wait_event("error", lambda e: e["code"] == "auth.expired")
+            assert "expired" in expired["message"]
+            left = await doctor.wait_event("participantLeft")
+            assert left["participant"] == "pat-1"
+            assert [e["why"] for e in call.timeline.as_list()
+                    if e["event"] == "left"] == ["token-expired"]
+            assert (await doctor.request("ping"))["type"] == "pong"
+            assert call.state is CallState.CONNECTING  # the call itself goes on
+            with pytest.raises(ProtocolError) as info:  # a token for someone else: refused
+                await doctor.request("hello", token=service.token(call.id, "pat-1", ttl=600))
+            assert info.value.code == "auth.invalid"
+        finally:
+            await asyncio.gather(patient.close(), doctor.close())
