@@ -18,6 +18,9 @@ from kurento_ctl.events import KurentoEvent, parse_event
 from kurento_ctl.jsonrpc import Notification
 
 __all__ = [
+    "Composite",
+    "Hub",
+    "HubPort",
     "MediaElement",
     "MediaObject",
     "MediaPipeline",
@@ -137,6 +140,13 @@ class MediaPipeline(MediaObject):
     async def create_player_endpoint(self, uri: str) -> PlayerEndpoint:
         return await self._create(PlayerEndpoint, uri=uri)
 
+    async def create_composite(self, *, width: int | None = None, height: int | None = None,
+                               framerate: int | None = None) -> Composite:
+        """A mixing hub: every HubPort's video tiled and audio mixed (Kurento transcodes)."""
+        params = {k: v for k, v in (("width", width), ("height", height),
+                                    ("framerate", framerate)) if v is not None}
+        return await self._create(Composite, **params)
+
 
 M = TypeVar("M", bound=MediaObject)
 
@@ -222,6 +232,25 @@ class PlayerEndpoint(MediaElement):
 
     async def stop(self) -> None:
         await self.invoke("stop")
+
+
+class Hub(MediaObject):
+    kurento_type = "Hub"
+
+    async def create_port(self) -> HubPort:
+        """A port of this hub: connect a source into it, and it out to a sink."""
+        result = await self.client.request("create", {
+            "type": HubPort.kurento_type, "constructorParams": {"hub": self.id},
+            "properties": {}})
+        return HubPort(self.client, result["value"])
+
+
+class Composite(Hub):
+    kurento_type = "Composite"
+
+
+class HubPort(MediaElement):
+    kurento_type = "HubPort"
 
 
 class ServerManager(MediaObject):

@@ -34,7 +34,11 @@ class NoMediaServer(KurentoError):
 @dataclass
 class PooledServer:
     url: str
+    #: Health probes only: Kurento likely serves one socket's requests in order, so a slow
+    #: probe must not sit in front of a call's processOffer (and the other way round).
     client: KurentoClient
+    #: The sockets that create and drive pipelines; each pipeline lives on one of them.
+    call_clients: list[KurentoClient] = field(default_factory=list)
     up: bool = False
     failures: int = 0
     disconnected_since: float | None = None
@@ -47,7 +51,19 @@ class PooledServer:
         return max(len(self.pipelines), self.reported_pipelines)
 
     def describe(self) -> dict[str, Any]:
-        return {"up": self.up, "pipelines": len(self.pipelines), "load": self.load}
+        return {"up": self.up, "pipelines": len(self.pipelines), "load": self.load,
+                "sockets": 1 + len(self.call_clients)}
+
+    @property
+    def all_clients(self) -> list[KurentoClient]:
+        return [self.client, *self.call_clients]
+
+    def call_client(self) -> KurentoClient | None:
+        """The connected call socket holding the fewest of our pipelines."""
+        connected = [c for c in self.call_clients if c.connected]
+        return min(connected, key=lambda c: self.per_client.get(id(c), 0), default=None)
+
+    per_client: dict[int, int] = field(default_factory=dict)
 
 
 class KurentoPool:
@@ -59,12 +75,16 @@ class KurentoPool:
         down_after: float = 3.0,
         failures_to_down: int = 2,
         check_timeout: float = 2.0,
+        sockets: int = 1,
         client_factory: Callable[[str], KurentoClient] | None = None,
     ) -> None:
         if not urls:
             raise ValueError("a pool needs at least one media server URL")
         self._factory = client_factory or (lambda url: KurentoClient(url))
-        self.servers = [PooledServer(url, self._factory(url)) for url in urls]
+        self.sockets = max(1, sockets)
+        self.servers = [PooledServer(url, self._factory(url),
+                                     [self._factory(url) for _ in range(self.sockets)])
+                        for url in urls]
         self.health_interval = health_interval
         self.down_after = down_after
         self.failures_to_down = failures_to_down
@@ -73,6 +93,7 @@ class KurentoPool:
         self._lost_handlers: list[LostHandler] = []
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._placed: dict[str, int] = {}
         for server in self.servers:
             self._watch(server)
 
@@ -80,7 +101,8 @@ class KurentoPool:
         def lost(_session_id: str) -> None:
             self._lose(server, "the media server restarted")
 
-        server.client.on_session_lost(lost)
+        for client in server.all_clients:
+            client.on_session_lost(lost)
 
     def on_pipelines_lost(self, handler: LostHandler) -> None:
         """`handler(url, pipeline_ids)` when a server goes down or forgets our session."""
@@ -93,16 +115,19 @@ class KurentoPool:
 
     async def _connect(self, server: PooledServer) -> None:
         try:
-            await server.client.connect()
+            await asyncio.gather(*(c.connect() for c in server.all_clients))
             server.up = True
             server.failures = 0
             self._notify()
         except (OSError, TimeoutError, KurentoError, Exception) as exc:
             # aiohttp raises a variety of errors for an unreachable host.
             log.warning("! media server %s unreachable: %s", server.url, type(exc).__name__)
-            with contextlib.suppress(Exception):
-                await server.client.close()
+            for client in server.all_clients:
+                with contextlib.suppress(Exception):
+                    await client.close()
             server.client = self._factory(server.url)
+            server.call_clients = [self._factory(server.url) for _ in range(self.sockets)]
+            server.per_client.clear()
             self._watch(server)
             server.up = False
 
@@ -111,7 +136,7 @@ class KurentoPool:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await asyncio.gather(*(s.client.close() for s in self.servers),
+        await asyncio.gather(*(c.close() for s in self.servers for c in s.all_clients),
                              return_exceptions=True)
 
     async def check(self) -> None:
@@ -129,7 +154,7 @@ class KurentoPool:
             await self._connect(server)
             return
         now = time.monotonic()
-        if not client.connected:
+        if not client.connected or server.call_client() is None:
             server.disconnected_since = server.disconnected_since or now
             if server.up and now - server.disconnected_since >= self.down_after:
                 self._lose(server, f"unreachable for {self.down_after}s")
@@ -152,6 +177,9 @@ class KurentoPool:
     def _lose(self, server: PooledServer, why: str) -> None:
         server.up = False
         lost, server.pipelines = server.pipelines, set()
+        server.per_client.clear()
+        for pipeline_id in lost:
+            self._placed.pop(pipeline_id, None)
         log.warning("! media server %s down (%s): %d pipelines lost", server.url, why, len(lost))
         for handler in list(self._lost_handlers):
             safe_call(handler, server.url, lost)
@@ -168,7 +196,7 @@ class KurentoPool:
             await self._changed.wait()
 
     def pick(self) -> PooledServer:
-        candidates = [s for s in self.servers if s.up and s.client.connected]
+        candidates = [s for s in self.servers if s.up and s.call_client() is not None]
         if not candidates:
             raise NoMediaServer("no media server is reachable")
         return min(candidates, key=lambda s: s.load)
@@ -176,12 +204,19 @@ class KurentoPool:
     async def create_pipeline(self) -> tuple[PooledServer, MediaPipeline]:
         """A new pipeline on the least-loaded reachable server, tracked for loss reports."""
         server = self.pick()
-        pipeline = await MediaPipeline.create(server.client)
+        client = server.call_client()
+        assert client is not None  # pick() only returns servers with one
+        pipeline = await MediaPipeline.create(client)
         server.pipelines.add(pipeline.id)
+        server.per_client[id(client)] = server.per_client.get(id(client), 0) + 1
+        self._placed[pipeline.id] = id(client)
         return server, pipeline
 
     def forget_pipeline(self, server: PooledServer, pipeline_id: str) -> None:
         server.pipelines.discard(pipeline_id)
+        key = self._placed.pop(pipeline_id, None)
+        if key is not None and server.per_client.get(key):
+            server.per_client[key] -= 1
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {s.url: s.describe() for s in self.servers}

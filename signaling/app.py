@@ -115,7 +115,8 @@ def create_app(
     redis = app[REDIS] = aioredis.Redis.from_url(endpoints.redis_url)
     turn = build_turn(settings, endpoints, redis)
     pool = KurentoPool(endpoints.kurento_urls, health_interval=settings.media.health_interval,
-                       down_after=settings.media.down_after)
+                       down_after=settings.media.down_after,
+                       sockets=settings.media.sockets_per_server)
     app[POOL] = pool
     app[HUB] = Hub(pool=pool, recordings_root=settings.recordings_path,
                    watchdog_timeout=settings.calls.watchdog_timeout,

@@ -96,6 +96,10 @@ class MediaSettings:
     health_interval: float = setting(
         2.0, "How often each media server is pinged.", unit="s", min=0.05,
     )
+    sockets_per_server: int = setting(
+        2, "WebSocket connections per media server that carry calls (pipelines spread over "
+        "them); health probes use one more of their own.", min=1, max=16,
+    )
     down_after: float = setting(
         3.0, "A media server whose socket is gone this long is down: its calls fail with "
         "media-server-lost.", unit="s", min=0.05,

@@ -225,3 +225,22 @@ async def test_an_unanswered_ping_drops_the_socket_and_reconnects(
         kms.silent = False
         await wait_until(lambda: client.connected, describe=lambda: kms.connections)
         assert kms.connections >= 2
+
+
+async def test_a_composite_mixes_through_hub_ports(scripted: tuple[str, ScriptedKms]) -> None:
+    """Scripted server only: the embedded media server does not implement Composite (its
+    recordings are composed afterwards with ffmpeg instead)."""
+    url, kms = scripted
+    async with KurentoClient(url) as client:
+        pipeline = await MediaPipeline.create(client)
+        composite = await pipeline.create_composite(width=1280, height=720)
+        ports = [await composite.create_port() for _ in range(2)]
+        endpoint = await pipeline.create_webrtc_endpoint()
+        await endpoint.connect(ports[0])
+        await ports[1].connect(endpoint, "VIDEO")
+        await pipeline.release()
+    created = [(params["type"], params["constructorParams"]) for _, method, params
+               in kms.requests if method == "create"]
+    assert ("Composite", {"mediaPipeline": pipeline.id, "width": 1280, "height": 720}) \
+        in created
+    assert [p for t, p in created if t == "HubPort"] == [{"hub": composite.id}] * 2

@@ -86,3 +86,28 @@ async def test_a_restarted_server_reports_lost_pipelines_at_once() -> None:
             assert lost == [(url, {pipeline.id})]
         finally:
             await pool.close()
+
+
+async def test_pipelines_spread_over_call_sockets_and_probes_use_their_own() -> None:
+    async with run_scripted_kms() as (url, kms):
+        pool = KurentoPool([url], health_interval=scaled(10), sockets=3)
+        await pool.start()
+        try:
+            await pool.check()
+            server = pool.servers[0]
+            assert pool.status()[url]["sockets"] == 4
+            for _ in range(6):
+                await pool.create_pipeline()
+            await pool.check()
+        finally:
+            await pool.close()
+        probe = server.client.session_id
+        call_sessions = {c.session_id for c in server.call_clients}
+        assert len(call_sessions | {probe}) == 4
+        creates = [p.get("sessionId") for _, m, p in kms.requests if m == "create"]
+        assert sorted(creates.count(s) for s in call_sessions) == [2, 2, 2]
+        assert probe not in creates
+        probes = [p.get("sessionId") for _, m, p in kms.requests
+                  if m == "invoke" and p.get("operation") == "getPipelines"]
+        assert probes and set(probes) == {probe}
+        assert kms.violations == []
