@@ -20,6 +20,7 @@ from typing import Any
 
 from kurento_ctl.jsonrpc import ErrorCode, Request, check_request, encode_event
 from mediaserver.elements import Element, KmsError, MediaObjectImpl, MediaPipelineImpl, Method
+from mediaserver.player import PlayerEndpointImpl
 from mediaserver.recorder import RecorderEndpointImpl
 from mediaserver.webrtc import WebRtcEndpointImpl
 
@@ -28,7 +29,7 @@ __all__ = ["MediaServer", "Session"]
 log = logging.getLogger(__name__)
 
 VERSION = "7.3.0"
-FACTORIES = ("MediaPipeline", "WebRtcEndpoint", "RecorderEndpoint")
+FACTORIES = ("MediaPipeline", "WebRtcEndpoint", "RecorderEndpoint", "PlayerEndpoint")
 Sender = Callable[[str], None]
 
 
@@ -208,6 +209,8 @@ class MediaServer:
         element: Element
         if type_name == "WebRtcEndpoint":
             element = WebRtcEndpointImpl(self, pipeline, params)
+        elif type_name == "PlayerEndpoint":
+            element = PlayerEndpointImpl(self, pipeline, params)
         else:
             element = RecorderEndpointImpl(self, pipeline, params)
         pipeline.children[element.id] = element
