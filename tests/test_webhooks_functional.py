@@ -9,6 +9,7 @@ import signal
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,6 +24,7 @@ from tests.test_cli_functional import poll_ready
 from tests.webhook_receiver import run_receiver
 
 SECRET = "hook-secret-" + "z" * 20
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def hook_env(url: str, extra: str = "") -> dict[str, str]:
@@ -50,17 +52,28 @@ def test_endpoints_without_a_secret_or_with_unknown_events_stop_start_up() -> No
 
 
 async def test_a_call_sends_its_webhooks_in_order_signed_and_filtered(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any
 ) -> None:
+    """Created through the API, joined by two aiortc peers, ended: every event arrives
+    once, in order, signed; an endpoint that filters gets only what it asked for."""
     async with run_receiver(SECRET) as everything, run_receiver(SECRET) as failures, \
+            run_receiver(SECRET) as people, \
             run_mediaserver(recordings_root=tmp_path) as (kms_url, _):
         env = hook_env(everything.url)
-        env["TELEMED_WEBHOOKS_ENDPOINTS"] += f",{failures.url} call.failed"
-        async with run_service(tmp_path, redis_server.url, (kms_url,), env=env) as service:
-            call = service.hub.create_call(CallKind.CONSULTATION, [
-                ("pat-1", "P", "patient"), ("doc-1", "D", "doctor")], {"visit": "V-77"})
-            patient = CallClient(service, service.token(call.id, "pat-1"))
-            doctor = CallClient(service, service.token(call.id, "doc-1", role="doctor"))
+        env["TELEMED_WEBHOOKS_ENDPOINTS"] += (f",{failures.url} call.failed"
+                                              f",{people.url} participant.*")
+        async with run_service(tmp_path, redis_server.url, (kms_url,), env=env) as service, \
+                aiohttp.ClientSession() as http:
+            async with http.post(f"{service.url}/api/v1/calls", headers=AUTH, json={
+                    "kind": "consultation", "metadata": {"visit": "V-77"},
+                    "participants": [{"id": "pat-1", "name": "P", "role": "patient"},
+                                     {"id": "doc-1", "name": "D", "role": "doctor"}]}) as r:
+                assert r.status == 201
+                created = await r.json()
+            call_id = created["id"]
+            tokens = {p["id"]: p["token"] for p in created["participants"]}
+            patient = CallClient(service, tokens["pat-1"])
+            doctor = CallClient(service, tokens["doc-1"])
             try:
                 await asyncio.gather(patient.connect(), doctor.connect())
                 await patient.join()
@@ -68,24 +81,31 @@ async def test_a_call_sends_its_webhooks_in_order_signed_and_filtered(
                 await asyncio.gather(patient.publish(), doctor.publish())
                 await asyncio.gather(patient.subscribe("doc-1"), doctor.subscribe("pat-1"))
                 await doctor.wait_event("callLive")
-                await doctor.request("end")
+                await patient.request("leave")
+                await doctor.wait_event("participantLeft")
+                await doctor.request("leave")  # the last one out ends the call
             finally:
                 await asyncio.gather(patient.close(), doctor.close())
-            ended = await everything.wait_for("call.ended", call.id)
-            await everything.wait_for("recording.ready")
-        assert everything.events(call.id) == [
+            ended = await everything.wait_for("call.ended", call_id)
+            await everything.wait_for("recording.ready", call_id)
+            assert everything.events(call_id) == [
             "call.created", "participant.joined", "participant.joined", "call.live",
-            "call.ended", "recording.ready"]
+            "participant.left", "participant.left", "call.ended", "recording.ready"]
         assert ended["data"]["call"]["metadata"] == {"visit": "V-77"}
         assert ended["data"]["call"]["duration"] > 0
         assert [p.endswith(".webm") for p in ended["data"]["recordings"]] == [True, True]
-        assert everything.bad_signatures == 0
+        times = [e["time"] for e in everything.received]
+        assert times == sorted(times)
+        assert everything.bad_signatures == failures.bad_signatures == 0
         assert len({e["id"] for e in everything.received}) == len(everything.received)
         assert failures.received == []  # it asked for call.failed only
+        assert [(e["event"], e["data"]["participant"]) for e in people.received][2:] == [
+            ("participant.left", "pat-1"), ("participant.left", "doc-1")]
+        assert people.events(call_id)[:2] == ["participant.joined"] * 2
 
 
 async def test_a_receiver_that_fails_three_times_gets_every_event_once_in_order(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any
 ) -> None:
     async with run_receiver(SECRET) as receiver:
         receiver.fail_next = 3
@@ -109,7 +129,7 @@ async def test_a_receiver_that_fails_three_times_gets_every_event_once_in_order(
 
 
 async def test_events_queued_when_the_service_is_killed_are_delivered_after_restart(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any
 ) -> None:
     """The service runs as `telemed run` and is SIGKILLed while its receiver is down."""
     hook_port = free_port()
