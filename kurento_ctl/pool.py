@@ -1,15 +1,17 @@
 """`KurentoPool`: several media servers, health-checked; new pipelines go to the least loaded.
 
 A server is *down* when its socket has been gone longer than `down_after` or its pings keep
-failing; every pipeline placed on it is then reported lost (`on_pipelines_lost`), as it is
-at once when the server restarted and forgot our session. A down server is used again as
-soon as it answers.
+failing; every pipeline placed on it is then reported lost (`on_pipelines_lost`). A socket
+whose session the server forgot (it restarted) reports the pipelines that lived on that
+socket lost at once, but does not mark the server down: it has just answered. A down server
+is used again as soon as it answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -98,11 +100,23 @@ class KurentoPool:
             self._watch(server)
 
     def _watch(self, server: PooledServer) -> None:
-        def lost(_session_id: str) -> None:
-            self._lose(server, "the media server restarted")
-
         for client in server.all_clients:
-            client.on_session_lost(lost)
+            client.on_session_lost(functools.partial(self._session_lost, server, client))
+
+    def _session_lost(self, server: PooledServer, client: KurentoClient,
+                      _session_id: str) -> None:
+        # Only this socket's pipelines: another socket may already have reconnected to the
+        # restarted server and placed new, healthy pipelines there.
+        key = id(client)
+        lost = {p for p in server.pipelines if self._placed.get(p) == key}
+        server.pipelines -= lost
+        server.per_client.pop(key, None)
+        for pipeline_id in lost:
+            self._placed.pop(pipeline_id, None)
+        log.warning("! media server %s restarted: %d pipelines lost", server.url, len(lost))
+        if lost:
+            for handler in list(self._lost_handlers):
+                safe_call(handler, server.url, lost)
 
     def on_pipelines_lost(self, handler: LostHandler) -> None:
         """`handler(url, pipeline_ids)` when a server goes down or forgets our session."""

@@ -54,9 +54,13 @@ async def test_a_server_that_goes_away_reports_its_pipelines_lost_and_comes_back
                 assert (await pool.create_pipeline())[0].url == url_a
 
             async with run_scripted_kms(port_b):
-                await wait_until(lambda: pool.servers[1].client.connected)
+                # Every socket of B is back (each found its session forgotten) before the
+                # health round that brings B up, so no late reconnect can race it.
+                await wait_until(lambda: all(c.connected for c in pool.servers[1].all_clients),
+                                 describe=lambda: pool.status())
                 await pool.check()
                 assert pool.status()[url_b]["up"]
+                assert lost == [(url_b, {b_pipeline.id})], "a restart reported nothing new"
         finally:
             await pool.close()
 
@@ -84,6 +88,36 @@ async def test_a_restarted_server_reports_lost_pipelines_at_once() -> None:
             await kms.drop_connections()
             await wait_until(lambda: lost, describe=lambda: pool.status())
             assert lost == [(url, {pipeline.id})]
+        finally:
+            await pool.close()
+
+
+async def test_a_restarted_server_stays_up_and_each_socket_reports_only_its_pipelines() -> None:
+    async with run_scripted_kms() as (url, kms):
+        pool = KurentoPool([url], health_interval=scaled(10), sockets=2)
+        lost: list[set[str]] = []
+        pool.on_pipelines_lost(lambda _url, ids: lost.append(ids))
+        await pool.start()
+        try:
+            server = pool.servers[0]
+            first, second = server.call_clients
+            for client in server.all_clients:
+                client.reconnect_delays = (0.01,)
+            second.reconnect_delays = (scaled(60),)  # stays away for the whole test
+            placed = [(await pool.create_pipeline())[1] for _ in range(2)]
+            on_first = {p.id for p in placed if p.client is first}
+            on_second = {p.id for p in placed if p.client is second}
+            assert on_first and on_second
+            kms.restart()
+            await kms.drop_connections()
+            await wait_until(lambda: first.connected and server.client.connected,
+                             describe=lambda: pool.status())
+            assert lost == [on_first]
+            # It answered after the restart: usable at once, no health round needed.
+            assert pool.status()[url]["up"]
+            _, fresh = await pool.create_pipeline()
+            assert fresh.client is first and fresh.id in server.pipelines
+            assert on_second <= server.pipelines, "lost before its own socket found out"
         finally:
             await pool.close()
 
