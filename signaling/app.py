@@ -32,7 +32,7 @@ from signaling.webhooks import Outbox, parse_endpoint
 from turn.lease import TurnProvider
 from turn.pool import TurnPool
 from turn.providers.coturn import CoturnRedisUserDb, CoturnSharedSecret
-from turn.providers.return_users import ReturnUsersFile
+from turn.providers.return_users import ReturnUsersFile, users_file
 
 __all__ = ["create_app", "probe_kurento", "probe_redis"]
 
@@ -175,6 +175,7 @@ def create_app(
                 log.warning("! %d calls' recordings left unfinalized by a previous run "
                             "queued", found)
         housekeeping = asyncio.create_task(_retention(settings, catalog))
+        renewals = asyncio.create_task(turn.run_renewals()) if turn is not None else None
         await pool.start()
         yield
         try:
@@ -183,6 +184,8 @@ def create_app(
             await _drain(worker, settings.recordings.drain_timeout)
         finally:
             housekeeping.cancel()
+            if renewals is not None:
+                renewals.cancel()
             await worker.close()
             if outbox is not None:
                 await outbox.close()
@@ -238,10 +241,8 @@ def build_turn(settings: Settings, endpoints: Endpoints, redis: aioredis.Redis
         userdb = aioredis.Redis.from_url(cfg.redis_url) if cfg.redis_url else redis
         provider = CoturnRedisUserDb(userdb, cfg.realm, endpoints.turn_urls)
     else:
-        path = Path(cfg.users_file) if cfg.users_file else \
-            Path(settings.data_dir) / "turn" / "users.txt"
-        provider = ReturnUsersFile(path, cfg.realm, endpoints.turn_urls, size=cfg.pool_size,
-                                   hashed=cfg.return_hashed,
+        provider = ReturnUsersFile(users_file(settings), cfg.realm, endpoints.turn_urls,
+                                   size=cfg.pool_size, hashed=cfg.return_hashed,
                                    pid_file=Path(cfg.return_pid_file)
                                    if cfg.return_pid_file else None)
     return TurnPool(redis, provider, size=cfg.pool_size, ttl=cfg.lease_ttl,

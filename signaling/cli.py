@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", help="TOML settings file (also $TELEMED_CONFIG)")
     sub.add_parser("settings", help="print the effective settings, secrets masked")
     sub.add_parser("api-key", help="make a new API key and the hash to configure")
+    users = sub.add_parser(
+        "turn-users", help="write reTurn's users file: a pool of accounts, all refused until "
+        "leased (turn.users_file, turn.realm, turn.pool_size accounts)")
+    users.add_argument("--config", help="TOML settings file (also $TELEMED_CONFIG)")
+    users.add_argument("--force", action="store_true",
+                       help="replace an existing file (live reTurn credentials stop working)")
     args = parser.parse_args(argv)
     if args.command == "api-key":
         import secrets
@@ -81,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log.level, settings.log.format)
 
+    if args.command == "turn-users":
+        return _turn_users(settings, force=args.force)
     if args.command == "settings":
         import json
 
@@ -91,6 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         log.error("! %s", exc)
         return 1
+    return 0
+
+
+def _turn_users(settings: Settings, *, force: bool) -> int:
+    from turn.providers.return_users import generate, users_file
+
+    path = users_file(settings)
+    if path.exists() and not force:
+        print(f"telemed: {path} exists; --force replaces it", file=sys.stderr)
+        return 1
+    generate(path, settings.turn.realm, settings.turn.pool_size,
+             hashed=settings.turn.return_hashed)
+    print(f"wrote {settings.turn.pool_size} reTurn accounts (realm {settings.turn.realm}) "
+          f"to {path}")
     return 0
 
 

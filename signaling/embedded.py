@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -21,6 +22,8 @@ from signaling.settings import Settings
 from signaling.supervisor import ChildSpec
 
 __all__ = ["Endpoints", "Secrets", "load_secrets", "plan"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,8 @@ def plan(settings: Settings) -> tuple[list[ChildSpec], Endpoints]:
             children.append(spec)
             turn_urls = (f"{url}?transport=udp", f"{url}?transport=tcp")
         else:
+            log.warning("! no turnserver binary: calls get no TURN credentials (install "
+                        "coturn, or set turn.provider)")
             turn_urls = ()
 
     endpoints = Endpoints(

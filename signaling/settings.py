@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import tomllib
 import types
@@ -114,11 +115,17 @@ class TurnSettings:
         " (when the turnserver binary is present).",
     )
     urls: tuple[str, ...] = setting(
-        (), "TURN URLs handed to clients (turn:host:3478?transport=udp, turns:host:443, ...)."
+        (), "TURN URLs handed to clients, all with the same credentials: UDP and TCP on the "
+        "TURN port and TLS on 443 for networks that allow nothing else "
+        "(`turn:10.1.2.3:3478?transport=udp, turn:10.1.2.3:3478?transport=tcp, "
+        "turns:turn.hospital.local:443?transport=tcp`). Required unless provider is "
+        "embedded or none.",
     )
     secrets: tuple[str, ...] = setting(
         (),
-        "coturn static-auth-secret values, newest first; the first signs new credentials.",
+        "coturn-secret: coturn's static-auth-secret values, newest first; the first signs "
+        "new credentials. To rotate, give coturn the new one as well, then put it first "
+        "here; drop the old one from both once lease_ttl has passed.",
         secret=True,
     )
     realm: str = setting("telemed.local", "TURN realm.")
@@ -131,8 +138,9 @@ class TurnSettings:
         min=1,
     )
     lease_ttl: float = setting(
-        14400.0, "Lifetime of one participant's TURN credentials; covers the longest call "
-        "(every join or rejoin takes new ones). Leases of a crashed node return after it.",
+        14400.0, "Lifetime of one participant's TURN credentials and pool slot: covers a "
+        "call plus a margin. The node holding a lease renews it once half of this is left, "
+        "so longer calls keep theirs; leases of a crashed node return after it.",
         unit="s", min=1.0,
     )
     redis_url: str = setting(
@@ -410,10 +418,36 @@ def load_settings(
     return settings
 
 
+_TURN_URL = re.compile(
+    r"^(?P<scheme>turns?):(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:(?P<port>\d{1,5}))?"
+    r"(\?transport=(?P<transport>udp|tcp))?$")
+
+
+def check_turn_url(url: str) -> None:
+    """An RTCIceServer TURN URL (RFC 7065) a browser accepts, or ValueError."""
+    match = _TURN_URL.match(url)
+    if match is None:
+        raise ValueError(f"{url!r} is not turn:host[:port][?transport=udp|tcp] or turns:…")
+    if match["port"] is not None and not 0 < int(match["port"]) < 65536:
+        raise ValueError(f"{url!r}: port out of range")
+    if match["scheme"] == "turns" and match["transport"] == "udp":
+        raise ValueError(f"{url!r}: turns: runs over TCP (TLS), not UDP")
+
+
 def _check_together(settings: Settings) -> None:
     """Rules that span settings."""
     from signaling.webhooks import parse_endpoint
 
+    turn = settings.turn
+    for url in turn.urls:
+        try:
+            check_turn_url(url)
+        except ValueError as exc:
+            raise SettingsError(f"turn.urls: {exc}") from None
+    if turn.provider in ("coturn-secret", "coturn-redis", "return") and not turn.urls:
+        raise SettingsError(f"turn.urls: required when turn.provider is {turn.provider}")
+    if turn.provider == "coturn-secret" and not turn.secrets:
+        raise SettingsError("turn.secrets: required when turn.provider is coturn-secret")
     hooks = settings.webhooks
     if hooks.endpoints and not hooks.secret:
         raise SettingsError("webhooks.secret: required when webhooks.endpoints is set")

@@ -151,14 +151,18 @@ class TurnServer:
 @contextlib.contextmanager
 def run_turnserver(
     tmp: Path, *, redis_userdb: str | None = None, realm: str = "telemed.test",
-    relay_ip: str = "127.0.0.1",
+    relay_ip: str = "127.0.0.1", secrets_: tuple[str, ...] = (),
 ) -> Iterator[TurnServer]:
-    """coturn on loopback, shared-secret auth (or a Redis user DB), loopback peers allowed."""
+    """coturn on loopback, shared-secret auth (or a Redis user DB), loopback peers allowed.
+
+    `secrets_`: every static-auth-secret coturn accepts (rotation); by default one fresh one.
+    """
     binary = require_binary("turnserver")
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port(socket.SOCK_DGRAM)
     lo, hi = free_port_range(40)
-    secret = secrets.token_hex(16)
+    accepted = secrets_ or (secrets.token_hex(16),)
+    secret = accepted[0]
     args = [
         binary,
         "-n",
@@ -179,7 +183,7 @@ def run_turnserver(
         f"--pidfile={tmp}/turn.pid",
     ]
     if redis_userdb is None:
-        args += ["--use-auth-secret", f"--static-auth-secret={secret}"]
+        args += ["--use-auth-secret", *(f"--static-auth-secret={s}" for s in accepted)]
     else:
         args += ["--lt-cred-mech", f"--redis-userdb={redis_userdb}"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

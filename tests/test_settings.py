@@ -54,11 +54,27 @@ def test_toml_file_is_read_and_environment_wins(tmp_path: Path) -> None:
         ({"TELEMED_LOG_FORMAT": "xml"}, "TELEMED_LOG_FORMAT"),
         ({"TELEMED_HTTP_PROT": "1"}, "TELEMED_HTTP_PROT"),
         ({"TELEMED_CONFIG": "/nonexistent/telemed.toml"}, "TELEMED_CONFIG"),
+        ({"TELEMED_TURN_URLS": "stun:10.0.0.1:3478"}, "turn.urls"),
+        ({"TELEMED_TURN_URLS": "turn:10.0.0.1:99999"}, "turn.urls"),
+        ({"TELEMED_TURN_URLS": "turns:turn.example:443?transport=udp"}, "turn.urls"),
+        ({"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_SECRETS": "s"},
+         "turn.urls"),
+        ({"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_URLS": "turn:10.0.0.1"},
+         "turn.secrets"),
+        ({"TELEMED_TURN_PROVIDER": "return"}, "turn.urls"),
     ],
 )
 def test_a_bad_setting_is_refused_with_its_name(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         load_settings(env=env)
+
+
+def test_turn_urls_for_udp_tcp_and_tls_on_443_are_accepted() -> None:
+    urls = ("turn:10.0.0.1:3478?transport=udp", "turn:10.0.0.1:3478?transport=tcp",
+            "turns:turn.hospital.local:443?transport=tcp", "turn:[fd00::1]:3478")
+    s = load_settings(env={"TELEMED_TURN_PROVIDER": "coturn-secret",
+                           "TELEMED_TURN_URLS": ",".join(urls), "TELEMED_TURN_SECRETS": "a,b"})
+    assert s.turn.urls == urls and s.turn.secrets == ("a", "b")
 
 
 def test_unknown_key_or_bad_toml_in_file_is_refused(tmp_path: Path) -> None:

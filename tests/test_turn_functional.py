@@ -4,8 +4,11 @@ and a call whose peers may only use relays."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import hmac
 import os
+import re
 import signal
 import stat
 import sys
@@ -18,6 +21,7 @@ import redis.asyncio as aioredis
 from aioice import Connection, TransportPolicy
 from aiortc import RTCPeerConnection
 
+from signaling import cli
 from signaling.call import CallKind, CallState
 from tests.helpers import scaled
 from tests.hub_fixtures import CallClient, ProtocolError, run_service
@@ -26,7 +30,7 @@ from tests.services import RedisServer, TurnServer, run_turnserver
 from turn.lease import TurnExhausted, TurnLease
 from turn.pool import TurnPool
 from turn.providers.coturn import CoturnRedisUserDb, CoturnSharedSecret, user_key
-from turn.providers.return_users import ReturnUsersFile, parse_line
+from turn.providers.return_users import ReturnUsersFile, generate, read
 
 
 async def allocates(turn: TurnServer, lease: TurnLease) -> bool:
@@ -64,6 +68,73 @@ async def test_shared_secret_leases_allocate_until_they_expire(
     assert not await allocates(turn_server, stale)
     await pool.release(lease)
     assert await pool.in_use() == 0
+
+
+async def test_rotated_secrets_sign_with_the_newest_and_coturn_accepts_both(
+    tmp_path: Path, redis_client: aioredis.Redis
+) -> None:
+    new, old = "new-" + os.urandom(8).hex(), "old-" + os.urandom(8).hex()
+    with run_turnserver(tmp_path / "turn-rotation", secrets_=(new, old)) as turn:
+        provider = CoturnSharedSecret((new, old), (turn.url,))
+        lease = await provider.issue("call-r", "p", ttl=600, now=time.time(), slot=0)
+        signed = base64.b64encode(hmac.new(new.encode(), lease.username.encode(),
+                                           hashlib.sha1).digest()).decode()
+        assert lease.credential == signed
+        assert await allocates(turn, lease)
+        # Credentials signed before the rotation still open allocations until they expire.
+        before = await CoturnSharedSecret((old,), (turn.url,)).issue(
+            "call-r", "q", ttl=600, now=time.time(), slot=0)
+        assert await allocates(turn, before)
+        forged = await CoturnSharedSecret(("never-configured",), (turn.url,)).issue(
+            "call-r", "x", ttl=600, now=time.time(), slot=0)
+        assert not await allocates(turn, forged)
+
+
+async def test_held_leases_are_renewed_so_long_calls_keep_slot_and_credentials(
+    userdb_turn: TurnServer, redis_client: aioredis.Redis
+) -> None:
+    namespace = os.urandom(4).hex()
+    clock = Clock(time.time())
+    provider = CoturnRedisUserDb(redis_client, userdb_turn.realm, (userdb_turn.url,))
+    node = TurnPool(redis_client, provider, size=1, ttl=600, namespace=namespace, clock=clock)
+    lease = await node.lease("call-long", "doc")
+    key = f"turn/realm/{userdb_turn.realm}/user/{lease.username}/key"
+    heard: list[TurnLease] = []
+    node.on_renewed.append(heard.append)
+    clock.now += 200
+    assert await node.renew() == []  # more than half left: nothing to do yet
+    clock.now += 200
+    await redis_client.expire(key, 5)  # as if 595 of its 600 real seconds had passed
+    (renewed,) = await node.renew()
+    assert heard == [renewed]
+    assert renewed.username == lease.username and renewed.expires == clock.now + 600
+    assert await redis_client.ttl(key) > 590
+    assert await allocates(userdb_turn, renewed)
+    # Past the first expiry the slot is still this call's: another node finds none free.
+    clock.now += 300
+    other = TurnPool(redis_client, provider, size=1, ttl=600, namespace=namespace,
+                     clock=clock)
+    with pytest.raises(TurnExhausted):
+        await other.lease("call-b", "p")
+    await node.release(renewed)
+    assert node.held == {}
+    assert (await other.lease("call-b", "p")).call_id == "call-b"
+
+
+async def test_shared_secret_renewal_signs_credentials_with_a_later_expiry(
+    turn_server: TurnServer, redis_client: aioredis.Redis
+) -> None:
+    clock = Clock(time.time())
+    provider = CoturnSharedSecret((turn_server.secret,), (turn_server.url,))
+    node = TurnPool(redis_client, provider, size=1, ttl=600, namespace=os.urandom(4).hex(),
+                    clock=clock)
+    lease = await node.lease("call-s", "pat")
+    clock.now += 400
+    (renewed,) = await node.renew()
+    assert int(renewed.username.split(":")[0]) == int(clock.now + 600) > lease.expires
+    assert node.held[lease.key] is renewed
+    assert await allocates(turn_server, renewed)
+    assert [a["username"] for a in await node.active()] == [renewed.username]
 
 
 @pytest.fixture
@@ -141,10 +212,24 @@ async def test_a_crashed_holders_leases_return_after_their_ttl(
 
 
 async def test_return_users_file_format_hashing_atomic_rewrite_and_reload(
-    tmp_path: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """reTurn itself cannot be installed on these machines (no Debian package): this checks
     the file it reads, how it is rewritten, and the reload signal, not reTurn's behaviour."""
+    users = tmp_path / "users.txt"
+    for key in [k for k in os.environ if k.startswith("TELEMED_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("TELEMED_TURN_USERS_FILE", str(users))
+    monkeypatch.setenv("TELEMED_TURN_REALM", "telemed.test")
+    monkeypatch.setenv("TELEMED_TURN_POOL_SIZE", "3")
+    assert cli.main(["turn-users"]) == 0
+    assert "wrote 3 reTurn accounts" in capsys.readouterr().out
+    assert cli.main(["turn-users"]) == 1  # never silently replaces a live pool
+    assert [(a.login, a.realm, a.state) for a in read(users)] == [
+        (f"tm{i:04d}", "telemed.test", "refused") for i in range(3)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", a.secret) for a in read(users))
+    assert stat.S_IMODE(users.stat().st_mode) == 0o600
+
     # Stands in for reTurnServer: says so on stdout when it gets SIGHUP.
     watcher = await asyncio.create_subprocess_exec(
         sys.executable, "-c",
@@ -156,37 +241,46 @@ async def test_return_users_file_format_hashing_atomic_rewrite_and_reload(
     assert await watcher.stdout.readline() == b"ready\n"
     pid_file = tmp_path / "reTurnServer.pid"
     pid_file.write_text(str(watcher.pid))
-    users = tmp_path / "users.txt"
-    provider = ReturnUsersFile(users, "telemed.test", ("turn:10.0.0.5:3478",), size=3,
-                               pid_file=pid_file)
+    provider = ReturnUsersFile(users, "telemed.test", ("turn:10.0.0.5:3478",), pid_file=pid_file)
     try:
-        provider.write()
         first_inode = users.stat().st_ino
-        lines = [parse_line(line) for line in users.read_text().splitlines()]
-        assert [(u, r, s) for u, _, r, s in lines] == [
-            (f"tm{i:04d}", "telemed.test", "refused") for i in range(3)]
-        assert stat.S_IMODE(users.stat().st_mode) == 0o600
-
         lease = await provider.issue("call-9", "pat-9", ttl=60, now=0, slot=1)
-        login, hashed, realm, state = parse_line(users.read_text().splitlines()[1])
-        assert (login, state) == (lease.username, "authorized")
-        assert hashed == hashlib.md5(
-            f"{login}:{realm}:{lease.credential}".encode()).hexdigest()
+        account = read(users)[1]
+        assert (account.login, account.state) == (lease.username, "authorized")
+        assert account.secret == hashlib.md5(
+            f"{account.login}:telemed.test:{lease.credential}".encode()).hexdigest()
         assert lease.credential not in users.read_text()
         assert users.stat().st_ino != first_inode  # replaced by rename, never edited in place
         assert [n for n in os.listdir(tmp_path) if n.startswith(".users-")] == []
 
         await provider.revoke(lease)
-        login, hashed_after, _, state = parse_line(users.read_text().splitlines()[1])
-        assert state == "refused" and hashed_after != hashed  # the password was rotated
-        # One reload per rewrite: the initial write, the lease, the return.
-        heard = [await asyncio.wait_for(watcher.stdout.readline(), 5) for _ in range(3)]
-        assert heard == [b"reload\n"] * 3
+        after = read(users)[1]
+        assert after.state == "refused" and after.secret != account.secret  # rotated
+        # One reload per rewrite: the lease, the return.
+        heard = [await asyncio.wait_for(watcher.stdout.readline(), scaled(5)) for _ in range(2)]
+        assert heard == [b"reload\n"] * 2
     finally:
         watcher.send_signal(signal.SIGTERM)
         await watcher.wait()
     with pytest.raises(TurnExhausted):
         await provider.issue("c", "p", ttl=60, now=0, slot=3)
+
+
+async def test_return_users_file_shared_by_two_nodes_loses_no_change(tmp_path: Path) -> None:
+    """Two signalling nodes on one host write one users file: every lease either made must
+    be in the file, with the password each handed out (the file is the state)."""
+    users = tmp_path / "users.txt"
+    generate(users, "telemed.test", 24, hashed=False)
+    nodes = [ReturnUsersFile(users, "telemed.test", ("turn:x",), hashed=False)
+             for _ in range(2)]
+    leases = await asyncio.gather(*(nodes[slot % 2].issue(f"call-{slot}", "p", ttl=60, now=0,
+                                                          slot=slot) for slot in range(24)))
+    accounts = {a.login: a for a in read(users)}
+    assert len(accounts) == 24
+    assert {(accounts[lease.username].state, accounts[lease.username].secret)
+            for lease in leases} == {("authorized", lease.credential) for lease in leases}
+    await asyncio.gather(*(nodes[1].revoke(lease) for lease in leases[:12]))
+    assert sorted(a.state for a in read(users)) == ["authorized"] * 12 + ["refused"] * 12
 
 
 @pytest.fixture
@@ -205,7 +299,9 @@ async def test_a_call_between_relay_only_peers_goes_through_coturn_and_records(
     tmp_path: Path, redis_server: RedisServer, lan_turn: TurnServer
 ) -> None:
     turn_server = lan_turn
-    env = {"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_POOL_SIZE": "2"}
+    env = {"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_POOL_SIZE": "2",
+           "TELEMED_TURN_URLS": f"{turn_server.url}?transport=udp",
+           "TELEMED_TURN_SECRETS": turn_server.secret}
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
             tmp_path, redis_server.url, (kms_url,), env=env,
             turn_urls=(f"{turn_server.url}?transport=udp",),
@@ -253,16 +349,20 @@ def _selected_local_type(pc: RTCPeerConnection) -> str:
     return str(pair.local_candidate.type)
 
 
-async def test_pool_usage_is_visible_without_credentials(
+async def test_joined_lists_udp_tcp_and_tls_turn_and_usage_is_visible_without_credentials(
     tmp_path: Path, redis_server: RedisServer, turn_server: TurnServer
 ) -> None:
     import aiohttp
 
     from tests.hub_fixtures import API_KEY
 
-    env = {"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_POOL_SIZE": "7"}
+    # UDP and TCP on the TURN port, TLS on 443 for networks that allow nothing else.
+    urls = (f"{turn_server.url}?transport=udp", f"{turn_server.url}?transport=tcp",
+            "turns:turn.telemed.test:443?transport=tcp")
+    env = {"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_POOL_SIZE": "7",
+           "TELEMED_TURN_URLS": ",".join(urls), "TELEMED_TURN_SECRETS": turn_server.secret}
     async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",),
-                           env=env, turn_urls=(turn_server.url,),
+                           env=env, turn_urls=urls,
                            turn_secrets=(turn_server.secret,)) as service:
         call = service.hub.create_call(CallKind.CONSULTATION, [("p", "P", "patient"),
                                                               ("d", "D", "doctor")])
@@ -276,6 +376,8 @@ async def test_pool_usage_is_visible_without_credentials(
                 usage = await r.json()
         finally:
             await client.close()
+    (server,) = joined["iceServers"]
+    assert server["urls"] == list(urls)
     assert (usage["size"], usage["inUse"], usage["issued"]) == (7, 1, 1)
     assert usage["leases"][0]["call"] == call.id
     assert joined["iceServers"][0]["credential"] not in str(usage)

@@ -2,7 +2,8 @@
 
 Username `<expiry>:<call>:<participant>`; password base64(HMAC-SHA1(secret, username)).
 coturn checks the expiry only when an allocation is created; a live allocation keeps
-refreshing after it, so the expiry covers joining, not the whole call.
+refreshing after it. Every new peer connection (a late subscription in a conference) is a
+new allocation, so the expiry covers the call plus a margin, and the pool renews it.
 """
 
 from __future__ import annotations

@@ -45,5 +45,10 @@ class TurnProvider(Protocol):
         """Credentials for the pool's `slot` (0 … size-1), valid for `ttl` seconds."""
         ...
 
+    async def renew(self, lease: TurnLease, ttl: float, now: float) -> TurnLease:
+        """The same holder's credentials, valid `ttl` seconds from `now` (new ones where
+        the old cannot be extended)."""
+        ...
+
     async def revoke(self, lease: TurnLease) -> None:
         """Makes the credentials open no new allocation (where the server allows it)."""

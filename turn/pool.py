@@ -3,10 +3,16 @@
 A lease takes a numbered slot atomically (one Lua script), so two nodes never hand out
 the same slot; slots of a node that crashed come back when their TTL passes. The provider
 turns a slot into credentials (for reTurn, slot n is account n of the users file).
+
+A node renews the leases it holds once less than half their TTL is left (`renew()`, run
+every quarter TTL by `run_renewals()`), so a call longer than one TTL keeps its slot and
+its credentials stay valid for the new allocations a late subscription needs; a node that
+died renews nothing, and its slots return.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -45,6 +51,12 @@ end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return tonumber(slot)
 """
+# KEYS: expiries; ARGV: member, expiry. 0 when the slot is no longer this member's.
+EXTEND = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
 RELEASE = """
 local s = redis.call('HGET', KEYS[3], ARGV[1])
 if s then redis.call('HDEL', KEYS[2], s) end
@@ -67,8 +79,14 @@ class TurnPool:
         self._details = base + "lease:"
         self._acquire = redis.register_script(ACQUIRE)
         self._release = redis.register_script(RELEASE)
+        self._extend = redis.register_script(EXTEND)
+        #: Leases this node handed out and has not returned, by `TurnLease.key`.
+        self.held: dict[str, TurnLease] = {}
+        #: Told about every renewed lease (the hub may pass new credentials on).
+        self.on_renewed: list[Callable[[TurnLease], None]] = []
         self.issued = 0
         self.exhausted = 0
+        self.renewed = 0
 
     async def lease(self, call_id: str, participant: str) -> TurnLease:
         """Credentials for one participant of one call; a rejoin keeps its slot."""
@@ -82,14 +100,57 @@ class TurnPool:
                         extra={"call_id": call_id})
             raise TurnExhausted(f"all {self.size} TURN leases are in use")
         lease = await self.provider.issue(call_id, participant, self.ttl, now, slot)
-        await self.redis.set(self._details + member, json.dumps({
-            "call": call_id, "participant": participant, "username": lease.username,
-            "expires": lease.expires, "slot": slot}), ex=max(1, int(self.ttl) + 1))
+        await self._describe(lease, slot)
+        self.held[lease.key] = lease
         self.issued += 1
         return lease
 
+    async def _describe(self, lease: TurnLease, slot: int) -> None:
+        await self.redis.set(self._details + lease.key, json.dumps({
+            "call": lease.call_id, "participant": lease.participant,
+            "username": lease.username, "expires": lease.expires, "slot": slot}),
+            ex=max(1, int(self.ttl) + 1))
+
+    async def renew(self) -> list[TurnLease]:
+        """Extends the held leases with less than half their TTL left; returns them."""
+        now = self.clock()
+        renewed = []
+        for key, lease in list(self.held.items()):
+            if lease.expires - now > self.ttl / 2:
+                continue
+            if not await self._extend(keys=self._keys[:1], args=[key, now + self.ttl]):
+                # Renewed too late: the slot expired and may be someone else's by now.
+                self.held.pop(key, None)
+                log.warning("! TURN lease %s expired before it was renewed", key,
+                            extra={"call_id": lease.call_id})
+                continue
+            fresh = await self.provider.renew(lease, self.ttl, now)
+            slot = await self.redis.hget(self._keys[2], key)
+            await self._describe(fresh, int(slot) if slot is not None else -1)
+            if self.held.get(key) is lease:  # not released while we awaited
+                self.held[key] = fresh
+            self.renewed += 1
+            renewed.append(fresh)
+            for listener in self.on_renewed:
+                try:
+                    listener(fresh)
+                except Exception:
+                    log.exception("! TURN renewal listener failed",
+                                  extra={"call_id": lease.call_id})
+        return renewed
+
+    async def run_renewals(self) -> None:
+        """`renew()` every quarter TTL, until cancelled; Redis trouble is retried."""
+        while True:
+            await asyncio.sleep(self.ttl / 4)
+            try:
+                await self.renew()
+            except (aioredis.RedisError, OSError) as exc:
+                log.error("! renewing TURN leases failed: %s", type(exc).__name__)
+
     async def release(self, lease: TurnLease) -> None:
         """Returns the slot; the provider revokes what the TURN server lets it."""
+        self.held.pop(lease.key, None)
         await self._release(keys=self._keys, args=[lease.key])
         await self.redis.delete(self._details + lease.key)
         await self.provider.revoke(lease)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
 
@@ -35,6 +36,10 @@ class CoturnSharedSecret:
         return TurnLease(call_id, participant, cred.username, cred.password, self.urls,
                          cred.expires)
 
+    async def renew(self, lease: TurnLease, ttl: float, now: float) -> TurnLease:
+        # The expiry is inside the signed username: a later one needs new credentials.
+        return await self.issue(lease.call_id, lease.participant, ttl, now, 0)
+
     async def revoke(self, lease: TurnLease) -> None:
         return None  # nothing to do: they expire on their own
 
@@ -63,6 +68,12 @@ class CoturnRedisUserDb:
         await self.redis.set(self._key(name), user_key(self.realm, name, password),
                              ex=max(1, int(ttl)))
         return TurnLease(call_id, participant, name, password, self.urls, now + ttl)
+
+    async def renew(self, lease: TurnLease, ttl: float, now: float) -> TurnLease:
+        if not await self.redis.expire(self._key(lease.username), max(1, int(ttl))):
+            # The user expired already (a long outage): make a new one rather than fail.
+            return await self.issue(lease.call_id, lease.participant, ttl, now, 0)
+        return dataclasses.replace(lease, expires=now + ttl)
 
     async def revoke(self, lease: TurnLease) -> None:
         await self.redis.delete(self._key(lease.username))
