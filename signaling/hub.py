@@ -351,6 +351,14 @@ class Hub:
             "watchdogTimeout": self.watchdog_timeout,
         }
 
+    async def precheck_ice_servers(self, claims: JoinClaims) -> list[dict[str, Any]]:
+        """This participant's TURN credentials before `join`, for the page's network check.
+
+        The lease is the one `join` renews, so the call's end returns it either way.
+        """
+        call, participant = self.lookup(claims)
+        return ice_servers_for(await self._lease_turn(self._runtime(call), participant.id))
+
     async def _lease_turn(self, rt: CallRuntime, pid: str) -> TurnLease | None:
         if self.turn is None:
             return None
@@ -606,7 +614,9 @@ class Hub:
         rt = self.runtime.get(call.id)
         if rt is None:
             return ""
-        target = "publish" if expectation.direction == "from-browser" else expectation.source
+        # Whose endpoint's ICE explains it: the publisher's for its own upload and recording,
+        # the viewer's receiving endpoint for media towards the browser.
+        target = expectation.source or "publish"
         state = rt.media.ice_states.get((expectation.participant, target), "no ICE activity")
         return f"ICE {state}"
 

@@ -18,7 +18,7 @@ __all__ = ["Expectation", "Expired", "MediaWatchdog", "WatchdogTimer"]
 @dataclass(frozen=True, order=True)
 class Expectation:
     participant: str
-    direction: str  # "from-browser", "to-browser" or "browser-report"
+    direction: str  # "from-browser", "to-browser", "browser-report" or "recording"
     kind: str  # "audio" / "video", or the remote participant for to-browser/report
     source: str = ""
 
@@ -27,6 +27,8 @@ class Expectation:
             return f"no {self.kind} from {self.participant}'s browser reached the media server"
         if self.direction == "to-browser":
             return f"no {self.kind} from {self.source} was sent towards {self.participant}"
+        if self.direction == "recording":
+            return f"{self.participant}'s recording never started"
         return f"{self.participant}'s browser reported no media from {self.source}"
 
 
@@ -66,7 +68,9 @@ class MediaWatchdog:
             return None
         expectation = due[0][1]
         extra = detail(expectation) if detail else ""
-        return Expired(expectation, expectation.describe() + (f" ({extra})" if extra else ""))
+        # The direction by name as well as in words: operators grep for it.
+        context = ", ".join([f"direction {expectation.direction}", *([extra] if extra else [])])
+        return Expired(expectation, f"{expectation.describe()} ({context})")
 
     @property
     def pending(self) -> bool:

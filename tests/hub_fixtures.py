@@ -129,6 +129,8 @@ class CallClient:
         self.ice_servers: list[dict[str, Any]] = []
         #: `iceTransportPolicy: relay`: only TURN relay candidates, as a locked-down network.
         self.relay_only = False
+        #: Send an offer without any candidate: a client that never trickles them either.
+        self.withhold_candidates = False
 
     async def connect(self) -> None:
         self.http = aiohttp.ClientSession()
@@ -211,6 +213,9 @@ class CallClient:
         offer = pc.localDescription.sdp
         if self.mdns_candidates:
             offer = "\r\n".join(_as_mdns(line) for line in offer.split("\r\n"))
+        if self.withhold_candidates:
+            offer = "\r\n".join(line for line in offer.split("\r\n")
+                                if not line.startswith(("a=candidate", "a=end-of-candidates")))
         reply = await self.request(kind, sdp=offer, **fields)
         sdp = reply["sdp"]
         if self.strip_remote_candidates:

@@ -10,9 +10,10 @@ import pytest
 from kurento_ctl.client import KurentoClient
 from kurento_ctl.objects import ServerManager
 from signaling.call import CallKind, CallState, FailureReason
+from tests.helpers import scaled, wait_until
 from tests.hub_fixtures import CallClient, ProtocolError, run_service
 from tests.media_fixtures import ffprobe, run_mediaserver
-from tests.services import RedisServer
+from tests.services import RedisServer, TurnServer
 
 
 async def test_a_consultation_is_live_recorded_and_ends_cleanly(
@@ -61,39 +62,73 @@ async def test_a_consultation_is_live_recorded_and_ends_cleanly(
         assert "recording" in timeline and "client.mediaReceived" in timeline
 
 
+WATCHDOG = 2.0  # seconds; the configured timeout, deliberately not scaled
+
+
+@pytest.mark.parametrize("fault", ["candidates-filtered", "candidates-withheld"])
 async def test_a_peer_whose_ice_never_succeeds_fails_the_call_with_no_media(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, turn_server: TurnServer, fault: str
 ) -> None:
+    env = {"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_POOL_SIZE": "4",
+           "TELEMED_TURN_URLS": turn_server.url, "TELEMED_TURN_SECRETS": turn_server.secret}
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
-            run_service(tmp_path, redis_server.url, (kms_url,),
-                        watchdog_timeout=1.5) as service:
+            run_service(tmp_path, redis_server.url, (kms_url,), watchdog_timeout=WATCHDOG,
+                        env=env, turn_urls=(turn_server.url,),
+                        turn_secrets=(turn_server.secret,)) as service:
         hub = service.hub
+        assert hub.turn is not None
         call = hub.create_call(CallKind.CONSULTATION, [("pat-2", "P", "patient"),
                                                       ("doc-2", "D", "doctor")])
+        reported: list[dict[str, object]] = []
+        hub.hooks.append(lambda event, c, data: reported.append(data)
+                         if event == "call.failed" else None)
         patient = CallClient(service, service.token(call.id, "pat-2"))
-        # Its candidates are all mDNS names (dropped by the hub) and it ignores ours:
-        # ICE cannot start, media never flows, and nothing in WebRTC ever gives up.
-        patient.mdns_candidates = True
+        doctor = CallClient(service, service.token(call.id, "doc-2", role="doctor"))
+        # Every candidate of the patient is an mDNS name (dropped by the hub), or it sends
+        # none at all; it ignores ours too. ICE cannot start, media never flows, and nothing
+        # in WebRTC ever gives up. The doctor's side works, and is being recorded.
+        patient.mdns_candidates = fault == "candidates-filtered"
+        patient.withhold_candidates = fault == "candidates-withheld"
         patient.strip_remote_candidates = True
         try:
-            await patient.connect()
+            await asyncio.gather(patient.connect(), doctor.connect())
             await patient.join()
-            offer_started = asyncio.get_running_loop().time()
-            pc_task = asyncio.create_task(patient.publish())
-            failed = await patient.wait_event("callFailed", timeout=10)
-            elapsed = asyncio.get_running_loop().time() - offer_started
-            await pc_task
+            await doctor.join()
+            assert await hub.turn.in_use() == 2
+            await doctor.publish()
+            await doctor.wait_event("recording")
+            for kind in ("audio", "video"):
+                await doctor.wait_event("mediaFlowing", lambda e, k=kind: e["kind"] == k)
+            loop = asyncio.get_running_loop()
+            offer_sent = loop.time()
+            await patient.publish()
+            failed, doctor_failed = await asyncio.gather(
+                patient.wait_event("callFailed", timeout=WATCHDOG + 10),
+                doctor.wait_event("callFailed", timeout=WATCHDOG + 10))
+            elapsed = loop.time() - offer_sent
         finally:
-            await patient.close()
-        assert failed["reason"] == "no-media"
-        assert "pat-2" in failed["detail"] and "ICE" in failed["detail"]
+            await asyncio.gather(patient.close(), doctor.close())
+        assert failed["reason"] == doctor_failed["reason"] == "no-media"
+        assert failed["detail"] == doctor_failed["detail"]
+        detail = str(failed["detail"])
+        assert "pat-2's browser" in detail and "direction from-browser" in detail, detail
+        assert "ICE" in detail
         assert call.failure is FailureReason.NO_MEDIA
-        assert 1.5 <= elapsed < 5.0
+        assert WATCHDOG <= elapsed < WATCHDOG + scaled(1.5), elapsed  # at the timeout
+        await wait_until(lambda: reported, timeout=10, describe=lambda: hub.runtime)
+        assert [r["reason"] for r in reported] == ["no-media"]  # what the MIS webhook carries
         async with KurentoClient(kms_url) as kc:
             assert await ServerManager(kc).get_pipelines() == []
         assert hub.runtime == {}
-        # No media reached the recorder, so there is nothing to keep; whatever exists is whole.
-        for recording in service.settings.recordings_path.rglob("*.webm"):
-            await ffprobe(recording)
-        drops = [e for e in call.timeline.as_list() if e["event"] == "candidates-dropped"]
-        assert drops and set(drops[0]["reasons"]) == {"mdns"}
+        assert await hub.turn.in_use() == 0
+        # The doctor's recording was finalized (stopAndWait) and is whole; the patient's
+        # recorder never saw media, so nothing of it is kept.
+        files = {f.name: f for f in service.settings.recordings_path.rglob("*.webm")}
+        assert "doc-2.webm" in files, sorted(files)
+        for f in files.values():
+            info = await ffprobe(f)
+            assert float(info["format"]["duration"]) > 0
+        if fault == "candidates-filtered":
+            drops = [e for e in call.timeline.as_list() if e["event"] == "candidates-dropped"
+                     and e["participant"] == "pat-2" and e["direction"] == "from-browser"]
+            assert drops and set(drops[0]["reasons"]) == {"mdns"}

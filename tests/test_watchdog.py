@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from signaling.watchdog import Expectation, Expired, MediaWatchdog, WatchdogTimer
 from tests.helpers import within
 
@@ -39,11 +41,28 @@ def test_forgetting_a_participant_drops_what_involves_them() -> None:
     assert not wd.pending
 
 
-def test_the_detail_callback_adds_ice_state() -> None:
+def test_the_detail_names_the_direction_and_the_ice_state() -> None:
     wd = MediaWatchdog(timeout=1)
     wd.expect(AUDIO, now=0)
     expired = wd.check(2, detail=lambda e: "ICE CONNECTING")
-    assert expired is not None and expired.detail.endswith("(ICE CONNECTING)")
+    assert expired is not None
+    assert expired.detail == ("no audio from pat's browser reached the media server "
+                              "(direction from-browser, ICE CONNECTING)")
+
+
+@pytest.mark.parametrize(("expectation", "words"), [
+    (TO, "no video from doc was sent towards pat (direction to-browser)"),
+    (Expectation("pat", "browser-report", "media", "doc"),
+     "pat's browser reported no media from doc (direction browser-report)"),
+    (Expectation("pat", "recording", "file"),
+     "pat's recording never started (direction recording)"),
+])
+def test_every_kind_of_expectation_says_what_is_missing(expectation: Expectation,
+                                                        words: str) -> None:
+    wd = MediaWatchdog(timeout=1)
+    wd.expect(expectation, now=0)
+    expired = wd.check(1)
+    assert expired is not None and expired.detail == words
 
 
 async def test_the_timer_fires_at_the_deadline_and_not_after_proof() -> None:
