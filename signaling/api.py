@@ -1,7 +1,9 @@
 """REST API for the MIS under /api/v1: create calls, mint join tokens, read and end calls.
 
-Authenticated with an API key (`Authorization: Bearer <key>`), compared in constant time
-against the SHA-256 hashes in the settings. Errors are JSON: `{"code", "message", "field"}`.
+Authenticated with `Authorization: Bearer <credential>`: an API key, compared in constant
+time against the SHA-256 hashes in the settings, or a short-lived JWT the MIS signs with
+its shared secret for audience `telemed-api`, each usable once. Errors are JSON:
+`{"code", "message", "field"}`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from collections import defaultdict, deque
 from typing import Any
 
+import jwt
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from signaling.call import Call, CallKind, CallState
@@ -33,6 +37,12 @@ MAX_BODY = 65536
 IDEMPOTENCY_TTL = 24 * 3600
 #: Failed authentications allowed per client address per minute before 429.
 AUTH_FAILURES_PER_MINUTE = 20
+#: `aud` of the JWTs the MIS signs to call the API; join tokens carry another one, so
+#: neither kind of token can stand in for the other.
+API_AUDIENCE = "telemed-api"
+#: Longest `exp - iat` accepted for an API JWT: a leaked one is useless soon.
+API_JWT_LIFETIME = 300
+JWT_LEEWAY = 5
 
 
 def problem(status: int, code: str, message: str, field: str | None = None) -> web.Response:
@@ -74,22 +84,51 @@ class Api:
         self.app = app
         self._failures: defaultdict[str, deque[float]] = defaultdict(deque)
 
-    def _authorized(self, request: web.Request) -> bool:
+    async def _authenticate(self, request: web.Request) -> str | None:
+        """None when the credential is good, else why not (for the log, never the secret)."""
         from signaling.app import ENDPOINTS
 
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
-            return False
-        digest = hashlib.sha256(header[7:].strip().encode()).hexdigest()
+            return "no bearer credential"
+        credential = header[7:].strip()
+        if credential.count(".") == 2:
+            return await self._jwt_problem(request, credential)
+        digest = hashlib.sha256(credential.encode()).hexdigest()
         # Compare against every key so the time taken does not tell which one matched.
         matches = [hmac.compare_digest(digest, h) for h in request.app[ENDPOINTS].api_key_hashes]
-        return any(matches)
+        return None if any(matches) else "unknown API key"
+
+    async def _jwt_problem(self, request: web.Request, token: str) -> str | None:
+        from signaling.app import ENDPOINTS, REDIS, SETTINGS
+
+        try:
+            claims = jwt.decode(
+                token, request.app[ENDPOINTS].jwt_secret, algorithms=["HS256"],
+                audience=API_AUDIENCE, issuer=request.app[SETTINGS].auth.jwt_issuer,
+                leeway=JWT_LEEWAY, options={"require": ["exp", "iat", "jti", "iss", "aud"]})
+        except jwt.PyJWTError as exc:
+            return f"JWT refused: {type(exc).__name__}"
+        if not isinstance(claims["jti"], str) or not 0 < len(claims["jti"]) <= 200:
+            return "JWT refused: bad jti"
+        if int(claims["exp"]) - int(claims["iat"]) > API_JWT_LIFETIME:
+            return f"JWT refused: lives longer than {API_JWT_LIFETIME}s"
+        slot = "telemed:api:jti:" + hashlib.sha256(claims["jti"].encode()).hexdigest()
+        # Remembered until the token expires anyway: a replayed request is refused.
+        fresh = await request.app[REDIS].set(slot, 1, nx=True,
+                                             exat=int(claims["exp"]) + JWT_LEEWAY + 1)
+        return None if fresh else "JWT replayed (jti already used)"
 
     def _too_many_failures(self, remote: str) -> bool:
-        window = self._failures[remote]
+        window = self._failures.get(remote)
+        if window is None:
+            return False
         now = time.monotonic()
         while window and window[0] < now - 60:
             window.popleft()
+        if not window:
+            del self._failures[remote]  # so many one-off addresses cannot grow the table
+            return False
         return len(window) >= AUTH_FAILURES_PER_MINUTE
 
     @web.middleware
@@ -99,10 +138,17 @@ class Api:
         remote = request.remote or "?"
         if self._too_many_failures(remote):
             return problem(429, "rate.limited", "too many failed authentications; wait a minute")
-        if not self._authorized(request):
+        try:
+            refused = await self._authenticate(request)
+        except (aioredis.RedisError, OSError) as exc:
+            log.error("! cannot check an API JWT: %s", type(exc).__name__)
+            return problem(503, "internal", "cannot check the token now; try again shortly")
+        if refused is not None:
             self._failures[remote].append(time.monotonic())
-            log.warning("! API request without a valid key from %s", remote)
-            return problem(401, "auth.invalid", "a valid API key is required")
+            log.warning("! API request refused from %s: %s", remote, refused)
+            message = ("this token was already used; sign a new one per request"
+                       if "replayed" in refused else "a valid API key or MIS JWT is required")
+            return problem(401, "auth.invalid", message)
         if (request.content_length or 0) > MAX_BODY:
             return problem(413, "request.too_large", f"request bodies are at most {MAX_BODY} bytes")
         try:
@@ -116,19 +162,23 @@ class Api:
                 status = 507
             return problem(status, exc.code, exc.message)
 
-    def tokens(self, call: Call, only: str | None = None) -> list[dict[str, Any]]:
+    def tokens(self, call: Call | dict[str, Any], only: str | None = None
+               ) -> list[dict[str, Any]]:
+        """A join token and link per participant of a call (or of its stored snapshot)."""
         from signaling.app import ENDPOINTS, SETTINGS
 
         settings = self.app[SETTINGS]
+        if isinstance(call, Call):
+            call = call.describe()
         out = []
-        for p in call.participants.values():
-            if only is not None and p.id != only:
+        for p in call["participants"]:
+            if only is not None and p["id"] != only:
                 continue
             token = mint_join_token(
                 key=self.app[ENDPOINTS].jwt_secret, issuer=settings.auth.jwt_issuer,
-                audience=settings.auth.jwt_audience, subject=p.id, name=p.name,
-                role=p.role, call_id=call.id, ttl=settings.auth.token_ttl)  # type: ignore[arg-type]
-            out.append({"id": p.id, "role": p.role, "token": token,
+                audience=settings.auth.jwt_audience, subject=p["id"], name=p["name"],
+                role=p["role"], call_id=call["id"], ttl=settings.auth.token_ttl)
+            out.append({"id": p["id"], "role": p["role"], "token": token,
                         "link": f"{settings.public_url}/join/{token}"})
         return out
 
@@ -149,24 +199,8 @@ class Api:
 
         body = await self._json(request)
         key = request.headers.get("Idempotency-Key")
-        slot: str | None = None
-        fingerprint: str | None = None
-        if key is not None:
-            if not 0 < len(key) <= 200:
-                raise Invalid("Idempotency-Key", "1-200 characters")
-            fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-            slot = "telemed:idempotency:" + hashlib.sha256(key.encode()).hexdigest()
-            seen = await request.app[REDIS].get(slot)
-            if seen is not None:
-                earlier_fp, call_id = as_text(seen).split(" ", 1)
-                if earlier_fp != fingerprint:
-                    return problem(409, "request.conflict",
-                                   "this Idempotency-Key was used for a different request")
-                earlier = request.app[HUB].calls.get(call_id)
-                if earlier is not None:
-                    return web.json_response(
-                        {**earlier.describe(), "participants": self.tokens(earlier)},
-                        status=200)
+        if key is not None and not 0 < len(key) <= 200:
+            raise Invalid("Idempotency-Key", "1-200 characters")
         try:
             kind = CallKind(str(body.get("kind")))
         except ValueError:
@@ -175,19 +209,57 @@ class Api:
         metadata = body.get("metadata", {})
         if not isinstance(metadata, dict):
             raise Invalid("metadata", "an object")
-        call = request.app[HUB].create_call(kind, participants, metadata)
+        redis = request.app[REDIS]
+        slot: str | None = None
+        fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        if key is not None:
+            slot = "telemed:idempotency:" + hashlib.sha256(key.encode()).hexdigest()
+            # Claimed before the call exists, so two concurrent retries cannot both create one.
+            if not await redis.set(slot, f"{fingerprint} -", nx=True, ex=IDEMPOTENCY_TTL):
+                return await self._repeat(request, slot, fingerprint)
+        try:
+            call = request.app[HUB].create_call(kind, participants, metadata)
+        except BaseException:
+            if slot is not None:
+                await redis.delete(slot)
+            raise
         # The 201 promises the call and its call.created webhook survive a crash from now on.
         await request.app[SINK].settle()
         if slot is not None:
-            await request.app[REDIS].set(slot, f"{fingerprint} {call.id}", ex=IDEMPOTENCY_TTL)
-        return web.json_response({**call.describe(), "participants": self.tokens(call)},
+            await redis.set(slot, f"{fingerprint} {call.id}", ex=IDEMPOTENCY_TTL)
+        described = call.describe()
+        return web.json_response({**described, "participants": self.tokens(described)},
                                  status=201)
 
-    def _call(self, request: web.Request) -> Call:
-        from signaling.app import HUB
+    async def _repeat(self, request: web.Request, slot: str, fingerprint: str
+                      ) -> web.Response:
+        """A retry of a POST /calls whose Idempotency-Key was seen: the first answer again."""
+        from signaling.app import HUB, REDIS, STORE
 
-        call = request.app[HUB].calls.get(request.match_info["call_id"])
+        seen = await request.app[REDIS].get(slot)
+        earlier_fp, call_id = as_text(seen or "- -").split(" ", 1)
+        if earlier_fp != fingerprint:
+            return problem(409, "request.conflict",
+                           "this Idempotency-Key was used for a different request")
+        live = request.app[HUB].calls.get(call_id)
+        # After a restart the call is only in the history; it is the same call all the same.
+        earlier = live.describe() if live is not None else await request.app[STORE].get(call_id)
+        if earlier is None:
+            return problem(409, "request.conflict",
+                           "the first request with this Idempotency-Key is still being "
+                           "processed; retry shortly")
+        earlier = {k: v for k, v in earlier.items() if k != "timeline"}
+        return web.json_response({**earlier, "participants": self.tokens(earlier)}, status=200)
+
+    async def _call(self, request: web.Request) -> Call:
+        from signaling.app import HUB, STORE
+
+        call_id = request.match_info["call_id"]
+        call = request.app[HUB].calls.get(call_id)
         if call is None:
+            if await request.app[STORE].get(call_id) is not None:
+                # Only history knows it: it finished in an earlier run of the service.
+                raise CallError("the call is over", code="call.ended")
             raise CallError("no such call", code="call.not_found")
         return call
 
@@ -228,12 +300,12 @@ class Api:
     async def end_call(self, request: web.Request) -> web.Response:
         from signaling.app import HUB
 
-        call = self._call(request)
+        call = await self._call(request)
         await request.app[HUB].end(call.id)
         return web.json_response(call.describe())
 
     async def new_tokens(self, request: web.Request) -> web.Response:
-        call = self._call(request)
+        call = await self._call(request)
         body = await self._json(request, optional=True)
         only = body.get("participant")
         if only is not None and not isinstance(only, str):
@@ -247,7 +319,7 @@ class Api:
     async def remove_participant(self, request: web.Request) -> web.Response:
         from signaling.app import HUB
 
-        call = self._call(request)
+        call = await self._call(request)
         await request.app[HUB].kick(call.id, request.match_info["participant"])
         return web.json_response(call.describe())
 

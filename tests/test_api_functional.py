@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 
+from signaling.app import RECORDINGS
 from signaling.tokens import verify_join_token
 from tests.hub_fixtures import (
     API_KEY,
@@ -22,6 +26,7 @@ from tests.hub_fixtures import (
 )
 from tests.media_fixtures import run_mediaserver
 from tests.services import RedisServer
+from tests.webhook_receiver import run_receiver
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CONSULTATION = {
@@ -33,7 +38,8 @@ CONSULTATION = {
 
 
 @pytest.fixture
-async def service(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Service]:
+async def service(tmp_path: Path, redis_server: RedisServer, redis_client: Any
+                  ) -> AsyncIterator[Service]:
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,)) as svc:
         yield svc
@@ -91,7 +97,76 @@ async def test_created_call_hands_out_links_that_join_it(
     assert "joined" in [e["event"] for e in state["timeline"]]
 
 
+async def nothing_stored(redis_client: Any) -> bool:
+    """No call in the history and no idempotency claim left behind."""
+    calls = await redis_client.zcard("telemed:calls:index")
+    claims = await redis_client.keys("telemed:idempotency:*")
+    return bool(calls == 0 and claims == [])
+
+
+def mis_jwt(**overrides: Any) -> str:
+    """What the MIS signs to call the API instead of sending an API key."""
+    now = int(time.time())
+    claims = {"iss": "mis", "aud": "telemed-api", "iat": now, "exp": now + 60,
+              "jti": uuid.uuid4().hex, **overrides}
+    return jwt.encode({k: v for k, v in claims.items() if v is not None}, JWT_SECRET,
+                      algorithm="HS256")
+
+
+async def test_a_jwt_signed_by_the_mis_authenticates_once(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    token = mis_jwt()
+    status, body = await post(http, f"{service.url}/api/v1/calls", CONSULTATION,
+                              headers={"Authorization": f"Bearer {token}"})
+    assert status == 201, body
+    status, body = await post(http, f"{service.url}/api/v1/calls", CONSULTATION,
+                              headers={"Authorization": f"Bearer {token}"})
+    assert (status, body["code"]) == (401, "auth.invalid")
+    assert "already used" in body["message"]
+    assert len(service.hub.calls) == 1
+
+
+@pytest.mark.parametrize("token", [
+    pytest.param(lambda: mis_jwt(aud="telemed"), id="join-token-audience"),
+    pytest.param(lambda: mis_jwt(iss="someone-else"), id="wrong-issuer"),
+    pytest.param(lambda: mis_jwt(exp=int(time.time()) - 60), id="expired"),
+    pytest.param(lambda: mis_jwt(exp=int(time.time()) + 3600), id="lives-too-long"),
+    pytest.param(lambda: mis_jwt(jti=None), id="no-jti"),
+    pytest.param(lambda: mis_jwt()[:-3] + "AAA", id="forged-signature"),
+    pytest.param(lambda: jwt.encode({"iss": "mis", "aud": "telemed-api", "jti": "x",
+                                     "iat": int(time.time()), "exp": int(time.time()) + 60},
+                                    "not-the-secret-" * 3, algorithm="HS256"),
+                 id="other-key"),
+])
+async def test_jwts_that_are_not_the_mis_fresh_own_are_refused(
+    service: Service, http: aiohttp.ClientSession, redis_client: Any, token: Any
+) -> None:
+    status, body = await post(http, f"{service.url}/api/v1/calls", CONSULTATION,
+                              headers={"Authorization": f"Bearer {token()}"})
+    assert (status, body["code"]) == (401, "auth.invalid")
+    assert service.hub.calls == {} and await nothing_stored(redis_client)
+
+
+async def test_a_join_token_does_not_open_the_api(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    _, created = await post(http, f"{service.url}/api/v1/calls", CONSULTATION)
+    join = created["participants"][0]["token"]
+    async with http.get(f"{service.url}/api/v1/calls",
+                        headers={"Authorization": f"Bearer {join}"}) as r:
+        assert (r.status, (await r.json())["code"]) == (401, "auth.invalid")
+
+
 @pytest.mark.parametrize(("change", "field"), [
+    ({"kind": None}, "kind"),
+    ({"participants": None}, "participants"),
+    ({"participants": "pat-1"}, "participants"),
+    ({"participants": ["pat-1"]}, "participants[0]"),
+    ({"participants": [{"name": "A", "role": "patient"}]}, "participants[0].id"),
+    ({"participants": [{"id": 7, "name": "A", "role": "patient"}]}, "participants[0].id"),
+    ({"participants": [{"id": "a", "name": ["A"], "role": "patient"}]},
+     "participants[0].name"),
     ({"kind": "party"}, "kind"),
     ({"participants": []}, "participants"),
     ({"participants": [{"id": "a", "name": "A", "role": "nurse"}]}, "participants[0].role"),
@@ -102,11 +177,15 @@ async def test_created_call_hands_out_links_that_join_it(
     ({"metadata": [1]}, "metadata"),
 ])
 async def test_invalid_calls_name_the_field_and_create_nothing(
-    service: Service, http: aiohttp.ClientSession, change: dict[str, Any], field: str
+    service: Service, http: aiohttp.ClientSession, redis_client: Any,
+    change: dict[str, Any], field: str
 ) -> None:
-    status, body = await post(http, f"{service.url}/api/v1/calls", {**CONSULTATION, **change})
+    request = {k: v for k, v in {**CONSULTATION, **change}.items() if v is not None}
+    status, body = await post(http, f"{service.url}/api/v1/calls", request,
+                              headers={**AUTH, "Idempotency-Key": "k-1"})
     assert (status, body["code"], body["field"]) == (422, "request.invalid", field)
     assert service.hub.calls == {}
+    assert await nothing_stored(redis_client)
 
 
 async def test_body_that_is_not_json_is_refused(
@@ -191,6 +270,56 @@ async def test_idempotent_creation_returns_the_same_call(
     assert len(service.hub.calls) == 1
 
 
+async def test_concurrent_retries_with_one_idempotency_key_make_one_call(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    headers = {**AUTH, "Idempotency-Key": "visit-V-2"}
+    answers = await asyncio.gather(*(post(http, f"{service.url}/api/v1/calls", CONSULTATION,
+                                          headers=headers) for _ in range(5)))
+    assert len(service.hub.calls) == 1
+    (call_id,) = service.hub.calls
+    assert [status for status, _ in answers].count(201) == 1
+    for status, body in answers:
+        # Either the call, or "still being processed" for a retry that raced the first.
+        assert (status, body.get("id")) in ((201, call_id), (200, call_id)) or \
+            (status, body["code"]) == (409, "request.conflict"), body
+
+
+async def test_an_idempotent_retry_after_a_restart_returns_the_same_call(
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any,
+    http: aiohttp.ClientSession
+) -> None:
+    headers = {**AUTH, "Idempotency-Key": "visit-V-3"}
+    async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",)) as a:
+        status, first = await post(http, f"{a.url}/api/v1/calls", CONSULTATION,
+                                   headers=headers)
+        assert status == 201
+    async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",)) as b:
+        status, again = await post(http, f"{b.url}/api/v1/calls", CONSULTATION,
+                                   headers=headers)
+        assert (status, again["id"]) == (200, first["id"])
+        assert b.hub.calls == {}
+        status, body = await post(http, f"{b.url}/api/v1/calls/{first['id']}/end")
+        assert (status, body["code"]) == (409, "call.ended")
+
+
+async def test_unknown_participants_and_calls_are_404_and_change_nothing(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    _, created = await post(http, f"{service.url}/api/v1/calls", CONSULTATION)
+    base = f"{service.url}/api/v1/calls/{created['id']}"
+    async with http.delete(f"{base}/participants/nobody", headers=AUTH) as r:
+        assert (r.status, (await r.json())["code"]) == (404, "participant.not_found")
+    async with http.delete(f"{service.url}/api/v1/calls/nope/participants/pat-1",
+                           headers=AUTH) as r:
+        assert (r.status, (await r.json())["code"]) == (404, "call.not_found")
+    async with http.get(f"{service.url}/api/v1/calls/nope", headers=AUTH) as r:
+        assert (r.status, (await r.json())["code"]) == (404, "call.not_found")
+    call = service.hub.calls[created["id"]]
+    assert call.state.value == "created"
+    assert not any(p.extra.get("removed") for p in call.participants.values())
+
+
 async def test_one_participant_gets_a_new_token_and_a_removed_one_is_out(
     service: Service, http: aiohttp.ClientSession
 ) -> None:
@@ -239,29 +368,100 @@ async def test_oversized_bodies_and_repeated_bad_keys_are_refused(
     assert service.hub.calls == {}
 
 
+def validator(doc: dict[str, Any], name: str) -> Any:
+    """A JSON Schema validator for one of the document's components (OpenAPI 3.1 schemas
+    are JSON Schema 2020-12; `#/components/...` resolves against this wrapper)."""
+    import jsonschema  # type: ignore[import-untyped]
+
+    return jsonschema.Draft202012Validator(
+        {"$ref": f"#/components/schemas/{name}", "components": doc["components"]})
+
+
+async def make_recording(service: Service, call_id: str) -> None:
+    """A real WEBM (ffmpeg's test pattern) finalized by the service's own worker."""
+    folder = service.settings.recordings_path / "2026" / "01" / "02" / call_id
+    folder.mkdir(parents=True)
+    proc = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:d=1",
+        "-c:v", "libvpx", str(folder / "pat-1.webm"))
+    assert await proc.wait() == 0
+    await service.app[RECORDINGS].finalize(folder, {
+        "id": call_id, "kind": "consultation", "state": "ended", "createdAt": time.time(),
+        "participants": [{"id": "pat-1", "name": "P", "role": "patient"}],
+        "recordings": ["pat-1.webm"]})
+
+
 async def test_every_route_is_in_the_openapi_document_and_answers_match_it(
-    service: Service, http: aiohttp.ClientSession
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any,
+    http: aiohttp.ClientSession
 ) -> None:
+    """Every route documented; real requests and answers validate against the document;
+    schemathesis, given real ids for every path, finds no 5xx and no answer off-schema."""
     import re as regex
 
-    async with http.get(f"{service.url}/api/v1/openapi.json") as r:
-        doc = await r.json()
-    routes = {(route.method.lower(), regex.sub(r"\{(\w+)\}", r"{\1}",
-                                               route.resource.canonical))
-              for route in service.app.router.routes()
-              if route.resource is not None
-              and route.resource.canonical.startswith("/api/v1/")
-              and route.method != "HEAD"} - {("get", "/api/v1/openapi.json")}
-    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
-    assert routes == documented
+    async with run_receiver("s" * 32) as receiver, run_service(
+            tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",), env={
+                "TELEMED_WEBHOOKS_ENDPOINTS": receiver.url,
+                "TELEMED_WEBHOOKS_SECRET": "s" * 32}) as service:
+        async with http.get(f"{service.url}/api/v1/openapi.json") as r:
+            doc = await r.json()
+        routes = {(route.method.lower(), regex.sub(r"\{(\w+)\}", r"{\1}",
+                                                   route.resource.canonical))
+                  for route in service.app.router.routes()
+                  if route.resource is not None
+                  and route.resource.canonical.startswith("/api/v1/")
+                  and route.method != "HEAD"} - {("get", "/api/v1/openapi.json")}
+        documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+        assert routes == documented
 
-    env = {**__import__("os").environ, "PYTHONWARNINGS": "ignore"}
-    proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "st"), "run", f"{service.url}/api/v1/openapi.json",
-        "-H", f"Authorization: Bearer {API_KEY}",
-        "--checks", "not_a_server_error,response_schema_conformance,status_code_conformance",
-        "--max-examples", "25", "--generation-deterministic", "--phases",
-        "examples,coverage,fuzzing",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0, out.decode()[-4000:]
+        validator(doc, "NewCall").validate(CONSULTATION)
+        status, created = await post(http, f"{service.url}/api/v1/calls", CONSULTATION)
+        assert status == 201
+        validator(doc, "CreatedCall").validate(created)
+        event = await receiver.wait_for("call.created", created["id"])
+        async with http.get(f"{service.url}/api/v1/webhooks/events/{event['id']}",
+                            headers=AUTH) as r:
+            validator(doc, "WebhookEvent").validate(await r.json())
+        async with http.get(f"{service.url}/api/v1/calls/{created['id']}",
+                            headers=AUTH) as r:
+            validator(doc, "Call").validate(await r.json())
+        recorded = uuid.uuid4().hex
+        await make_recording(service, recorded)
+        async with http.get(f"{service.url}/api/v1/recordings/{recorded}", headers=AUTH) as r:
+            meta = await r.json()
+        validator(doc, "Recording").validate(meta)
+        assert meta["state"] == "verified", meta
+
+        config = tmp_path / "schemathesis.toml"
+        config.write_text(f"""
+[[operations]]
+include-path-regex = '^/api/v1/recordings/[{{]call_id[}}]'
+parameters = {{ "path.call_id" = "{recorded}", "path.name" = "pat-1.webm" }}
+
+[[operations]]
+include-path = "/api/v1/webhooks/events/{{event_id}}"
+parameters = {{ "path.event_id" = "{event['id']}" }}
+
+[[operations]]
+include-path-regex = '^/api/v1/calls/[{{]call_id[}}]'
+parameters = {{ "path.call_id" = "{created['id']}" }}
+""")
+        env = {**__import__("os").environ, "PYTHONWARNINGS": "ignore"}
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "st"), "--config-file", str(config), "run",
+            f"{service.url}/api/v1/openapi.json", "-H", f"Authorization: Bearer {API_KEY}",
+            "--checks",
+            "not_a_server_error,response_schema_conformance,status_code_conformance",
+            "--max-examples", "25", "--generation-deterministic", "--phases",
+            "examples,coverage,fuzzing",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+            cwd=tmp_path)  # its cache goes there, not into the checkout
+        out, _ = await proc.communicate()
+        text = out.decode()
+        assert proc.returncode == 0, text[-4000:]
+        assert "Tested: 13" in text, text[-3000:]
+        # The ids given above reach every operation's real work; only a random participant
+        # for /tokens may keep finding nobody.
+        warnings = text.partition(" WARNINGS ")[2].partition(" SUMMARY ")[0]
+        assert not regex.findall(r"- \w+ /api/v1/(?!calls/\{call_id\}/tokens)\S+",
+                                 warnings.partition("Schema validation mismatch")[0]), warnings
