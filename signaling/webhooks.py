@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import redis.asyncio as aioredis
 
-__all__ = ["EVENTS", "Endpoint", "Outbox", "as_text", "parse_endpoint", "sign", "verify_signature"]
+__all__ = ["EVENTS", "Endpoint", "Outbox", "as_text", "backoff", "parse_endpoint", "sign",
+           "verify_signature"]
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,11 @@ EVENTS = ("call.created", "call.live", "participant.joined", "participant.left",
           "recording.ready", "recording.failed")
 PREFIX = "telemed:webhooks:"
 LOG_LIMIT = 50
+#: Events and their delivery logs stay readable this long (an endpoint down for longer
+#: loses them: its queue skips events that are gone).
+EVENT_TTL = 30 * 86400
 ENQUEUE = """
-redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 local n = redis.call('INCR', KEYS[2])
 for i = 3, #KEYS do redis.call('ZADD', KEYS[i], n, ARGV[2]) end
 return n
@@ -73,6 +77,11 @@ def parse_endpoint(entry: str) -> Endpoint:
         if not any(fnmatch.fnmatchcase(e, p) for e in EVENTS):
             raise ValueError(f"{p!r} matches no event (events: {', '.join(EVENTS)})")
     return Endpoint(url, tuple(patterns) or ("*",))
+
+
+def backoff(attempts: int, base: float, cap: float) -> float:
+    """Delay after the `attempts`-th failure in a row: base, 2 base, 4 base... up to cap."""
+    return float(min(cap, base * 2 ** min(attempts - 1, 64)))
 
 
 def sign(secret: str, body: bytes, now: float) -> str:
@@ -126,7 +135,8 @@ class Outbox:
         # all, numbered by a global sequence so each queue keeps the order events happened in.
         await self._enqueue(keys=[f"{PREFIX}event:{event_id}", f"{PREFIX}seq",
                                   *(f"{PREFIX}queue:{e.key}" for e in wanting)],
-                            args=[json.dumps(body, separators=(",", ":")), event_id])
+                            args=[json.dumps(body, separators=(",", ":")), event_id,
+                                  EVENT_TTL])
         for endpoint in wanting:
             self._wake[endpoint.key].set()
         return event_id
@@ -210,16 +220,18 @@ class Outbox:
             async with self.redis.pipeline(transaction=True) as tx:
                 tx.rpush(log_key, json.dumps(record))
                 tx.ltrim(log_key, -LOG_LIMIT, -1)
+                tx.expire(log_key, EVENT_TTL)
                 tx.zrem(queue, event_id)
                 tx.delete(state)
                 await tx.execute()
             return None
-        delay = min(self.retry_cap, self.retry_base * 2 ** (attempts - 1))
+        delay = backoff(attempts, self.retry_base, self.retry_cap)
         log.warning("! webhook %s to %s failed (%s); retry %d in %.1fs", event_id,
                     endpoint.url, error or status, attempts, delay)
         async with self.redis.pipeline(transaction=True) as tx:
             tx.rpush(log_key, json.dumps(record))
             tx.ltrim(log_key, -LOG_LIMIT, -1)
+            tx.expire(log_key, EVENT_TTL)
             tx.hset(state, mapping={"event": event_id, "attempts": attempts,
                                     "not_before": self.clock() + delay})
             await tx.execute()
@@ -233,7 +245,9 @@ class Outbox:
                    "X-Telemed-Event-Id": event_id,
                    "X-Telemed-Signature": sign(self.secret, raw, self.clock())}
         try:
-            async with self._http.post(endpoint.url, data=raw, headers=headers) as response:
+            # A redirect is a failure: the signed body goes only where it was configured to.
+            async with self._http.post(endpoint.url, data=raw, headers=headers,
+                                       allow_redirects=False) as response:
                 return response.status, None if response.status < 300 else f"HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return None, type(exc).__name__

@@ -4,6 +4,7 @@ and kept across a SIGKILL of the service."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from signaling.call import CallKind
 from signaling.settings import SettingsError, load_settings
-from signaling.webhooks import sign, verify_signature
+from signaling.webhooks import backoff, sign, verify_signature
 from tests.hub_fixtures import API_KEY, CallClient, run_service
 from tests.media_fixtures import run_mediaserver
 from tests.services import RedisServer, free_port
@@ -41,6 +42,11 @@ def test_signatures_verify_only_with_the_key_the_body_and_a_fresh_time() -> None
     assert not verify_signature(SECRET, header, body + b" ", now=1010.0)
     assert not verify_signature(SECRET, header, body, now=2000.0)  # replayed later
     assert not verify_signature(SECRET, "garbage", body, now=1000.0)
+
+
+def test_retry_delays_double_up_to_the_cap() -> None:
+    assert [backoff(n, 1.0, 300.0) for n in (1, 2, 3, 9, 10, 500)] == [
+        1.0, 2.0, 4.0, 256.0, 300.0, 300.0]
 
 
 def test_endpoints_without_a_secret_or_with_unknown_events_stop_start_up() -> None:
@@ -104,11 +110,11 @@ async def test_a_call_sends_its_webhooks_in_order_signed_and_filtered(
         assert people.events(call_id)[:2] == ["participant.joined"] * 2
 
 
-async def test_a_receiver_that_fails_three_times_gets_every_event_once_in_order(
+async def test_a_receiver_that_fails_five_times_gets_every_event_once_in_order(
     tmp_path: Path, redis_server: RedisServer, redis_client: Any
 ) -> None:
     async with run_receiver(SECRET) as receiver:
-        receiver.fail_next = 3
+        receiver.fail_next = 5
         async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",),
                                env=hook_env(receiver.url)) as service:
             calls = [service.hub.create_call(CallKind.CONSULTATION, [
@@ -123,9 +129,15 @@ async def test_a_receiver_that_fails_three_times_gets_every_event_once_in_order(
         ids = [c.id for c in calls]
         got = [(e["event"], e["data"]["call"]["id"]) for e in receiver.received]
         assert got == [("call.created", cid) for cid in ids] + [("call.ended", cid) for cid in ids]
-        assert receiver.attempts == len(got) + 3
-        assert [d["status"] for d in log["deliveries"]] == [500, 500, 500, 204]
+        assert receiver.attempts == len(got) + 5
+        assert [d["status"] for d in log["deliveries"]] == [500] * 5 + [204]
         assert log["pending"] == []
+        # Retries 0.05, 0.1, then capped at 0.2 s (doubling on would wait 0.4 and 0.8 s).
+        at = [d["at"] for d in log["deliveries"]]
+        gaps = [b - a for a, b in itertools.pairwise(at)]
+        assert all(gap >= want * 0.9 for gap, want in zip(gaps, [0.05, 0.1, 0.2, 0.2, 0.2],
+                                                           strict=True)), gaps
+        assert gaps[3] + gaps[4] < 1.2, gaps
 
 
 async def test_events_queued_when_the_service_is_killed_are_delivered_after_restart(
