@@ -1,10 +1,18 @@
 """Recordings over HTTP: the MIS lists and downloads with its API key; a doctor opens a
-player page through a signed, expiring link the MIS asks for. HTTP Range works on both
-(aiohttp's FileResponse), so browsers can seek. A file is served only when the call's
-metadata lists its name, so no path from a request ever reaches the file system."""
+player page through a signed, expiring link the MIS asks for. HTTP Range works on both, so
+browsers can seek. A file is served only when the call's metadata lists its name, so no
+path from a request ever reaches the file system.
+
+Range (RFC 9110 section 14): one byte range gets 206; a header in another unit, or with
+several ranges, is ignored (the whole file, 200, as a server that does not do multipart
+may); a malformed one, or one no byte of the file satisfies, gets 416 with
+`Content-Range: bytes */<size>`. aiohttp's own parser is stricter than the RFC in the
+first two cases (416) and lax in one (`bytes=-0`), so the header is judged here first.
+"""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -18,6 +26,7 @@ from recordings.retention import purge
 __all__ = ["CATALOG", "setup_recordings"]
 
 CATALOG = web.AppKey("catalog", Catalog)
+SPEC = re.compile(r"^(\d*)-(\d*)$")
 AUDIENCE = "telemed-recordings"
 LINK_TTL = 3600
 
@@ -36,14 +45,52 @@ async def _meta(request: web.Request, call_id: str) -> dict[str, Any]:
     return meta
 
 
-async def _file(request: web.Request, meta: dict[str, Any], name: str) -> web.FileResponse:
+def judge_range(header: str | None, size: int) -> str | None:
+    """What to do with a Range header for a file of `size` bytes: None (serve it all),
+    `"unsatisfiable"` (416), or the one range as `bytes=<first>-<last>`."""
+    if header is None:
+        return None
+    unit, eq, specs = header.partition("=")
+    if not eq or unit.strip().lower() != "bytes":
+        return None  # a unit we do not know: MUST be ignored
+    ranges: list[tuple[int, int]] = []
+    for spec in specs.split(","):
+        m = SPEC.match(spec.strip())
+        if m is None or m.group(1) == m.group(2) == "":
+            return "unsatisfiable"  # malformed: rejected rather than guessed at
+        first, last = m.group(1), m.group(2)
+        if first:
+            if last and int(last) < int(first):
+                return "unsatisfiable"
+            if int(first) < size:
+                ranges.append((int(first), min(int(last), size - 1) if last else size - 1))
+        elif int(last) > 0 and size > 0:
+            ranges.append((max(0, size - int(last)), size - 1))
+    if not ranges:
+        return "unsatisfiable"
+    if len(specs.split(",")) > 1:
+        return None  # several ranges: the whole file rather than multipart
+    first_byte, last_byte = ranges[0]
+    return f"bytes={first_byte}-{last_byte}"
+
+
+async def _file(request: web.Request, meta: dict[str, Any], name: str) -> web.StreamResponse:
     path = request.app[CATALOG].path_of(meta, name)
     if path is None or not path.is_file():
         raise web.HTTPNotFound(text='{"code": "recording.not_found"}',
                                content_type="application/json")
-    response = web.FileResponse(path, headers={
-        "Content-Type": "video/webm", "Cache-Control": "private, no-store",
-        "Content-Disposition": f'inline; filename="{meta["call"]}-{name}"'})
+    headers = {"Content-Type": "video/webm", "Cache-Control": "private, no-store",
+               "Content-Disposition": f'inline; filename="{meta["call"]}-{name}"'}
+    size = path.stat().st_size
+    verdict = judge_range(request.headers.get("Range"), size)
+    if verdict == "unsatisfiable":
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{size}",
+                                                 "Accept-Ranges": "bytes"})
+    plain = {k: v for k, v in request.headers.items() if k.lower() != "range"}
+    judged = request.clone(headers={**plain, **({"Range": verdict} if verdict else {})})
+    response = web.FileResponse(path, headers=headers)
+    # Prepared here against the judged request; aiohttp sends a prepared response as is.
+    await response.prepare(judged)
     return response
 
 

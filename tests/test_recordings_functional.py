@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from recordings.http import judge_range
 from signaling.app import RECORDINGS
 from signaling.call import CallKind
 from tests.hub_fixtures import API_KEY, CallClient, Service, clients_for, go_live, run_service
@@ -39,6 +40,23 @@ async def recorded_call(service: Service, seconds: float = 1.5) -> str:
         await asyncio.gather(*(c.close() for c in clients.values()))
     await asyncio.wait_for(service.app[RECORDINGS].wait(call.id), 60)
     return call.id
+
+
+@pytest.mark.parametrize(("header", "size", "verdict"), [
+    (None, 100, None), ("bytes=0-9", 100, "bytes=0-9"), ("bytes=90-", 100, "bytes=90-99"),
+    ("bytes=-10", 100, "bytes=90-99"), ("bytes=-500", 100, "bytes=0-99"),
+    ("bytes=50-5000", 100, "bytes=50-99"), ("BYTES= 5-6 ", 100, "bytes=5-6"),
+    ("bytes=100-", 100, "unsatisfiable"), ("bytes=-0", 100, "unsatisfiable"),
+    ("bytes=-5", 0, "unsatisfiable"), ("bytes=6-5", 100, "unsatisfiable"),
+    ("bytes=x-", 100, "unsatisfiable"), ("bytes=-", 100, "unsatisfiable"),
+    ("bytes=0-1,5-6", 100, None), ("bytes=0-1,x", 100, "unsatisfiable"),
+    ("bytes=200-300,400-", 100, "unsatisfiable"), ("items=0-1", 100, None),
+    ("garbage", 100, None),
+])
+def test_range_headers_are_judged_as_rfc_9110_says(
+    header: str | None, size: int, verdict: str | None
+) -> None:
+    assert judge_range(header, size) == verdict
 
 
 def sha256(path: Path) -> str:
@@ -106,9 +124,19 @@ async def test_downloads_honour_ranges_and_refuse_strangers(recorded: Any) -> No
                 assert r.status == 206, header
                 assert r.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
                 assert await r.read() == data[first:last + 1]
-        async with http.get(url, headers={**AUTH, "Range": f"bytes={size + 10}-"}) as r:
-            assert r.status == 416
-            assert r.headers["Content-Range"] == f"bytes */{size}"
+        for header in (f"bytes={size + 10}-", "bytes=-0", "bytes=abc", "bytes=9-2", "bytes=",
+                       f"bytes={size}-{size + 5}, {size + 9}-"):
+            async with http.get(url, headers={**AUTH, "Range": header}) as r:
+                assert r.status == 416, header
+                assert r.headers["Content-Range"] == f"bytes */{size}"
+        # Another unit must be ignored; several ranges are answered with the whole file.
+        for header in ("items=0-5", "bytes=0-9, 20-29"):
+            async with http.get(url, headers={**AUTH, "Range": header}) as r:
+                assert r.status == 200, header
+                assert await r.read() == data
+        async with http.get(url, headers={**AUTH, "Range": f"bytes=10-{size * 2}"}) as r:
+            assert (r.status, r.headers["Content-Range"]) == (206, f"bytes 10-{size - 1}/{size}")
+            assert await r.read() == data[10:]
         async with http.get(url) as r:
             assert r.status == 401
         for name in ("..%2F..%2Fmetadata.json", "metadata.json", "x.webm", "%2Fetc%2Fpasswd"):
@@ -126,6 +154,12 @@ async def test_downloads_honour_ranges_and_refuse_strangers(recorded: Any) -> No
         forged = link.rsplit("/", 1)[0] + "/" + "e30.e30.forged"
         async with http.get(f"{forged}/pat-1.webm") as r:
             assert r.status == 403
+        # A join token of this very call grants no recording.
+        join = service.token(call_id, "doc-1", role="doctor")
+        async with http.get(f"{service.url}/recordings/{join}/pat-1.webm") as r:
+            assert r.status == 403
+        async with http.get(url, headers={"Authorization": f"Bearer {join}"}) as r:
+            assert r.status == 401
 
 
 async def test_retention_dry_run_then_deletion_is_recorded(recorded: Any) -> None:
