@@ -5,12 +5,16 @@ the signalling process is SIGKILLed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,19 +184,65 @@ async def test_retention_dry_run_then_deletion_is_recorded(recorded: Any) -> Non
     assert sorted(meta["deleted"]["files"]) == sorted(f.name for f in files)
 
 
-async def test_calls_are_refused_when_the_recordings_volume_is_nearly_full(
-    tmp_path: Path, redis_server: RedisServer
+@contextlib.contextmanager
+def small_volume(path: Path, size: int) -> Iterator[Path]:
+    """A real tmpfs of `size` bytes: a volume that fills up for real. Mounting needs root
+    (CI runs the suite as root); without it the test fails here, saying so."""
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                           str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"cannot mount a tmpfs (root needed): {done.stderr}"
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+async def test_a_nearly_full_volume_refuses_calls_until_retention_frees_it(
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any
 ) -> None:
-    # The watermark above the volume's real free space: as if the disk were full.
-    env = {"TELEMED_RECORDINGS_MIN_FREE_BYTES": str(2 ** 62)}
+    watermark = 4 * 2 ** 20
     body = {"kind": "consultation", "participants": [
         {"id": "p", "name": "P", "role": "patient"}]}
-    async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",),
-                           env=env) as service, aiohttp.ClientSession() as http, \
-            http.post(f"{service.url}/api/v1/calls", headers=AUTH, json=body) as r:
-        body = await r.json()
-    assert (r.status, body["code"]) == (507, "recording.disk_full")
-    assert service.hub.calls == {}
+    with small_volume(tmp_path / "vol", 16 * 2 ** 20) as vol:
+        env = {"TELEMED_RECORDINGS_DIR": str(vol),
+               "TELEMED_RECORDINGS_MIN_FREE_BYTES": str(watermark),
+               "TELEMED_RECORDINGS_RETENTION_DAYS": "1e-9"}
+        async with run_mediaserver(recordings_root=vol) as (kms_url, _), run_service(
+                tmp_path, redis_server.url, (kms_url,), env=env) as service, \
+                aiohttp.ClientSession() as http:
+            call_id = await recorded_call(service, seconds=1.0)
+            recorded = sum(f.stat().st_size for f in vol.rglob("*.webm"))
+            assert recorded > 16 * 1024, recorded
+            # Fill the volume to just under the watermark: deleting the recording is enough
+            # to get above it again.
+            free = shutil.disk_usage(vol).free
+            (vol / "ballast").write_bytes(b"\0" * (free - watermark + recorded // 2))
+            calls_before = set(service.hub.calls)
+            async with http.post(f"{service.url}/api/v1/calls", headers=AUTH, json=body) as r:
+                refused = await r.json()
+                assert (r.status, refused["code"]) == (507, "recording.disk_full")
+            assert set(service.hub.calls) == calls_before
+            async with http.post(f"{service.url}/api/v1/recordings/purge?dryRun=true",
+                                 headers=AUTH) as r:
+                assert [c["call"] for c in (await r.json())["calls"]] == [call_id]
+            async with http.post(f"{service.url}/api/v1/calls", headers=AUTH, json=body) as r:
+                assert r.status == 507  # a dry run frees nothing
+            async with http.post(f"{service.url}/api/v1/recordings/purge",
+                                 headers=AUTH) as r:
+                assert [c["call"] for c in (await r.json())["calls"]] == [call_id]
+            assert list(vol.rglob("*.webm")) == []
+            async with http.post(f"{service.url}/api/v1/calls", headers=AUTH, json=body) as r:
+                assert r.status == 201
+            async with http.get(f"{service.url}/api/v1/recordings/{call_id}",
+                                headers=AUTH) as r:
+                meta = await r.json()
+            async with http.get(f"{service.url}/api/v1/recordings/{call_id}/files/pat-1.webm",
+                                headers=AUTH) as r:
+                assert r.status == 404
+        assert meta["state"] == "deleted" and meta["deleted"]["by"] == "api"
+        on_disk = json.loads(next(vol.rglob("metadata.json")).read_text())
+        assert on_disk["deleted"] == meta["deleted"]
 
 
 async def test_a_watchdog_failure_still_leaves_finalized_metadata(
