@@ -25,7 +25,13 @@ from kurento_ctl.errors import (
     RequestTimeout,
     rpc_error,
 )
-from kurento_ctl.jsonrpc import ClientProtocol, Notification, Reply
+from kurento_ctl.jsonrpc import (
+    ClientProtocol,
+    Notification,
+    Reply,
+    encode_operations,
+    transaction_replies,
+)
 
 __all__ = ["EventHandler", "KurentoClient"]
 
@@ -257,6 +263,17 @@ class KurentoClient:
             except TimeoutError:
                 raise ConnectionLost(f"not connected to {self.url}") from None
         return await self._call(method, params or {}, timeout=timeout)
+
+    async def transaction(self, operations: Sequence[tuple[str, dict[str, Any]]], *,
+                          timeout: float | None = None) -> list[Reply | None]:
+        """Runs `(method, params)` ops in one round trip; KMS stops at the first that fails.
+
+        Returns one reply per op (None: not run). `"newref:<i>"` in an op's params stands
+        for the value op i returned. Errors of single ops are in the replies, not raised.
+        """
+        result = await self.request("transaction", {"operations": encode_operations(operations)},
+                                    timeout=timeout)
+        return transaction_replies(result, len(operations))
 
     # ---------------------------------------------------------------- events
 

@@ -6,6 +6,7 @@
     │   ├── ObjectNotFound          40101/40109: the media object is gone
     │   ├── SdpError                402xx: SDP could not be processed or negotiated
     │   └── ...                     any other code keeps code, message and data.type
+    ├── OperationNotRun             a transaction op after the one that failed
     ├── RequestTimeout              no reply within the request timeout
     ├── ConnectionLost              the socket closed while the request was pending
     ├── SessionLost                 the server restarted: every object on it is gone
@@ -21,6 +22,7 @@ __all__ = [
     "InvalidSession",
     "KurentoError",
     "ObjectNotFound",
+    "OperationNotRun",
     "ProtocolViolation",
     "RequestTimeout",
     "RpcError",
@@ -35,6 +37,9 @@ class KurentoError(Exception):
 
 
 class RpcError(KurentoError):
+    #: Inside a transaction: which op failed, e.g. "op 7 invoke processOffer".
+    operation: str | None = None
+
     def __init__(self, code: int, message: str, data_type: str | None = None,
                  data: Any = None) -> None:
         super().__init__(f"{code} {data_type or ''} {message}".replace("  ", " "))
@@ -54,6 +59,10 @@ class ObjectNotFound(RpcError):
 
 class SdpError(RpcError):
     pass
+
+
+class OperationNotRun(KurentoError):
+    """KMS stops a transaction at its first failing op; the ops after it never ran."""
 
 
 class RequestTimeout(KurentoError):

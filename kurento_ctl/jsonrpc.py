@@ -12,6 +12,7 @@ import enum
 import json
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +27,10 @@ __all__ = [
     "dumps",
     "encode_error",
     "encode_event",
+    "encode_operations",
     "encode_result",
     "parse_request",
+    "transaction_replies",
 ]
 
 log = logging.getLogger(__name__)
@@ -167,6 +170,39 @@ class Notification:
     object_id: str
     type: str
     data: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_operations(operations: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The `operations` of a `transaction`: each op's id is its index, as KMS demands.
+
+    Ops carry no `sessionId`: KMS runs each with the transaction's own.
+    """
+    ops: list[dict[str, Any]] = []
+    for index, (method, params) in enumerate(operations):
+        op: dict[str, Any] = {"jsonrpc": "2.0", "id": index, "method": method}
+        if params:
+            op["params"] = params
+        ops.append(op)
+    return ops
+
+
+def transaction_replies(result: Any, count: int) -> list[Reply | None]:
+    """One reply per op of a `transaction` result; None for ops after the first failure,
+    which KMS never ran."""
+    value = result.get("value") if isinstance(result, dict) else None
+    if not isinstance(value, list) or len(value) > count:
+        raise ProtocolViolation("transaction result without a list of at most one reply per op")
+    replies: list[Reply | None] = [None] * count
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict) or entry.get("id") != index:
+            raise ProtocolViolation(f"transaction reply {index} is not the reply to op {index}")
+        if "error" in entry:
+            error = entry["error"]
+            replies[index] = Reply(index, error=error if isinstance(error, dict)
+                                   else {"code": -32603, "message": str(error)})
+        else:
+            replies[index] = Reply(index, result=entry.get("result"))
+    return replies
 
 
 class ClientProtocol:

@@ -40,6 +40,37 @@ MediaProfile = Literal["WEBM", "WEBM_AUDIO_ONLY", "WEBM_VIDEO_ONLY", "MKV", "MP4
 E = TypeVar("E", bound=KurentoEvent)
 
 
+def typed_handler(handler: Callable[[Any], None]) -> Callable[[Notification], None]:
+    """Wraps `handler(event)` so that it receives parsed, typed events."""
+    def on_notification(n: Notification) -> None:
+        handler(parse_event(n))
+    return on_notification
+
+
+def ice_candidate(candidate: str, sdp_mid: str, sdp_mline_index: int) -> dict[str, Any]:
+    """Kurento's `IceCandidate` complex type (all three fields are required)."""
+    return {"__module__": "kurento", "__type__": "IceCandidate", "candidate": candidate,
+            "sdpMid": sdp_mid, "sdpMLineIndex": sdp_mline_index}
+
+
+def connect_params(sink: MediaObject, media_type: MediaType | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"sink": sink.id}
+    if media_type is not None:
+        params["mediaType"] = media_type
+    return params
+
+
+def webrtc_endpoint_params(*, recvonly: bool, sendonly: bool) -> dict[str, Any]:
+    """Constructor params of a WebRtcEndpoint; left out when false, as kurento-client does."""
+    return {k: True for k, v in (("recvonly", recvonly), ("sendonly", sendonly)) if v}
+
+
+def recorder_endpoint_params(uri: str, *, media_profile: MediaProfile,
+                             stop_on_end_of_stream: bool) -> dict[str, Any]:
+    return {"uri": uri, "mediaProfile": media_profile,
+            "stopOnEndOfStream": stop_on_end_of_stream}
+
+
 class Subscription:
     """A server-side subscription and our local handler; `cancel()` removes both."""
 
@@ -78,10 +109,7 @@ class MediaObject:
                         handler: Callable[[Any], None]) -> Subscription:
         """Calls `handler(event)` for each event of that type; typed when a class is given."""
         name = event_type if isinstance(event_type, str) else event_type.__name__
-
-        def on_notification(n: Notification) -> None:
-            handler(parse_event(n))
-
+        on_notification = typed_handler(handler)
         # Register locally first: an event may follow the subscribe reply in the same read.
         self.client.add_handler(self.id, name, on_notification)
         try:
@@ -125,17 +153,13 @@ class MediaPipeline(MediaObject):
 
     async def create_webrtc_endpoint(self, *, recvonly: bool = False,
                                      sendonly: bool = False) -> WebRtcEndpoint:
-        params: dict[str, Any] = {}
-        if recvonly:
-            params["recvonly"] = True
-        if sendonly:
-            params["sendonly"] = True
-        return await self._create(WebRtcEndpoint, **params)
+        return await self._create(WebRtcEndpoint, **webrtc_endpoint_params(
+            recvonly=recvonly, sendonly=sendonly))
 
     async def create_recorder_endpoint(self, uri: str, *, media_profile: MediaProfile = "WEBM",
                                        stop_on_end_of_stream: bool = False) -> RecorderEndpoint:
-        return await self._create(RecorderEndpoint, uri=uri, mediaProfile=media_profile,
-                                  stopOnEndOfStream=stop_on_end_of_stream)
+        return await self._create(RecorderEndpoint, **recorder_endpoint_params(
+            uri, media_profile=media_profile, stop_on_end_of_stream=stop_on_end_of_stream))
 
     async def create_player_endpoint(self, uri: str) -> PlayerEndpoint:
         return await self._create(PlayerEndpoint, uri=uri)
@@ -155,16 +179,10 @@ class MediaElement(MediaObject):
     kurento_type = "MediaElement"
 
     async def connect(self, sink: MediaElement, media_type: MediaType | None = None) -> None:
-        params: dict[str, Any] = {"sink": sink.id}
-        if media_type is not None:
-            params["mediaType"] = media_type
-        await self.invoke("connect", **params)
+        await self.invoke("connect", **connect_params(sink, media_type))
 
     async def disconnect(self, sink: MediaElement, media_type: MediaType | None = None) -> None:
-        params: dict[str, Any] = {"sink": sink.id}
-        if media_type is not None:
-            params["mediaType"] = media_type
-        await self.invoke("disconnect", **params)
+        await self.invoke("disconnect", **connect_params(sink, media_type))
 
     async def is_media_flowing_in(self, media_type: MediaType) -> bool:
         return bool(await self.invoke("isMediaFlowingIn", mediaType=media_type))
@@ -194,9 +212,8 @@ class WebRtcEndpoint(MediaElement):
         await self.invoke("gatherCandidates")
 
     async def add_ice_candidate(self, candidate: str, sdp_mid: str, sdp_mline_index: int) -> None:
-        await self.invoke("addIceCandidate", candidate={
-            "__module__": "kurento", "__type__": "IceCandidate", "candidate": candidate,
-            "sdpMid": sdp_mid, "sdpMLineIndex": sdp_mline_index})
+        await self.invoke("addIceCandidate",
+                          candidate=ice_candidate(candidate, sdp_mid, sdp_mline_index))
 
     async def set_turn_url(self, turn_url: str) -> None:
         await self.invoke("setTurnUrl", turnUrl=turn_url)

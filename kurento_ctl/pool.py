@@ -215,15 +215,26 @@ class KurentoPool:
             raise NoMediaServer("no media server is reachable")
         return min(candidates, key=lambda s: s.load)
 
-    async def create_pipeline(self) -> tuple[PooledServer, MediaPipeline]:
-        """A new pipeline on the least-loaded reachable server, tracked for loss reports."""
+    def placement(self) -> tuple[PooledServer, KurentoClient]:
+        """Where a new pipeline goes: the least-loaded reachable server, and on it the call
+        socket with the fewest of our pipelines. Create it there, then `adopt()` it."""
         server = self.pick()
         client = server.call_client()
         assert client is not None  # pick() only returns servers with one
-        pipeline = await MediaPipeline.create(client)
+        return server, client
+
+    def adopt(self, server: PooledServer, pipeline: MediaPipeline) -> None:
+        """Tracks a pipeline created on a `placement()` socket, for load and loss reports."""
+        key = id(pipeline.client)
         server.pipelines.add(pipeline.id)
-        server.per_client[id(client)] = server.per_client.get(id(client), 0) + 1
-        self._placed[pipeline.id] = id(client)
+        server.per_client[key] = server.per_client.get(key, 0) + 1
+        self._placed[pipeline.id] = key
+
+    async def create_pipeline(self) -> tuple[PooledServer, MediaPipeline]:
+        """A new pipeline on the least-loaded reachable server, tracked for loss reports."""
+        server, client = self.placement()
+        pipeline = await MediaPipeline.create(client)
+        self.adopt(server, pipeline)
         return server, pipeline
 
     def forget_pipeline(self, server: PooledServer, pipeline_id: str) -> None:

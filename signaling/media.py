@@ -2,10 +2,16 @@
 
 Topology: each participant publishes through one WebRtcEndpoint whose stream is also
 connected to its own RecorderEndpoint; each viewer receives each other participant through
-a WebRtcEndpoint connected from that participant's publisher. Events are subscribed before
-`processOffer`/`connect`, since KMS does not replay them. Independent calls to the media
-server are issued together (`asyncio.gather`). `close()` ends every recorder with
-`stopAndWait` before the pipeline is released, whatever happened before.
+a WebRtcEndpoint connected from that participant's publisher. `close()` ends every recorder
+with `stopAndWait` before the pipeline is released, whatever happened before.
+
+An offer is answered in two media-server round trips, each one Kurento `transaction`:
+1. create the endpoint (and the publisher's recorder; and the pipeline, for the call's
+   first endpoint);
+2. subscribe every event we rely on, connect, record, `processOffer`, `gatherCandidates`,
+   and the candidates buffered meanwhile. Ops run in order, so the subscriptions come
+   before anything that could raise their events; KMS does not replay events.
+Subscriptions need the object's id, hence the first round trip.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kurento_ctl.errors import KurentoError, SdpError
+from kurento_ctl.errors import KurentoError, RpcError, SdpError
 from kurento_ctl.events import (
     Error,
     IceCandidateFound,
@@ -28,8 +34,15 @@ from kurento_ctl.events import (
     MediaFlowOutStateChanged,
     Recording,
 )
-from kurento_ctl.objects import MediaPipeline, RecorderEndpoint, WebRtcEndpoint
+from kurento_ctl.objects import (
+    MediaPipeline,
+    MediaProfile,
+    MediaType,
+    RecorderEndpoint,
+    WebRtcEndpoint,
+)
 from kurento_ctl.pool import KurentoPool, PooledServer
+from kurento_ctl.transaction import Transaction
 from signaling.candidates import CandidateBuffer, CandidateFilter
 from signaling.errors import MediaError
 
@@ -82,20 +95,52 @@ class CallMedia:
     def log_extra(self) -> dict[str, str]:
         return {"call_id": self.call_id}
 
-    async def _ensure_pipeline(self) -> MediaPipeline:
+    async def _create(self, recorder: tuple[Path, MediaProfile] | None = None) -> tuple[
+            WebRtcEndpoint, RecorderEndpoint | None]:
+        """A WebRtcEndpoint (and a recorder) in one round trip, the pipeline included when
+        the call has none yet."""
         async with self._pipeline_lock:
             if self._closed:
                 raise MediaError("the call is over", code="call.ended")
             if self.pipeline is None:
-                self.server, self.pipeline = await self.pool.create_pipeline()
-                log.info("= pipeline %s on %s", self.pipeline.id, self.server.url,
-                         extra=self.log_extra)
-            return self.pipeline
+                server, client = self.pool.placement()
+                tx = Transaction(client)
+                pipeline = tx.create_pipeline()
+                ep, rec = self._elements(tx, pipeline, recorder)
+                await self._commit_or_release(tx, [pipeline])
+                self.pool.adopt(server, pipeline)
+                self.server, self.pipeline = server, pipeline
+                log.info("= pipeline %s on %s", pipeline.id, server.url, extra=self.log_extra)
+                return ep, rec
+            pipeline = self.pipeline
+        tx = Transaction(pipeline.client)
+        ep, rec = self._elements(tx, pipeline, recorder)
+        await self._commit_or_release(tx, [ep] if rec is None else [ep, rec])
+        return ep, rec
 
-    async def _endpoint(self, owner: str, target: str) -> WebRtcEndpoint:
-        """A WebRtcEndpoint with every event we rely on subscribed before it is used."""
-        pipeline = await self._ensure_pipeline()
-        ep = await pipeline.create_webrtc_endpoint()
+    @staticmethod
+    def _elements(tx: Transaction, pipeline: MediaPipeline,
+                  recorder: tuple[Path, MediaProfile] | None) -> tuple[
+                      WebRtcEndpoint, RecorderEndpoint | None]:
+        ep = tx.create_webrtc_endpoint(pipeline)
+        if recorder is None:
+            return ep, None
+        path, profile = recorder
+        return ep, tx.create_recorder_endpoint(pipeline, path.as_uri(), media_profile=profile)
+
+    async def _commit_or_release(self, tx: Transaction, created: list[Any]) -> None:
+        """Commits; if an op failed, what the transaction did create is released again."""
+        try:
+            await tx.commit()
+        except KurentoError:
+            for obj in created:
+                if not obj.id.startswith("newref:"):
+                    with contextlib.suppress(KurentoError):
+                        await obj.release()
+            raise
+
+    def _watch(self, tx: Transaction, ep: WebRtcEndpoint, owner: str, target: str) -> None:
+        """Subscribes, in `tx`, every endpoint event we rely on."""
 
         def on_candidate(e: KurentoEvent) -> None:
             assert isinstance(e, IceCandidateFound)
@@ -120,14 +165,11 @@ class CallMedia:
             assert isinstance(e, Error)
             self.listener.failure(owner, f"{e.error_type}: {e.description}")
 
-        await asyncio.gather(
-            ep.subscribe(IceCandidateFound, on_candidate),
-            ep.subscribe(MediaFlowInStateChanged, on_flow),
-            ep.subscribe(MediaFlowOutStateChanged, on_flow),
-            ep.subscribe(IceComponentStateChanged, on_ice),
-            ep.subscribe(Error, on_error),
-        )
-        return ep
+        tx.subscribe(ep, IceCandidateFound, on_candidate)
+        tx.subscribe(ep, MediaFlowInStateChanged, on_flow)
+        tx.subscribe(ep, MediaFlowOutStateChanged, on_flow)
+        tx.subscribe(ep, IceComponentStateChanged, on_ice)
+        tx.subscribe(ep, Error, on_error)
 
     def _offer(self, owner: str, sdp: str) -> str:
         filtered, reasons = self.filter.filter_sdp(sdp)
@@ -141,16 +183,27 @@ class CallMedia:
             self.listener.dropped(owner, "to-browser", reasons)
         return filtered
 
-    async def _negotiate(self, owner: str, target: str, ep: WebRtcEndpoint, offer: str) -> str:
+    async def _negotiate(self, tx: Transaction, owner: str, target: str, ep: WebRtcEndpoint,
+                         offer: str) -> str:
+        """Adds the offer, gathering and the buffered candidates to `tx`; commits it."""
+        answer = tx.process_offer(ep, self._offer(owner, offer))
+        gathering = tx.gather_candidates(ep)
+        for candidate in self.buffer.take(f"{owner}/{target}"):
+            args = _candidate_args(candidate)
+            if args is not None:
+                tx.add_ice_candidate(ep, *args)
         try:
-            answer = await ep.process_offer(self._offer(owner, offer))
+            await tx.commit()
         except SdpError as exc:
             raise MediaError(f"the media server refused the offer: {exc.message}",
                              code="sdp.invalid") from None
-        await ep.gather_candidates()
-        for candidate in self.buffer.take(f"{owner}/{target}"):
-            await self._add_candidate(ep, candidate)
-        return self._answer(owner, answer)
+        except RpcError as exc:
+            if not gathering.done:
+                raise
+            # Only a buffered candidate was refused: the negotiation itself stands.
+            log.warning("! early candidate refused by the media server: %s", exc.message,
+                        extra=self.log_extra)
+        return self._answer(owner, answer.value)
 
     def _recording_path(self, participant: str) -> Path:
         """`<id>.webm`, then `<id>.part2.webm`… when the participant rejoined and published
@@ -166,15 +219,14 @@ class CallMedia:
         if entry.publisher is not None:
             raise MediaError("already published; leave and join again to renegotiate",
                              code="sdp.invalid")
-        pipeline = await self._ensure_pipeline()
-        profile = "WEBM" if kinds == {"audio", "video"} else (
+        profile: MediaProfile = "WEBM" if kinds == {"audio", "video"} else (
             "WEBM_AUDIO_ONLY" if kinds == {"audio"} else "WEBM_VIDEO_ONLY")
         path = self._recording_path(participant)
         path.parent.mkdir(parents=True, exist_ok=True)
-        ep, recorder = await asyncio.gather(
-            self._endpoint(participant, "publish"),
-            pipeline.create_recorder_endpoint(path.as_uri(), media_profile=profile),  # type: ignore[arg-type]
-        )
+        ep, recorder = await self._create((path, profile))
+        assert recorder is not None
+        # From here on the endpoint exists: later candidates go to it directly, behind the
+        # transaction below on the same socket.
         entry.publisher, entry.recorder, entry.recorder_path = ep, recorder, path
         self.recordings.append(path)
 
@@ -185,29 +237,32 @@ class CallMedia:
             assert isinstance(e, Error)
             self.listener.failure(participant, f"recorder: {e.error_type}: {e.description}")
 
-        media_type = None if len(kinds) != 1 else ("AUDIO" if "audio" in kinds else "VIDEO")
-        await asyncio.gather(
-            recorder.subscribe(Recording, on_recording),
-            recorder.subscribe(Error, on_recorder_error),
-            ep.connect(recorder, media_type),  # type: ignore[arg-type]
-        )
-        await recorder.record()
-        # Connect whoever already watches this participant.
-        viewers = [(viewer, e.subscriptions[participant]) for viewer, e in
-                   self.participants.items() if participant in e.subscriptions]
-        await asyncio.gather(*(ep.connect(sub) for _, sub in viewers))
-        return await self._negotiate(participant, "publish", ep, offer)
+        tx = Transaction(ep.client)
+        self._watch(tx, ep, participant, "publish")
+        tx.subscribe(recorder, Recording, on_recording)
+        tx.subscribe(recorder, Error, on_recorder_error)
+        media_type: MediaType | None = None if len(kinds) != 1 else (
+            "AUDIO" if "audio" in kinds else "VIDEO")
+        tx.connect(ep, recorder, media_type)
+        tx.record(recorder)
+        # Whoever already watches this participant.
+        for viewer in self.participants.values():
+            if participant in viewer.subscriptions:
+                tx.connect(ep, viewer.subscriptions[participant])
+        return await self._negotiate(tx, participant, "publish", ep, offer)
 
     async def subscribe(self, viewer: str, source: str, offer: str) -> str:
         entry = self.participants.setdefault(viewer, Endpoints())
         if source in entry.subscriptions:
             raise MediaError("already subscribed to that participant", code="sdp.invalid")
-        ep = await self._endpoint(viewer, source)
+        ep, _ = await self._create()
         entry.subscriptions[source] = ep
+        tx = Transaction(ep.client)
+        self._watch(tx, ep, viewer, source)
         publisher = self.participants.get(source, Endpoints()).publisher
         if publisher is not None:
-            await publisher.connect(ep)
-        return await self._negotiate(viewer, source, ep, offer)
+            tx.connect(publisher, ep)
+        return await self._negotiate(tx, viewer, source, ep, offer)
 
     def _endpoint_for(self, owner: str, target: str) -> WebRtcEndpoint | None:
         entry = self.participants.get(owner)
@@ -228,13 +283,9 @@ class CallMedia:
         await self._add_candidate(ep, candidate)
 
     async def _add_candidate(self, ep: WebRtcEndpoint, candidate: dict[str, Any]) -> None:
-        line = str(candidate.get("candidate", ""))
-        if not line:
-            return  # end-of-candidates; KMS ignores it
-        mid = candidate.get("sdpMid")
-        index = candidate.get("sdpMLineIndex")
-        await ep.add_ice_candidate(line, str(mid if mid is not None else "0"),
-                                   int(index) if isinstance(index, int) else 0)
+        args = _candidate_args(candidate)
+        if args is not None:
+            await ep.add_ice_candidate(*args)
 
     async def remove(self, participant: str) -> None:
         """A participant left: its recorder is finalized, its endpoints released."""
@@ -290,3 +341,14 @@ class CallMedia:
     @property
     def pipeline_id(self) -> str | None:
         return self.pipeline.id if self.pipeline is not None else None
+
+
+def _candidate_args(candidate: dict[str, Any]) -> tuple[str, str, int] | None:
+    """(candidate, sdpMid, sdpMLineIndex) for addIceCandidate; None for end-of-candidates,
+    which KMS ignores."""
+    line = str(candidate.get("candidate", ""))
+    if not line:
+        return None
+    mid = candidate.get("sdpMid")
+    index = candidate.get("sdpMLineIndex")
+    return line, str(mid if mid is not None else "0"), int(index) if isinstance(index, int) else 0

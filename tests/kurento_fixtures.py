@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import ClientSession, WSMsgType, web
 
 from kurento_ctl.jsonrpc import ErrorCode, encode_error, encode_event, encode_result, parse_request
 from tests.kmd import kmd
@@ -29,6 +30,7 @@ class ScriptedKms:
     objects: dict[str, str] = field(default_factory=dict)  # id -> class name
     subscriptions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     delays: dict[str, float] = field(default_factory=dict)
+    #: By operation name, or "create <Class>": the error (code, message, data.type) to answer.
     errors: dict[str, tuple[int, str, str | None]] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     requests: list[tuple[Any, str, dict[str, Any]]] = field(default_factory=list)
@@ -80,6 +82,9 @@ class ScriptedKms:
             cls = params.get("type", "")
             ctor = params.get("constructorParams") or {}
             self.violations += kmd().check_create(cls, ctor)
+            if f"create {cls}" in self.errors:
+                code, message, data_type = self.errors[f"create {cls}"]
+                raise _Fail(ErrorCode(code), message, data_type)
             if cls not in kmd().classes:
                 raise _Fail(ErrorCode.MEDIA_OBJECT_NOT_AVAILABLE, f"Factory '{cls}' not found")
             parent = ctor.get("mediaPipeline")
@@ -101,7 +106,7 @@ class ScriptedKms:
                 return [o for o, c in self.objects.items() if c == "MediaPipeline"]
             return self.values.get(op)
         if method == "subscribe":
-            obj = params.get("object")
+            obj = str(params.get("object"))
             cls = self._class_of(obj)
             if params.get("type") not in kmd().events(cls):
                 self.violations.append(f"{cls} raises no {params.get('type')!r}")
@@ -123,8 +128,41 @@ class ScriptedKms:
         if method == "describe":
             cls = self._class_of(params.get("object"))
             return {"type": cls, "qualifiedType": f"kurento.{cls}", "hierarchy": []}
+        if method == "transaction":
+            return await self._transaction(params, session)
         self.violations.append(f"unexpected method {method!r}")
         raise _Fail(ErrorCode.METHOD_NOT_FOUND, "Method not found.")
+
+    async def _transaction(self, params: dict[str, Any], session: str) -> list[dict[str, Any]]:
+        """As KMS runs one: ids must equal indexes, `newref:<i>` becomes op i's value, and
+        processing stops at the first failing op."""
+        replies: list[dict[str, Any]] = []
+        values: list[Any] = []
+        for index, op in enumerate(params.get("operations") or []):
+            if op.get("id") != index:
+                self.violations.append(f"transaction op {index} has id {op.get('id')!r}")
+                raise _Fail(ErrorCode.MALFORMED_TRANSACTION,
+                            f"Id of request '{index}' should be '{index}'")
+            method = op.get("method", "")
+            op_params = _inject_refs(op.get("params") or {}, values)
+            if method in ("ping", "connect", "transaction"):
+                self.violations.append(f"{method!r} inside a transaction")
+            self.requests.append((f"tx/{index}", method, op_params))
+            try:
+                value = await self._answer(method, op_params, session)
+            except _Fail as exc:
+                error: dict[str, Any] = {"code": int(exc.code), "message": exc.message}
+                data_type = exc.data_type or exc.code.data_type
+                if data_type:
+                    error["data"] = {"type": data_type}
+                replies.append({"id": index, "jsonrpc": "2.0", "error": error})
+                break
+            values.append(value)
+            result: dict[str, Any] = {"sessionId": session}
+            if method not in ("release", "unsubscribe"):
+                result["value"] = value
+            replies.append({"id": index, "jsonrpc": "2.0", "result": result})
+        return replies
 
     async def handle(self, ws: web.WebSocketResponse, text: str, state: dict[str, Any]) -> None:
         req = parse_request(text)
@@ -189,6 +227,17 @@ class ScriptedKms:
         return ws
 
 
+def _inject_refs(value: Any, values: list[Any]) -> Any:
+    if isinstance(value, str) and value.startswith("newref:"):
+        index = int(value[len("newref:"):])
+        return values[index] if index < len(values) else value
+    if isinstance(value, dict):
+        return {k: _inject_refs(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_inject_refs(v, values) for v in value]
+    return value
+
+
 class _Fail(Exception):
     def __init__(self, code: ErrorCode, message: str, data_type: str | None = None) -> None:
         super().__init__(message)
@@ -198,16 +247,104 @@ class _Fail(Exception):
 
 
 @contextlib.asynccontextmanager
-async def run_scripted_kms(port: int | None = None) -> AsyncIterator[tuple[str, ScriptedKms]]:
-    kms = ScriptedKms()
+async def _serve_kurento_path(handler: Any, port: int | None = None) -> AsyncIterator[str]:
+    """Serves `handler` at `/kurento` on loopback; yields its ws:// URL."""
     app = web.Application()
-    app.router.add_get("/kurento", kms.socket)
+    app.router.add_get("/kurento", handler)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     port = port or free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        yield f"ws://127.0.0.1:{port}/kurento", kms
+        yield f"ws://127.0.0.1:{port}/kurento"
     finally:
-        await kms.drop_connections()
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def run_scripted_kms(port: int | None = None) -> AsyncIterator[tuple[str, ScriptedKms]]:
+    kms = ScriptedKms()
+    async with _serve_kurento_path(kms.socket, port) as url:
+        try:
+            yield url, kms
+        finally:
+            await kms.drop_connections()
+
+
+@dataclass
+class Frame:
+    """One frame through the proxy: `socket` number, direction (">" to the server)."""
+
+    socket: int
+    direction: str
+    message: dict[str, Any]
+
+
+@dataclass
+class KurentoProxy:
+    """A loopback WebSocket proxy in front of a media server that logs every frame, to
+    count how many round trips a piece of code waits for one after another."""
+
+    upstream: str
+    frames: list[Frame] = field(default_factory=list)
+    sockets: int = 0
+
+    def mark(self) -> int:
+        return len(self.frames)
+
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        return [f.message for f in self.frames[since:] if f.direction == ">"]
+
+    def sequential_round_trips(self, since: int = 0) -> int:
+        """The longest chain of requests each sent after the reply to the one before it
+        came back (pings left out): requests in flight together count once."""
+        sent: dict[tuple[int, Any], int] = {}
+        answered: dict[tuple[int, Any], int] = {}
+        for position, frame in enumerate(self.frames[since:]):
+            msg = frame.message
+            key = (frame.socket, msg.get("id"))
+            if frame.direction == ">" and "method" in msg and msg["method"] != "ping":
+                sent[key] = position
+            elif frame.direction == "<" and key in sent and "method" not in msg:
+                answered[key] = position
+        depth: dict[tuple[int, Any], int] = {}
+        for key in sorted(sent, key=sent.__getitem__):
+            earlier = [depth[k] for k in depth if answered.get(k, len(self.frames)) < sent[key]]
+            depth[key] = 1 + max(earlier, default=0)
+        return max(depth.values(), default=0)
+
+    async def socket(self, request: web.Request) -> web.WebSocketResponse:
+        self.sockets += 1
+        number = self.sockets
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        async with ClientSession() as http, http.ws_connect(self.upstream,
+                                                            max_msg_size=0) as up:
+            async def downstream() -> None:
+                async for msg in up:
+                    if msg.type is not WSMsgType.TEXT:
+                        break
+                    self.frames.append(Frame(number, "<", json.loads(msg.data)))
+                    await ws.send_str(msg.data)
+                await ws.close()
+
+            task = asyncio.create_task(downstream())
+            try:
+                async for msg in ws:
+                    if msg.type is not WSMsgType.TEXT:
+                        break
+                    self.frames.append(Frame(number, ">", json.loads(msg.data)))
+                    await up.send_str(msg.data)
+            finally:
+                await up.close()
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return ws
+
+
+@contextlib.asynccontextmanager
+async def run_kurento_proxy(upstream: str) -> AsyncIterator[tuple[str, KurentoProxy]]:
+    proxy = KurentoProxy(upstream)
+    async with _serve_kurento_path(proxy.socket) as url:
+        yield url, proxy

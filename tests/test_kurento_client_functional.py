@@ -10,12 +10,25 @@ from typing import Any
 import pytest
 
 from kurento_ctl.client import KurentoClient
-from kurento_ctl.errors import ObjectNotFound, RequestTimeout, RpcError
-from kurento_ctl.events import KurentoEvent, MediaFlowInStateChanged, ObjectCreated
+from kurento_ctl.errors import (
+    ObjectNotFound,
+    OperationNotRun,
+    RequestTimeout,
+    RpcError,
+    SdpError,
+)
+from kurento_ctl.events import (
+    IceCandidateFound,
+    IceGatheringDone,
+    KurentoEvent,
+    MediaFlowInStateChanged,
+    ObjectCreated,
+)
 from kurento_ctl.objects import MediaObject, MediaPipeline, ServerManager, pipeline_scope
+from kurento_ctl.transaction import Transaction
 from tests.helpers import scaled, wait_until, within
 from tests.kurento_fixtures import ScriptedKms, run_scripted_kms
-from tests.media_fixtures import run_mediaserver
+from tests.media_fixtures import Peer, run_mediaserver
 
 
 @pytest.fixture(params=["scripted", "embedded"])
@@ -116,6 +129,102 @@ async def test_server_manager_events_reach_a_subscriber(kms: tuple[str, Any]) ->
         event = await within(created.get(), 5, "ObjectCreated")
         assert isinstance(event, ObjectCreated)
         assert event.raw["object"] == pipeline.id
+
+
+async def test_a_transaction_creates_objects_and_uses_them_by_newref(kms: tuple[str, Any],
+                                                                  tmp_path: Path) -> None:
+    url, backend = kms
+    async with KurentoClient(url) as client:
+        tx = Transaction(client)
+        pipeline = tx.create_pipeline()
+        endpoint = tx.create_webrtc_endpoint(pipeline)
+        recorder = tx.create_recorder_endpoint(pipeline, f"file://{tmp_path}/t.webm",
+                                               media_profile="WEBM_AUDIO_ONLY")
+        connected = tx.connect(endpoint, recorder, "AUDIO")
+        assert endpoint.id == "newref:1"
+        await tx.commit()
+        assert connected.done and connected.value is None
+        assert pipeline.id.endswith("_kurento.MediaPipeline")
+        assert endpoint.id.startswith(pipeline.id + "/")
+        assert recorder.id.startswith(pipeline.id + "/")
+        assert await ServerManager(client).get_pipelines() == [pipeline.id]
+        if isinstance(backend, ScriptedKms):
+            ops = [(m, p) for i, m, p in backend.requests if str(i).startswith("tx/")]
+            assert ops[1] == ("create", {"type": "WebRtcEndpoint", "properties": {},
+                                         "constructorParams": {"mediaPipeline": pipeline.id}})
+            assert ops[3][1]["object"] == endpoint.id
+            assert ops[3][1]["operationParams"] == {"sink": recorder.id, "mediaType": "AUDIO"}
+        await pipeline.release()
+
+
+async def test_a_failed_op_raises_its_typed_error_and_the_ops_after_it_do_not_run(
+    kms: tuple[str, Any],
+) -> None:
+    url, backend = kms
+    if isinstance(backend, ScriptedKms):
+        backend.errors["processOffer"] = (40201, "Empty offer not valid", None)
+    async with KurentoClient(url) as client:
+        pipeline = await MediaPipeline.create(client)
+        endpoint = await pipeline.create_webrtc_endpoint()
+        tx = Transaction(client)
+        before = tx.subscribe(endpoint, IceCandidateFound, lambda e: None)
+        answer = tx.process_offer(endpoint, "")
+        after = tx.subscribe(endpoint, IceGatheringDone, lambda e: None)
+        gathered = tx.gather_candidates(endpoint)
+        with pytest.raises(SdpError) as info:
+            await tx.commit()
+        assert info.value.code == 40201 and info.value.data_type == "SDP_PARSE_ERROR"
+        assert info.value.operation == "op 1 invoke processOffer"
+        assert before.done and before.value.event_type == "IceCandidateFound"
+        with pytest.raises(SdpError):
+            answer.value  # noqa: B018 - reading it raises
+        for pending in (after, gathered):
+            assert not pending.done
+            with pytest.raises(OperationNotRun):
+                pending.value  # noqa: B018
+        # The handler of the subscription that never happened is gone; the other stays.
+        assert client.handler_count == 1
+        await pipeline.release()
+        assert client.handler_count == 0
+
+
+async def test_a_subscription_in_a_transaction_gets_the_events_of_its_later_ops() -> None:
+    """Embedded server: real candidates are raised while the transaction is still running."""
+    async with run_mediaserver() as (url, _), KurentoClient(url) as client:
+        pipeline = await MediaPipeline.create(client)
+        endpoint = await pipeline.create_webrtc_endpoint()
+        peer = Peer(video=False)
+        try:
+            found: list[KurentoEvent] = []
+            done: list[KurentoEvent] = []
+            tx = Transaction(client)
+            tx.subscribe(endpoint, IceCandidateFound, found.append)
+            tx.subscribe(endpoint, IceGatheringDone, done.append)
+            answer = tx.process_offer(endpoint, await peer.offer())
+            tx.gather_candidates(endpoint)
+            await tx.commit()
+            assert answer.value.startswith("v=0")
+            await wait_until(lambda: done, describe=lambda: found)
+            assert found and all(isinstance(e, IceCandidateFound) for e in found)
+        finally:
+            await peer.close()
+            await pipeline.release()
+
+
+async def test_a_transaction_object_cannot_be_subscribed_before_it_exists(
+    scripted: tuple[str, ScriptedKms],
+) -> None:
+    url, _ = scripted
+    async with KurentoClient(url) as client:
+        tx = Transaction(client)
+        pipeline = tx.create_pipeline()
+        with pytest.raises(ValueError, match="once it exists"):
+            tx.subscribe(pipeline, "Error", lambda e: None)
+        other = Transaction(client)
+        with pytest.raises(ValueError, match="another, uncommitted transaction"):
+            other.create_webrtc_endpoint(pipeline)
+        await tx.commit()
+        await pipeline.release()
 
 
 # ---------------------------------------------------------------- scripted-only behaviour
