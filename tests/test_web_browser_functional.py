@@ -6,36 +6,83 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import pytest
+
 from signaling.call import CallKind, CallState
 from tests.helpers import scaled
-from tests.hub_fixtures import run_service
+from tests.hub_fixtures import API_KEY, Service, run_service
 from tests.media_fixtures import ffprobe, run_mediaserver
-from tests.services import RedisServer
+from tests.services import RedisServer, TurnServer, free_port
+from web.i18n import STRINGS
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+RU = STRINGS["ru"]
+DEAD_KURENTO = ("ws://127.0.0.1:9/kurento",)
 
 VIDEO_PLAYING = """() => {
   const v = document.querySelector('.tile:not(.self) video');
   return !!v && v.videoWidth > 0 && v.currentTime > 0.5 && !v.paused;
 }"""
 
+# Decoded frames of the other participant's picture (Safari names the counter differently).
+FRAMES_SHOWN = """() => {
+  const v = document.querySelector('.tile:not(.self) video');
+  if (!v) return 0;
+  return v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality().totalVideoFrames
+                                   : v.webkitDecodedFrameCount;
+}"""
+
+# Every value body[data-call-state] takes, so that short-lived states can be asserted.
+RECORD_STATES = """(() => {
+  window.callStates = [];
+  new MutationObserver(() => {
+    const s = document.body.dataset.callState;
+    if (s && window.callStates[window.callStates.length - 1] !== s) window.callStates.push(s);
+  }).observe(document.documentElement, {subtree: true, attributes: true,
+                                        attributeFilter: ['data-call-state']});
+})();"""
+
 
 async def open_call(browser: Any, link: str, name: str, width: int = 1280,
-                    height: int = 800) -> Any:
+                    height: int = 800, init_script: str | None = None) -> Any:
     context = await browser.new_context(viewport={"width": width, "height": height})
     page = await context.new_page()
     page.on("console", lambda m: print(f"[{name}] {m.type}: {m.text}"))
+    await page.add_init_script(RECORD_STATES)
+    if init_script is not None:
+        await page.add_init_script(init_script)
     await page.goto(link)
     await page.wait_for_selector("#join-button:not([disabled])", timeout=scaled(15) * 1000)
     return page
 
 
+async def assert_video_advances(page: Any) -> None:
+    """The other participant's picture has a size and new frames keep arriving."""
+    await page.wait_for_function(VIDEO_PLAYING, timeout=scaled(30) * 1000)
+    first = await page.evaluate(FRAMES_SHOWN)
+    await page.wait_for_function(f"({FRAMES_SHOWN})() > {first} + 10",
+                                 timeout=scaled(10) * 1000)
+
+
+async def timeline(service: Service, call_id: str) -> list[dict[str, Any]]:
+    """The call's timeline as the MIS reads it over the REST API."""
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{service.url}/api/v1/calls/{call_id}",
+            headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+        assert r.status == 200
+        body = await r.json()
+    events: list[dict[str, Any]] = body["timeline"]
+    return events
+
+
 async def test_patient_and_doctor_pages_complete_a_recorded_consultation(
-    tmp_path: Path, redis_server: RedisServer, browser: Any
+    tmp_path: Path, redis_server: RedisServer, turn_server: TurnServer, browser: Any
 ) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
-            run_service(tmp_path, redis_server.url, (kms_url,)) as service:
+            run_service(tmp_path, redis_server.url, (kms_url,), turn_urls=(turn_server.url,),
+                        turn_secrets=(turn_server.secret,)) as service:
         hub = service.hub
         call = hub.create_call(CallKind.CONSULTATION, [("pat-7", "Анна Петрова", "patient"),
                                                       ("doc-7", "Д-р Иванов", "doctor")])
@@ -44,49 +91,163 @@ async def test_patient_and_doctor_pages_complete_a_recorded_consultation(
                                   "patient", 390, 844)
         doctor = await open_call(browser, link.format(
             service.token(call.id, "doc-7", role="doctor")), "doctor")
+        for page in (patient, doctor):
+            # The network check got this call's TURN credentials and coturn relayed.
+            await page.wait_for_selector("#network[data-result=relay]",
+                                         timeout=scaled(10) * 1000)
+            assert await page.inner_text("#network-text") == RU["net_relay_ok"]
+            assert await page.locator("#camera-select option").count() >= 1
+            await page.wait_for_function(
+                "Number(document.getElementById('mic-level').dataset.peak) > 0",
+                timeout=scaled(5) * 1000)
         await patient.screenshot(path=str(ARTIFACTS / "join-phone.png"))
         await doctor.screenshot(path=str(ARTIFACTS / "join-desktop.png"))
         await patient.click("#join-button")
         await doctor.click("#join-button")
         for page in (patient, doctor):
-            await page.wait_for_function(VIDEO_PLAYING, timeout=scaled(30) * 1000)
+            await assert_video_advances(page)
             await page.wait_for_selector("#recording:not([hidden])", timeout=scaled(15) * 1000)
         for page in (patient, doctor):
             await page.wait_for_selector("body[data-call-state=live]", timeout=scaled(15) * 1000)
+            await page.wait_for_function(
+                "Number(document.getElementById('quality').dataset.kbps) > 0 && "
+                "document.getElementById('quality').dataset.rtt !== ''",
+                timeout=scaled(10) * 1000)
+            assert await page.is_visible("#recording")
+            assert not await page.is_visible("#ring-out"), "a consultation rings nobody"
         assert call.state is CallState.LIVE
+        assert await patient.locator("#end-all").count() == 0, "patients do not end calls"
         await patient.screenshot(path=str(ARTIFACTS / "call-phone.png"))
         await doctor.screenshot(path=str(ARTIFACTS / "call-desktop.png"))
+        events = await timeline(service, call.id)
         await asyncio.sleep(1.0)  # a second of recorded media for the files checked below
         await doctor.click("#end-all")
         for page in (patient, doctor):
             await page.wait_for_selector("#outcome:not([hidden])", timeout=scaled(15) * 1000)
+            assert await page.inner_text("#outcome-text") == RU["ended"]
         assert call.state is CallState.ENDED
         files = sorted(service.settings.recordings_path.rglob("*.webm"))
         assert [f.name for f in files] == ["doc-7.webm", "pat-7.webm"]
         for f in files:
             info = await ffprobe(f)
             assert sorted(s["codec_type"] for s in info["streams"]) == ["audio", "video"]
-        drops = [e for e in call.timeline.as_list() if e["event"] == "client.pc"]
-        assert drops, "the pages report their peer connection states"
+    for pid in ("pat-7", "doc-7"):
+        mine = [e for e in events if e.get("participant") == pid]
+        states = {(e["data"]["target"], e["data"]["what"], e["data"]["value"])
+                  for e in mine if e["event"] == "client.pc"}
+        for target in ("publish", "doc-7" if pid == "pat-7" else "pat-7"):
+            assert {(target, "iceConnectionState", "connected"),
+                    (target, "connectionState", "connected"),
+                    (target, "signalingState", "stable"),
+                    (target, "iceGatheringState", "complete")} <= states, (pid, states)
+        pairs = [e["data"] for e in mine if e["event"] == "client.selectedPair"]
+        assert {p["target"] for p in pairs} == {"publish", "doc-7" if pid == "pat-7" else "pat-7"}
+        assert all(p["local"] in ("host", "srflx", "prflx", "relay") for p in pairs), pairs
+        checks = [e["data"] for e in mine if e["event"] == "client.networkCheck"]
+        assert checks and checks[0]["result"] == "relay"
 
 
-async def test_permission_denied_shows_what_to_do(
+async def patient_page(service: Service, browser: Any, init_script: str | None = None) -> Any:
+    """The join page of the patient of a fresh consultation, as loaded (not joined)."""
+    call = service.hub.create_call(CallKind.CONSULTATION, [("p", "P", "patient"),
+                                                          ("d", "D", "doctor")])
+    page = await (await browser.new_context()).new_page()
+    if init_script is not None:
+        await page.add_init_script(init_script)
+    await page.goto(f"{service.url}/join/{service.token(call.id, 'p')}")
+    return page
+
+
+async def test_a_turn_server_that_relays_nothing_is_reported_plainly(
+    tmp_path: Path, redis_server: RedisServer, browser: Any
+) -> None:
+    nowhere = f"turn:127.0.0.1:{free_port()}"
+    async with run_service(tmp_path, redis_server.url, DEAD_KURENTO, turn_urls=(nowhere,),
+                           turn_secrets=("s" * 32,)) as service:
+        page = await patient_page(service, browser)
+        await page.wait_for_selector("#network[data-result=no-relay]",
+                                     timeout=scaled(15) * 1000)
+        assert await page.inner_text("#network-text") == RU["net_relay_failed"]
+
+
+def _refuse(error: str) -> str:
+    # getUserMedia fails as it does when the user refuses the prompt, no camera is plugged
+    # in, or another program holds it.
+    return f"""navigator.mediaDevices.getUserMedia = () =>
+        Promise.reject(new DOMException('refused', '{error}'));"""
+
+
+@pytest.mark.parametrize(("init_script", "key"), [
+    (_refuse("NotAllowedError"), "err_permission"),
+    (_refuse("NotFoundError"), "err_no_device"),
+    (_refuse("NotReadableError"), "err_busy"),
+    ("delete window.RTCPeerConnection;", "err_unsupported"),
+    # As on plain http:// from another machine: no secure context.
+    ("Object.defineProperty(window, 'isSecureContext', {get: () => false});", "err_insecure"),
+], ids=["denied", "no-camera", "busy-camera", "no-webrtc", "insecure"])
+async def test_precheck_problems_show_what_to_do(
+    tmp_path: Path, redis_server: RedisServer, browser: Any, init_script: str, key: str
+) -> None:
+    async with run_service(tmp_path, redis_server.url, DEAD_KURENTO) as service:
+        page = await patient_page(service, browser, init_script)
+        error_box = page.locator("#precheck-error")
+        await error_box.wait_for(state="visible", timeout=scaled(10) * 1000)
+        assert await error_box.inner_text() == RU[key]
+        assert await page.locator("#join-button").is_disabled()
+
+
+async def test_permission_denied_by_the_browser_itself_shows_its_message(
+    tmp_path: Path, redis_server: RedisServer, browser_without_media_permission: Any
+) -> None:
+    async with run_service(tmp_path, redis_server.url, DEAD_KURENTO) as service:
+        # Headless Chromium without the fake-UI flag refuses the prompt: a real denial.
+        page = await patient_page(service, browser_without_media_permission)
+        error_box = page.locator("#precheck-error")
+        await error_box.wait_for(state="visible", timeout=scaled(10) * 1000)
+        assert await error_box.inner_text() == RU["err_permission"]
+        await page.screenshot(path=str(ARTIFACTS / "join-permission-denied.png"))
+
+
+# Keeps every socket the page opens, so a test can cut one as a dropped network would.
+KEEP_SOCKETS = """(() => {
+  const Native = window.WebSocket;
+  window.sockets = [];
+  window.WebSocket = class extends Native {
+    constructor(...args) { super(...args); window.sockets.push(this); }
+  };
+})();"""
+
+
+async def test_a_dropped_connection_rejoins_within_the_grace_and_pictures_come_back(
     tmp_path: Path, redis_server: RedisServer, browser: Any
 ) -> None:
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,)) as service:
-        call = service.hub.create_call(CallKind.CONSULTATION, [("p", "P", "patient"),
-                                                              ("d", "D", "doctor")])
-        context = await browser.new_context()
-        page = await context.new_page()
-        # Make getUserMedia fail as it does when the user refuses the permission prompt.
-        await page.add_init_script("""navigator.mediaDevices.getUserMedia = () =>
-            Promise.reject(new DOMException('denied', 'NotAllowedError'));""")
-        await page.goto(f"{service.url}/join/{service.token(call.id, 'p')}")
-        error = page.locator("#precheck-error")
-        await error.wait_for(state="visible", timeout=scaled(10) * 1000)
-        assert "Разрешите" in await error.inner_text()
-        assert await page.locator("#join-button").is_disabled()
+        call = service.hub.create_call(CallKind.CONSULTATION, [("pat-5", "P", "patient"),
+                                                              ("doc-5", "D", "doctor")])
+        link = f"{service.url}/join/" + "{}"
+        patient = await open_call(browser, link.format(service.token(call.id, "pat-5")),
+                                  "patient", init_script=KEEP_SOCKETS)
+        doctor = await open_call(browser, link.format(
+            service.token(call.id, "doc-5", role="doctor")), "doctor")
+        await patient.click("#join-button")
+        await doctor.click("#join-button")
+        for page in (patient, doctor):
+            await page.wait_for_selector("body[data-call-state=live]", timeout=scaled(30) * 1000)
+        await patient.evaluate("window.sockets[window.sockets.length - 1].close()")
+        await patient.wait_for_function("window.sockets.length === 2", timeout=scaled(10) * 1000)
+        for page in (patient, doctor):
+            await assert_video_advances(page)
+            await page.wait_for_selector("body[data-call-state=live]", timeout=scaled(30) * 1000)
+        assert await patient.evaluate("window.callStates") == [
+            "connecting", "live", "reconnecting", "connecting", "live"]
+        events = [e["event"] for e in await timeline(service, call.id)
+                  if e.get("participant") == "pat-5"]
+        assert "disconnected" in events and "rejoined" in events
+        assert "client.reconnected" in events
+        assert call.state is CallState.LIVE
+        await doctor.click("#end-all")
+        await patient.wait_for_selector("#outcome:not([hidden])", timeout=scaled(15) * 1000)
 
 
 RECEIVE_ONLY = """async ([token, source]) => {
@@ -179,6 +340,7 @@ async def test_a_referral_rings_the_consultants_workstation_and_is_accepted(
         await consultant.click("#join-button")
         await consultant.wait_for_selector("body[data-call-state=waiting]",
                                            timeout=scaled(10) * 1000)
+        assert await consultant.inner_text("#standby") == RU["referral_waiting"]
         await consultant.screenshot(path=str(ARTIFACTS / "workstation-waiting.png"))
         doctor = await open_call(browser, link.format(
             service.token(call.id, "doc-3", role="doctor")), "doctor")
@@ -186,14 +348,49 @@ async def test_a_referral_rings_the_consultants_workstation_and_is_accepted(
         await doctor.click("#ring-out:not([hidden])", timeout=scaled(15) * 1000)
         await consultant.wait_for_selector("#ring:not([hidden])", timeout=scaled(10) * 1000)
         assert "Д-р Иванов" in await consultant.inner_text("#ring-text")
+        assert RU["ring_answer_within"] in await consultant.inner_text("#ring-countdown")
+        assert await doctor.inner_text("#status") == RU["ringing"]
+        await doctor.screenshot(path=str(ARTIFACTS / "workstation-doctor-ringing.png"))
         await consultant.screenshot(path=str(ARTIFACTS / "workstation-ringing.png"))
-        await consultant.click("#accept")
+        # The dialog takes the keyboard focus: Enter answers.
+        assert await consultant.evaluate("document.activeElement.id") == "accept"
+        await consultant.keyboard.press("Enter")
         for page in (doctor, consultant):
-            await page.wait_for_function(VIDEO_PLAYING, timeout=scaled(30) * 1000)
+            await assert_video_advances(page)
             await page.wait_for_selector("body[data-call-state=live]", timeout=scaled(15) * 1000)
         assert call.state is CallState.LIVE
+        await consultant.screenshot(path=str(ARTIFACTS / "workstation-call-desktop.png"))
         await doctor.click("#end-all")
         await consultant.wait_for_selector("#outcome:not([hidden])", timeout=scaled(15) * 1000)
+        assert await consultant.inner_text("#outcome-text") == RU["ended"]
+
+
+async def test_an_unanswered_referral_stops_ringing_on_the_phone_sized_workstation(
+    tmp_path: Path, redis_server: RedisServer, browser: Any
+) -> None:
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
+            run_service(tmp_path, redis_server.url, (kms_url,),
+                        env={"TELEMED_CALLS_RING_TIMEOUT": str(scaled(3))}) as service:
+        call = service.hub.create_call(CallKind.REFERRAL, [
+            ("doc-4", "Д-р Иванов", "doctor"), ("fd-4", "Д-р Сидорова", "consultant")])
+        link = f"{service.url}/join/" + "{}"
+        consultant = await open_call(browser, link.format(
+            service.token(call.id, "fd-4", role="consultant")), "consultant", 390, 844)
+        await consultant.click("#join-button")
+        await consultant.wait_for_selector("body[data-call-state=waiting]",
+                                           timeout=scaled(10) * 1000)
+        await consultant.screenshot(path=str(ARTIFACTS / "workstation-waiting-phone.png"))
+        doctor = await open_call(browser, link.format(
+            service.token(call.id, "doc-4", role="doctor")), "doctor", 390, 844)
+        await doctor.click("#join-button")
+        await doctor.click("#ring-out:not([hidden])", timeout=scaled(15) * 1000)
+        await consultant.wait_for_selector("#ring:not([hidden])", timeout=scaled(10) * 1000)
+        await consultant.screenshot(path=str(ARTIFACTS / "workstation-ringing-phone.png"))
+        for page, key in ((consultant, "ring_missed"), (doctor, "failed_ring_timeout")):
+            await page.wait_for_selector("#outcome:not([hidden])", timeout=scaled(10) * 1000)
+            assert await page.inner_text("#outcome-text") == RU[key]
+        assert not await consultant.is_visible("#ring")
+        assert call.failure is not None and call.failure.value == "ring-timeout"
 
 
 async def test_a_call_whose_media_is_blocked_shows_the_watchdog_failure(
@@ -233,8 +430,10 @@ async def test_a_call_whose_media_is_blocked_shows_the_watchdog_failure(
         await page.wait_for_selector("#outcome:not([hidden])", timeout=scaled(15) * 1000)
         elapsed = asyncio.get_running_loop().time() - started
         text = await page.inner_text("#outcome-text")
+        retry_shown = await page.is_visible("#retry")
         await page.screenshot(path=str(ARTIFACTS / "call-failed-no-media.png"))
         await context.close()
-    assert "видео и звук не доходят" in text
+    assert text == RU["failed_no_media"]
+    assert retry_shown, "a failure offers to try again"
     assert 2.0 <= elapsed < 2.0 + scaled(8)
     assert call.failure is not None and call.failure.value == "no-media"

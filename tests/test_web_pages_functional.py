@@ -1,4 +1,5 @@
-"""The pages over HTTP: the demo start page, the join page, languages."""
+"""The pages over HTTP: the demo start page, the join page, the pre-call ICE servers,
+languages and the one place every string lives."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.hub_fixtures import Service, run_service
+import web
+from signaling.call import CallKind
+from tests.hub_fixtures import API_KEY, Service, run_service
 from tests.media_fixtures import run_mediaserver
-from tests.services import RedisServer
+from tests.services import RedisServer, TurnServer
+from web.i18n import STRINGS
 
 
 @pytest.fixture
@@ -69,3 +73,100 @@ async def test_pages_speak_russian_by_default_and_english_on_request(
         text = await r.text()
     assert f'lang="{lang}"' in text
     assert word.lower() in text.lower()
+
+
+WEB = Path(web.__file__).parent
+KEY_USE = {
+    "html": re.compile(r"\bt(?:\.(\w+)|\[\"(\w+)\"\])"),
+    "js": re.compile(r"\bT(?:\.(\w+)|\[\"(\w+)\"\])"),
+}
+PREFIX_USE = {"html": re.compile(r"\bt\[\"(\w+)\" \+"), "js": re.compile(r"\bT\[\"(\w+)\" \+")}
+
+
+def _keys_used(text: str, kind: str) -> tuple[set[str], set[str]]:
+    keys = {a or b for a, b in KEY_USE[kind].findall(text)}
+    return keys, set(PREFIX_USE[kind].findall(text))
+
+
+def _template_text(html: str) -> str:
+    """What a template shows besides its {{ }} values: tags, Jinja and SVG removed."""
+    for pattern in (r"<script.*?</script>", r"<style.*?</style>", r"<svg.*?</svg>",
+                    r"\{%.*?%\}", r"\{\{.*?\}\}", r"<[^>]*>", r"&\w+;"):
+        html = re.sub(pattern, " ", html, flags=re.S)
+    return html
+
+
+def _js_literals(js: str) -> list[str]:
+    js = re.sub(r"^\s*//.*$", "", js, flags=re.M)
+    js = re.sub(r"/\*.*?\*/", "", js, flags=re.S)
+    literals = re.findall(r"\"((?:[^\"\\\n]|\\.)*)\"|'((?:[^'\\\n]|\\.)*)'", js)
+    out = [a or b for a, b in literals]
+    for template in re.findall(r"`([^`]*)`", js):
+        out.extend(re.split(r"\$\{[^}]*\}", template))
+    return out
+
+
+def test_every_string_is_in_both_languages_and_no_page_hard_codes_one() -> None:
+    assert STRINGS["ru"].keys() == STRINGS["en"].keys()
+    assert all(v.strip() for table in STRINGS.values() for v in table.values())
+    known = set(STRINGS["ru"])
+    files = [*(WEB / "templates").glob("*.html"), *(WEB / "static").glob("*.js")]
+    assert len(files) >= 6
+    for path in files:
+        text = path.read_text()
+        kind = "js" if path.suffix == ".js" else "html"
+        keys, prefixes = _keys_used(text, kind)
+        assert keys - known == set(), f"{path.name} uses unknown strings"
+        for prefix in prefixes:
+            assert any(k.startswith(prefix) for k in known), (path.name, prefix)
+        if kind == "html":
+            shown = re.findall(r"[^\W\d_]{2,}", _template_text(text))
+            assert shown == [], f"{path.name} shows text not from web/i18n.py: {shown}"
+        else:
+            assert not re.search(r"[А-Яа-яЁё]", text), f"{path.name} has Russian text"
+            phrases = [s for s in _js_literals(text) if re.search(r"[A-Za-z]{2,} +[A-Za-z]{2,}", s)]
+            assert phrases == [], f"{path.name} hard-codes phrases: {phrases}"
+
+
+def test_the_checker_catches_hard_coded_text() -> None:
+    # The checks above must see the kinds of text they are meant to keep out.
+    assert re.findall(r"[^\W\d_]{2,}", _template_text("<p>Нажмите {{ t.join }}</p>")) == [
+        "Нажмите"]
+    assert "Connection lost" in _js_literals('el.textContent = "Connection lost";')
+    assert _keys_used("T.join + T[\"quality_\" + g]", "js") == ({"join"}, {"quality_"})
+
+
+async def test_precheck_hands_out_this_participants_turn_lease_and_the_calls_end_returns_it(
+    tmp_path: Path, redis_server: RedisServer, turn_server: TurnServer
+) -> None:
+    async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",),
+                           turn_urls=(turn_server.url,),
+                           turn_secrets=(turn_server.secret,)) as svc, \
+            aiohttp.ClientSession() as http:
+        call = svc.hub.create_call(CallKind.CONSULTATION, [("p-1", "P", "patient"),
+                                                          ("d-1", "D", "doctor")])
+        url = svc.url + "/precheck/ice"
+        async with http.post(url, json={"token": svc.token(call.id, "p-1")}) as r:
+            assert r.status == 200
+            assert r.headers["Cache-Control"] == "no-store"
+            (server,) = (await r.json())["iceServers"]
+        assert server["urls"] == [turn_server.url]
+        assert server["username"] and server["credential"]
+        api = {"Authorization": f"Bearer {API_KEY}"}
+        async with http.get(svc.url + "/api/v1/turn", headers=api) as r:
+            leases = (await r.json())["leases"]
+        assert [(x["call"], x["participant"]) for x in leases] == [(call.id, "p-1")]
+        for body, status, code in [
+                ({}, 400, "message.invalid"), ({"token": 7}, 400, "message.invalid"),
+                ({"token": "forged"}, 401, "auth.invalid"),
+                ({"token": svc.token(call.id, "stranger")}, 409, "call.not_yours")]:
+            async with http.post(url, json=body) as r:
+                assert (r.status, (await r.json())["code"]) == (status, code), body
+        async with http.post(url, data=b"not json") as r:
+            assert r.status == 400
+        async with http.post(f"{svc.url}/api/v1/calls/{call.id}/end", headers=api) as r:
+            assert r.status == 200
+        async with http.get(svc.url + "/api/v1/turn", headers=api) as r:
+            assert (await r.json())["leases"] == []
+        async with http.post(url, json={"token": svc.token(call.id, "p-1")}) as r:
+            assert (r.status, (await r.json())["code"]) == (409, "call.ended")

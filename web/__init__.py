@@ -12,6 +12,8 @@ import jinja2
 from aiohttp import web
 
 from signaling.call import CallKind
+from signaling.errors import AuthError, CallError
+from signaling.tokens import JoinClaims, verify_join_token
 from web.i18n import LANGUAGES, strings
 
 __all__ = ["page_context", "setup_web"]
@@ -69,27 +71,56 @@ async def demo_call(request: web.Request) -> web.Response:
         "index.html", request, page_context(request, demo=True, links=links))
 
 
-async def join_page(request: web.Request) -> web.Response:
+def _claims(request: web.Request, token: str) -> JoinClaims:
     from signaling.app import ENDPOINTS, SETTINGS
-    from signaling.errors import AuthError
-    from signaling.tokens import verify_join_token
+
+    settings = request.app[SETTINGS]
+    return verify_join_token(token, keys=[request.app[ENDPOINTS].jwt_secret],
+                             issuer=settings.auth.jwt_issuer,
+                             audience=settings.auth.jwt_audience)
+
+
+async def join_page(request: web.Request) -> web.Response:
+    from signaling.app import SETTINGS
 
     token = request.match_info["token"]
-    settings = request.app[SETTINGS]
     try:
-        claims = verify_join_token(token, keys=[request.app[ENDPOINTS].jwt_secret],
-                                   issuer=settings.auth.jwt_issuer,
-                                   audience=settings.auth.jwt_audience)
-        role = claims.role
+        role = _claims(request, token).role
     except AuthError:
         role = "patient"  # the page shows the token error once the socket refuses it
     lang = _language(request)
+    grace = request.app[SETTINGS].calls.rejoin_grace
     response = aiohttp_jinja2.render_template(
-        "join.html", request, page_context(request, token=token, role=role,
-                                       strings_json=json.dumps(strings(lang))))
+        "join.html", request, page_context(request, token=token, role=role, grace=grace,
+                                           strings_json=json.dumps(strings(lang))))
     # The token is in the URL: keep it out of other sites' Referer headers.
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
+
+
+async def precheck_ice(request: web.Request) -> web.Response:
+    """The pre-call network check's ICE servers: this participant's TURN lease for the call."""
+    from signaling.app import HUB
+
+    headers = {"Cache-Control": "no-store"}
+    try:
+        body = await request.json()
+        token = body["token"] if isinstance(body, dict) else None
+        if not isinstance(token, str) or len(token) > 4096:
+            raise ValueError("token")
+    except (ValueError, KeyError):
+        return web.json_response({"code": "message.invalid", "message": "send {token}"},
+                                 status=400, headers=headers)
+    try:
+        servers = await request.app[HUB].precheck_ice_servers(_claims(request, token))
+    except AuthError as exc:
+        return web.json_response({"code": exc.code, "message": str(exc)}, status=401,
+                                 headers=headers)
+    except CallError as exc:
+        status = 503 if exc.code == "turn.exhausted" else 409
+        return web.json_response({"code": exc.code, "message": exc.message}, status=status,
+                                 headers=headers)
+    return web.json_response({"iceServers": servers}, headers=headers)
 
 
 def setup_web(app: web.Application) -> None:
@@ -98,4 +129,5 @@ def setup_web(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_post("/demo/call", demo_call)
     app.router.add_get("/join/{token}", join_page)
+    app.router.add_post("/precheck/ice", precheck_ice)
     app.router.add_static("/static", HERE / "static")

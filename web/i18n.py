@@ -69,6 +69,44 @@ STRINGS: dict[str, dict[str, str]] = {
         "failed_ring_timeout": "Консультант не ответил.",
         "ring_cancelled": "Врач отменил вызов.",
         "declined_by_you": "Вы отклонили вызов.",
+        "check_hint": "Убедитесь, что вас видно и слышно. Шкала уровня звука должна "
+                      "двигаться, когда вы говорите.",
+        "preview": "Изображение с вашей камеры",
+        "net_title": "Сеть",
+        "net_checking": "проверяем соединение с сервером видеосвязи…",
+        "net_relay_ok": "в порядке: видео и звук дойдут даже через защищённую сеть.",
+        "net_relay_failed": "ваша сеть не пропускает видеосвязь через сервер. Если видео "
+                            "не появится, подключитесь к другой сети (например, мобильной).",
+        "net_no_relay_configured": "резервный канал через сервер не настроен; связь будет "
+                                   "прямой.",
+        "net_unavailable": "не удалось проверить сеть. Проверьте подключение к интернету.",
+        "err_unsupported": "Этот браузер не поддерживает видеосвязь. Откройте ссылку в "
+                           "актуальной версии Chrome, Firefox, Safari или Яндекс Браузера.",
+        "peer_reconnecting": "У собеседника пропала связь, ждём его возвращения…",
+        "media_interrupted": "Изображение прервалось",
+        "replaced": "Вы подключились к приёму с другого устройства или вкладки. Здесь "
+                    "приём завершён.",
+        "removed": "Вас отключили от приёма.",
+        "token_expiring": "Срок действия ссылки скоро истечёт.",
+        "reconnect_failed": "Не удалось восстановить связь. Проверьте подключение к "
+                            "интернету и войдите снова по той же ссылке.",
+        "failed_turn": "Сервер видеосвязи перегружен. Попробуйте подключиться через "
+                       "несколько минут.",
+        "failed_shutdown": "Сервер видеосвязи перезапускается. Войдите снова по той же "
+                           "ссылке через минуту.",
+        "ring_missed": "Вы не ответили на вызов.",
+        "ring_answer_within": "Ответьте в течение",
+        "consultant_offline": "Консультант сейчас не на связи. Попросите его открыть "
+                              "рабочее место.",
+        "retry": "Попробовать снова",
+        "unit_s": "с",
+        "unit_ms": "мс",
+        "unit_kbps": "кбит/с",
+        "quality_good": "Связь хорошая",
+        "quality_fair": "Связь средняя",
+        "quality_poor": "Связь плохая",
+        "quality_loss": "потери",
+        "quality_rtt": "задержка",
     },
     "en": {
         "title": "Video consultation",
@@ -132,6 +170,43 @@ STRINGS: dict[str, dict[str, str]] = {
         "failed_ring_timeout": "The consultant did not answer.",
         "ring_cancelled": "The doctor cancelled the call.",
         "declined_by_you": "You declined the call.",
+        "check_hint": "Make sure you can be seen and heard. The sound level bar should move "
+                      "when you speak.",
+        "preview": "Your camera's picture",
+        "net_title": "Network",
+        "net_checking": "checking the connection to the video server…",
+        "net_relay_ok": "fine: video and sound will get through even a protected network.",
+        "net_relay_failed": "your network blocks video calls through our server. If no "
+                            "video appears, use another network (for example mobile data).",
+        "net_no_relay_configured": "no relay server is set up; the connection will be "
+                                   "direct.",
+        "net_unavailable": "the network could not be checked. Check your internet "
+                           "connection.",
+        "err_unsupported": "This browser cannot make video calls. Open the link in a current "
+                           "Chrome, Firefox, Safari or Yandex Browser.",
+        "peer_reconnecting": "The other participant lost their connection; waiting for them…",
+        "media_interrupted": "The picture stopped",
+        "replaced": "You joined from another device or tab; the consultation goes on there.",
+        "removed": "You were removed from the consultation.",
+        "token_expiring": "This link expires soon.",
+        "reconnect_failed": "The connection could not be restored. Check your internet "
+                            "connection and open the same link again.",
+        "failed_turn": "The video server is busy. Try again in a few minutes.",
+        "failed_shutdown": "The video server is restarting. Open the same link again in a "
+                           "minute.",
+        "ring_missed": "You did not answer the call.",
+        "ring_answer_within": "Answer within",
+        "consultant_offline": "The consultant is not online. Ask them to open their "
+                              "workstation.",
+        "retry": "Try again",
+        "unit_s": "s",
+        "unit_ms": "ms",
+        "unit_kbps": "kbit/s",
+        "quality_good": "Good connection",
+        "quality_fair": "Fair connection",
+        "quality_poor": "Poor connection",
+        "quality_loss": "loss",
+        "quality_rtt": "delay",
     },
 }
 

@@ -1,5 +1,8 @@
 // The call page: pre-call check, then one publishing RTCPeerConnection and one receiving
 // RTCPeerConnection per other participant, driven over the telemed.v1 WebSocket protocol.
+import { checkNetwork, explain, listDevices, openDevices, startMeter, unsupportedReason } from "./precheck.js";
+import { selectedPair, totals } from "./stats.js";
+
 const T = window.TELEMED_STRINGS;
 const app = document.getElementById("app");
 const token = app.dataset.token;
@@ -7,22 +10,15 @@ const role = app.dataset.role;
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  ws: null, nextId: 1, pending: new Map(), local: null, iceServers: [],
-  pcs: new Map(), tiles: new Map(), reported: new Set(), me: null, over: false,
-  pendingCandidates: new Map(), published: false,
+  ws: null, nextId: 1, pending: new Map(), local: null, iceServers: [], authed: false,
+  queued: [], pcs: new Map(), tiles: new Map(), reported: new Set(), names: new Map(),
+  pendingCandidates: new Map(), over: false, inCall: false, waiting: false,
+  reconnecting: false, serverLive: false, cancelled: false, stopMeter: () => {},
+  statsTimer: null, ringWired: false, ringer: null, countdown: null, last: new Map(),
+  grace: Number(app.dataset.grace) || 20, network: null,
 };
 
 // ---------------------------------------------------------------- pre-call check
-
-function explain(err) {
-  if (!navigator.mediaDevices || !window.isSecureContext) return T.err_insecure;
-  switch (err && err.name) {
-    case "NotAllowedError": case "SecurityError": return T.err_permission;
-    case "NotFoundError": case "OverconstrainedError": return T.err_no_device;
-    case "NotReadableError": case "AbortError": return T.err_busy;
-    default: return `${T.err_generic} ${err && err.message ? err.message : err}`;
-  }
-}
 
 function showPrecheckError(text) {
   const el = $("precheck-error");
@@ -30,71 +26,39 @@ function showPrecheckError(text) {
   el.hidden = false;
 }
 
-async function openDevices() {
-  const camera = $("camera-select").value;
-  const mic = $("mic-select").value;
-  const constraints = {
-    audio: mic ? { deviceId: { exact: mic } } : true,
-    video: camera ? { deviceId: { exact: camera }, width: { ideal: 640 }, height: { ideal: 480 } }
-                  : { width: { ideal: 640 }, height: { ideal: 480 } },
-  };
-  if (state.local) state.local.getTracks().forEach((t) => t.stop());
-  state.local = await navigator.mediaDevices.getUserMedia(constraints);
+async function useDevices() {
+  state.local = await openDevices(state.local);
   $("preview").srcObject = state.local;
   $("local").srcObject = state.local;
-  meter(state.local);
-}
-
-async function listDevices() {
-  const devices = await navigator.mediaDevices.enumerateDevices();
-  for (const [kind, select] of [["videoinput", "camera-select"], ["audioinput", "mic-select"]]) {
-    const el = $(select);
-    const current = el.value;
-    el.textContent = "";
-    devices.filter((d) => d.kind === kind).forEach((d, i) => {
-      const opt = document.createElement("option");
-      opt.value = d.deviceId;
-      opt.textContent = d.label || `${kind} ${i + 1}`;
-      el.appendChild(opt);
-    });
-    if (current) el.value = current;
-  }
-}
-
-let meterContext = null;
-function meter(stream) {
-  const Ctx = window.AudioContext || window.webkitAudioContext;
-  if (!Ctx || stream.getAudioTracks().length === 0) return;
-  if (meterContext) meterContext.close();
-  meterContext = new Ctx();
-  const analyser = meterContext.createAnalyser();
-  meterContext.createMediaStreamSource(stream).connect(analyser);
-  const data = new Uint8Array(analyser.fftSize);
-  const tick = () => {
-    if (!meterContext || meterContext.state === "closed") return;
-    analyser.getByteTimeDomainData(data);
-    let peak = 0;
-    for (const v of data) peak = Math.max(peak, Math.abs(v - 128) / 128);
-    $("mic-level").value = peak;
-    requestAnimationFrame(tick);
-  };
-  tick();
+  state.stopMeter();
+  state.stopMeter = startMeter(state.local, $("mic-level"));
+  $("precheck-error").hidden = true;
 }
 
 async function precheck() {
-  if (!navigator.mediaDevices || !window.isSecureContext) {
-    showPrecheckError(T.err_insecure);
+  const unsupported = unsupportedReason(T);
+  if (unsupported) {
+    showPrecheckError(unsupported);
+    document.body.dataset.callState = "unsupported";
     return;
   }
+  checkNetwork(T, token).then((verdict) => {
+    state.network = verdict;
+    report("networkCheck", verdict);
+  });
   try {
-    await openDevices();
-    await listDevices();
+    await useDevices();
+    await listDevices(T);
     $("join-button").disabled = false;
   } catch (err) {
-    showPrecheckError(explain(err));
+    report("mediaError", { name: err && err.name, message: String(err && err.message) });
+    showPrecheckError(explain(T, err));
   }
-  $("camera-select").addEventListener("change", () => openDevices().catch((e) => showPrecheckError(explain(e))));
-  $("mic-select").addEventListener("change", () => openDevices().catch((e) => showPrecheckError(explain(e))));
+  for (const id of ["camera-select", "mic-select"]) {
+    $(id).addEventListener("change", () => useDevices().then(() => {
+      $("join-button").disabled = false;
+    }).catch((e) => showPrecheckError(explain(T, e))));
+  }
 }
 
 // ---------------------------------------------------------------- signalling
@@ -111,50 +75,85 @@ function request(type, fields = {}) {
   });
 }
 
+// Diagnostics land in the call's timeline; those from before `hello` wait for it.
 function report(event, data = {}) {
-  send({ type: "clientEvent", event, data });
+  const message = { type: "clientEvent", event, data };
+  if (state.authed) send(message);
+  else if (state.queued.length < 50) state.queued.push(message);
 }
 
-// data-call-state mirrors the server's view so styles (and tests) can follow it.
+// data-call-state mirrors the call's state so styles (and tests) can follow it.
 function setStatus(text, callState) {
   $("status").textContent = text;
   if (callState) document.body.dataset.callState = callState;
 }
 
-function finish(text) {
+function finish(text, { retry = false } = {}) {
   if (state.over) return;
   state.over = true;
   for (const pc of state.pcs.values()) pc.close();
   if (state.local) state.local.getTracks().forEach((t) => t.stop());
+  state.stopMeter();
+  stopRinging();
+  clearInterval(state.statsTimer);
+  $("precheck").hidden = true;
   $("call").hidden = true;
+  $("ring").hidden = true;
   $("outcome").hidden = false;
   $("outcome-text").textContent = text;
+  $("retry").hidden = !retry;
   document.body.dataset.callState = "over";
-  if (state.ws) state.ws.close();
+  const ws = state.ws;
+  state.ws = null;
+  if (ws) ws.close();
 }
 
-const FAILURES = {
-  "no-media": "failed_no_media", "media-server-lost": "failed_media_server",
-  "recording-failed": "failed_recording", "declined": "failed_declined",
-  "ring-timeout": "failed_ring_timeout",
-};
+function failureText(reason) {
+  if (role === "consultant" && reason === "declined") return T.declined_by_you;
+  if (role === "consultant" && reason === "ring-timeout") return T.ring_missed;
+  const key = {
+    "no-media": "failed_no_media", "media-server-lost": "failed_media_server",
+    "recording-failed": "failed_recording", "declined": "failed_declined",
+    "ring-timeout": "failed_ring_timeout", "turn-exhausted": "failed_turn",
+    "shutdown": "failed_shutdown",
+  }[reason];
+  return T[key || "failed_other"];
+}
 
 function onEvent(msg) {
   switch (msg.type) {
     case "candidate": addRemoteCandidate(msg); break;
-    case "participantJoined": names.set(msg.participant.id, msg.participant.name); break;
+    case "participantJoined":
+      state.names.set(msg.participant.id, msg.participant.name);
+      markTile(msg.participant.id, "");
+      break;
     case "participantPublished": subscribe(msg.participant, msg.kinds); break;
+    case "participantReconnecting":
+      closePc(msg.participant);
+      markTile(msg.participant, T.peer_reconnecting);
+      setStatus(T.peer_reconnecting);
+      break;
     case "participantLeft": removeTile(msg.participant); setStatus(T.participant_left); break;
+    case "mediaInterrupted": if (msg.viewer) markTile(msg.participant, T.media_interrupted); break;
+    case "mediaRestored": if (msg.viewer) markTile(msg.participant, ""); break;
     case "recording": $("recording").hidden = msg.state !== "on"; break;
-    case "callLive": setStatus(T.live, "live"); $("recording").hidden = false; break;
-    case "callFailed": report("shown", { reason: msg.reason }); finish(T[FAILURES[msg.reason] || "failed_other"]); break;
+    case "callLive":
+      state.serverLive = true;
+      setStatus(T.live, "live");
+      $("recording").hidden = false;
+      break;
+    case "callFailed":
+      report("shown", { reason: msg.reason });
+      finish(failureText(msg.reason), { retry: !["declined", "ring-timeout"].includes(msg.reason) });
+      break;
     case "callEnded": finish(state.cancelled ? T.ring_cancelled : T.ended); break;
-    case "replaced": finish(T.failed_other); break;
-    case "incomingCall": showRing(msg.caller); break;
+    case "replaced": finish(T.replaced); break;
+    case "incomingCall": showRing(msg.caller, msg.timeout); break;
     case "ringAccepted": setStatus(T.ring_accepted); break;
-    case "ringCancelled": state.cancelled = true; $("ring").hidden = true; break;
-    case "ringTimeout": $("ring").hidden = true; break;
-    case "removed": finish(T.ended); break;
+    case "ringCancelled": state.cancelled = true; stopRinging(); break;
+    case "ringTimeout": stopRinging(); break;
+    case "removed": finish(T.removed); break;
+    case "tokenExpiring": setStatus(T.token_expiring); break;
     default: break;
   }
 }
@@ -165,8 +164,18 @@ function connectSocket() {
     const ws = new WebSocket(`${scheme}//${location.host}/ws`, ["telemed.v1"]);
     state.ws = ws;
     ws.onopen = () => resolve(ws);
-    ws.onerror = () => reject(new Error("WebSocket error"));
-    ws.onclose = () => { if (!state.over) finish(T.failed_other); };
+    ws.onerror = () => reject(Object.assign(new Error("websocket"), { code: "socket.error" }));
+    ws.onclose = () => {
+      if (state.ws !== ws) return;
+      state.ws = null;
+      state.authed = false;
+      for (const { reject: fail } of state.pending.values()) {
+        fail(Object.assign(new Error("closed"), { code: "socket.closed" }));
+      }
+      state.pending.clear();
+      reject(Object.assign(new Error("closed"), { code: "socket.closed" }));
+      if (!state.over && (state.inCall || state.waiting)) reconnect();
+    };
     ws.onmessage = (event) => {
       const msg = JSON.parse(event.data);
       if (msg.re !== undefined && state.pending.has(msg.re)) {
@@ -182,14 +191,87 @@ function connectSocket() {
   });
 }
 
+async function hello() {
+  const welcome = await request("hello", { token });
+  state.authed = true;
+  for (const message of state.queued.splice(0)) send(message);
+  return welcome;
+}
+
+// ---------------------------------------------------------------- reconnecting
+
+const TERMINAL = /^(auth\.|call\.(ended|not_found|not_yours|removed))/;
+
+// The socket dropped: come back within the rejoin grace and keep our place in the call.
+async function reconnect() {
+  if (state.over || state.reconnecting) return;
+  state.reconnecting = true;
+  const wasInCall = state.inCall;
+  setStatus(T.reconnecting, "reconnecting");
+  for (const id of [...state.pcs.keys()]) closePc(id);
+  state.pendingCandidates.clear();
+  const deadline = Date.now() + state.grace * 1000;
+  let delay = 300;
+  while (!state.over) {
+    try {
+      await connectSocket();
+      await hello();
+      if (wasInCall) await enterCall();
+      else setWaiting();
+      state.reconnecting = false;
+      report("reconnected", {});
+      return;
+    } catch (err) {
+      const ws = state.ws;
+      state.ws = null;
+      if (ws) ws.close();
+      if (err.code && TERMINAL.test(err.code)) {
+        finish(err.code === "call.ended" ? T.ended : T.reconnect_failed, { retry: err.code !== "call.ended" });
+        return;
+      }
+      if (Date.now() + delay > deadline) { finish(T.reconnect_failed, { retry: true }); return; }
+      await new Promise((resume) => {
+        const timer = setTimeout(resume, delay);
+        window.addEventListener("online", () => { clearTimeout(timer); resume(); }, { once: true });
+      });
+      delay = Math.min(delay * 2, 3000);
+    }
+  }
+}
+
+// ICE that failed after it had worked (the network changed under us): rejoin on a fresh socket.
+function restartSession(target) {
+  if (state.over || state.reconnecting || !state.ws) return;
+  report("restart", { target });
+  state.ws.close();
+}
+
 // ---------------------------------------------------------------- media
 
 function watch(pc, target) {
-  const note = (what) => report("pc", { target, what, value: pc[what] });
-  pc.addEventListener("iceconnectionstatechange", () => note("iceConnectionState"));
+  let connectedOnce = false;
+  const note = (what) => {
+    report("pc", { target, what, value: pc[what] });
+    if (pc[what] === "failed") report("pcFailed", { target, what });
+  };
+  const connected = () => {
+    pc.getStats().then((stats) => {
+      const pair = selectedPair(stats);
+      if (pair) report("selectedPair", { target, ...pair });
+    }).catch((err) => report("statsError", { target, message: String(err) }));
+  };
+  pc.addEventListener("iceconnectionstatechange", () => {
+    note("iceConnectionState");
+    const s = pc.iceConnectionState;
+    if ((s === "connected" || s === "completed") && !connectedOnce) { connectedOnce = true; connected(); }
+    if (s === "failed" && connectedOnce && state.pcs.get(target) === pc) restartSession(target);
+  });
   pc.addEventListener("connectionstatechange", () => note("connectionState"));
   pc.addEventListener("signalingstatechange", () => note("signalingState"));
   pc.addEventListener("icegatheringstatechange", () => note("iceGatheringState"));
+  pc.addEventListener("icecandidateerror", (e) => {
+    report("candidateError", { target, url: e.url, code: e.errorCode, text: String(e.errorText || "") });
+  });
   pc.addEventListener("icecandidate", (e) => {
     send({ type: "candidate", target, candidate: e.candidate ? e.candidate.candidate : "",
            sdpMid: e.candidate ? e.candidate.sdpMid : null,
@@ -218,16 +300,32 @@ async function negotiate(pc, target, type, fields) {
   state.pendingCandidates.delete(target);
 }
 
-async function publish() {
+function newPc(target) {
   const pc = new RTCPeerConnection({ iceServers: state.iceServers });
-  state.pcs.set("publish", pc);
-  watch(pc, "publish");
-  for (const track of state.local.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [state.local] });
-  await negotiate(pc, "publish", "publish", {});
-  state.published = true;
+  state.pcs.set(target, pc);
+  watch(pc, target);
+  return pc;
 }
 
-function tile(participant, name) {
+function closePc(target) {
+  const pc = state.pcs.get(target);
+  if (pc) pc.close();
+  state.pcs.delete(target);
+  state.reported.delete(target);
+  state.last.delete(target);
+}
+
+async function publish() {
+  const pc = newPc("publish");
+  for (const track of state.local.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [state.local] });
+  await negotiate(pc, "publish", "publish", {});
+}
+
+function updateGrid() {
+  $("grid").dataset.count = String(state.tiles.size + 1);
+}
+
+function tile(participant) {
   let fig = state.tiles.get(participant);
   if (!fig) {
     fig = document.createElement("figure");
@@ -237,40 +335,46 @@ function tile(participant, name) {
     video.autoplay = true;
     video.playsInline = true;
     const caption = document.createElement("figcaption");
-    caption.textContent = name || participant;
-    fig.append(video, caption);
+    caption.textContent = state.names.get(participant) || participant;
+    const note = document.createElement("span");
+    note.className = "tile-note";
+    note.hidden = true;
+    fig.append(video, caption, note);
+    video.setAttribute("aria-label", caption.textContent);
     $("grid").appendChild(fig);
     state.tiles.set(participant, fig);
-    $("grid").dataset.count = String(state.tiles.size + 1);
+    updateGrid();
   }
   return fig;
 }
 
+function markTile(participant, text) {
+  const fig = state.tiles.get(participant);
+  if (!fig) return;
+  const note = fig.querySelector(".tile-note");
+  note.textContent = text;
+  note.hidden = !text;
+  fig.classList.toggle("troubled", Boolean(text));
+}
+
 function removeTile(participant) {
-  const pc = state.pcs.get(participant);
-  if (pc) pc.close();
-  state.pcs.delete(participant);
+  closePc(participant);
   const fig = state.tiles.get(participant);
   if (fig) fig.remove();
   state.tiles.delete(participant);
-  state.reported.delete(participant);
-  $("grid").dataset.count = String(state.tiles.size + 1);
+  updateGrid();
 }
-
-const names = new Map();
 
 async function subscribe(participant, kinds) {
   if (!kinds || kinds.length === 0 || state.pcs.has(participant) || state.over) return;
-  const pc = new RTCPeerConnection({ iceServers: state.iceServers });
-  state.pcs.set(participant, pc);
-  watch(pc, participant);
+  const pc = newPc(participant);
   pc.addTransceiver("audio", { direction: "recvonly" });
   pc.addTransceiver("video", { direction: "recvonly" });
   const stream = new MediaStream();
   pc.addEventListener("track", (e) => {
     stream.addTrack(e.track);
-    const video = tile(participant, names.get(participant)).querySelector("video");
-    video.srcObject = stream;
+    const video = tile(participant).querySelector("video");
+    if (video.srcObject !== stream) video.srcObject = stream;
     video.play().catch(() => {});
   });
   try {
@@ -280,94 +384,179 @@ async function subscribe(participant, kinds) {
   }
 }
 
+function quality(kbps, loss, rtt) {
+  const el = $("quality");
+  const grade = loss > 5 || (rtt !== null && rtt > 0.4) ? "poor"
+    : loss > 1 || (rtt !== null && rtt > 0.2) ? "fair" : "good";
+  el.dataset.grade = grade;
+  el.dataset.kbps = String(kbps);
+  el.dataset.loss = loss.toFixed(1);
+  el.dataset.rtt = rtt === null ? "" : String(Math.round(rtt * 1000));
+  const rttText = rtt === null ? "—" : `${Math.round(rtt * 1000)} ${T.unit_ms}`;
+  $("quality-text").textContent = `${T["quality_" + grade]} · ${kbps} ${T.unit_kbps} · `
+    + `${T.quality_loss} ${loss.toFixed(1)}% · ${T.quality_rtt} ${rttText}`;
+}
+
 // Kurento sees media only up to its own sending element; the browser confirms arrival.
 async function pollStats() {
-  if (state.over) return;
-  let text = "";
-  for (const [target, pc] of state.pcs) {
+  if (state.over || state.reconnecting) return;
+  let bits = 0, received = 0, lost = 0, rtt = null, loudest = null, loudestLevel = 0.02;
+  for (const [target, pc] of [...state.pcs]) {
+    const now = totals(await pc.getStats());
+    const before = state.last.get(target) || { bytesIn: 0, bytesOut: 0, received: 0, lost: 0 };
+    state.last.set(target, now);
+    bits += (now.bytesIn - before.bytesIn + now.bytesOut - before.bytesOut) * 8;
+    received += now.received - before.received;
+    lost += now.lost - before.lost;
+    if (now.rtt !== null) rtt = rtt === null ? now.rtt : Math.max(rtt, now.rtt);
     if (target === "publish") continue;
-    const stats = await pc.getStats();
-    let bytes = 0, lost = 0, received = 0, rtt = null, level = 0;
-    stats.forEach((s) => {
-      if (s.type === "inbound-rtp") {
-        bytes += s.bytesReceived || 0; lost += s.packetsLost || 0; received += s.packetsReceived || 0;
-        if (s.kind === "audio" && s.audioLevel !== undefined) level = s.audioLevel;
-      }
-      if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) rtt = s.currentRoundTripTime;
-    });
-    if (bytes > 0 && !state.reported.has(target)) {
+    if (now.bytesIn > 0 && !state.reported.has(target)) {
       state.reported.add(target);
       report("mediaReceived", { participant: target });
+      markTile(target, "");
     }
-    const fig = state.tiles.get(target);
-    if (fig) fig.classList.toggle("speaking", level > 0.05);
-    const prev = pc._telemedBytes || 0;
-    pc._telemedBytes = bytes;
-    const kbps = Math.round(((bytes - prev) * 8) / 1000);
-    const loss = received + lost > 0 ? ((100 * lost) / (received + lost)).toFixed(1) : "0";
-    text = `${kbps} kbit/s · ${loss}% · ${rtt !== null ? Math.round(rtt * 1000) + " ms" : "—"}`;
+    if (now.level > loudestLevel) { loudest = target; loudestLevel = now.level; }
   }
-  $("quality").textContent = text;
+  for (const [participant, fig] of state.tiles) fig.classList.toggle("speaking", participant === loudest);
+  const subscribed = [...state.pcs.keys()].filter((k) => k !== "publish");
+  // After a rejoin the call is already live: show it once every picture came back.
+  if (state.serverLive && subscribed.length && subscribed.every((k) => state.reported.has(k))
+      && document.body.dataset.callState !== "live") {
+    setStatus(T.live, "live");
+  }
+  const loss = received + lost > 0 ? (100 * lost) / (received + lost) : 0;
+  quality(Math.round(bits / 1000), loss, rtt);
 }
 
 async function enterCall() {
   const joined = await request("join");
-  state.me = joined.you.id;
+  state.inCall = true;
+  state.waiting = false;
   state.iceServers = joined.iceServers || [];
-  if (meterContext) { meterContext.close(); meterContext = null; }
+  state.serverLive = joined.call.state === "live";
+  state.stopMeter();
   $("precheck").hidden = true;
-  $("ring").hidden = true;
+  stopRinging();
   $("call").hidden = false;
-  setStatus(joined.participants.length ? T.connecting : T.waiting);
-  for (const p of joined.participants) names.set(p.id, p.name);
+  setStatus(joined.participants.length ? T.connecting : T.waiting, "connecting");
+  for (const p of joined.participants) state.names.set(p.id, p.name);
+  if (state.network) report("networkCheck", state.network);
   await publish();
   for (const p of joined.participants) subscribe(p.id, p.published);
-  setInterval(() => pollStats().catch(() => {}), 1000);
+  if (!state.statsTimer) state.statsTimer = setInterval(() => pollStats().catch(() => {}), 1000);
+  wireRingOut(joined);
+}
+
+function wireRingOut(joined) {
   const consultant = joined.participants.find((p) => p.role === "consultant");
   const ringOut = $("ring-out");
-  if (ringOut && joined.call.kind === "referral" && consultant && joined.call.state !== "connecting") {
-    ringOut.hidden = false;
-    ringOut.addEventListener("click", async () => {
-      ringOut.disabled = true;
-      try {
-        await request("ring", { participant: consultant.id });
-        setStatus(T.ringing, "ringing");
-      } catch (err) {
-        ringOut.disabled = false;
-        setStatus(`${T.err_generic} ${err.message}`);
-      }
-    });
-  }
+  if (!ringOut || state.ringWired || joined.call.kind !== "referral" || !consultant
+      || joined.call.state !== "created") return;
+  state.ringWired = true;
+  ringOut.hidden = false;
+  ringOut.addEventListener("click", async () => {
+    ringOut.disabled = true;
+    try {
+      await request("ring", { participant: consultant.id });
+      setStatus(T.ringing, "ringing");
+      ringOut.hidden = true;
+    } catch (err) {
+      ringOut.disabled = false;
+      setStatus(err.code === "participant.offline" ? T.consultant_offline : `${T.err_generic} ${err.message}`);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- referral ringing
+
+function setWaiting() {
+  state.waiting = true;
+  $("join-button").hidden = true;
+  $("standby").hidden = false;
+  document.body.dataset.callState = "waiting";
 }
 
 // A consultant's workstation is online for a referral and rings when the doctor calls.
-function showRing(caller) {
+function showRing(caller, timeout) {
   $("precheck").hidden = true;
   $("ring-text").textContent = `${T.ring_incoming}: ${caller.name}`;
   $("ring").hidden = false;
+  $("accept").focus();
   document.body.dataset.callState = "ringing";
+  let left = Math.round(timeout);
+  const tick = () => { $("ring-countdown").textContent = `${T.ring_answer_within} ${left} ${T.unit_s}`; left -= 1; };
+  tick();
+  state.countdown = setInterval(() => { if (left >= 0) tick(); }, 1000);
+  if (state.ringer) state.ringer.start();
+}
+
+function stopRinging() {
+  $("ring").hidden = true;
+  clearInterval(state.countdown);
+  if (state.ringer) state.ringer.stop();
+}
+
+// A two-tone ring made on the spot; the context is created on a click so browsers let it play.
+function makeRinger() {
+  const Ctx = window.AudioContext || window.webkitAudioContext;
+  if (!Ctx) return null;
+  const context = new Ctx();
+  let timer = null;
+  const beep = () => {
+    for (const [freq, at] of [[880, 0], [660, 0.25]]) {
+      const osc = context.createOscillator();
+      const gain = context.createGain();
+      gain.gain.value = 0.08;
+      osc.frequency.value = freq;
+      osc.connect(gain).connect(context.destination);
+      osc.start(context.currentTime + at);
+      osc.stop(context.currentTime + at + 0.2);
+    }
+  };
+  return {
+    start() { if (!timer) { context.resume().catch(() => {}); beep(); timer = setInterval(beep, 2000); } },
+    stop() { clearInterval(timer); timer = null; },
+  };
 }
 
 async function join() {
   $("join-button").disabled = true;
   $("join-button").textContent = T.joining;
+  if (role === "consultant" && !state.ringer) state.ringer = makeRinger();
   try {
     await connectSocket();
-    const welcome = await request("hello", { token });
+    const welcome = await hello();
     if (welcome.kind === "referral" && role === "consultant" && welcome.state !== "connecting"
         && welcome.state !== "live") {
-      $("join-button").textContent = T.referral_waiting;
-      document.body.dataset.callState = "waiting";
+      setWaiting();
       return;
     }
     await enterCall();
   } catch (err) {
     $("join-button").textContent = T.join;
     $("join-button").disabled = false;
-    const authFailed = err.code && err.code.startsWith("auth.");
-    showPrecheckError(authFailed || err.code === "call.not_found" ? T.err_token : `${T.err_generic} ${err.message}`);
-    if (state.ws) { state.over = true; state.ws.close(); state.over = false; }
+    const tokenBad = err.code && (err.code.startsWith("auth.") || err.code.startsWith("call.not_"));
+    const text = tokenBad ? T.err_token : err.code === "call.ended" ? T.ended
+      : err.code === "turn.exhausted" ? T.failed_turn : `${T.err_generic} ${err.message}`;
+    report("joinFailed", { code: err.code || null });
+    showPrecheckError(text);
+    state.inCall = false;
+    const ws = state.ws;
+    state.ws = null;
+    if (ws) ws.close();
   }
+}
+
+function toggle(kind, button, offLabel, onLabel) {
+  const tracks = kind === "audio" ? state.local.getAudioTracks() : state.local.getVideoTracks();
+  const enabled = !tracks.every((t) => t.enabled);
+  tracks.forEach((t) => { t.enabled = enabled; });
+  button.setAttribute("aria-pressed", String(!enabled));
+  const label = enabled ? offLabel : onLabel;
+  button.setAttribute("aria-label", label);
+  button.title = label;
+  if (kind === "video") $("local").closest(".tile").classList.toggle("camera-off", !enabled);
+  report(kind === "audio" ? "micToggled" : "cameraToggled", { enabled });
 }
 
 $("accept").addEventListener("click", async () => {
@@ -384,27 +573,19 @@ $("decline").addEventListener("click", async () => {
   try { await request("decline"); } catch (err) { /* the call is over either way */ }
   finish(T.declined_by_you);
 });
-
-function toggle(kind, button, offLabel, onLabel) {
-  const tracks = kind === "audio" ? state.local.getAudioTracks() : state.local.getVideoTracks();
-  const enabled = !tracks.every((t) => t.enabled);
-  tracks.forEach((t) => { t.enabled = enabled; });
-  button.setAttribute("aria-pressed", String(!enabled));
-  const label = enabled ? offLabel : onLabel;
-  button.setAttribute("aria-label", label);
-  button.title = label;
-  report(kind === "audio" ? "micToggled" : "cameraToggled", { enabled });
-}
-
 $("join-button").addEventListener("click", join);
 $("mute").addEventListener("click", (e) => toggle("audio", e.currentTarget, T.mute, T.unmute));
 $("camera").addEventListener("click", (e) => toggle("video", e.currentTarget, T.camera_off, T.camera_on));
 $("hangup").addEventListener("click", async () => {
+  state.inCall = false;
   try { await request("leave"); } catch (err) { /* leaving anyway */ }
   finish(T.ended);
 });
+$("retry").addEventListener("click", () => location.reload());
 const endAll = $("end-all");
 if (endAll) endAll.addEventListener("click", () => request("end").catch(() => {}));
 window.addEventListener("pagehide", () => send({ type: "leave" }));
+window.addEventListener("error", (e) => report("pageError", { message: String(e.message).slice(0, 300) }));
+window.addEventListener("unhandledrejection", (e) => report("pageError", { message: String(e.reason).slice(0, 300) }));
 
 precheck();
