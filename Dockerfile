@@ -1,5 +1,7 @@
 # The signalling service: the same Python package `./dev setup` installs, without the
 # embedded helpers (Kurento, coturn and Redis run as their own containers in compose/).
+# /recordings is created here, owned by the service's user, so that the compose volume
+# mounted on it starts with that owner (Kurento, running as root, writes into it too).
 FROM python:3.11-slim-bookworm
 
 # ffmpeg/ffprobe verify and compose recordings.
@@ -7,7 +9,8 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ffmpeg curl \
  && rm -rf /var/lib/apt/lists/*
 
-RUN useradd --system --uid 10001 --home-dir /srv/telemed --create-home telemed
+RUN useradd --system --uid 10001 --home-dir /srv/telemed --create-home telemed \
+ && mkdir /recordings && chown telemed:telemed /recordings
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY signaling ./signaling

@@ -69,16 +69,17 @@ def free_port_range(size: int) -> tuple[int, int]:
 
 
 def wait_port(
-    port: int, *, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+    port: int, *, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None,
+    host: str = "127.0.0.1",
 ) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+            raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
         time.sleep(0.02)
 
 
