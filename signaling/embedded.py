@@ -20,6 +20,7 @@ from pathlib import Path
 
 from signaling.settings import Settings
 from signaling.supervisor import ChildSpec
+from turn.providers.coturn import DENIED_PEERS
 
 __all__ = ["Endpoints", "Secrets", "load_secrets", "plan"]
 
@@ -149,16 +150,7 @@ def _turn_child(settings: Settings, data: Path, secret: str) -> tuple[ChildSpec,
                 "no-software-attribute",
                 "stale-nonce=600",
                 "no-rfc5780",
-                # Never relay to loopback, private or IPv4-mapped ranges (see docs/turn.md).
-                "denied-peer-ip=0.0.0.0-0.255.255.255",
-                "denied-peer-ip=10.0.0.0-10.255.255.255",
-                "denied-peer-ip=127.0.0.0-127.255.255.255",
-                "denied-peer-ip=169.254.0.0-169.254.255.255",
-                "denied-peer-ip=172.16.0.0-172.31.255.255",
-                "denied-peer-ip=192.168.0.0-192.168.255.255",
-                "denied-peer-ip=::1",
-                "denied-peer-ip=fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-                "denied-peer-ip=::ffff:0.0.0.0-::ffff:255.255.255.255",
+                *(f"denied-peer-ip={peers}" for peers in DENIED_PEERS),
                 f"userdb={folder}/turndb",
                 f"pidfile={folder}/turnserver.pid",
                 "log-file=stdout",

@@ -33,7 +33,7 @@ from aioice.turn import TurnClientTcpProtocol, TurnClientUdpProtocol
 from signaling.settings import Settings, _sections, env_name, load_settings
 from tests.helpers import scaled
 from tests.services import free_port, free_port_range, require_binary, stop_process, wait_port
-from turn.providers.coturn import CoturnSharedSecret
+from turn.providers.coturn import DENIED_PEERS, CoturnSharedSecret
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose"
@@ -220,17 +220,16 @@ def test_coturn_config_is_locked_down() -> None:
     text = (COMPOSE / "coturn" / "turnserver.conf").read_text()
     lines = {line.strip() for line in text.splitlines() if line and not line.startswith("#")}
     for required in ("use-auth-secret", "no-multicast-peers", "fingerprint", "no-cli",
-                     "no-tlsv1", "no-tlsv1_1",
-                     "denied-peer-ip=0.0.0.0-0.255.255.255",
-                     "denied-peer-ip=127.0.0.0-127.255.255.255",
-                     "denied-peer-ip=10.0.0.0-10.255.255.255",
-                     "denied-peer-ip=172.16.0.0-172.31.255.255",
-                     "denied-peer-ip=192.168.0.0-192.168.255.255",
-                     "denied-peer-ip=169.254.0.0-169.254.255.255",
-                     "denied-peer-ip=::1",
-                     "denied-peer-ip=fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-                     "denied-peer-ip=::ffff:0.0.0.0-::ffff:255.255.255.255"):
+                     "no-tlsv1", "no-tlsv1_1"):
         assert required in lines, required
+    # The same ranges as the embedded coturn, which include every private range, loopback
+    # and the IPv4-mapped IPv6 bypass.
+    assert {"127.0.0.0-127.255.255.255", "10.0.0.0-10.255.255.255", "172.16.0.0-172.31.255.255",
+            "192.168.0.0-192.168.255.255", "::ffff:0.0.0.0-::ffff:255.255.255.255",
+            "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "::1"} <= set(DENIED_PEERS)
+    denied = [line.removeprefix("denied-peer-ip=") for line in text.splitlines()
+              if line.startswith("denied-peer-ip=")]
+    assert denied == list(DENIED_PEERS)
     conf = coturn_conf()
     assert int(conf["user-quota"]) > 0 and int(conf["total-quota"]) > 0
     assert conf["cert"] and conf["pkey"] and conf["tls-listening-port"]

@@ -11,7 +11,28 @@ import redis.asyncio as aioredis
 from turn.credentials import shared_secret_credential
 from turn.lease import TurnLease
 
-__all__ = ["CoturnRedisUserDb", "CoturnSharedSecret", "user_key"]
+__all__ = ["DENIED_PEERS", "CoturnRedisUserDb", "CoturnSharedSecret", "user_key"]
+
+#: `denied-peer-ip` ranges for every coturn we configure (embedded and compose/): a TURN
+#: account must not become a way into the hospital network. coturn before 4.9 lets
+#: IPv4-mapped IPv6 peers (::ffff:127.0.0.1) past its other checks, hence the ::ffff range.
+DENIED_PEERS = (
+    "0.0.0.0-0.255.255.255",
+    "10.0.0.0-10.255.255.255",
+    "100.64.0.0-100.127.255.255",
+    "127.0.0.0-127.255.255.255",
+    "169.254.0.0-169.254.255.255",
+    "172.16.0.0-172.31.255.255",
+    "192.0.0.0-192.0.0.255",
+    "192.168.0.0-192.168.255.255",
+    "198.18.0.0-198.19.255.255",
+    "224.0.0.0-255.255.255.255",
+    "::1",
+    "::ffff:0.0.0.0-::ffff:255.255.255.255",
+    "64:ff9b::-64:ff9b::ffff:ffff",
+    "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+)
 
 
 class CoturnSharedSecret:
