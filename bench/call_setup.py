@@ -4,6 +4,14 @@ peers on loopback. Phases: signalling (join), publish negotiation (offer → ans
 server round trips included), subscribe negotiation, then ICE + DTLS + first media until
 `callLive`. Baseline: two bare aiortc peers connected directly (no server), offer to media.
 
+Media-server round trips: the hub reaches the media server through an intercepting
+proxy that logs every JSON-RPC request with the moments it was sent and answered. One
+extra call, not in the timings, publishes its two participants one after the other and
+then subscribes once; for each of those windows the benchmark counts the requests and the
+*sequential* round trips — the longest chain of requests each sent after the previous one
+was answered, which is what the answer waits for (requests in flight together count
+once). Keepalive pings and health checks are left out.
+
     python -m bench.call_setup [--calls 20]
 """
 
@@ -11,20 +19,107 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from aiohttp import web
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
-from bench.common import args, pct, report
+from bench.common import args, pct, report, serve_ws
 from signaling.call import CallKind
 from tests.hub_fixtures import CallClient, run_service
 from tests.media_fixtures import PatternTrack, ToneTrack, run_mediaserver
 from tests.services import run_redis
+
+NOT_CALL_WORK = {"ping", "connect", "keepAlive"}
+
+
+class CountingProxy:
+    """Between the hub and the media server: every request, when sent, when answered."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.log: list[dict[str, Any]] = []
+        self._sockets = 0
+
+    async def handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        self._sockets += 1
+        sock = self._sockets
+        pending: dict[Any, dict[str, Any]] = {}
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+                self.upstream, max_msg_size=0) as up:
+
+            async def down() -> None:
+                async for msg in up:
+                    body = json.loads(msg.data)
+                    entry = pending.pop(body.get("id"), None)
+                    if entry is not None:
+                        entry["answered"] = time.perf_counter()
+                    await ws.send_str(msg.data)
+
+            reader = asyncio.create_task(down())
+            async for msg in ws:
+                body = json.loads(msg.data)
+                params = body.get("params") or {}
+                op = params.get("operation", "")
+                if body.get("method") not in NOT_CALL_WORK and op != "getPipelines":
+                    entry = {"socket": sock, "method": body.get("method"), "op": op,
+                             "sent": time.perf_counter(), "answered": None,
+                             "ops": len(params.get("operations") or [])}
+                    pending[body.get("id")] = entry
+                    self.log.append(entry)
+                await up.send_str(msg.data)
+            reader.cancel()
+        return ws
+
+    def window(self, start: float, end: float) -> dict[str, int]:
+        """Requests sent within [start, end], and how many of them ran one after another."""
+        done = sorted((e["sent"], e["answered"]) for e in self.log
+                      if start <= e["sent"] <= end and e["answered"] is not None)
+        chain, free_at = 0, float("-inf")
+        for sent, answered in sorted(done, key=lambda se: se[1]):
+            if sent >= free_at:
+                chain, free_at = chain + 1, answered
+        inner = sum(e["ops"] for e in self.log if start <= e["sent"] <= end)
+        return {"requests": len(done), "sequential": chain, "ops_in_transactions": inner}
+
+
+@contextlib.asynccontextmanager
+async def run_proxy(upstream: str) -> Any:
+    proxy = CountingProxy(upstream)
+    async with serve_ws(proxy.handler, "/kurento") as port:
+        yield f"ws://127.0.0.1:{port}/kurento", proxy
+
+
+async def count_round_trips(service: Any, proxy: CountingProxy) -> dict[str, int]:
+    """One call, its steps one at a time, so each window holds one request's work."""
+    call = service.hub.create_call(CallKind.CONSULTATION, [("p", "P", "patient"),
+                                                          ("d", "D", "doctor")])
+    a = CallClient(service, service.token(call.id, "p"))
+    b = CallClient(service, service.token(call.id, "d", role="doctor"))
+    counts: dict[str, int] = {}
+    try:
+        await asyncio.gather(a.connect(), b.connect())
+        await a.join()
+        await b.join()
+        for name, step in (("first_publish", a.publish), ("second_publish", b.publish),
+                           ("subscribe", lambda: a.subscribe("d"))):
+            start = time.perf_counter()
+            await step()
+            got = proxy.window(start, time.perf_counter())
+            counts |= {f"{name}_{k}": v for k, v in got.items()}
+        await b.request("end")
+    finally:
+        await asyncio.gather(a.close(), b.close())
+    return counts
 
 
 async def one_call(service: Any) -> dict[str, float]:
@@ -80,12 +175,16 @@ async def direct_pair() -> float:
 
 async def measure(calls: int, redis_url: str, tmp: Path) -> dict[str, Any]:
     results = []
-    async with run_mediaserver(recordings_root=tmp) as (kms_url, _), run_service(
-            tmp, redis_url, (kms_url,)) as service:
+    async with run_mediaserver(recordings_root=tmp) as (kms_url, _), run_proxy(
+            kms_url) as (proxy_url, proxy), run_service(tmp, redis_url, (proxy_url,)) as service:
+        await service.hub.pool.wait_up()
+        trips = await count_round_trips(service, proxy)
         for _ in range(calls):
             results.append(await one_call(service))
     base = [await direct_pair() for _ in range(max(3, calls // 4))]
-    figures: dict[str, Any] = {"calls": calls}
+    figures: dict[str, Any] = {"calls": calls, **trips,
+                               "target_publish_round_trips_met":
+                                   trips["first_publish_sequential"] <= 2}
     for phase in ("join", "publish", "subscribe", "media", "total"):
         values = [r[phase] * 1000 for r in results]
         figures[f"{phase}_p50_ms"] = pct(values, 50)
@@ -93,6 +192,7 @@ async def measure(calls: int, redis_url: str, tmp: Path) -> dict[str, Any]:
     figures["baseline_direct_pair_p50_ms"] = pct([b * 1000 for b in base], 50)
     figures["ratio_total_to_direct_pair"] = figures["total_p50_ms"] / figures[
         "baseline_direct_pair_p50_ms"]
+    figures["target_total_p50_met"] = figures["total_p50_ms"] <= 500
     return figures
 
 

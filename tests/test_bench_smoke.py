@@ -12,7 +12,9 @@ import pytest
 from tests.helpers import scaled
 
 
-@pytest.mark.parametrize("name", ["watchdog", "turn_leases", "signalling", "call_setup"])
+@pytest.mark.parametrize("name", ["watchdog", "turn_leases", "signalling", "call_setup",
+                                  "mediaserver_call", "idle"])
+@pytest.mark.timeout(scaled(150))  # several processes start; the suite's 60 s is too short
 async def test_benchmark_smoke_mode_reports_its_figures(name: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", f"bench.{name}", "--smoke",
