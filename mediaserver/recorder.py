@@ -39,6 +39,8 @@ PROFILES = {
     "MKV_VIDEO_ONLY": ("video",),
 }
 MS = fractions.Fraction(1, 1000)
+#: Seconds audio may lag its arrival time before the file skips ahead (jitter stays below).
+AUDIO_RESYNC = 0.2
 
 
 class WebmWriter:
@@ -82,9 +84,13 @@ class WebmWriter:
             pts = max(int((at - self._t0) * 1000), self._last_pts.get(kind, -1) + 1)
             frame.pts, frame.time_base = pts, MS
         else:
-            # Audio keeps its own sample clock, anchored where it first arrived.
-            if self._audio_next is None:
-                self._audio_next = int((at - self._t0) * frame.sample_rate)
+            # Audio keeps its own sample clock, anchored where it first arrived and moved
+            # on when it falls behind: audio that never came (a network gap, a starved
+            # decoder) must leave a gap, not pull everything after it earlier than the video.
+            wall = int((at - self._t0) * frame.sample_rate)
+            if self._audio_next is None or wall - self._audio_next > frame.sample_rate * \
+                    AUDIO_RESYNC:
+                self._audio_next = max(wall, self._audio_next or 0)
             frame.pts = self._audio_next
             frame.time_base = fractions.Fraction(1, frame.sample_rate)
             self._audio_next += frame.samples

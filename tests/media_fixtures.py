@@ -18,9 +18,18 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from kurento_ctl.client import KurentoClient
+from kurento_ctl.events import (
+    KurentoEvent,
+    MediaFlowInStateChanged,
+    MediaFlowOutStateChanged,
+    Recording,
+    Stopped,
+)
+from kurento_ctl.objects import MediaPipeline, RecorderEndpoint, WebRtcEndpoint
 from mediaserver.app import SERVER, create_app
 from mediaserver.core import MediaServer
-from tests.helpers import scaled
+from tests.helpers import scaled, within
 from tests.services import free_port
 
 
@@ -201,3 +210,110 @@ async def ffprobe(path: Path) -> dict[str, Any]:
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     return json.loads(out)  # type: ignore[no-any-return]
+
+
+def stream_durations(info: dict[str, Any]) -> dict[str, float]:
+    """Seconds per stream kind, from the DURATION tags Matroska/WEBM muxers write."""
+    out = {}
+    for stream in info["streams"]:
+        text = (stream.get("tags") or {}).get("DURATION", "0:0:0")
+        hours, minutes, seconds = text.split(":")
+        out[stream["codec_type"]] = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return out
+
+
+class CrossCall:
+    """The two-party topology: endpoints `ep_a`/`ep_b` connected crosswise, each also into
+    its own WEBM recorder `rec_a`/`rec_b`; every flow and recorder event is noted with
+    the time it arrived. Everything is subscribed before anything is connected."""
+
+    def __init__(self, client: KurentoClient, folder: Path) -> None:
+        self.client = client
+        self.paths = {"a": folder / "a.webm", "b": folder / "b.webm"}
+        #: (element, "in"/"out", AUDIO/VIDEO, FLOWING/NOT_FLOWING) in arrival order.
+        self.seen: list[tuple[str, str, str, str]] = []
+        self.changed = asyncio.Event()
+        self.recording_at: dict[str, float] = {}  # epoch seconds, as the server stamped it
+        self.stopped: set[str] = set()
+        self.endpoints: dict[str, WebRtcEndpoint] = {}
+        self.recorders: dict[str, RecorderEndpoint] = {}
+        self._names: dict[str, str] = {}
+
+    async def start(self) -> MediaPipeline:
+        self.pipeline = pipeline = await MediaPipeline.create(self.client)
+        eps = await asyncio.gather(pipeline.create_webrtc_endpoint(),
+                                   pipeline.create_webrtc_endpoint())
+        recs = await asyncio.gather(*(pipeline.create_recorder_endpoint(self.paths[s].as_uri())
+                                      for s in "ab"))
+        for side, ep, rec in zip("ab", eps, recs, strict=True):
+            self.endpoints[side], self.recorders[side] = ep, rec
+            self._names |= {ep.id: f"ep_{side}", rec.id: f"rec_{side}"}
+        subs = []
+        for element in (*eps, *recs):
+            subs.append(element.subscribe(MediaFlowInStateChanged, self._flow))
+            subs.append(element.subscribe(MediaFlowOutStateChanged, self._flow))
+        for rec in recs:
+            subs.append(rec.subscribe(Recording, self._recording))
+            subs.append(rec.subscribe(Stopped, lambda e: self.stopped.add(self._names[
+                e.object_id])))
+        await asyncio.gather(*subs)
+        ep_a, ep_b = eps
+        await asyncio.gather(ep_a.connect(ep_b), ep_b.connect(ep_a),
+                             ep_a.connect(recs[0]), ep_b.connect(recs[1]))
+        await asyncio.gather(*(rec.record() for rec in recs))
+        return pipeline
+
+    def _flow(self, event: KurentoEvent) -> None:
+        assert isinstance(event, (MediaFlowInStateChanged, MediaFlowOutStateChanged))
+        direction = "in" if isinstance(event, MediaFlowInStateChanged) else "out"
+        name = self._names[event.object_id]
+        self.seen.append((name, direction, event.media_type, event.state))
+        self._signal()
+
+    def _recording(self, event: KurentoEvent) -> None:
+        # The server's own clock: on a loaded machine the event may reach us late.
+        self.recording_at[self._names[event.object_id]] = event.timestamp_ms / 1000
+        self._signal()
+
+    def _signal(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def wait_seen(self, *entries: tuple[str, str, str, str], since: int = 0,
+                        timeout: float = 10) -> None:
+        """Until every entry has arrived (from position `since` of `seen` on)."""
+        async def seen_all() -> None:
+            while not all(e in self.seen[since:] for e in entries):
+                await self.changed.wait()
+        try:
+            await within(seen_all(), timeout, "flow events")
+        except AssertionError:
+            raise AssertionError(f"not seen {entries}; seen {self.seen[since:]}") from None
+
+    async def all_flowing(self, timeout: float = 15) -> None:
+        """Media from each peer flows into the pipeline, to the other peer and to its file."""
+        await self.wait_seen(*[(f"{element}_{side}", direction, kind, "FLOWING")
+                               for side in "ab" for kind in ("AUDIO", "VIDEO")
+                               for element, direction in (("ep", "out"), ("ep", "in"),
+                                                          ("rec", "in"))], timeout=timeout)
+
+    def assert_flow_order(self) -> None:
+        """Kurento's order (PROTOCOL.md 1.5): media from a peer is FlowOut of its endpoint
+        before it is FlowIn of the other endpoint or of its recorder."""
+        for side, other in (("a", "b"), ("b", "a")):
+            for kind in ("AUDIO", "VIDEO"):
+                out = self.seen.index((f"ep_{side}", "out", kind, "FLOWING"))
+                assert out < self.seen.index((f"ep_{other}", "in", kind, "FLOWING")), self.seen
+                assert out < self.seen.index((f"rec_{side}", "in", kind, "FLOWING")), self.seen
+
+    async def stop_recorders(self) -> dict[str, float]:
+        """Ends both files; returns, per side, seconds from `Recording` to the stop."""
+        await within(self._both_recording(), 10, "Recording on both recorders")
+        stop = time.time()
+        await asyncio.gather(*(rec.stop_and_wait() for rec in self.recorders.values()))
+        assert self.stopped == {"rec_a", "rec_b"}
+        return {side: stop - self.recording_at[f"rec_{side}"] for side in "ab"}
+
+    async def _both_recording(self) -> None:
+        while len(self.recording_at) < 2:
+            await self.changed.wait()

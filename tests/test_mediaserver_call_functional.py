@@ -9,67 +9,37 @@ import gc
 import os
 import time
 import weakref
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from kurento_ctl.client import KurentoClient
 from kurento_ctl.errors import KurentoError
-from kurento_ctl.events import (
-    EndOfStream,
-    KurentoEvent,
-    MediaFlowInStateChanged,
-    MediaFlowOutStateChanged,
-    Recording,
-    Stopped,
-)
+from kurento_ctl.events import EndOfStream
 from kurento_ctl.objects import MediaPipeline, ServerManager
 from mediaserver.webrtc import WebRtcEndpointImpl
 from tests.helpers import within
-from tests.media_fixtures import Peer, ffprobe, run_mediaserver
+from tests.media_fixtures import (
+    CrossCall,
+    GatedTrack,
+    Peer,
+    ffprobe,
+    run_mediaserver,
+    stream_durations,
+)
 
 
 async def test_two_peers_receive_each_other_and_both_streams_are_recorded(tmp_path: Path) -> None:
     async with run_mediaserver(recordings_root=tmp_path) as (url, server), \
             KurentoClient(url) as kc:
         tasks_before = asyncio.all_tasks()
-        pipeline = await MediaPipeline.create(kc)
-        ep_a, ep_b = await asyncio.gather(pipeline.create_webrtc_endpoint(),
-                                          pipeline.create_webrtc_endpoint())
-        rec_a, rec_b = await asyncio.gather(
-            pipeline.create_recorder_endpoint(f"file://{tmp_path}/a.webm"),
-            pipeline.create_recorder_endpoint(f"file://{tmp_path}/b.webm"))
-        seen: list[tuple[str, str, str, str]] = []
-        flowing: dict[tuple[str, str, str], asyncio.Event] = defaultdict(asyncio.Event)
-        names = {ep_a.id: "ep_a", ep_b.id: "ep_b", rec_a.id: "rec_a", rec_b.id: "rec_b"}
-
-        def note(event: KurentoEvent) -> None:
-            assert isinstance(event, (MediaFlowInStateChanged, MediaFlowOutStateChanged))
-            direction = "in" if isinstance(event, MediaFlowInStateChanged) else "out"
-            seen.append((names[event.object_id], direction, event.media_type, event.state))
-            if event.flowing:
-                flowing[(names[event.object_id], direction, event.media_type)].set()
-
-        recording = {rec_a.id: asyncio.Event(), rec_b.id: asyncio.Event()}
-        stopped = {rec_a.id: asyncio.Event(), rec_b.id: asyncio.Event()}
-        subs = []
-        for ep in (ep_a, ep_b, rec_a, rec_b):
-            subs.append(ep.subscribe(MediaFlowInStateChanged, note))
-            subs.append(ep.subscribe(MediaFlowOutStateChanged, note))
-        for rec in (rec_a, rec_b):
-            subs.append(rec.subscribe(Recording, lambda e: recording[e.object_id].set()))
-            subs.append(rec.subscribe(Stopped, lambda e: stopped[e.object_id].set()))
-        await asyncio.gather(*subs)
-        await asyncio.gather(ep_a.connect(ep_b), ep_b.connect(ep_a),
-                             ep_a.connect(rec_a), ep_b.connect(rec_b))
-        await asyncio.gather(rec_a.record(), rec_b.record())
-
+        call = CrossCall(kc, tmp_path)
+        pipeline = await call.start()
         peer_a, peer_b = Peer(), Peer()
         try:
             offers = await asyncio.gather(peer_a.offer(), peer_b.offer())
-            answers = await asyncio.gather(ep_a.process_offer(offers[0]),
-                                           ep_b.process_offer(offers[1]))
+            answers = await asyncio.gather(call.endpoints["a"].process_offer(offers[0]),
+                                           call.endpoints["b"].process_offer(offers[1]))
             await asyncio.gather(peer_a.accept(answers[0]), peer_b.accept(answers[1]))
             server_pcs = [weakref.ref(o.pc) for o in server.objects.values()
                           if isinstance(o, WebRtcEndpointImpl)]
@@ -78,33 +48,38 @@ async def test_two_peers_receive_each_other_and_both_streams_are_recorded(tmp_pa
             for peer in (peer_a, peer_b):
                 for kind in ("audio", "video"):
                     await within(peer.got_media[kind].wait(), 15, f"{kind} at a peer")
-            await within(recording[rec_a.id].wait(), 10, "Recording on rec_a")
-            await within(recording[rec_b.id].wait(), 10, "Recording on rec_b")
-            started = time.monotonic()
-            for key in [(ep, "out", k) for ep in ("ep_a", "ep_b") for k in ("AUDIO", "VIDEO")] + \
-                       [(ep, "in", k) for ep in ("ep_a", "ep_b", "rec_a", "rec_b")
-                        for k in ("AUDIO", "VIDEO")]:
-                await within(flowing[key].wait(), 10, f"FLOWING {key}")
-            # Media from a browser is FlowOut of its endpoint before it can be FlowIn anywhere.
-            first_out = seen.index(("ep_a", "out", "VIDEO", "FLOWING"))
-            assert first_out < seen.index(("ep_b", "in", "VIDEO", "FLOWING"))
-            assert first_out < seen.index(("rec_a", "in", "VIDEO", "FLOWING"))
-
+            await call.all_flowing()
+            call.assert_flow_order()
             await asyncio.sleep(2.0)  # the recording's length is what is under test here
-            await asyncio.gather(rec_a.stop_and_wait(), rec_b.stop_and_wait())
-            recorded = time.monotonic() - started
-            assert stopped[rec_a.id].is_set() and stopped[rec_b.id].is_set()
+            recorded = await call.stop_recorders()
+
+            # Media that stops is NOT_FLOWING where it entered and where it left, and
+            # FLOWING again once it resumes.
+            tracks = [s.track for s in peer_a.pc.getSenders() if s.track is not None]
+            for track in tracks:
+                assert isinstance(track, GatedTrack)
+                track.gate.clear()
+            await call.wait_seen(("ep_a", "out", "VIDEO", "NOT_FLOWING"),
+                                 ("ep_b", "in", "VIDEO", "NOT_FLOWING"),
+                                 ("ep_a", "out", "AUDIO", "NOT_FLOWING"))
+            resumed_from = len(call.seen)
+            for track in tracks:
+                assert isinstance(track, GatedTrack)
+                track.gate.set()
+            await call.wait_seen(("ep_a", "out", "VIDEO", "FLOWING"),
+                                 ("ep_b", "in", "VIDEO", "FLOWING"), since=resumed_from)
         finally:
             await asyncio.gather(peer_a.close(), peer_b.close())
 
-        for name in ("a.webm", "b.webm"):
-            info = await ffprobe(tmp_path / name)
-            kinds = sorted(s["codec_type"] for s in info["streams"])
-            assert kinds == ["audio", "video"], info["streams"]
-            codecs = {s["codec_type"]: s["codec_name"] for s in info["streams"]}
-            assert codecs == {"audio": "opus", "video": "vp8"}
+        for side in "ab":
+            info = await ffprobe(call.paths[side])
+            codecs = sorted((s["codec_type"], s["codec_name"]) for s in info["streams"])
+            assert codecs == [("audio", "opus"), ("video", "vp8")], info["streams"]
             duration = float(info["format"]["duration"])
-            assert abs(duration - recorded) < 1.0, (duration, recorded)
+            assert abs(duration - recorded[side]) < 1.0, (side, duration, recorded)
+            # Each stream on its own too: audio and video stay in step.
+            for kind, seconds in stream_durations(info).items():
+                assert abs(seconds - recorded[side]) < 1.0, (side, kind, seconds, recorded)
 
         await pipeline.release()
         assert await ServerManager(kc).get_pipelines() == []
