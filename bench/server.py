@@ -9,7 +9,8 @@ plain aiohttp WebSocket server that answers `hello` and `ping` and, given a medi
 URL, relays `candidate` messages to it as JSON-RPC `addIceCandidate` and its `onEvent`
 notifications back to the client — the least any relay between the two can do.
 
-Commands on stdin (JSON lines): `gc`; `profile_start` and `profile_stop` (cProfile of
+Commands on stdin (JSON lines): `gc`; `gc_pauses` (the collector's pauses since the last
+ask); `profile_start` and `profile_stop` (cProfile of
 the hub, top functions by own time); `snapshot` and `compare` (with `--tracemalloc`: what
 was allocated since the snapshot, by source line).
 """
@@ -27,6 +28,7 @@ import os
 import pstats
 import sys
 import tempfile
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,29 @@ from tests.hub_fixtures import run_service
 async def _gc(_: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     return {"ok": True}
+
+
+class GcPauses:
+    """How long the cyclic garbage collector stopped the process, per generation."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self.pauses: list[tuple[int, float]] = []
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+
+    async def report(self, _: dict[str, Any]) -> dict[str, Any]:
+        """Pauses since the last report."""
+        pauses, self.pauses = self.pauses, []
+        worst = max(pauses, key=lambda p: p[1], default=(-1, 0.0))
+        return {"collections": len(pauses), "total_ms": 1000 * sum(p[1] for p in pauses),
+                "max_ms": 1000 * worst[1], "max_generation": worst[0],
+                "full": sum(1 for g, _ in pauses if g == 2)}
 
 
 class Tracer:
@@ -102,7 +127,8 @@ def _short(path: str) -> str:
 async def hub(opts: argparse.Namespace) -> None:
     profiler = Profiler()
     handlers: dict[str, Handler] = {"gc": _gc, "profile_start": profiler.start,
-                                    "profile_stop": profiler.stop}
+                                    "profile_stop": profiler.stop,
+                                    "gc_pauses": GcPauses().report}
     if opts.tracemalloc:
         tracer = Tracer()
         handlers |= {"snapshot": tracer.snapshot, "compare": tracer.compare}

@@ -129,11 +129,10 @@ class Load:
             "type": "candidate", "target": "publish", "sdpMid": "0", "sdpMLineIndex": 0,
             "candidate": f"candidate:{token} 1 udp 2122260223 10.0.0.1 9 typ host"}))
 
-    def _figures(self, start: float, end: float, cpu0: float) -> dict[str, Any]:
+    def _figures(self, start: float, end: float, cpu: float) -> dict[str, Any]:
         lo = start + WARMUP
         one = [lat for t, lat in self.leg1 if lo <= t <= end]
         two = [lat for t, lat in self.leg2 if lo <= t <= end]
-        cpu = sum(os.times()[:2]) - cpu0
         self.leg1.clear()
         self.leg2.clear()
         return {"msgs_per_s": (len(one) + len(two)) / (end - lo),
@@ -143,10 +142,10 @@ class Load:
 
     async def _drain(self) -> int:
         """Waits for what is still in flight; the number that never came back."""
-        with_timeout = [w for w in self.waiting.values() if not w.done()]
-        if with_timeout:
-            await asyncio.wait(with_timeout, timeout=5)
-        lost = len(self.sent) + len(self.emitted)
+        outstanding = [w for w in self.waiting.values() if not w.done()]
+        if outstanding:
+            await asyncio.wait(outstanding, timeout=5)
+        lost = sum(1 for w in self.waiting.values() if not w.done())
         self.sent.clear()
         self.emitted.clear()
         self.waiting.clear()
@@ -169,8 +168,10 @@ class Load:
                     await asyncio.sleep(pause)
 
         await asyncio.gather(*(drive(ws) for ws in self.sockets))
-        figures = self._figures(start, end, cpu0)
-        figures["lost"] = await self._drain()
+        cpu = sum(os.times()[:2]) - cpu0
+        lost = await self._drain()
+        figures = self._figures(start, end, cpu)
+        figures["lost"] = lost
         return figures
 
     async def paced(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -180,19 +181,19 @@ class Load:
         start = clock()
         end = start + body["seconds"]
         turn = itertools.cycle(self.sockets)
+        loop = asyncio.get_running_loop()
         sent = 0
         while (now := clock()) < end:
             for _ in range(int((now - start) * rate) - sent):
-                _, send = self._candidate(next(turn))
+                token, send = self._candidate(next(turn))
+                self.waiting[token] = loop.create_future()
                 await send
                 sent += 1
             await asyncio.sleep(0.001)
-        lost = 0
-        if self.sent or self.emitted:
-            await asyncio.sleep(0.2)  # stragglers; anything later counts as lost
-            lost = len(self.sent) + len(self.emitted)
-        figures = self._figures(start, end, cpu0)
-        figures["lost"] = lost + await self._drain()
+        cpu = sum(os.times()[:2]) - cpu0
+        lost = await self._drain()
+        figures = self._figures(start, end, cpu)
+        figures["lost"] = lost
         figures["offered_msgs_per_s"] = 2 * rate
         return figures
 
@@ -229,9 +230,14 @@ def passes(load: Child, server: Child, opts: argparse.Namespace, tokens: str | N
         for row in found["top"]:
             print(f"  {100 * row['own_s'] / found['total_s']:5.1f} %  "
                   f"cum {100 * row['cum_s'] / found['total_s']:5.1f} %  {row['where']}")
+    hub = tokens is not None
+    if hub:
+        server.ask("gc_pauses")
     half = load.ask("paced", rate=sat["msgs_per_s"] / 4, seconds=opts.seconds)
+    pauses = server.ask("gc_pauses") if hub else {}
     load.ask("close")
-    return {"setup_s": setup["seconds"], "sat": sat, "half": half, "server_cpu": server_cpu}
+    return {"setup_s": setup["seconds"], "sat": sat, "half": half, "server_cpu": server_cpu,
+            "gc": pauses}
 
 
 def measure(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
@@ -262,6 +268,9 @@ def measure(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
             f"{name}_lost": run["sat"]["lost"] + run["half"]["lost"],
         }
     figures["hub_setup_s"] = ours["setup_s"]
+    figures["hub_half_gc_collections"] = ours["gc"]["collections"]
+    figures["hub_half_gc_full"] = ours["gc"]["full"]
+    figures["hub_half_gc_max_pause_ms"] = ours["gc"]["max_ms"]
     figures["ratio_to_relay"] = ours["sat"]["msgs_per_s"] / base["sat"]["msgs_per_s"]
     capped = 2 * opts.cap * opts.connections
     figures["relay_hit_cap"] = base["sat"]["msgs_per_s"] > 0.9 * capped
