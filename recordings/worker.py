@@ -34,6 +34,26 @@ def _starts(snap: dict[str, Any]) -> dict[str, list[float]]:
     return starts
 
 
+def _stops(snap: dict[str, Any]) -> dict[str, list[float]]:
+    """When each participant's media stopped being recorded: it left or its link dropped."""
+    stops: dict[str, list[float]] = {}
+    for e in snap.get("timeline", []):
+        if e.get("event") in ("left", "disconnected"):
+            stops.setdefault(e["participant"], []).append(e["at"])
+    return stops
+
+
+def implausible(duration: float, started: float, stopped: float) -> str | None:
+    """Why a file's duration does not fit the time its stream was recorded, if it does not:
+    longer than that, or more than half of it missing."""
+    expected = stopped - started
+    if duration > expected + SLACK:
+        return f"longer than the call ({duration:.1f} s of {expected:.1f} s)"
+    if duration + SLACK < expected / 2:
+        return f"shorter than the call ({duration:.1f} s of {expected:.1f} s)"
+    return None
+
+
 def _owner(name: str) -> tuple[str, int]:
     stem = name[: -len(".webm")]
     base, dot, part = stem.rpartition(".part")
@@ -111,7 +131,7 @@ class RecordingWorker:
     async def finalize(self, folder: Path, snap: dict[str, Any], *,
                        recovered: bool = False) -> dict[str, Any]:
         call_id = snap["id"]
-        starts = _starts(snap)
+        starts, stops = _starts(snap), _stops(snap)
         ended = snap.get("endedAt") or time.time()
         files: list[dict[str, Any]] = []
         problems: list[str] = []
@@ -139,9 +159,9 @@ class RecordingWorker:
                 "startedAt": started, "problem": info.get("error")}
             if entry["problem"] is None and not entry["streams"]:
                 entry["problem"] = "no streams"
-            if entry["problem"] is None and started and entry["duration"] and \
-                    entry["duration"] > ended - started + SLACK:
-                entry["problem"] = "longer than the call"
+            if entry["problem"] is None and started and entry["duration"]:
+                stopped = min((t for t in stops.get(owner, []) if t > started), default=ended)
+                entry["problem"] = implausible(entry["duration"], started, stopped)
             if entry["problem"]:
                 problems.append(f"{name}: {entry['problem']}")
             files.append(entry)
@@ -162,12 +182,17 @@ class RecordingWorker:
         good = [f for f in files if not f["problem"]]
         if self.compose_files and good:
             await self._compose(folder, meta, good)
+            if meta["composed"] is None:
+                await self.publish("recording.failed", {
+                    "call": {"id": call_id}, "problem": meta["problems"][-1],
+                    "recovered": recovered})
         meta["state"] = "flagged" if problems else ("ready" if meta["composed"] else "verified")
         await self.catalog.write(folder, meta)
         if not files:
             await self.publish("recording.failed", {"call": {"id": call_id}, "problem": "no files",
                                                     "recovered": recovered})
-        else:
+        elif good:
+            # Something can be watched; what cannot was reported above, one event each.
             await self.publish("recording.ready", {
                 "call": {"id": call_id}, "files": [f["name"] for f in files],
                 "composed": meta["composed"]["name"] if meta["composed"] else None,

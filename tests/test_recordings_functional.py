@@ -22,14 +22,22 @@ import aiohttp
 import pytest
 
 from recordings.http import judge_range
+from recordings.worker import implausible
 from signaling.app import RECORDINGS
 from signaling.call import CallKind
 from tests.hub_fixtures import API_KEY, CallClient, Service, clients_for, go_live, run_service
-from tests.media_fixtures import ffprobe, run_mediaserver
+from tests.media_fixtures import ffprobe, mediaserver_process, run_mediaserver
 from tests.services import RedisServer, free_port
 from tests.test_cli_functional import poll_ready
+from tests.webhook_receiver import run_receiver
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+SECRET = "hook-secret-" + "r" * 20
+
+
+def hooks(url: str) -> dict[str, str]:
+    return {"TELEMED_WEBHOOKS_ENDPOINTS": url, "TELEMED_WEBHOOKS_SECRET": SECRET,
+            "TELEMED_WEBHOOKS_RETRY_BASE": "0.05", "TELEMED_WEBHOOKS_RETRY_CAP": "0.2"}
 
 
 async def recorded_call(service: Service, seconds: float = 1.5) -> str:
@@ -61,6 +69,14 @@ def test_range_headers_are_judged_as_rfc_9110_says(
     header: str | None, size: int, verdict: str | None
 ) -> None:
     assert judge_range(header, size) == verdict
+
+
+def test_a_duration_must_fit_the_time_the_stream_was_recorded() -> None:
+    assert implausible(58.0, 100.0, 160.0) is None
+    assert implausible(64.0, 100.0, 160.0) is None  # a few seconds of slack
+    assert "longer" in str(implausible(70.0, 100.0, 160.0))
+    assert "shorter" in str(implausible(20.0, 100.0, 160.0))
+    assert implausible(0.5, 100.0, 101.5) is None  # short calls are short
 
 
 def sha256(path: Path) -> str:
@@ -331,12 +347,93 @@ async def test_recordings_of_a_sigkilled_service_are_finalized_at_restart(
                             if meta["state"] in ("verified", "flagged", "ready"):
                                 break
                     await asyncio.sleep(0.1)  # another process's background work: polled
+                async with http.get(f"{base}/api/v1/recordings?limit=200",
+                                    headers=auth) as r:
+                    listed = [m["call"] for m in (await r.json())["recordings"]]
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
                 await proc.wait()
+    assert created["id"] in listed  # not lost from the index
     assert meta["recovered"] is True and meta["callState"] == "failed"
     assert [f["name"] for f in meta["files"]] == ["doc-1.webm", "pat-1.webm"]
     assert meta["state"] == "verified", meta["problems"]
     for f in meta["files"]:
         assert f["streams"] == ["audio", "video"] and f["duration"] > 0.5
+
+
+async def indexed(service: Service, call_id: str) -> dict[str, Any]:
+    """The call's recording as the MIS finds it: in the listing, then its metadata."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{service.url}/api/v1/recordings?limit=200", headers=AUTH) as r:
+            listed = [m["call"] for m in (await r.json())["recordings"]]
+        assert call_id in listed
+        async with http.get(f"{service.url}/api/v1/recordings/{call_id}", headers=AUTH) as r:
+            meta: dict[str, Any] = await r.json()
+    return meta
+
+
+async def test_a_participant_who_vanishes_leaves_finalized_recordings(
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any
+) -> None:
+    async with run_receiver(SECRET) as receiver, \
+            run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
+            tmp_path, redis_server.url, (kms_url,), env={
+                "TELEMED_CALLS_REJOIN_GRACE": "0.5", **hooks(receiver.url)}) as service:
+        call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
+                                                              ("doc-1", "D", "doctor")])
+        clients = clients_for(service, call)
+        try:
+            await go_live(service, call, clients)
+            await asyncio.sleep(1.0)  # media to record
+            await clients["pat-1"].close()  # peer and socket gone, no `leave`
+            await clients["doc-1"].wait_event("participantLeft", timeout=10)
+            await clients["doc-1"].request("end")
+        finally:
+            await asyncio.gather(*(c.close() for c in clients.values()))
+        await asyncio.wait_for(service.app[RECORDINGS].wait(call.id), 60)
+        meta = await indexed(service, call.id)
+        ready = await receiver.wait_for("recording.ready", call.id)
+    assert meta["state"] == "verified", meta["problems"]
+    assert [f["name"] for f in meta["files"]] == ["doc-1.webm", "pat-1.webm"]
+    for f in meta["files"]:
+        assert f["streams"] == ["audio", "video"] and f["duration"] > 0.5, f
+    assert ready["data"]["problems"] == []
+
+
+async def test_a_killed_media_server_leaves_recordings_finalized_or_flagged(
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any
+) -> None:
+    port = free_port()
+    env = {"TELEMED_MEDIA_HEALTH_INTERVAL": "0.2", "TELEMED_MEDIA_DOWN_AFTER": "0.5"}
+    async with run_receiver(SECRET) as receiver, run_service(
+            tmp_path, redis_server.url, (f"ws://127.0.0.1:{port}/kurento",),
+            env={**env, **hooks(receiver.url)}) as service:
+        call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
+                                                              ("doc-1", "D", "doctor")])
+        clients = clients_for(service, call)
+        try:
+            async with mediaserver_process(port, tmp_path) as proc:
+                await service.hub.pool.check()
+                await go_live(service, call, clients)
+                await asyncio.sleep(1.0)  # media on disk before the crash
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+                failed = await clients["pat-1"].wait_event("callFailed", timeout=10)
+        finally:
+            await asyncio.gather(*(c.close() for c in clients.values()))
+        await asyncio.wait_for(service.app[RECORDINGS].wait(call.id), 60)
+        meta = await indexed(service, call.id)
+        told = [e["event"] for e in receiver.received
+                if e["event"].startswith("recording.") and e["data"]["call"]["id"] == call.id]
+    assert failed["reason"] == "media-server-lost"
+    assert (meta["callState"], meta["failure"]) == ("failed", "media-server-lost")
+    assert [f["name"] for f in meta["files"]] == ["doc-1.webm", "pat-1.webm"]
+    # A recorder killed mid-write may leave a readable file or a broken one: each file is
+    # either verified or carries its problem, and the MIS heard which.
+    for f in meta["files"]:
+        assert f["problem"] or (f["streams"] and f["duration"]), f
+    assert meta["state"] == ("flagged" if any(f["problem"] for f in meta["files"])
+                             else "verified")
+    assert told, receiver.events()
+    assert ("recording.failed" in told) == bool(meta["problems"])
