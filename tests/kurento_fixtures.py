@@ -285,9 +285,14 @@ class KurentoProxy:
     """A loopback WebSocket proxy in front of a media server that logs every frame, to
     count how many round trips a piece of code waits for one after another."""
 
-    upstream: str
+    upstream: str  # change it, then drop_connections(), and clients reconnect elsewhere
     frames: list[Frame] = field(default_factory=list)
     sockets: int = 0
+    open: set[web.WebSocketResponse] = field(default_factory=set)
+
+    async def drop_connections(self) -> None:
+        for ws in list(self.open):
+            await ws.close()
 
     def mark(self) -> int:
         return len(self.frames)
@@ -318,6 +323,7 @@ class KurentoProxy:
         number = self.sockets
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
+        self.open.add(ws)
         async with ClientSession() as http, http.ws_connect(self.upstream,
                                                             max_msg_size=0) as up:
             async def downstream() -> None:
@@ -336,6 +342,7 @@ class KurentoProxy:
                     self.frames.append(Frame(number, ">", json.loads(msg.data)))
                     await up.send_str(msg.data)
             finally:
+                self.open.discard(ws)
                 await up.close()
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

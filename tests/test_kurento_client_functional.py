@@ -27,7 +27,7 @@ from kurento_ctl.events import (
 from kurento_ctl.objects import MediaObject, MediaPipeline, ServerManager, pipeline_scope
 from kurento_ctl.transaction import Transaction
 from tests.helpers import scaled, wait_until, within
-from tests.kurento_fixtures import ScriptedKms, run_scripted_kms
+from tests.kurento_fixtures import ScriptedKms, run_kurento_proxy, run_scripted_kms
 from tests.media_fixtures import Peer, run_mediaserver
 
 
@@ -225,6 +225,54 @@ async def test_a_transaction_object_cannot_be_subscribed_before_it_exists(
             other.create_webrtc_endpoint(pipeline)
         await tx.commit()
         await pipeline.release()
+
+
+async def test_reconnect_to_the_embedded_server_keeps_the_session_and_its_subscriptions(
+    tmp_path: Path,
+) -> None:
+    """The embedded server behind a proxy that cuts every socket, as a network would."""
+    async with run_mediaserver(recordings_root=tmp_path) as (upstream, _), \
+            run_kurento_proxy(upstream) as (url, proxy), \
+            KurentoClient(url, reconnect_delays=(0.01,)) as client:
+        lost: list[str] = []
+        client.on_session_lost(lost.append)
+        session = client.session_id
+        kept = await MediaPipeline.create(client)
+        created: asyncio.Queue[KurentoEvent] = asyncio.Queue()
+        await ServerManager(client).subscribe(ObjectCreated, created.put_nowait)
+        await proxy.drop_connections()
+        await wait_until(lambda: proxy.sockets == 2 and client.connected,
+                         describe=lambda: (proxy.sockets, client.connected))
+        assert client.session_id == session and lost == []
+        resume = [f.message for f in proxy.frames if f.message.get("method") == "connect"][-1]
+        assert resume["params"] == {"sessionId": session}
+        # The subscription made before the cut still delivers, without a new subscribe.
+        fresh = await MediaPipeline.create(client)
+        event = await within(created.get(), 5, "ObjectCreated after reconnect")
+        assert event.raw["object"] == fresh.id
+        assert sorted(await ServerManager(client).get_pipelines()) == sorted([kept.id, fresh.id])
+        ids = [f.message["id"] for f in proxy.frames if f.direction == ">"]
+        assert len(ids) == len(set(ids)), "a request id was reused within the session"
+
+
+async def test_a_restart_of_the_embedded_server_is_reported_as_session_loss(
+    tmp_path: Path,
+) -> None:
+    async with run_mediaserver(recordings_root=tmp_path) as (first, _), \
+            run_kurento_proxy(first) as (url, proxy), \
+            KurentoClient(url, reconnect_delays=(0.01,)) as client:
+        lost: list[str] = []
+        client.on_session_lost(lost.append)
+        old, old_server = client.session_id, client.server_id
+        pipeline = await MediaPipeline.create(client)
+        async with run_mediaserver(recordings_root=tmp_path) as (second, _):
+            proxy.upstream = second  # a new process: new serverId, no sessions, no objects
+            await proxy.drop_connections()
+            await wait_until(lambda: lost and client.connected, describe=lambda: lost)
+            assert lost == [old]
+            assert client.session_id not in (None, old) and client.server_id != old_server
+            with pytest.raises(ObjectNotFound):
+                await MediaObject(client, pipeline.id).invoke("getName")
 
 
 # ---------------------------------------------------------------- scripted-only behaviour
