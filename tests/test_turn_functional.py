@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from aiortc import RTCPeerConnection
 
 from signaling import cli
 from signaling.call import CallKind, CallState
+from signaling.logs import KeyValueFormatter
 from tests.helpers import scaled
 from tests.hub_fixtures import CallClient, ProtocolError, run_service
 from tests.media_fixtures import ffprobe, run_mediaserver
@@ -296,8 +298,10 @@ def lan_turn(tmp_path: Path) -> Iterator[TurnServer]:
 
 
 async def test_a_call_between_relay_only_peers_goes_through_coturn_and_records(
-    tmp_path: Path, redis_server: RedisServer, lan_turn: TurnServer
+    tmp_path: Path, redis_server: RedisServer, lan_turn: TurnServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)  # DEBUG would log every STUN packet: too slow here
     turn_server = lan_turn
     env = {"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_POOL_SIZE": "2",
            "TELEMED_TURN_URLS": f"{turn_server.url}?transport=udp",
@@ -318,6 +322,7 @@ async def test_a_call_between_relay_only_peers_goes_through_coturn_and_records(
             await asyncio.gather(patient.connect(), doctor.connect(), third.connect())
             joined = await patient.join()
             assert joined["iceServers"][0]["urls"] == [f"{turn_server.url}?transport=udp"]
+            joined_credential = joined["iceServers"][0]["credential"]
             await doctor.join()
             with pytest.raises(ProtocolError) as info:  # the pool of 2 is taken
                 await third.join()
@@ -339,6 +344,24 @@ async def test_a_call_between_relay_only_peers_goes_through_coturn_and_records(
         for f in files:
             info_ = await ffprobe(f)
             assert sorted(s["codec_type"] for s in info_["streams"]) == ["audio", "video"]
+    check_call_logs(caplog.records, call.id, secrets_=[turn_server.secret, joined_credential])
+
+
+def check_call_logs(records: list[logging.LogRecord], call_id: str, *,
+                    secrets_: list[str]) -> None:
+    """Every line of ours that is about the call carries its id; none carries a secret."""
+    ours = [r for r in records if r.name.split(".")[0] in (
+        "signaling", "kurento_ctl", "turn", "recordings", "telemed")]
+    about = [r for r in ours if call_id in r.getMessage() or getattr(r, "call_id", None)]
+    assert len(about) >= 5, [r.getMessage() for r in ours]
+    missing = [f"{r.name}: {r.getMessage()}" for r in about
+               if getattr(r, "call_id", None) != call_id
+               and call_id in r.getMessage()]
+    assert missing == []
+    formatted = "\n".join(KeyValueFormatter().format(r) for r in records)
+    assert f"call_id={call_id}" in formatted
+    for secret in secrets_:
+        assert secret not in formatted
 
 
 def _selected_local_type(pc: RTCPeerConnection) -> str:
