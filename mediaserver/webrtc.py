@@ -187,7 +187,7 @@ class WebRtcEndpointImpl(Element):
         if not offer.strip():
             raise KmsError(ErrorCode.SDP_PARSE_ERROR, "Empty offer not valid")
         try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            await self.pc.setRemoteDescription(RTCSessionDescription(self._strict(offer), "offer"))
         except Exception as exc:  # aiortc raises ValueError and others for bad SDP
             raise KmsError(ErrorCode.SDP_PARSE_ERROR, f"Error parsing SDP: {exc}") from None
         self.negotiated = True
@@ -233,13 +233,34 @@ class WebRtcEndpointImpl(Element):
             raise KmsError(ErrorCode.SDP_END_POINT_ANSWER_ALREADY_PROCCESED,
                            "Sdp Answer already processed")
         try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            await self.pc.setRemoteDescription(RTCSessionDescription(self._strict(answer),
+                                                                     "answer"))
         except Exception as exc:
             raise KmsError(ErrorCode.SDP_PARSE_ERROR, f"Error parsing SDP: {exc}") from None
         self.negotiated = True
         await self._flush_candidates()
         self.emit("MediaSessionStarted")
         return str(self.pc.localDescription.sdp)
+
+    def _strict(self, sdp: str) -> str:
+        """In strict mode, the SDP without the `a=candidate` lines KMS could not use: its
+        candidates from SDP take the same path as trickled ones (inferred from kms-elements)."""
+        if not self.server.strict_candidates:
+            return sdp
+        kept = []
+        for line in sdp.splitlines(keepends=True):
+            if line.startswith("a=candidate:"):
+                try:
+                    address = candidate_from_sdp(line[len("a=candidate:"):].strip()).ip
+                except (ValueError, IndexError):
+                    address = ""
+                if not address or unusable_for_kurento(address):
+                    log.info("= strict: candidate %s in SDP ignored", address or "(unparsable)",
+                             extra={"object": self.id})
+                    self.ignored_candidates += 1
+                    continue
+            kept.append(line)
+        return "".join(kept)
 
     async def _gather_candidates(self, params: dict[str, Any]) -> None:
         self.gather_requested = True

@@ -175,6 +175,11 @@ async def test_strict_mode_ignores_mdns_and_link_local_candidates(
 
         peer = Peer(video=False)
         offer = await peer.offer()
+        # aiortc does not trickle: a candidate a browser put in its offer is in the SDP.
+        mdns_in_sdp = ("a=candidate:3 1 udp 2113937151 9f1c2d3e-0a1b-4c5d-8e9f-a0b1c2d3e4f5.local "
+                       "54402 typ host\r\n")
+        offer = offer.replace("a=end-of-candidates", mdns_in_sdp + "a=end-of-candidates", 1) \
+            if "a=end-of-candidates" in offer else offer + mdns_in_sdp
         await raw.call(rpc(3, "invoke", object=ep, operation="processOffer",
                            operationParams={"offer": offer}))
         for i, cand in enumerate([
@@ -189,6 +194,8 @@ async def test_strict_mode_ignores_mdns_and_link_local_candidates(
         endpoint = s.objects[ep]
         assert isinstance(endpoint, WebRtcEndpointImpl)
         # Without strict mode aiortc gets them (and resolves or drops them by itself).
-        assert endpoint.ignored_candidates == (2 if strict else 0)
+        assert endpoint.ignored_candidates == (3 if strict else 0)
+        remote = endpoint.pc.remoteDescription.sdp
+        assert (".local " in remote) is not strict
         await peer.close()
         await raw.ws.close()
