@@ -17,6 +17,8 @@ from tests.services import RedisServer, TurnServer, free_port
 from web.i18n import STRINGS
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+#: Two or three Chromium pages with media through the embedded server outlast the default.
+HEAVY = pytest.mark.timeout(scaled(60))
 RU = STRINGS["ru"]
 DEAD_KURENTO = ("ws://127.0.0.1:9/kurento",)
 
@@ -39,7 +41,7 @@ RECORD_STATES = """(() => {
   new MutationObserver(() => {
     const s = document.body.dataset.callState;
     if (s && window.callStates[window.callStates.length - 1] !== s) window.callStates.push(s);
-  }).observe(document.documentElement, {subtree: true, attributes: true,
+  }).observe(document, {subtree: true, attributes: true,
                                         attributeFilter: ['data-call-state']});
 })();"""
 
@@ -76,6 +78,7 @@ async def timeline(service: Service, call_id: str) -> list[dict[str, Any]]:
     return events
 
 
+@HEAVY
 async def test_patient_and_doctor_pages_complete_a_recorded_consultation(
     tmp_path: Path, redis_server: RedisServer, turn_server: TurnServer, browser: Any
 ) -> None:
@@ -218,6 +221,7 @@ KEEP_SOCKETS = """(() => {
 })();"""
 
 
+@HEAVY
 async def test_a_dropped_connection_rejoins_within_the_grace_and_pictures_come_back(
     tmp_path: Path, redis_server: RedisServer, browser: Any
 ) -> None:
@@ -327,6 +331,7 @@ async def test_chromium_mdns_candidates_are_dropped_and_media_still_arrives(
         assert drops and {"mdns"} <= {r for d in drops for r in d["reasons"]}
 
 
+@HEAVY
 async def test_a_referral_rings_the_consultants_workstation_and_is_accepted(
     tmp_path: Path, redis_server: RedisServer, browser: Any
 ) -> None:
@@ -365,6 +370,7 @@ async def test_a_referral_rings_the_consultants_workstation_and_is_accepted(
         assert await consultant.inner_text("#outcome-text") == RU["ended"]
 
 
+@HEAVY
 async def test_an_unanswered_referral_stops_ringing_on_the_phone_sized_workstation(
     tmp_path: Path, redis_server: RedisServer, browser: Any
 ) -> None:

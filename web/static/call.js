@@ -124,7 +124,10 @@ function onEvent(msg) {
   switch (msg.type) {
     case "candidate": addRemoteCandidate(msg); break;
     case "participantJoined":
+      // A rejoin (even one so quick that no participantReconnecting came first) means
+      // the server dropped their old media: the next participantPublished starts afresh.
       state.names.set(msg.participant.id, msg.participant.name);
+      closePc(msg.participant.id);
       markTile(msg.participant.id, "");
       break;
     case "participantPublished": subscribe(msg.participant, msg.kinds); break;
