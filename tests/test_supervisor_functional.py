@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import sys
@@ -135,3 +136,28 @@ async def test_a_child_that_never_becomes_ready_fails_start(tmp_path: Path) -> N
     finally:
         await sup.stop()
     assert all(not alive(c) for c, _ in pids(tmp_path))
+
+
+async def test_a_child_that_keeps_dying_is_restarted_with_growing_delays(tmp_path: Path) -> None:
+    stamps = tmp_path / "starts"
+    # CLOCK_MONOTONIC is one clock for every process on Linux: stamps compare across them.
+    crasher = ("import sys, time\n"
+               f"open({str(stamps)!r}, 'a').write(f'{{time.monotonic()}}\\n')\n"
+               "sys.exit(3)\n")
+    unit = scaled(0.1)
+    delays = (unit, 2 * unit, 4 * unit)
+    sup = Supervisor()
+    child = sup.add(ChildSpec(name="crasher", argv=[sys.executable, "-c", crasher],
+                              restart_delays=delays, stop_timeout=scaled(2)))
+    await sup.start(wait_ready=False)
+    try:
+        await within(child.wait_for(lambda c: c.starts >= 5, scaled(20)), 20, "five starts")
+        assert child.last_exit == 3
+    finally:
+        await sup.stop()
+    times = [float(line) for line in stamps.read_text().split()]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    # Each restart waits at least its delay; the last delay repeats.
+    for gap, delay in zip(gaps, (*delays, delays[-1]), strict=False):
+        assert gap >= delay, (gaps, delays)
+    assert child.state is ChildState.STOPPED
