@@ -87,9 +87,15 @@ class Catalog:
 
     async def write(self, folder: Path, meta: dict[str, Any]) -> None:
         await asyncio.to_thread(write_json_atomic, folder / METADATA, meta)
-        await self.redis.set(f"telemed:recordings:{meta['call']}", json.dumps({
-            **meta, "folder": str(folder.relative_to(self.root))}))
-        await self.redis.zadd(INDEX, {meta["call"]: meta.get("createdAt") or 0})
+        await self.index(folder, meta)
+
+    async def index(self, folder: Path, meta: dict[str, Any]) -> None:
+        """Lists the call in Redis; the folder's metadata.json stays the source of truth."""
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.set(f"telemed:recordings:{meta['call']}", json.dumps({
+                **meta, "folder": str(folder.relative_to(self.root))}))
+            tx.zadd(INDEX, {meta["call"]: meta.get("createdAt") or 0})
+            await tx.execute()
 
     async def get(self, call_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(f"telemed:recordings:{call_id}")

@@ -103,12 +103,17 @@ class RecordingWorker:
         await self.done.setdefault(call_id, asyncio.Event()).wait()
 
     async def scan(self, snapshots: Callable[[str], Awaitable[dict[str, Any] | None]]) -> int:
-        """Folders with no final metadata: calls that ended with a process that died."""
+        """Folders with no final metadata (calls that ended with a process that died) are
+        queued; final ones missing from the index (Redis lost or restored) are listed again."""
         found = 0
         for folder in await asyncio.to_thread(self.catalog.folders):
-            meta = self.catalog.read(folder)
+            meta = await asyncio.to_thread(self.catalog.read, folder)
             if meta is not None and meta.get("state") in ("ready", "verified", "flagged",
                                                           "deleted"):
+                if await self.catalog.get(meta["call"]) is None:
+                    log.warning("! recording missing from the index; listed again",
+                                extra={"call_id": meta["call"]})
+                    await self.catalog.index(folder, meta)
                 continue
             snap = await snapshots(folder.name) or {"id": folder.name}
             found += self.submit(folder, snap, recovered=True)

@@ -21,9 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from recordings.compose import Stream, compose
 from recordings.http import judge_range
 from recordings.worker import implausible
-from signaling.app import RECORDINGS
+from signaling.app import RECORDINGS, STORE
 from signaling.call import CallKind
 from tests.hub_fixtures import API_KEY, CallClient, Service, clients_for, go_live, run_service
 from tests.media_fixtures import ffprobe, mediaserver_process, run_mediaserver
@@ -77,6 +78,48 @@ def test_a_duration_must_fit_the_time_the_stream_was_recorded() -> None:
     assert "longer" in str(implausible(70.0, 100.0, 160.0))
     assert "shorter" in str(implausible(20.0, 100.0, 160.0))
     assert implausible(0.5, 100.0, 101.5) is None  # short calls are short
+
+
+async def run(*args: str) -> bytes:
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-500:]
+    return out
+
+
+async def test_a_conference_is_composed_as_a_grid_aligned_by_start_times(
+    tmp_path: Path
+) -> None:
+    streams = []
+    for i, offset in enumerate((0.0, 0.5, 1.0)):
+        path = tmp_path / f"p{i}.webm"
+        await run("ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                  "testsrc=size=320x240:rate=15:d=1", "-f", "lavfi", "-i",
+                  f"sine=frequency={440 + 110 * i}:duration=1", "-c:v", "libvpx",
+                  "-c:a", "libopus", str(path))
+        streams.append(Stream(path, offset, audio=True, video=True))
+    out = tmp_path / "consultation.webm"
+    assert await compose(streams, out) is None
+    info = await ffprobe(out)
+    video = [s for s in info["streams"] if s["codec_type"] == "video"]
+    audio = [s for s in info["streams"] if s["codec_type"] == "audio"]
+    assert len(video) == len(audio) == 1  # one picture, the voices mixed
+    assert (video[0]["width"], video[0]["height"]) == (1280, 720)  # 2x2 tiles
+    assert abs(float(info["format"]["duration"]) - 2.0) < 0.4  # the last joined at 1 s
+
+    async def brightness(at: float, x: int, y: int) -> float:
+        """Mean luma of one tile at one moment."""
+        raw = await run("ffmpeg", "-v", "error", "-ss", str(at), "-i", str(out),
+                        "-frames:v", "1", "-vf", f"crop=640:360:{x}:{y}", "-f", "rawvideo",
+                        "-pix_fmt", "gray", "-")
+        return sum(raw) / len(raw)
+
+    # The third participant (bottom left) is black until its stream starts at 1 s.
+    assert await brightness(0.3, 0, 360) < 30
+    assert await brightness(1.5, 0, 360) > 60
+    assert await brightness(0.3, 0, 0) > 60
+    assert await brightness(1.5, 640, 360) < 30  # the empty fourth tile
 
 
 def sha256(path: Path) -> str:
@@ -180,6 +223,18 @@ async def test_downloads_honour_ranges_and_refuse_strangers(recorded: Any) -> No
             assert r.status == 403
         async with http.get(url, headers={"Authorization": f"Bearer {join}"}) as r:
             assert r.status == 401
+
+
+async def test_a_lost_index_is_rebuilt_from_the_folders(
+    recorded: Any, redis_client: Any
+) -> None:
+    service, call_id = recorded
+    before = await indexed(service, call_id)
+    await redis_client.delete(f"telemed:recordings:{call_id}")
+    await redis_client.zrem("telemed:recordings:index", call_id)
+    store = service.app[STORE]
+    assert await service.app[RECORDINGS].scan(store.get) == 0  # nothing to finalize again
+    assert await indexed(service, call_id) == before
 
 
 async def test_retention_dry_run_then_deletion_is_recorded(recorded: Any) -> None:
