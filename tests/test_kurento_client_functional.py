@@ -23,6 +23,7 @@ from kurento_ctl.events import (
     KurentoEvent,
     MediaFlowInStateChanged,
     ObjectCreated,
+    Recording,
 )
 from kurento_ctl.objects import MediaObject, MediaPipeline, ServerManager, pipeline_scope
 from kurento_ctl.transaction import Transaction
@@ -382,6 +383,64 @@ async def test_an_unanswered_ping_drops_the_socket_and_reconnects(
         kms.silent = False
         await wait_until(lambda: client.connected, describe=lambda: kms.connections)
         assert kms.connections >= 2
+
+
+async def test_every_wrapper_sends_what_kmd_declares(scripted: tuple[str, ScriptedKms]) -> None:
+    """Each typed method once, so the scripted server checks its request against kmd.json."""
+    url, kms = scripted
+    kms.values |= {"getUsedMemory": 1024, "getUsedCpu": 1.5, "getInfo": {"version": "7.3.0"},
+                   "processOffer": "v=0", "generateOffer": "v=0", "processAnswer": "v=0",
+                   "getStats": {}, "isMediaFlowingIn": True, "isMediaFlowingOut": False}
+    async with KurentoClient(url) as client:
+        manager = ServerManager(client)
+        assert await manager.get_used_memory() == 1024
+        assert await manager.get_used_cpu(50) == 1.5
+        assert (await manager.get_info())["version"] == "7.3.0"
+        pipeline = await MediaPipeline.create(client)
+        offerer = await pipeline.create_webrtc_endpoint(sendonly=True)
+        answerer = await pipeline.create_webrtc_endpoint(recvonly=True)
+        recorder = await pipeline.create_recorder_endpoint("file:///tmp/r.webm",
+                                                           stop_on_end_of_stream=True)
+        player = await pipeline.create_player_endpoint("file:///tmp/p.webm")
+        assert await offerer.generate_offer() == "v=0"
+        assert await offerer.process_answer("v=0") == "v=0"
+        assert await answerer.process_offer("v=0") == "v=0"
+        await answerer.gather_candidates()
+        await answerer.add_ice_candidate("candidate:1 1 udp 1 192.0.2.1 9 typ host", "0", 0)
+        await answerer.set_turn_url("u:p@127.0.0.1:3478")
+        await answerer.set_stun_server_address("127.0.0.1")
+        await answerer.set_stun_server_port(3478)
+        assert await answerer.is_media_flowing_in("AUDIO") is True
+        assert await answerer.is_media_flowing_out("VIDEO") is False
+        assert await answerer.get_stats("VIDEO") == {} and await answerer.get_stats() == {}
+        await player.connect(recorder, "VIDEO")
+        await player.disconnect(recorder, "VIDEO")
+        await player.play()
+        await player.stop()
+        for step in (recorder.record, recorder.pause, recorder.stop, recorder.stop_and_wait):
+            await step()
+        subscription = await recorder.subscribe(Recording, lambda e: None)
+        await subscription.cancel()
+        await pipeline.release()
+    assert kms.violations == []
+    assert [p for _, m, p in kms.requests if m == "unsubscribe"] == [
+        {"object": recorder.id, "subscription": subscription.id,
+         "sessionId": kms.requests[-1][2]["sessionId"]}]
+
+
+async def test_a_server_that_answers_with_another_server_id_lost_our_objects(
+    scripted: tuple[str, ScriptedKms],
+) -> None:
+    """A restart can also show as a new serverId on a session the server accepted."""
+    url, kms = scripted
+    async with KurentoClient(url, reconnect_delays=(0.01,)) as client:
+        lost: list[str] = []
+        client.on_session_lost(lost.append)
+        session = client.session_id
+        kms.server_id = "another-process"
+        await kms.drop_connections()
+        await wait_until(lambda: lost and client.connected, describe=lambda: lost)
+        assert lost == [session] and client.server_id == "another-process"
 
 
 async def test_a_composite_mixes_through_hub_ports(scripted: tuple[str, ScriptedKms]) -> None:
