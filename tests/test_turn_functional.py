@@ -29,7 +29,7 @@ from tests.helpers import scaled
 from tests.hub_fixtures import CallClient, ProtocolError, run_service
 from tests.media_fixtures import ffprobe, run_mediaserver
 from tests.services import RedisServer, TurnServer, run_turnserver
-from turn.lease import TurnExhausted, TurnLease
+from turn.lease import TurnExhausted, TurnLease, kurento_turn_url
 from turn.pool import TurnPool
 from turn.providers.coturn import CoturnRedisUserDb, CoturnSharedSecret, user_key
 from turn.providers.return_users import ReturnUsersFile, generate, read
@@ -404,3 +404,20 @@ async def test_joined_lists_udp_tcp_and_tls_turn_and_usage_is_visible_without_cr
     assert (usage["size"], usage["inUse"], usage["issued"]) == (7, 1, 1)
     assert usage["leases"][0]["call"] == call.id
     assert joined["iceServers"][0]["credential"] not in str(usage)
+
+
+def test_kurento_gets_the_leases_turn_server_as_an_ipv4_literal() -> None:
+    def lease(*urls: str) -> TurnLease:
+        return TurnLease("c", "kms", "1735000000:c:kms", "Zm9v+Yg==", urls, 0.0)
+
+    compose_like = lease("turns:turn.hospital.local:443?transport=tcp",
+                         "turn:10.0.0.5:3478?transport=tcp", "turn:10.0.0.5:3478?transport=udp")
+    assert kurento_turn_url(compose_like) == \
+        "1735000000:c:kms:Zm9v+Yg==@10.0.0.5:3478?transport=udp"
+    assert kurento_turn_url(lease("turn:10.0.0.5:3478?transport=tcp")) == \
+        "1735000000:c:kms:Zm9v+Yg==@10.0.0.5:3478?transport=tcp"
+    assert kurento_turn_url(lease("turns:10.0.0.5")) == \
+        "1735000000:c:kms:Zm9v+Yg==@10.0.0.5:5349?transport=tls"
+    # Names and IPv6 addresses Kurento cannot take: no URL rather than a wrong one.
+    assert kurento_turn_url(lease("turn:turn.hospital.local:3478", "turn:[fd00::5]:3478")) \
+        is None

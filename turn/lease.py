@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["TurnExhausted", "TurnLease", "TurnProvider", "ice_servers_for"]
+__all__ = ["TurnExhausted", "TurnLease", "TurnProvider", "ice_servers_for", "kurento_turn_url"]
 
 
 class TurnExhausted(Exception):
@@ -35,6 +37,34 @@ class TurnLease:
 
 def ice_servers_for(lease: TurnLease | None) -> list[dict[str, Any]]:
     return [lease.ice_server()] if lease is not None and lease.urls else []
+
+
+_URL = re.compile(r"^turns?:(?P<host>[^:?]+)(:(?P<port>\d+))?(\?transport=(?P<tr>udp|tcp))?$")
+
+
+def kurento_turn_url(lease: TurnLease) -> str | None:
+    """The lease as Kurento's `turnUrl` (`user:password@<IPv4>:<port>?transport=…`).
+
+    Kurento takes only an IP literal there, so only URLs whose host is an IPv4 address
+    count; UDP is preferred, then TCP, then TLS. None when the lease has no such URL.
+    """
+    choices = []
+    for url in lease.urls:
+        match = _URL.match(url)
+        if match is None:
+            continue
+        try:
+            ipaddress.IPv4Address(match["host"])
+        except ValueError:
+            continue
+        tls = url.startswith("turns:")
+        transport = "tls" if tls else (match["tr"] or "udp")
+        port = int(match["port"] or (5349 if tls else 3478))
+        choices.append((("udp", "tcp", "tls").index(transport), match["host"], port, transport))
+    if not choices:
+        return None
+    _, host, port, transport = min(choices)
+    return f"{lease.username}:{lease.credential}@{host}:{port}?transport={transport}"
 
 
 class TurnProvider(Protocol):
