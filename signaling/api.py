@@ -43,6 +43,10 @@ API_AUDIENCE = "telemed-api"
 #: Longest `exp - iat` accepted for an API JWT: a leaked one is useless soon.
 API_JWT_LIFETIME = 300
 JWT_LEEWAY = 5
+#: Longest appointment window, and how long past its end join tokens still work (calls
+#: run over; a token's expiry ends its holder's part of the call).
+MAX_SCHEDULE = 7 * 86400
+SCHEDULE_OVERRUN = 3600
 
 
 def problem(status: int, code: str, message: str, field: str | None = None) -> web.Response:
@@ -77,6 +81,27 @@ def _participants(raw: Any, kind: CallKind) -> list[tuple[str, str, str]]:
             raise Invalid(f"{where}.id", "participant ids must be unique")
         out.append((pid, name, role))
     return out
+
+
+def _schedule(raw: Any, now: float) -> dict[str, float] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise Invalid("schedule", "an object with start and end (unix seconds)")
+    times: dict[str, float] = {}
+    for name in ("start", "end"):
+        value = raw.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not 0 < value < 2 ** 40:
+            raise Invalid(f"schedule.{name}", "a time in unix seconds")
+        times[name] = float(value)
+    if times["end"] <= times["start"]:
+        raise Invalid("schedule.end", "after schedule.start")
+    if times["end"] <= now:
+        raise Invalid("schedule.end", "in the future")
+    if times["end"] - times["start"] > MAX_SCHEDULE:
+        raise Invalid("schedule.end", f"at most {MAX_SCHEDULE // 3600} hours after the start")
+    return times
 
 
 class Api:
@@ -170,6 +195,10 @@ class Api:
         settings = self.app[SETTINGS]
         if isinstance(call, Call):
             call = call.describe()
+        ttl = settings.auth.token_ttl
+        if call.get("schedule"):
+            # Valid until the appointment is over, however far ahead it is booked.
+            ttl = max(ttl, call["schedule"]["end"] + SCHEDULE_OVERRUN - time.time())
         out = []
         for p in call["participants"]:
             if only is not None and p["id"] != only:
@@ -177,7 +206,7 @@ class Api:
             token = mint_join_token(
                 key=self.app[ENDPOINTS].jwt_secret, issuer=settings.auth.jwt_issuer,
                 audience=settings.auth.jwt_audience, subject=p["id"], name=p["name"],
-                role=p["role"], call_id=call["id"], ttl=settings.auth.token_ttl)
+                role=p["role"], call_id=call["id"], ttl=ttl)
             out.append({"id": p["id"], "role": p["role"], "token": token,
                         "link": f"{settings.public_url}/join/{token}"})
         return out
@@ -209,6 +238,7 @@ class Api:
         metadata = body.get("metadata", {})
         if not isinstance(metadata, dict):
             raise Invalid("metadata", "an object")
+        schedule = _schedule(body.get("schedule"), time.time())
         redis = request.app[REDIS]
         slot: str | None = None
         fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -218,7 +248,7 @@ class Api:
             if not await redis.set(slot, f"{fingerprint} -", nx=True, ex=IDEMPOTENCY_TTL):
                 return await self._repeat(request, slot, fingerprint)
         try:
-            call = request.app[HUB].create_call(kind, participants, metadata)
+            call = request.app[HUB].create_call(kind, participants, metadata, schedule)
         except BaseException:
             if slot is not None:
                 await redis.delete(slot)

@@ -88,6 +88,8 @@ class Call:
     media_server: str | None = None
     max_participants: int = 2
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The appointment window the MIS gave, {"start", "end"} in unix seconds.
+    schedule: dict[str, float] | None = None
     created_at: float = field(default_factory=time.time)
     timeline: Timeline = field(default_factory=Timeline)
 
@@ -119,4 +121,5 @@ class Call:
             "failureDetail": self.failure_detail or None, "mediaServer": self.media_server,
             "participants": [p.describe() for p in self.participants.values()],
             "createdAt": self.created_at, "metadata": self.metadata,
+            "schedule": self.schedule,
         }

@@ -53,7 +53,15 @@ SCHEMAS: dict[str, Any] = {
             "participants": {"type": "array", "minItems": 1, "maxItems": 8,
                              "items": _ref("NewParticipant")},
             "metadata": {"type": "object", "description": "echoed back in reads and webhooks"},
+            "schedule": _ref("Schedule"),
         },
+    },
+    "Schedule": {
+        "type": "object", "required": ["start", "end"],
+        "description": "the appointment window, unix seconds; join tokens last until an "
+                       "hour after its end (end: in the future, at most 7 days after start)",
+        "properties": {"start": {"type": "number", "exclusiveMinimum": 0},
+                       "end": {"type": "number", "exclusiveMinimum": 0}},
     },
     "Participant": {
         "type": "object", "required": ["id", "name", "role", "state", "published"],
@@ -71,6 +79,7 @@ SCHEMAS: dict[str, Any] = {
             "mediaServer": {"type": ["string", "null"]},
             "participants": {"type": "array", "items": _ref("Participant")},
             "createdAt": {"type": "number"}, "metadata": {"type": "object"},
+            "schedule": {"oneOf": [_ref("Schedule"), {"type": "null"}]},
             "liveAt": NUMBER_OR_NULL, "endedAt": NUMBER_OR_NULL, "duration": NUMBER_OR_NULL,
             "joins": {"type": "array", "items": {"type": "object"}},
             "timeline": {"type": "array", "items": {"type": "object"}},

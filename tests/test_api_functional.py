@@ -168,6 +168,12 @@ async def test_a_join_token_does_not_open_the_api(
     ({"participants": [{"id": "a", "name": ["A"], "role": "patient"}]},
      "participants[0].name"),
     ({"kind": "party"}, "kind"),
+    ({"schedule": "tomorrow"}, "schedule"),
+    ({"schedule": {"start": "9:00", "end": 2e9}}, "schedule.start"),
+    ({"schedule": {"start": 2e9, "end": True}}, "schedule.end"),
+    ({"schedule": {"start": 2e9, "end": 2e9 - 60}}, "schedule.end"),
+    ({"schedule": {"start": 1e9, "end": 1e9 + 60}}, "schedule.end"),  # in the past
+    ({"schedule": {"start": 2e9, "end": 2e9 + 30 * 86400}}, "schedule.end"),
     ({"participants": []}, "participants"),
     ({"participants": [{"id": "a", "name": "A", "role": "nurse"}]}, "participants[0].role"),
     ({"participants": [{"id": "a b", "name": "A", "role": "patient"}]}, "participants[0].id"),
@@ -186,6 +192,28 @@ async def test_invalid_calls_name_the_field_and_create_nothing(
     assert (status, body["code"], body["field"]) == (422, "request.invalid", field)
     assert service.hub.calls == {}
     assert await nothing_stored(redis_client)
+
+
+async def test_a_scheduled_call_echoes_its_window_and_its_tokens_last_through_it(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    start = time.time() + 3 * 86400  # booked three days ahead: beyond the 24 h token_ttl
+    window = {"start": start, "end": start + 1800}
+    status, body = await post(http, f"{service.url}/api/v1/calls",
+                              {**CONSULTATION, "schedule": window})
+    assert (status, body["schedule"]) == (201, window), body
+    settings = service.settings
+    for p in body["participants"]:
+        claims = jwt.decode(p["token"], JWT_SECRET, algorithms=["HS256"],
+                            audience=settings.auth.jwt_audience)
+        assert abs(claims["exp"] - (window["end"] + 3600)) < 5
+    status, fresh = await post(http, f"{service.url}/api/v1/calls/{body['id']}/tokens")
+    claims = jwt.decode(fresh["participants"][0]["token"], JWT_SECRET, algorithms=["HS256"],
+                        audience=settings.auth.jwt_audience)
+    assert abs(claims["exp"] - (window["end"] + 3600)) < 5
+    await service.app_sink_settled()
+    async with http.get(f"{service.url}/api/v1/calls?limit=1", headers=AUTH) as r:
+        assert (await r.json())["calls"][0]["schedule"] == window
 
 
 async def test_body_that_is_not_json_is_refused(
