@@ -114,7 +114,8 @@ class Hub:
     # ---------------------------------------------------------------- calls
 
     def create_call(self, kind: CallKind, participants: list[tuple[str, str, str]],
-                    metadata: dict[str, Any] | None = None) -> Call:
+                    metadata: dict[str, Any] | None = None,
+                    schedule: dict[str, float] | None = None) -> Call:
         self.recordings_root.mkdir(parents=True, exist_ok=True)
         free = self.free_bytes(self.recordings_root)
         if free < self.min_free_bytes:
@@ -127,7 +128,8 @@ class Hub:
         if len(participants) > size:
             raise CallError(f"a {kind.value} takes at most {size} participants",
                             code="call.full")
-        call = Call(kind=kind, max_participants=size, metadata=metadata or {})
+        call = Call(kind=kind, max_participants=size, metadata=metadata or {},
+                    schedule=schedule)
         for pid, name, role in participants:
             call.participants[pid] = Participant(id=pid, name=name, role=role)
         self.calls[call.id] = call
