@@ -137,3 +137,26 @@ async def test_a_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), scaled(20))
     assert proc.returncode == 2
     assert b"TELEMED_HTTP_PORT" in err
+
+
+def test_every_embedded_service_is_replaced_by_its_external_setting(tmp_path: Path) -> None:
+    from signaling.embedded import plan
+    from signaling.settings import load_settings
+
+    base = {"TELEMED_DATA_DIR": str(tmp_path)}
+    specs, _ = plan(load_settings(env=base))
+    assert [s.name for s in specs] == ["redis", "mediaserver", "coturn"]
+    settings = load_settings(env=base | {
+        "TELEMED_REDIS_URL": "redis://redis.internal:6379/0",
+        "TELEMED_MEDIA_KURENTO_URLS": "ws://kms1:8888/kurento,ws://kms2:8888/kurento",
+        "TELEMED_TURN_PROVIDER": "coturn-secret",
+        "TELEMED_TURN_URLS": "turn:10.0.0.5:3478?transport=udp",
+        "TELEMED_TURN_SECRETS": "newest,older"})
+    specs, endpoints = plan(settings)
+    assert specs == []
+    assert endpoints.redis_url == "redis://redis.internal:6379/0"
+    assert endpoints.kurento_urls == ("ws://kms1:8888/kurento", "ws://kms2:8888/kurento")
+    assert endpoints.turn_urls == ("turn:10.0.0.5:3478?transport=udp",)
+    assert endpoints.turn_secrets == ("newest", "older")
+    specs, endpoints = plan(load_settings(env=base | {"TELEMED_TURN_PROVIDER": "none"}))
+    assert [s.name for s in specs] == ["redis", "mediaserver"] and endpoints.turn_urls == ()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -172,6 +173,9 @@ class Recording:
                     slot: int) -> TurnLease:
         return TurnLease(call_id, participant, f"slot-{slot}", "pw", ("turn:x",), now + ttl,
                          {"slot": slot})
+
+    async def renew(self, lease: TurnLease, ttl: float, now: float) -> TurnLease:
+        return dataclasses.replace(lease, expires=now + ttl)
 
     async def revoke(self, lease: TurnLease) -> None:
         self.revoked.append(lease.username)
