@@ -8,6 +8,7 @@ import fractions
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -163,13 +164,15 @@ class PatternTrack(GatedTrack):
 class Peer:
     """A scripted participant: an aiortc peer connection that publishes and counts frames."""
 
-    def __init__(self, *, audio: bool = True, video: bool = True) -> None:
+    def __init__(self, *, audio: bool = True, video: bool = True, tone: float = 440.0) -> None:
         self.pc = RTCPeerConnection()
         self.received: dict[str, int] = {"audio": 0, "video": 0}
         self.got_media = {"audio": asyncio.Event(), "video": asyncio.Event()}
+        #: The last half second of received audio, mono, 48 kHz.
+        self.recent_audio: deque[np.ndarray] = deque(maxlen=25)
         self._readers: list[asyncio.Task[None]] = []
         if audio:
-            self.pc.addTrack(ToneTrack())
+            self.pc.addTrack(ToneTrack(tone))
         if video:
             self.pc.addTrack(PatternTrack())
         self.pc.on("track", self._on_track)
@@ -180,10 +183,23 @@ class Peer:
     async def _read(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
             while True:
-                await track.recv()
+                frame = await track.recv()
                 self.received[track.kind] += 1
+                if isinstance(frame, av.AudioFrame):
+                    samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+                    self.recent_audio.append(samples[:, 0].astype(np.float64))
                 if self.received[track.kind] >= 5:
                     self.got_media[track.kind].set()
+
+    def hearing(self) -> float | None:
+        """The dominant frequency (Hz) of the recent audio; None for silence or too little."""
+        if len(self.recent_audio) < self.recent_audio.maxlen // 2:  # type: ignore[operator]
+            return None
+        samples = np.concatenate(list(self.recent_audio))
+        if np.sqrt(np.mean(samples ** 2)) < 100:  # the tone's RMS is about 5600
+            return None
+        spectrum = np.abs(np.fft.rfft(samples))
+        return float(np.argmax(spectrum) * 48000 / len(samples))
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())

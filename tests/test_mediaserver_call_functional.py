@@ -18,7 +18,7 @@ from kurento_ctl.errors import KurentoError
 from kurento_ctl.events import EndOfStream
 from kurento_ctl.objects import MediaPipeline, ServerManager
 from mediaserver.webrtc import WebRtcEndpointImpl
-from tests.helpers import within
+from tests.helpers import wait_until, within
 from tests.media_fixtures import (
     CrossCall,
     GatedTrack,
@@ -92,6 +92,43 @@ async def test_two_peers_receive_each_other_and_both_streams_are_recorded(tmp_pa
                     if not t.done() and t is not asyncio.current_task()]
         assert leftover == [], [t.get_name() for t in leftover]
         assert [f for f in _open_files() if f.startswith(str(tmp_path))] == []
+
+
+async def test_one_source_feeds_many_sinks_and_a_sink_switches_source_at_run_time(
+    tmp_path: Path,
+) -> None:
+    """Audio only (cheap): two tones, told apart by frequency at the receiving peers."""
+    async with run_mediaserver(recordings_root=tmp_path) as (url, _), KurentoClient(url) as kc:
+        pipeline = await MediaPipeline.create(kc)
+        ep_a, ep_b, ep_1, ep_2 = await asyncio.gather(
+            *(pipeline.create_webrtc_endpoint() for _ in range(4)))
+        low, high = Peer(video=False, tone=440), Peer(video=False, tone=880)
+        viewers = [Peer(audio=False, video=False) for _ in range(2)]
+        for viewer in viewers:
+            viewer.pc.addTransceiver("audio", direction="recvonly")
+        try:
+            await asyncio.gather(ep_a.connect(ep_1, "AUDIO"), ep_a.connect(ep_2, "AUDIO"))
+            for peer, ep in zip((low, high, *viewers), (ep_a, ep_b, ep_1, ep_2), strict=True):
+                await peer.accept(await ep.process_offer(await peer.offer()))
+
+            def hear(v1: float | None, v2: float | None) -> bool:
+                def near(heard: float | None, tone: float | None) -> bool:
+                    return heard == tone if tone is None or heard is None \
+                        else abs(heard - tone) < 20
+                return near(viewers[0].hearing(), v1) and near(viewers[1].hearing(), v2)
+
+            def heard() -> list[float | None]:
+                return [v.hearing() for v in viewers]
+
+            await wait_until(lambda: hear(440, 440), timeout=15, interval=0.1, describe=heard)
+            await ep_b.connect(ep_2, "AUDIO")  # replaces ep_2's audio source
+            await wait_until(lambda: hear(440, 880), timeout=10, interval=0.1, describe=heard)
+            await ep_b.disconnect(ep_2, "AUDIO")  # no source: silence, the track stays
+            await wait_until(lambda: hear(440, None), timeout=10, interval=0.1, describe=heard)
+            assert viewers[1].pc.connectionState == "connected"
+        finally:
+            await asyncio.gather(*(p.close() for p in (low, high, *viewers)))
+            await pipeline.release()
 
 
 def _open_files() -> list[str]:
