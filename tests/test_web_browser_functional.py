@@ -332,24 +332,40 @@ async def test_chromium_mdns_candidates_are_dropped_and_media_still_arrives(
 
 
 @HEAVY
-async def test_a_referral_rings_the_consultants_workstation_and_is_accepted(
+async def test_a_referral_started_on_the_workstation_rings_the_consultants_and_is_accepted(
     tmp_path: Path, redis_server: RedisServer, browser: Any
 ) -> None:
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,)) as service:
-        call = service.hub.create_call(CallKind.REFERRAL, [
-            ("doc-3", "Д-р Иванов", "doctor"), ("fd-3", "Д-р Сидорова", "consultant")])
-        link = f"{service.url}/join/" + "{}"
-        consultant = await open_call(browser, link.format(
-            service.token(call.id, "fd-3", role="consultant")), "consultant")
-        await consultant.click("#join-button")
-        await consultant.wait_for_selector("body[data-call-state=waiting]",
-                                           timeout=scaled(10) * 1000)
-        assert await consultant.inner_text("#standby") == RU["referral_waiting"]
-        await consultant.screenshot(path=str(ARTIFACTS / "workstation-waiting.png"))
-        doctor = await open_call(browser, link.format(
-            service.token(call.id, "doc-3", role="doctor")), "doctor")
-        await doctor.click("#join-button")
+        hub = service.hub
+        hub.create_call(CallKind.CONSULTATION, [("pat-3", "Анна Петрова", "patient"),
+                                                ("doc-3", "Д-р Иванов", "doctor")],
+                        {"subject": "Повторный приём"})
+        call = hub.create_call(CallKind.REFERRAL, [
+            ("doc-3", "Д-р Иванов", "doctor"), ("fd-3", "Д-р Сидорова", "consultant")],
+            {"subject": "Расшифровка ЭКГ"})
+        desk = f"{service.url}/workstation/" + "{}"
+        doctor_desk = desk.format(service.token("workstation", "doc-3", role="doctor",
+                                                name="Д-р Иванов"))
+        phone = await (await browser.new_context(viewport={"width": 390, "height": 844})
+                       ).new_page()
+        await phone.goto(doctor_desk)
+        await phone.screenshot(path=str(ARTIFACTS / "workstation-phone.png"))
+        consultant = await (await browser.new_context(viewport={"width": 1280, "height": 800})
+                            ).new_page()
+        consultant.on("console", lambda m: print(f"[consultant] {m.type}: {m.text}"))
+        await consultant.goto(desk.format(service.token("workstation", "fd-3",
+                                                        role="consultant",
+                                                        name="Д-р Сидорова")))
+        await consultant.wait_for_selector("#ws-online:not([hidden])", timeout=scaled(10) * 1000)
+        doctor = await (await browser.new_context(viewport={"width": 1280, "height": 800})
+                        ).new_page()
+        doctor.on("console", lambda m: print(f"[doctor] {m.type}: {m.text}"))
+        await doctor.goto(doctor_desk)
+        assert await doctor.locator(".call-row").count() == 2
+        await doctor.screenshot(path=str(ARTIFACTS / "workstation-desktop.png"))
+        await doctor.click(f".call-row[data-call='{call.id}'] a.call-action")
+        await doctor.click("#join-button:not([disabled])", timeout=scaled(15) * 1000)
         await doctor.click("#ring-out:not([hidden])", timeout=scaled(15) * 1000)
         await consultant.wait_for_selector("#ring:not([hidden])", timeout=scaled(10) * 1000)
         assert "Д-р Иванов" in await consultant.inner_text("#ring-text")
@@ -360,6 +376,8 @@ async def test_a_referral_rings_the_consultants_workstation_and_is_accepted(
         # The dialog takes the keyboard focus: Enter answers.
         assert await consultant.evaluate("document.activeElement.id") == "accept"
         await consultant.keyboard.press("Enter")
+        # Answered on the workstation, the call page joins without another click.
+        await consultant.wait_for_url("**/join/**", timeout=scaled(10) * 1000)
         for page in (doctor, consultant):
             await assert_video_advances(page)
             await page.wait_for_selector("body[data-call-state=live]", timeout=scaled(15) * 1000)

@@ -170,3 +170,46 @@ async def test_precheck_hands_out_this_participants_turn_lease_and_the_calls_end
             assert (await r.json())["leases"] == []
         async with http.post(url, json={"token": svc.token(call.id, "p-1")}) as r:
             assert (r.status, (await r.json())["code"]) == (409, "call.ended")
+
+
+async def test_a_workstation_lists_only_its_doctors_open_calls_with_fresh_links(
+    service: Service
+) -> None:
+    hub = service.hub
+    consult = hub.create_call(CallKind.CONSULTATION, [("pat-1", "Анна Петрова", "patient"),
+                                                      ("doc-1", "Д-р Иванов", "doctor")],
+                              {"subject": "Повторный приём"})
+    referral = hub.create_call(CallKind.REFERRAL, [("doc-1", "Д-р Иванов", "doctor"),
+                                                   ("fd-1", "Д-р Сидорова", "consultant")])
+    other = hub.create_call(CallKind.CONSULTATION, [("pat-2", "Олег", "patient"),
+                                                    ("doc-2", "Д-р Смирнов", "doctor")])
+    over = hub.create_call(CallKind.CONSULTATION, [("pat-3", "Ирина", "patient"),
+                                                   ("doc-1", "Д-р Иванов", "doctor")])
+    await hub.end(over.id)
+    doctor = service.token("workstation", "doc-1", role="doctor", name="Д-р Иванов")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{service.url}/workstation/{doctor}") as r:
+            assert r.status == 200
+            assert r.headers["Referrer-Policy"] == "no-referrer"
+            page = await r.text()
+        rows = re.findall(r'data-call="([^"]+)" data-kind="(\w+)"', page)
+        assert rows == [(consult.id, "consultation"), (referral.id, "referral")]
+        assert other.id not in page and over.id not in page
+        assert "Анна Петрова" in page and "Повторный приём" in page and "Д-р Сидорова" in page
+        links = re.findall(r'href="(http[^"]+/join/[^"]+)"', page)
+        assert len(links) == 2
+        for href in links:
+            async with http.get(href) as r:
+                assert r.status == 200 and 'data-role="doctor"' in await r.text()
+        # A consultant's referral waits for the ring instead of offering a start button.
+        consultant = service.token("workstation", "fd-1", role="consultant")
+        async with http.get(f"{service.url}/workstation/{consultant}") as r:
+            page = await r.text()
+        assert re.findall(r'data-call="([^"]+)"', page) == [referral.id]
+        assert STRINGS["ru"]["ws_wait_ring"] in page and "/join/" not in page.split("<script")[0]
+        for token in (service.token("workstation", "pat-1"),  # patients have no workstation
+                      service.token(consult.id, "doc-1", role="doctor"),  # a call's own token
+                      "not-a-token"):
+            async with http.get(f"{service.url}/workstation/{token}") as r:
+                assert r.status == 403
+                assert STRINGS["ru"]["ws_refused"] in await r.text()

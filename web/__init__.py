@@ -1,4 +1,5 @@
-"""The pages patients and doctors use: start page, join page with pre-call check, call view."""
+"""The pages patients and doctors use: start page, join page with pre-call check, call view,
+and the doctor's workstation (web.workstation)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from signaling.call import CallKind
 from signaling.errors import AuthError, CallError
 from signaling.tokens import JoinClaims, verify_join_token
 from web.i18n import LANGUAGES, strings
+from web.workstation import setup_workstation
 
-__all__ = ["page_context", "setup_web"]
+__all__ = ["language", "page_context", "setup_web"]
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 
 
-def _language(request: web.Request) -> str:
+def language(request: web.Request) -> str:
+    """The page's language: `?lang=` if we speak it, else the configured default."""
     from signaling.app import SETTINGS
 
     wanted = request.query.get("lang", "")
@@ -31,7 +34,7 @@ def _language(request: web.Request) -> str:
 
 def page_context(request: web.Request, **extra: object) -> dict[str, object]:
     """What every page template gets: language, strings, and the page's own values."""
-    lang = _language(request)
+    lang = language(request)
     return {"lang": lang, "t": strings(lang), "languages": LANGUAGES, **extra}
 
 
@@ -61,7 +64,7 @@ async def demo_call(request: web.Request) -> web.Response:
     origin = request.headers.get("Origin")
     if origin is not None and origin not in request.app[SESSION_CONFIG].allowed_origins:
         raise web.HTTPForbidden(text="origin not allowed")
-    t = strings(_language(request))
+    t = strings(language(request))
     call = request.app[HUB].create_call(CallKind.CONSULTATION, [
         ("demo-patient", t["demo_patient_name"], "patient"),
         ("demo-doctor", t["demo_doctor_name"], "doctor"),
@@ -88,7 +91,7 @@ async def join_page(request: web.Request) -> web.Response:
         role = _claims(request, token).role
     except AuthError:
         role = "patient"  # the page shows the token error once the socket refuses it
-    lang = _language(request)
+    lang = language(request)
     grace = request.app[SETTINGS].calls.rejoin_grace
     response = aiohttp_jinja2.render_template(
         "join.html", request, page_context(request, token=token, role=role, grace=grace,
@@ -131,3 +134,4 @@ def setup_web(app: web.Application) -> None:
     app.router.add_get("/join/{token}", join_page)
     app.router.add_post("/precheck/ice", precheck_ice)
     app.router.add_static("/static", HERE / "static")
+    setup_workstation(app)

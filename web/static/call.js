@@ -50,6 +50,8 @@ async function precheck() {
     await useDevices();
     await listDevices(T);
     $("join-button").disabled = false;
+    // A consultant who answered the ring on the workstation joins without a second click.
+    if (new URLSearchParams(location.search).has("answered")) join();
   } catch (err) {
     report("mediaError", { name: err && err.name, message: String(err && err.message) });
     showPrecheckError(explain(T, err));
