@@ -7,13 +7,16 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from kurento_ctl.pool import KurentoPool
 from recordings.catalog import Catalog
@@ -76,6 +79,51 @@ async def probe_kurento(
         return {"up": ok} if ok else {"up": False, "error": "bad reply"}
     except (TimeoutError, OSError, aiohttp.ClientError, ValueError, TypeError) as exc:
         return {"up": False, "error": type(exc).__name__}
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format: TURN pool usage and the embedded children. Counters count
+    this node's work; `telemed_turn_leases_in_use` is the whole pool, all nodes together.
+    nginx in compose keeps it off the public side."""
+    families: list[Metric] = []
+
+    def gauge(name: str, doc: str, value: float) -> None:
+        families.append(GaugeMetricFamily(name, doc, value=value))
+
+    def counter(name: str, doc: str, value: float) -> None:
+        families.append(CounterMetricFamily(name, doc, value=value))
+
+    turn = request.app[HUB].turn
+    if turn is not None:
+        gauge("telemed_turn_pool_size", "Most TURN leases out at once.", turn.size)
+        # Without Redis the other figures still tell something; /readyz says it is down.
+        with contextlib.suppress(aioredis.RedisError, OSError):
+            gauge("telemed_turn_leases_in_use", "TURN leases out, all nodes.",
+                  await turn.in_use())
+        gauge("telemed_turn_leases_held", "TURN leases this node holds.", len(turn.held))
+        counter("telemed_turn_leases_issued", "TURN leases handed out.", turn.issued)
+        counter("telemed_turn_exhausted", "Joins refused with turn.exhausted.", turn.exhausted)
+        counter("telemed_turn_leases_renewed", "TURN leases renewed.", turn.renewed)
+    gauge("telemed_calls", "Calls this node holds.", len(request.app[HUB].calls))
+    supervisor = request.app.get(SUPERVISOR)
+    if supervisor is not None:
+        up = GaugeMetricFamily("telemed_child_up", "Embedded child process serving.",
+                               labels=["child"])
+        starts = CounterMetricFamily("telemed_child_starts", "Times a child was started.",
+                                     labels=["child"])
+        for name, child in supervisor.children.items():
+            up.add_metric([name], 1.0 if child.ready else 0.0)
+            starts.add_metric([name], child.starts)
+        families += [up, starts]
+
+    class Snapshot(Collector):
+        def collect(self) -> Iterable[Metric]:
+            return families
+
+    registry = CollectorRegistry()
+    registry.register(Snapshot())
+    return web.Response(body=generate_latest(registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -197,6 +245,7 @@ def create_app(
     app.cleanup_ctx.append(clients)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/ws", websocket_handler)
     app[API] = setup_api(app)
     setup_recordings(app)

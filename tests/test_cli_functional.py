@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import scaled
 from tests.services import free_port, require_binary
@@ -100,10 +101,14 @@ async def test_run_with_no_settings_serves_readyz_with_children_up_and_stops_cle
         assert all(m["up"] for m in body["media_servers"].values())
         pids = [c["pid"] for c in children.values()]
         assert all(running(p) for p in pids)
-        async with aiohttp.ClientSession() as http, http.get(
-            f"http://127.0.0.1:{http_port}/healthz"
-        ) as resp:
-            assert resp.status == 200
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{http_port}/healthz") as resp:
+                assert resp.status == 200
+            async with http.get(f"http://127.0.0.1:{http_port}/metrics") as resp:
+                exposition = await resp.text()
+        up = {s.labels["child"]: s.value for f in text_string_to_metric_families(exposition)
+              for s in f.samples if s.name == "telemed_child_up"}
+        assert up == {"redis": 1.0, "mediaserver": 1.0, "coturn": 1.0}
 
         # The embedded coturn signs with the generated secret and refuses anything else.
         secret = json.loads((tmp_path / "data" / "secrets.json").read_text())["turn_secret"]

@@ -181,6 +181,7 @@ def test_nginx_template_fills_in_only_variables_compose_gives_it() -> None:
     assert all(name.upper() != name for name in own)
     # Longer than the service's WebSocket heartbeat.
     assert "proxy_read_timeout 120s;" in template
+    assert "location = /metrics { return 404; }" in template  # internal scrapers only
 
 
 def test_kurento_and_the_service_share_the_recordings_volume() -> None:

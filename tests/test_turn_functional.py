@@ -22,6 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 from aioice import Connection, TransportPolicy
 from aiortc import RTCPeerConnection
+from prometheus_client.parser import text_string_to_metric_families
 
 from signaling import cli
 from signaling.call import CallKind, CallState
@@ -397,10 +398,14 @@ async def test_joined_lists_udp_tcp_and_tls_turn_and_usage_is_visible_without_cr
         try:
             await client.connect()
             joined = await client.join()
-            async with aiohttp.ClientSession() as http, http.get(
-                    f"{service.url}/api/v1/turn",
-                    headers={"Authorization": f"Bearer {API_KEY}"}) as r:
-                usage = await r.json()
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{service.url}/api/v1/turn",
+                                    headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+                    usage = await r.json()
+                async with http.get(f"{service.url}/metrics") as r:
+                    assert r.status == 200
+                    assert r.headers["Content-Type"].startswith("text/plain; version=")
+                    exposition = await r.text()
         finally:
             await client.close()
     (server,) = joined["iceServers"]
@@ -408,6 +413,16 @@ async def test_joined_lists_udp_tcp_and_tls_turn_and_usage_is_visible_without_cr
     assert (usage["size"], usage["inUse"], usage["issued"]) == (7, 1, 1)
     assert usage["leases"][0]["call"] == call.id
     assert joined["iceServers"][0]["credential"] not in str(usage)
+    samples = {s.name: s.value for family in text_string_to_metric_families(exposition)
+               for s in family.samples}
+    assert {name: samples[name] for name in (
+        "telemed_turn_pool_size", "telemed_turn_leases_in_use", "telemed_turn_leases_held",
+        "telemed_turn_leases_issued_total", "telemed_turn_exhausted_total")} == {
+        "telemed_turn_pool_size": 7, "telemed_turn_leases_in_use": 1,
+        "telemed_turn_leases_held": 1, "telemed_turn_leases_issued_total": 1,
+        "telemed_turn_exhausted_total": 0}
+    assert samples["telemed_calls"] == 1
+    assert joined["iceServers"][0]["credential"] not in exposition
 
 
 def test_kurento_gets_the_leases_turn_server_as_an_ipv4_literal() -> None:
