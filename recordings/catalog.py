@@ -72,11 +72,6 @@ class Catalog:
         """Every call folder under the root (dated layout)."""
         return sorted(p for p in self.root.glob("*/*/*/*") if p.is_dir())
 
-    def folder_of(self, call_id: str, created_at: float) -> Path:
-        import time
-
-        return self.root / time.strftime("%Y/%m/%d", time.localtime(created_at)) / call_id
-
     @staticmethod
     def read(folder: Path) -> dict[str, Any] | None:
         try:

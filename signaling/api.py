@@ -56,6 +56,10 @@ def problem(status: int, code: str, message: str, field: str | None = None) -> w
     return web.json_response(body, status=status)
 
 
+class TooLarge(Exception):
+    pass
+
+
 class Invalid(Exception):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
@@ -174,10 +178,14 @@ class Api:
             message = ("this token was already used; sign a new one per request"
                        if "replayed" in refused else "a valid API key or MIS JWT is required")
             return problem(401, "auth.invalid", message)
+        too_large = problem(413, "request.too_large",
+                            f"request bodies are at most {MAX_BODY} bytes")
         if (request.content_length or 0) > MAX_BODY:
-            return problem(413, "request.too_large", f"request bodies are at most {MAX_BODY} bytes")
+            return too_large
         try:
             return await handler(request)  # type: ignore[no-any-return]
+        except TooLarge:
+            return too_large
         except Invalid as exc:
             return problem(422, "request.invalid", str(exc), exc.field)
         except CallError as exc:
@@ -212,7 +220,15 @@ class Api:
         return out
 
     async def _json(self, request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-        raw = await request.read()
+        # Read with a limit: a chunked body announces no length for the middleware to check.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(16384):
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise TooLarge
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         if optional and not raw.strip():
             return {}
         try:

@@ -382,9 +382,18 @@ async def test_one_participant_gets_a_new_token_and_a_removed_one_is_out(
 
 
 async def test_oversized_bodies_and_repeated_bad_keys_are_refused(
-    service: Service, http: aiohttp.ClientSession
+    service: Service, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with http.post(f"{service.url}/api/v1/calls", data=b"{" + b" " * 70000 + b"}",
+                         headers={**AUTH, "Content-Type": "application/json"}) as r:
+        assert (r.status, (await r.json())["code"]) == (413, "request.too_large")
+    async def chunked() -> AsyncIterator[bytes]:
+        yield b'{"kind": "consultation", "metadata": {"pad": "'
+        for _ in range(10):
+            yield b"x" * 8000
+        yield b'"}}'
+
+    async with http.post(f"{service.url}/api/v1/calls", data=chunked(),
                          headers={**AUTH, "Content-Type": "application/json"}) as r:
         assert (r.status, (await r.json())["code"]) == (413, "request.too_large")
     codes = []
@@ -394,6 +403,9 @@ async def test_oversized_bodies_and_repeated_bad_keys_are_refused(
         codes.append(body["code"])
     assert codes[0] == "auth.invalid" and codes[-1] == "rate.limited"
     assert service.hub.calls == {}
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == codes.count("auth.invalid")  # each logged, with the address
+    assert all("127.0.0.1" in m and "guess" not in m for m in refusals)  # never the key
 
 
 def validator(doc: dict[str, Any], name: str) -> Any:
