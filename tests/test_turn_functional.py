@@ -440,3 +440,34 @@ def test_kurento_gets_the_leases_turn_server_as_an_ipv4_literal() -> None:
     # Names and IPv6 addresses Kurento cannot take: no URL rather than a wrong one.
     assert kurento_turn_url(lease("turn:turn.hospital.local:3478", "turn:[fd00::5]:3478")) \
         is None
+
+
+async def test_a_lease_returned_while_it_is_renewed_leaves_no_new_credentials(
+    redis_client: aioredis.Redis
+) -> None:
+    class Slow(Recording):
+        """Renews with new credentials, but only once the test lets it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered = asyncio.Event()
+            self.go_on = asyncio.Event()
+
+        async def renew(self, lease: TurnLease, ttl: float, now: float) -> TurnLease:
+            self.entered.set()
+            await self.go_on.wait()
+            return dataclasses.replace(lease, username=lease.username + "-renewed")
+
+    clock = Clock()
+    provider = Slow()
+    pool = TurnPool(redis_client, provider, size=2, ttl=60, namespace=os.urandom(4).hex(),
+                    clock=clock)
+    lease = await pool.lease("call-x", "p")
+    clock.now += 40
+    renewing = asyncio.create_task(pool.renew())
+    await provider.entered.wait()
+    await pool.release(lease)  # the participant leaves meanwhile
+    provider.go_on.set()
+    assert await renewing == []
+    assert provider.revoked == [lease.username, lease.username + "-renewed"]
+    assert pool.held == {} and pool.renewed == 0 and await pool.active() == []

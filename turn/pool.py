@@ -118,17 +118,24 @@ class TurnPool:
         for key, lease in list(self.held.items()):
             if lease.expires - now > self.ttl / 2:
                 continue
-            if not await self._extend(keys=self._keys[:1], args=[key, now + self.ttl]):
+            extended = await self._extend(keys=self._keys[:1], args=[key, now + self.ttl])
+            if self.held.get(key) is not lease:
+                continue  # released (or replaced by a rejoin) meanwhile
+            if not extended:
                 # Renewed too late: the slot expired and may be someone else's by now.
                 self.held.pop(key, None)
                 log.warning("! TURN lease %s expired before it was renewed", key,
                             extra={"call_id": lease.call_id})
                 continue
             fresh = await self.provider.renew(lease, self.ttl, now)
+            if self.held.get(key) is not lease:
+                # Released while renewing: take back what the renewal may have created.
+                if fresh.username != lease.username:
+                    await self.provider.revoke(fresh)
+                continue
+            self.held[key] = fresh
             slot = await self.redis.hget(self._keys[2], key)
             await self._describe(fresh, int(slot) if slot is not None else -1)
-            if self.held.get(key) is lease:  # not released while we awaited
-                self.held[key] = fresh
             self.renewed += 1
             renewed.append(fresh)
             for listener in self.on_renewed:
