@@ -125,6 +125,9 @@ async def test_run_with_no_settings_serves_readyz_with_children_up_and_stops_cle
             await proc.wait()
         assert proc.stderr is not None
         log = (await proc.stderr.read()).decode(errors="replace")
+    # Each child's own output reached the service's log, marked with the child's name.
+    for child in ("redis", "mediaserver", "coturn"):
+        assert f"logger=telemed.child.{child} child={child} " in log, child
     secrets_file = tmp_path / "data" / "secrets.json"
     assert secrets_file.stat().st_mode & 0o077 == 0
     # The generated secrets never reach the log.
