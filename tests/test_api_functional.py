@@ -16,6 +16,7 @@ import pytest
 
 from signaling.app import RECORDINGS
 from signaling.tokens import verify_join_token
+from tests.helpers import scaled
 from tests.hub_fixtures import (
     API_KEY,
     JWT_SECRET,
@@ -431,6 +432,7 @@ async def make_recording(service: Service, call_id: str) -> None:
         "recordings": ["pat-1.webm"]})
 
 
+@pytest.mark.timeout(scaled(120))  # a schemathesis run of some 500 requests
 async def test_every_route_is_in_the_openapi_document_and_answers_match_it(
     tmp_path: Path, redis_server: RedisServer, redis_client: Any,
     http: aiohttp.ClientSession
