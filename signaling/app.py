@@ -241,6 +241,10 @@ def create_app(
             await app[HTTP].close()
             with contextlib.suppress(aioredis.RedisError, OSError):
                 await app[REDIS].aclose()
+                # coturn-redis may read its user DB from a Redis of its own.
+                if turn is not None and isinstance(turn.provider, CoturnRedisUserDb) \
+                        and turn.provider.redis is not redis:
+                    await turn.provider.redis.aclose()
 
     app.cleanup_ctx.append(clients)
     app.router.add_get("/healthz", healthz)

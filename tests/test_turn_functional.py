@@ -471,3 +471,31 @@ async def test_a_lease_returned_while_it_is_renewed_leaves_no_new_credentials(
     assert await renewing == []
     assert provider.revoked == [lease.username, lease.username + "-renewed"]
     assert pool.held == {} and pool.renewed == 0 and await pool.active() == []
+
+
+async def test_service_with_coturn_redis_hands_out_users_that_allocate_until_leave(
+    tmp_path: Path, redis_server: RedisServer, userdb_turn: TurnServer,
+    redis_client: aioredis.Redis,
+) -> None:
+    env = {"TELEMED_TURN_PROVIDER": "coturn-redis", "TELEMED_TURN_REALM": userdb_turn.realm,
+           "TELEMED_TURN_URLS": userdb_turn.url,
+           # coturn's user DB through a client of its own, as with a separate Redis.
+           "TELEMED_TURN_REDIS_URL": redis_server.url}
+    async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",),
+                           env=env, turn_urls=(userdb_turn.url,)) as service:
+        call = service.hub.create_call(CallKind.CONSULTATION, [("p", "P", "patient"),
+                                                              ("d", "D", "doctor")])
+        client = CallClient(service, service.token(call.id, "p"))
+        try:
+            await client.connect()
+            (server,) = (await client.join())["iceServers"]
+            lease = TurnLease(call.id, "p", server["username"], server["credential"],
+                              (userdb_turn.url,), 0.0)
+            key = f"turn/realm/{userdb_turn.realm}/user/{lease.username}/key"
+            assert await redis_client.exists(key) == 1
+            assert await allocates(userdb_turn, lease)
+            await client.request("leave")
+        finally:
+            await client.close()
+        assert await redis_client.exists(key) == 0
+        assert not await allocates(userdb_turn, lease)
