@@ -90,7 +90,8 @@ class Hub:
                  turn: TurnPool | None = None, max_conference_size: int = 8,
                  ring_timeout: float = 30.0, rejoin_grace: float = 20.0,
                  media_loss_report: float = 5.0, min_free_bytes: int = 0,
-                 free_bytes: Callable[[Path], int] | None = None) -> None:
+                 free_bytes: Callable[[Path], int] | None = None,
+                 finished_linger: float = 300.0) -> None:
         self.pool = pool
         self.recordings_root = recordings_root
         self.watchdog_timeout = watchdog_timeout
@@ -102,6 +103,10 @@ class Hub:
         self.ring_timeout = ring_timeout
         self.rejoin_grace = rejoin_grace
         self.media_loss_report = media_loss_report
+        #: A finished call stays in memory this long (s), so late requests for it get
+        #: `call.ended`; after that only the history (CallStore) knows it.
+        self.finished_linger = finished_linger
+        self._evictions: dict[str, asyncio.TimerHandle] = {}
         self.calls: dict[str, Call] = {}
         #: Connections that said `hello`, joined or not: a consultant waiting to be rung.
         self.online: dict[str, dict[str, Connection]] = {}
@@ -232,6 +237,8 @@ class Hub:
         online = self.online.get(claims.call_id, {})
         if online.get(claims.subject) is conn:
             del online[claims.subject]
+        if not online:
+            self.online.pop(claims.call_id, None)
         ring = self.rings.get(claims.call_id)
         if ring is not None and claims.subject == ring.caller:
             # Nobody is left to talk to whoever picks up.
@@ -322,6 +329,12 @@ class Hub:
         rt = self._runtime(call)
         # First, so that an exhausted pool refuses the join before anything changed.
         lease = await self._lease_turn(rt, participant.id)
+        if rt.closing or call.finished:
+            # The call ended while the lease was being taken: teardown has run without it.
+            if lease is not None and rt.leases.get(participant.id) is lease:
+                del rt.leases[participant.id]
+                await self._revoke(lease)
+            raise CallError("the call is over", code="call.ended")
         grace = rt.reconnecting.pop(participant.id, None)
         if grace is not None:
             grace.cancel()
@@ -398,6 +411,13 @@ class Hub:
             raise CallError("not in that call", code="call.not_found")
         return rt
 
+    @staticmethod
+    def _still_open(rt: CallRuntime) -> None:
+        """After a media-server round trip: the call may have ended meanwhile, and arming
+        its watchdog then would leave a timer behind the teardown."""
+        if rt.closing:
+            raise CallError("the call is over", code="call.ended")
+
     async def publish(self, conn: Connection, call_id: str, pid: str, sdp: str) -> str:
         rt = self._member(conn, call_id, pid)
         kinds = offer_kinds(sdp, "send")
@@ -407,6 +427,7 @@ class Hub:
             raise MediaError("no media server is reachable", code="media.unavailable") from None
         except KurentoError as exc:
             raise MediaError(f"media server error: {exc}", code="media.unavailable") from None
+        self._still_open(rt)
         participant = rt.call.participants[pid]
         participant.published = kinds
         rt.call.media_server = rt.media.server.url if rt.media.server else None
@@ -430,6 +451,7 @@ class Hub:
             answer = await rt.media.subscribe(pid, source, sdp)
         except KurentoError as exc:
             raise MediaError(f"media server error: {exc}", code="media.unavailable") from None
+        self._still_open(rt)
         now = rt.timer.now()
         for kind in other.published:
             rt.watchdog.expect(Expectation(pid, "to-browser", kind, source), now)
@@ -485,15 +507,16 @@ class Hub:
         await self._gone(rt, pid, why)
 
     async def _gone(self, rt: CallRuntime, pid: str, why: str) -> None:
-        if (lease := rt.leases.pop(pid, None)) is not None:
-            await self._revoke(lease)
+        # State first, before any await: a teardown running meanwhile sees them gone.
         participant = rt.call.participants[pid]
         if participant.state is not ParticipantState.LEFT:
             participant.transition(ParticipantState.LEFT)
         rt.call.timeline.add("left", participant=pid, why=why)
         self._emit("participant.left", rt.call, {"participant": pid, "why": why})
         if rt.closing:
-            return
+            return  # `end` returns the lease with the others'
+        if (lease := rt.leases.pop(pid, None)) is not None:
+            await self._revoke(lease)
         self._broadcast(rt, encode("participantLeft", participant=pid))
         if not rt.connections and not rt.reconnecting:
             await self.end(rt.call.id)
@@ -515,6 +538,8 @@ class Hub:
     # ---------------------------------------------------------------- media events
 
     def _satisfy(self, rt: CallRuntime, expectation: Expectation) -> None:
+        if rt.closing:
+            return  # teardown cancelled the watchdog; re-arming it would outlive the call
         if rt.watchdog.satisfy(expectation):
             rt.timer.rearm()
             rt.call.timeline.add("media", participant=expectation.participant,
@@ -529,6 +554,8 @@ class Hub:
             return
         call.timeline.add("flow", participant=owner, target=target, direction=direction,
                           kind=kind, flowing=flowing)
+        if rt.closing:
+            return  # events of a pipeline being torn down: on the timeline, nothing more
         key = (owner, target, kind)
         if not flowing:
             if call.state is CallState.LIVE and key not in rt.interrupted:
@@ -570,7 +597,7 @@ class Hub:
 
     def _on_recording(self, call: Call, pid: str) -> None:
         rt = self.runtime.get(call.id)
-        if rt is None:
+        if rt is None or rt.closing:
             return
         rt.recording.add(pid)
         call.timeline.add("recording", participant=pid)
@@ -676,19 +703,31 @@ class Hub:
                             participant.transition(ParticipantState.LEFT)
                     rt.connections.clear()
                     rt.reconnecting.clear()
-                    self.runtime.pop(call_id, None)
                     leases, rt.leases = list(rt.leases.values()), {}
                     await asyncio.gather(*(self._revoke(lease) for lease in leases))
+                    self.runtime.pop(call_id, None)
             data = {"recordings": [str(p) for p in rt.media.recordings]} if rt else {}
             if reason is None:
                 self._emit("call.ended", call, data)
             else:
                 self._emit("call.failed", call, {"reason": reason.value, "detail": detail,
                                                  **data})
+            self._evictions[call_id] = asyncio.get_running_loop().call_later(
+                self.finished_linger, self._evict, call_id)
+
+    def _evict(self, call_id: str) -> None:
+        self._evictions.pop(call_id, None)
+        self.calls.pop(call_id, None)
+        self.online.pop(call_id, None)
 
     async def shutdown(self) -> None:
+        """Fails every call someone is connected to (joined, rung or waiting to be rung)."""
+        waiting = {cid for cid, conns in self.online.items() if conns}
         await asyncio.gather(*(self.end(cid, FailureReason.SHUTDOWN, "the service is stopping")
-                               for cid in {*self.runtime, *self.rings}))
+                               for cid in {*self.runtime, *self.rings, *waiting}))
         for task in list(self._tasks):
             with contextlib.suppress(Exception):
                 await task
+        for handle in self._evictions.values():
+            handle.cancel()
+        self._evictions.clear()

@@ -234,8 +234,10 @@ class ClientSession:
                                            audience=self.config.audience)
                 if self.claims is not None:
                     # A fresh token for the same seat extends the connection's life.
-                    if (claims.call_id, claims.subject) != (self.claims.call_id,
-                                                            self.claims.subject):
+                    if claims.call_id != self.claims.call_id:
+                        raise AuthError("this connection is in another call; a token opens "
+                                        "one call only", code="auth.wrong_call")
+                    if claims.subject != self.claims.subject:
                         raise AuthError("this connection belongs to another participant",
                                         code="auth.invalid")
                     self.claims = claims

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from signaling.errors import AuthError
 
-__all__ = ["JoinClaims", "Role", "mint_join_token", "verify_join_token"]
+__all__ = ["JoinClaims", "Role", "algorithm_for", "load_public_key", "mint_join_token",
+           "verify_join_token"]
 
 Role = Literal["patient", "doctor", "consultant"]
 ROLES = ("patient", "doctor", "consultant")
@@ -36,17 +39,48 @@ def mint_join_token(*, key: str, issuer: str, audience: str, subject: str, name:
     return jwt.encode(payload, key, algorithm=algorithm)
 
 
+def algorithm_for(key: Any) -> str:
+    """The one algorithm a key verifies: a shared secret HS256, an RSA public key RS256, an
+    EC public key ES256. One per key, so a public key can never be used as an HMAC secret."""
+    if isinstance(key, (str, bytes)):
+        return "HS256"
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ES256"
+    raise TypeError(f"unsupported join-token key {type(key).__name__}")
+
+
+def load_public_key(pem: str | bytes) -> Any:
+    """The MIS's public key (RS256 or ES256) from PEM text."""
+    key = serialization.load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
+    algorithm_for(key)  # refuses key types we do not verify with
+    return key
+
+
 def verify_join_token(token: str, *, keys: Sequence[Any], issuer: str, audience: str,
-                      call_id: str | None = None, algorithms: Sequence[str] = ("HS256",),
+                      call_id: str | None = None, algorithms: Sequence[str] | None = None,
                       now: float | None = None) -> JoinClaims:
-    """Checks signature, expiry, issuer, audience and (if given) the call id."""
+    """Checks signature, expiry, issuer, audience and (if given) the call id.
+
+    Each key verifies only its own algorithm (`algorithm_for`); `algorithms` narrows that.
+    """
     if not isinstance(token, str) or token.count(".") != 2:
         raise AuthError("not a JWT", code="auth.invalid")
+    try:
+        alg = str(jwt.get_unverified_header(token).get("alg"))
+    except jwt.PyJWTError:
+        raise AuthError("invalid token header", code="auth.invalid") from None
+    candidates = [k for k in keys if algorithm_for(k) == alg
+                  and (algorithms is None or alg in algorithms)]
+    if not candidates:
+        raise AuthError(f"tokens signed with {alg[:10]!r} are not accepted",
+                        code="auth.invalid")
     last: Exception | None = None
-    for key in keys:
+    for key in candidates:
         try:
             claims = jwt.decode(
-                token, key, algorithms=list(algorithms), audience=audience, issuer=issuer,
+                token, key, algorithms=[alg], audience=audience, issuer=issuer,
                 leeway=LEEWAY, options={"require": ["exp", "sub", "aud", "iss"],
                                         "verify_exp": now is None},
             )

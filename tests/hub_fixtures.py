@@ -173,11 +173,17 @@ class CallClient:
         def find() -> dict[str, Any] | None:
             return next((e for e in self.events if e["type"] == type_ and pred(e)), None)
 
+        def failed() -> dict[str, Any] | None:
+            # A failed call sends nothing more: say so now instead of at the timeout.
+            return next((e for e in self.events if e["type"] == "callFailed"), None)
+
         async def wait() -> dict[str, Any]:
             async with self._event_added:
-                await self._event_added.wait_for(lambda: find() is not None)
+                await self._event_added.wait_for(lambda: find() is not None
+                                                 or failed() is not None)
             found = find()
-            assert found is not None
+            if found is None:
+                raise AssertionError(f"the call failed while waiting for {type_}: {failed()}")
             return found
 
         try:

@@ -118,6 +118,49 @@ async def test_bad_tokens_get_their_codes(service: Service, live: LiveCall) -> N
     await live.still_fine()
 
 
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+async def test_tokens_signed_with_the_mis_private_key_open_one_call_only(
+    service: Service, live: LiveCall, alg: str
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from signaling.app import SESSION_CONFIG
+    from signaling.tokens import mint_join_token
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048) \
+        if alg == "RS256" else ec.generate_private_key(ec.SECP256R1())
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    service.app[SESSION_CONFIG].jwt_keys.append(private.public_key())
+    first, second = other_call(service), other_call(service)
+
+    def token(call: Call, key: bytes | str = pem, algorithm: str = alg) -> str:
+        return mint_join_token(key=key, algorithm=algorithm,
+                               issuer=service.settings.auth.jwt_issuer,
+                               audience=service.settings.auth.jwt_audience, subject="pat-9",
+                               name="P", role="patient", call_id=call.id)
+
+    client = CallClient(service, token(first))
+    try:
+        await client.connect()
+        welcome = await client.hello()
+        assert (welcome["participant"], welcome["call"]) == ("pat-9", first.id)
+        with pytest.raises(ProtocolError) as info:  # the same person, another call
+            await client.request("hello", token=token(second))
+        assert info.value.code == "auth.wrong_call"
+        assert (await client.request("join"))["call"]["id"] == first.id
+    finally:
+        await client.close()
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048) \
+        if alg == "RS256" else ec.generate_private_key(ec.SECP256R1())
+    forged = other.private_bytes(serialization.Encoding.PEM,
+                                 serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+    assert await hello_error(service, token(second, key=forged)) == "auth.invalid"
+    await live.still_fine()
+
+
 def _recv_offer() -> str:
     return ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
             "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=recvonly\r\n"

@@ -44,7 +44,7 @@ async def test_the_guard_measures_a_blocking_call_and_names_it(loop_guard: LoopG
     problem = loop_guard.verdict()
     assert problem is not None and "blocked the event loop" in problem
     assert "test_the_guard_measures_a_blocking_call" in problem  # names the coroutine
-    assert loop_guard.worst >= LOOP_BLOCK_LIMIT * 1.5
+    assert loop_guard.worst >= LOOP_BLOCK_LIMIT * 1.4  # less what it waited for a CPU
 
 
 async def test_awaiting_and_other_loops_do_not_count(loop_guard: LoopGuard) -> None:

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from signaling.errors import AuthError
-from signaling.tokens import mint_join_token, verify_join_token
+from signaling.tokens import load_public_key, mint_join_token, verify_join_token
 
 KEY = "k" * 32
 ARGS = {"issuer": "mis", "audience": "telemed"}
@@ -75,3 +75,53 @@ def test_asymmetric_tokens_from_the_mis_verify_with_its_public_key(alg: str) -> 
         # An HS256 token signed with the public key's PEM must not pass as RS256/ES256.
         forged = jwt.encode({"sub": "x"}, "s" * 32, algorithm="HS256")
         verify(forged, keys=[public], algorithms=[alg])
+
+
+def _keypairs() -> dict[str, tuple[bytes, object]]:
+    pairs: dict[str, tuple[bytes, object]] = {}
+    for alg, private in (("RS256", rsa.generate_private_key(public_exponent=65537,
+                                                            key_size=2048)),
+                         ("ES256", ec.generate_private_key(ec.SECP256R1()))):
+        pem = private.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        public_pem = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        pairs[alg] = (pem, load_public_key(public_pem))
+    return pairs
+
+
+def test_each_key_verifies_its_own_algorithm_without_being_told() -> None:
+    pairs = _keypairs()
+    keys = [KEY, *(public for _, public in pairs.values())]
+    assert verify(mint(), keys=keys)
+    for alg, (private_pem, _) in pairs.items():
+        assert verify(mint(key=private_pem, algorithm=alg), keys=keys)
+    with pytest.raises(AuthError) as info:  # an RS256 token where only a secret is known
+        verify(mint(key=pairs["RS256"][0], algorithm="RS256"), keys=[KEY])
+    assert info.value.code == "auth.invalid" and "not accepted" in info.value.message
+
+
+def test_a_token_signed_with_the_public_key_as_an_hmac_secret_is_refused() -> None:
+    """The classic algorithm confusion: HS256 keyed with the public key's PEM."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    _, public = _keypairs()["RS256"]
+    public_pem = public.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    body = {"iss": "mis", "aud": "telemed", "sub": "x", "name": "X", "role": "doctor",
+            "call": "call-1", "exp": int(time.time()) + 600}
+    signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + \
+        b64(json.dumps(body).encode())
+    forged = signing + "." + b64(hmac.new(public_pem, signing.encode(),
+                                          hashlib.sha256).digest())
+    with pytest.raises(AuthError) as info:
+        verify(forged, keys=[public])
+    assert info.value.code == "auth.invalid"
