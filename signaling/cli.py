@@ -43,7 +43,12 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, settings.http.host, settings.http.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise RuntimeError(
+                f"TELEMED_HTTP_HOST/TELEMED_HTTP_PORT: cannot listen on "
+                f"{settings.http.host}:{settings.http.port}: {exc.strerror}") from None
         log.info("= serving on %s", settings.public_url)
         await stop.wait()
         log.info("= stopping")

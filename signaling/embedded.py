@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,23 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _check_free(port: int, setting: str, *, udp: bool = False, host: str = "127.0.0.1"
+                ) -> None:
+    """A port taken by another process would answer our readiness probe for a child that
+    never started: refuse to start instead, naming the setting."""
+    kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,)
+    for kind in kinds:
+        with socket.socket(socket.AF_INET, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                # As a server binds it: a port that only lingers in TIME_WAIT is free.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise RuntimeError(f"{setting}: {host}:{port} is in use by another "
+                                   f"process ({exc.strerror}); choose another port") from None
+
+
 def _redis_child(data: Path) -> tuple[ChildSpec, str]:
     folder = data / "redis"
     folder.mkdir(parents=True, exist_ok=True)
@@ -169,6 +187,9 @@ def plan(settings: Settings) -> tuple[list[ChildSpec], Endpoints]:
     settings.recordings_path.mkdir(parents=True, exist_ok=True)
     kept = load_secrets(data)
     children: list[ChildSpec] = []
+    # Before any child starts, so that nothing is started only to be stopped again.
+    if settings.http.port and ":" not in settings.http.host:
+        _check_free(settings.http.port, "TELEMED_HTTP_PORT", host=settings.http.host)
 
     redis_url = settings.redis.url
     if not redis_url:
@@ -177,6 +198,7 @@ def plan(settings: Settings) -> tuple[list[ChildSpec], Endpoints]:
 
     kurento_urls = settings.media.kurento_urls
     if not kurento_urls:
+        _check_free(settings.media.embedded_port, "TELEMED_MEDIA_EMBEDDED_PORT")
         spec, url = _media_child(settings)
         children.append(spec)
         kurento_urls = (url,)
@@ -185,6 +207,8 @@ def plan(settings: Settings) -> tuple[list[ChildSpec], Endpoints]:
     turn_secrets = settings.turn.secrets
     if settings.turn.provider == "embedded":
         turn_secrets = (kept.turn_secret,)
+        if shutil.which("turnserver") is not None:
+            _check_free(settings.turn.embedded_port, "TELEMED_TURN_EMBEDDED_PORT", udp=True)
         planned = _turn_child(settings, data, kept.turn_secret)
         if planned is not None:
             spec, url = planned

@@ -151,7 +151,9 @@ def test_every_embedded_service_is_replaced_by_its_external_setting(tmp_path: Pa
     from signaling.embedded import plan
     from signaling.settings import load_settings
 
-    base = {"TELEMED_DATA_DIR": str(tmp_path)}
+    base = {"TELEMED_DATA_DIR": str(tmp_path), "TELEMED_HTTP_PORT": str(free_port()),
+            "TELEMED_MEDIA_EMBEDDED_PORT": str(free_port()),
+            "TELEMED_TURN_EMBEDDED_PORT": str(free_udp_and_tcp_port())}
     specs, _ = plan(load_settings(env=base))
     assert [s.name for s in specs] == ["redis", "mediaserver", "coturn"]
     settings = load_settings(env=base | {
@@ -168,3 +170,45 @@ def test_every_embedded_service_is_replaced_by_its_external_setting(tmp_path: Pa
     assert endpoints.turn_secrets == ("newest", "older")
     specs, endpoints = plan(load_settings(env=base | {"TELEMED_TURN_PROVIDER": "none"}))
     assert [s.name for s in specs] == ["redis", "mediaserver"] and endpoints.turn_urls == ()
+
+
+async def test_a_port_taken_by_another_process_stops_start_up_naming_it(
+    tmp_path: Path,
+) -> None:
+    """Else the readiness probe would find the other process and call our child up."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("TELEMED_")} | {
+            "TELEMED_DATA_DIR": str(tmp_path / "data"),
+            "TELEMED_TURN_EMBEDDED_PORT": str(free_udp_and_tcp_port()),
+        }
+        for setting, env in (
+            ("TELEMED_MEDIA_EMBEDDED_PORT", {"TELEMED_MEDIA_EMBEDDED_PORT": str(port),
+                                             "TELEMED_HTTP_PORT": str(free_port())}),
+            ("TELEMED_HTTP_PORT", {"TELEMED_MEDIA_EMBEDDED_PORT": str(free_port()),
+                                   "TELEMED_HTTP_PORT": str(port)}),
+        ):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "signaling.cli", "run", env=base | env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), scaled(60))
+            assert proc.returncode == 1, err.decode()[-2000:]
+            assert setting.encode() in err and f"127.0.0.1:{port}".encode() in err
+            # Whatever it had started is gone with it.
+            leftovers = [line for line in _processes() if str(tmp_path) in line]
+            assert leftovers == []
+
+
+def _processes() -> list[str]:
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline and running(int(entry.name)):
+                lines.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return lines
