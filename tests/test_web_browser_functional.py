@@ -461,3 +461,46 @@ async def test_a_call_whose_media_is_blocked_shows_the_watchdog_failure(
     assert retry_shown, "a failure offers to try again"
     assert 2.0 <= elapsed < 2.0 + scaled(8)
     assert call.failure is not None and call.failure.value == "no-media"
+
+
+@HEAVY
+async def test_a_conference_grid_holds_everyone_and_highlights_who_speaks(
+    tmp_path: Path, redis_server: RedisServer, browser: Any
+) -> None:
+    from tests.hub_fixtures import CallClient
+
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
+            run_service(tmp_path, redis_server.url, (kms_url,)) as service:
+        call = service.hub.create_call(CallKind.CONFERENCE, [
+            ("doc-a", "Д-р Иванов", "doctor"), ("doc-b", "Д-р Орлова", "doctor"),
+            ("doc-c", "Д-р Ким", "doctor")])
+        # Two branches join as scripted peers: one talks (a tone), one only shows video.
+        talker = CallClient(service, service.token(call.id, "doc-b", role="doctor"))
+        silent = CallClient(service, service.token(call.id, "doc-c", role="doctor"))
+        page = await open_call(browser, f"{service.url}/join/"
+                               + service.token(call.id, "doc-a", role="doctor"), "doctor")
+        try:
+            for client, audio in ((talker, True), (silent, False)):
+                await client.connect()
+                await client.join()
+                await client.publish(audio=audio, video=True)
+            await page.click("#join-button")
+            await page.wait_for_selector("#grid[data-count='3']", timeout=scaled(15) * 1000)
+            for pid in ("doc-b", "doc-c"):
+                await page.wait_for_function(
+                    f"(() => {{ const v = document.querySelector("
+                    f"'.tile[data-participant={pid}] video');"
+                    f" return !!v && v.videoWidth > 0; }})()", timeout=scaled(30) * 1000)
+            await page.wait_for_function(
+                "document.querySelectorAll('.tile.speaking').length === 1 && "
+                "!!document.querySelector('.tile[data-participant=doc-b].speaking')",
+                timeout=scaled(15) * 1000)
+            columns = await page.evaluate(
+                "getComputedStyle(document.getElementById('grid'))"
+                ".gridTemplateColumns.split(' ').length")
+            assert columns == 2
+            await page.screenshot(path=str(ARTIFACTS / "conference-desktop.png"))
+        finally:
+            await page.context.close()
+            await talker.close()
+            await silent.close()

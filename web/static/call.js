@@ -15,7 +15,7 @@ const state = {
   pendingCandidates: new Map(), over: false, inCall: false, waiting: false,
   reconnecting: false, serverLive: false, cancelled: false, stopMeter: () => {},
   statsTimer: null, ringWired: false, ringer: null, countdown: null, last: new Map(),
-  grace: Number(app.dataset.grace) || 20, network: null,
+  grace: Number(app.dataset.grace) || 20, network: null, speaker: null,
 };
 
 // ---------------------------------------------------------------- pre-call check
@@ -422,7 +422,10 @@ async function pollStats() {
     }
     if (now.level > loudestLevel) { loudest = target; loudestLevel = now.level; }
   }
-  for (const [participant, fig] of state.tiles) fig.classList.toggle("speaking", participant === loudest);
+  // Held for a moment, so the highlight does not flicker between words.
+  if (loudest) state.speaker = { id: loudest, at: Date.now() };
+  const speaker = state.speaker && Date.now() - state.speaker.at < 2500 ? state.speaker.id : null;
+  for (const [participant, fig] of state.tiles) fig.classList.toggle("speaking", participant === speaker);
   const subscribed = [...state.pcs.keys()].filter((k) => k !== "publish");
   // After a rejoin the call is already live: show it once every picture came back.
   if (state.serverLive && subscribed.length && subscribed.every((k) => state.reported.has(k))
