@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -137,7 +136,7 @@ class RecordingWorker:
                        recovered: bool = False) -> dict[str, Any]:
         call_id = snap["id"]
         starts, stops = _starts(snap), _stops(snap)
-        ended = snap.get("endedAt") or time.time()
+        ended = snap.get("endedAt")
         files: list[dict[str, Any]] = []
         problems: list[str] = []
         present = {n for n in await asyncio.to_thread(os.listdir, folder)
@@ -151,21 +150,25 @@ class RecordingWorker:
                 problems.append(f"{name}: missing (no media reached the recorder)")
                 files.append({"name": name, "participant": owner, "size": 0, "sha256": None,
                               "streams": [], "duration": None, "startedAt": None,
+                              "endedAt": None,
                               "problem": "missing (no media reached the recorder)"})
                 continue
-            size = path.stat().st_size
-            info = await probe(path) if size else {"error": "empty file"}
+            stat = await asyncio.to_thread(path.stat)
+            info = await probe(path) if stat.st_size else {"error": "empty file"}
             start_list = starts.get(owner, [])
             started = start_list[segment] if segment < len(start_list) else None
+            # A call that died with its process has no end: the recorder's last write is.
+            stopped = min((t for t in stops.get(owner, []) if started and t > started),
+                          default=ended or stat.st_mtime)
             entry: dict[str, Any] = {
-                "name": name, "participant": owner, "size": size,
+                "name": name, "participant": owner, "size": stat.st_size,
                 "sha256": await asyncio.to_thread(sha256_of, path),
                 "streams": info.get("streams", []), "duration": info.get("duration"),
-                "startedAt": started, "problem": info.get("error")}
+                "startedAt": started, "endedAt": stopped if started else None,
+                "problem": info.get("error")}
             if entry["problem"] is None and not entry["streams"]:
                 entry["problem"] = "no streams"
             if entry["problem"] is None and started and entry["duration"]:
-                stopped = min((t for t in stops.get(owner, []) if t > started), default=ended)
                 entry["problem"] = implausible(entry["duration"], started, stopped)
             if entry["problem"]:
                 problems.append(f"{name}: {entry['problem']}")

@@ -108,6 +108,7 @@ SCHEMAS: dict[str, Any] = {
                 "streams": {"type": "array", "items": {"type": "string"}},
                 "duration": {"type": ["number", "null"]},
                 "startedAt": {"type": ["number", "null"]},
+                "endedAt": {"type": ["number", "null"]},
                 "problem": {"type": ["string", "null"]}}}},
             "composed": {"type": ["object", "null"]},
             "problems": {"type": "array", "items": {"type": "string"}},

@@ -147,6 +147,7 @@ async def test_a_call_leaves_verified_streams_metadata_and_a_composed_file(
         assert f["size"] == (folder / f["name"]).stat().st_size
         assert f["streams"] == ["audio", "video"] and f["duration"] > 1.0
         assert f["startedAt"] is not None
+        assert f["startedAt"] < f["endedAt"] <= meta["endedAt"]
     composed = await ffprobe(folder / "consultation.webm")
     video = [s for s in composed["streams"] if s["codec_type"] == "video"]
     audio = [s for s in composed["streams"] if s["codec_type"] == "audio"]
@@ -415,6 +416,9 @@ async def test_recordings_of_a_sigkilled_service_are_finalized_at_restart(
     assert meta["state"] == "verified", meta["problems"]
     for f in meta["files"]:
         assert f["streams"] == ["audio", "video"] and f["duration"] > 0.5
+        # No end in the history: the file's last write stands for it.
+        assert f["startedAt"] < f["endedAt"] == (rec_dir / meta["folder"] / f["name"]
+                                                 ).stat().st_mtime
 
 
 async def indexed(service: Service, call_id: str) -> dict[str, Any]:
@@ -453,6 +457,8 @@ async def test_a_participant_who_vanishes_leaves_finalized_recordings(
     assert [f["name"] for f in meta["files"]] == ["doc-1.webm", "pat-1.webm"]
     for f in meta["files"]:
         assert f["streams"] == ["audio", "video"] and f["duration"] > 0.5, f
+    ends = {f["participant"]: f["endedAt"] for f in meta["files"]}
+    assert ends["pat-1"] < ends["doc-1"]  # the patient's stream stopped when it vanished
     assert ready["data"]["problems"] == []
 
 
