@@ -12,6 +12,8 @@ first two cases (416) and lax in one (`bytes=-0`), so the header is judged here 
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import time
 from typing import Any
@@ -27,6 +29,8 @@ __all__ = ["CATALOG", "setup_recordings"]
 
 CATALOG = web.AppKey("catalog", Catalog)
 SPEC = re.compile(r"^(\d*)-(\d*)$")
+NOT_FOUND = json.dumps({"code": "recording.not_found",
+                        "message": "no such recording, or no such file of it"})
 AUDIENCE = "telemed-recordings"
 LINK_TTL = 3600
 
@@ -40,8 +44,7 @@ def _secret(request: web.Request) -> str:
 async def _meta(request: web.Request, call_id: str) -> dict[str, Any]:
     meta = await request.app[CATALOG].get(call_id)
     if meta is None:
-        raise web.HTTPNotFound(text='{"code": "recording.not_found"}',
-                               content_type="application/json")
+        raise web.HTTPNotFound(text=NOT_FOUND, content_type="application/json")
     return meta
 
 
@@ -77,8 +80,7 @@ def judge_range(header: str | None, size: int) -> str | None:
 async def _file(request: web.Request, meta: dict[str, Any], name: str) -> web.StreamResponse:
     path = request.app[CATALOG].path_of(meta, name)
     if path is None or not path.is_file():
-        raise web.HTTPNotFound(text='{"code": "recording.not_found"}',
-                               content_type="application/json")
+        raise web.HTTPNotFound(text=NOT_FOUND, content_type="application/json")
     headers = {"Content-Type": "video/webm", "Cache-Control": "private, no-store",
                "Content-Disposition": f'inline; filename="{meta["call"]}-{name}"'}
     size = path.stat().st_size
@@ -95,12 +97,16 @@ async def _file(request: web.Request, meta: dict[str, Any], name: str) -> web.St
 
 
 async def list_recordings(request: web.Request) -> web.Response:
-    try:
-        since = float(request.query.get("since", 0))
-        limit = int(request.query.get("limit", 50))
-    except ValueError:
-        return web.json_response({"code": "request.invalid", "message": "since and limit "
-                                  "are numbers", "field": "since"}, status=422)
+    numbers: dict[str, float] = {}
+    for name, default in (("since", 0.0), ("limit", 50.0)):
+        try:
+            numbers[name] = float(request.query.get(name, default))
+            if not math.isfinite(numbers[name]):
+                raise ValueError(name)
+        except ValueError:
+            return web.json_response({"code": "request.invalid", "message": "a number",
+                                      "field": name}, status=422)
+    since, limit = numbers["since"], int(numbers["limit"])
     items = await request.app[CATALOG].find(since=since, limit=max(1, min(limit, 200)))
     return web.json_response({"recordings": items})
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import time
 from collections import defaultdict, deque
@@ -335,6 +336,8 @@ class Api:
                     numbers[name] = float(query[name])
                 except ValueError:
                     raise Invalid(name, "a number") from None
+                if not math.isfinite(numbers[name]):
+                    raise Invalid(name, "a finite number")
         limit = int(numbers.get("limit", 50))
         if not 1 <= limit <= 200:
             raise Invalid("limit", "1-200")

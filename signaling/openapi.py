@@ -243,7 +243,7 @@ def document() -> dict[str, Any]:
                     "summary": "A call's recording metadata: files, checksums, problems",
                     "parameters": [CALL_ID],
                     "responses": {"200": _json(_ref("Recording"), "metadata"), **ERRORS,
-                                  "404": {"description": "`recording.not_found`"}},
+                                  "404": _json(_ref("Error"), "`recording.not_found`")},
                 },
             },
             "/api/v1/recordings/{call_id}/files/{name}": {
@@ -261,7 +261,7 @@ def document() -> dict[str, Any]:
                                 "content": {"video/webm": {"schema": {"type": "string",
                                                                       "format": "binary"}}}},
                         "416": {"description": "unsatisfiable range"},
-                        "404": {"description": "`recording.not_found`"}, **ERRORS},
+                        "404": _json(_ref("Error"), "`recording.not_found`"), **ERRORS},
                 },
             },
             "/api/v1/recordings/{call_id}/links": {
@@ -272,7 +272,7 @@ def document() -> dict[str, Any]:
                         "type": "object", "required": ["url", "expiresIn"],
                         "properties": {"url": {"type": "string"},
                                        "expiresIn": {"type": "integer"}}}, "the link"),
-                        "404": {"description": "`recording.not_found`"}, **ERRORS},
+                        "404": _json(_ref("Error"), "`recording.not_found`"), **ERRORS},
                 },
             },
             "/api/v1/turn": {

@@ -264,6 +264,13 @@ async def test_calls_are_listed_newest_first_by_state_and_paged(
     assert not {ids[1], ids[2]} & {c["id"] for c in ended["calls"]}
     async with http.get(f"{service.url}/api/v1/calls?state=bogus", headers=AUTH) as r:
         assert (r.status, (await r.json())["field"]) == (422, "state")
+    for query, field in (("limit=inf", "limit"), ("since=nan", "since"),
+                         ("cursor=-inf", "cursor"), ("limit=x", "limit")):
+        async with http.get(f"{service.url}/api/v1/calls?{query}", headers=AUTH) as r:
+            assert (r.status, (await r.json())["field"]) == (422, field), query
+        async with http.get(f"{service.url}/api/v1/recordings?{query}", headers=AUTH) as r:
+            if field != "cursor":
+                assert (r.status, (await r.json())["field"]) == (422, field), query
 
 
 async def test_history_outlives_the_process(
