@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from signaling.participant import Participant
+from signaling.participant import IllegalTransition, Participant
 
 __all__ = ["Call", "CallKind", "CallState", "FailureReason", "IllegalTransition", "Timeline"]
 
@@ -54,10 +54,6 @@ TRANSITIONS: dict[CallState, frozenset[CallState]] = {
 }
 
 
-class IllegalTransition(RuntimeError):
-    pass
-
-
 @dataclass
 class Timeline:
     """What happened to a call, in order; bounded so a chatty client cannot grow it forever."""
@@ -95,6 +91,14 @@ class Call:
 
     def __post_init__(self) -> None:
         self.timeline.add("state", state=self.state.value, kind=self.kind.value)
+        for participant in self.participants.values():
+            participant.events, participant.call_id = self.timeline, self.id
+
+    def add_participant(self, pid: str, name: str, role: str) -> Participant:
+        """A participant whose every state change lands on this call's timeline."""
+        participant = self.participants[pid] = Participant(
+            id=pid, name=name, role=role, events=self.timeline, call_id=self.id)
+        return participant
 
     @property
     def finished(self) -> bool:

@@ -30,7 +30,7 @@ CODES: dict[str, str] = {
     "auth.invalid": "token (or API key) malformed, forged, from an unknown issuer or incomplete",
     "auth.expired": "token expired",
     "auth.audience": "token made for another service",
-    "auth.wrong_call": "token opens another call",
+    "auth.wrong_call": "token opens another call than the one this connection is in",
     "message.malformed": "not a JSON object, or a binary frame",
     "message.unknown_type": "no such message type",
     "message.invalid": "a field is missing or has the wrong type; the message names it",

@@ -136,7 +136,7 @@ class Hub:
         call = Call(kind=kind, max_participants=size, metadata=metadata or {},
                     schedule=schedule)
         for pid, name, role in participants:
-            call.participants[pid] = Participant(id=pid, name=name, role=role)
+            call.add_participant(pid, name, role)
         self.calls[call.id] = call
         self._emit("call.created", call, {})
         return call

@@ -132,10 +132,12 @@ class CallClient:
         #: Send an offer without any candidate: a client that never trickles them either.
         self.withhold_candidates = False
 
-    async def connect(self) -> None:
+    async def connect(self, *, autoping: bool = True) -> None:
+        """`autoping=False`: a peer that never answers WebSocket pings (a dead one)."""
         self.http = aiohttp.ClientSession()
         self.ws = await self.http.ws_connect(self.service.ws_url, protocols=[SUBPROTOCOL],
-                                             headers={"Origin": self.origin})
+                                             headers={"Origin": self.origin},
+                                             autoping=autoping)
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:

@@ -64,10 +64,24 @@ def test_the_timeline_is_bounded_and_counts_what_it_dropped() -> None:
                          list(itertools.product(ParticipantState, ParticipantState)))
 def test_participant_transitions_follow_the_table(src: ParticipantState,
                                                   dst: ParticipantState) -> None:
-    p = Participant(id="p", name="n", role="patient", state=src)
+    call = Call(kind=CallKind.CONSULTATION)
+    p = call.add_participant("p", "n", "patient")
+    p.state = src
+    before = len(call.timeline.as_list())
     if dst in P_TRANSITIONS[src]:
         p.transition(dst)
         assert p.state is dst
+        assert call.timeline.as_list()[-1] == {
+            "at": call.timeline.as_list()[-1]["at"], "event": "participant",
+            "participant": "p", "state": dst.value, "was": src.value}
     else:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(IllegalTransition):
             p.transition(dst)
+        assert p.state is src and len(call.timeline.as_list()) == before
+
+
+def test_participants_given_to_a_call_write_to_its_timeline() -> None:
+    call = Call(kind=CallKind.CONFERENCE,
+                participants={"d": Participant(id="d", name="D", role="doctor")})
+    call.participants["d"].transition(ParticipantState.CONNECTING)
+    assert call.timeline.as_list()[-1]["event"] == "participant"

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from signaling.call import Call, CallKind, CallState
 from signaling.errors import CODES
 from signaling.protocol import MESSAGES, SUBPROTOCOL
+from tests.helpers import scaled
 from tests.hub_fixtures import CallClient, ProtocolError, Service, run_service
 from tests.media_fixtures import run_mediaserver
 from tests.services import RedisServer
@@ -159,6 +160,51 @@ async def test_tokens_signed_with_the_mis_private_key_open_one_call_only(
                                  serialization.NoEncryption())
     assert await hello_error(service, token(second, key=forged)) == "auth.invalid"
     await live.still_fine()
+
+
+async def test_only_allowed_origins_may_open_a_call_socket(service: Service) -> None:
+    async with aiohttp.ClientSession() as http:
+        port = service.url.rsplit(":", 1)[1]
+        for headers in ({"Origin": "http://evil.example"}, {},
+                        {"Origin": f"http://127.0.0.1:{int(port) + 1}"},  # another port
+                        {"Origin": f"https://127.0.0.1:{port}"}):  # another scheme
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await http.ws_connect(service.ws_url, protocols=[SUBPROTOCOL], headers=headers)
+            assert info.value.status == 403, headers
+        async with http.get(service.ws_url, headers={"Origin": "http://evil.example"}) as r:
+            assert (r.status, (await r.json())["code"]) == (403, "origin.forbidden")
+        ws = await raw_socket(service, http)  # the page's own origin
+        assert (await reply(ws, '{"type": "ping", "id": 1}'))["type"] == "pong"
+        await ws.close()
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped_and_its_place_held(
+    service: Service
+) -> None:
+    from signaling.app import SESSION_CONFIG
+    from signaling.participant import ParticipantState
+
+    heartbeat = 0.5
+    service.app[SESSION_CONFIG].heartbeat = heartbeat
+    call = other_call(service)
+    doctor = CallClient(service, service.token(call.id, "doc-9", role="doctor"))
+    patient = CallClient(service, service.token(call.id, "pat-9"))
+    try:
+        await doctor.connect()
+        await doctor.join()
+        await patient.connect(autoping=False)  # its network vanished: no pong ever comes
+        await patient.join()
+        loop = asyncio.get_running_loop()
+        joined = loop.time()
+        reconnecting = await doctor.wait_event("participantReconnecting", timeout=10)
+        assert reconnecting["participant"] == "pat-9"
+        # aiohttp pings every `heartbeat` s and gives up after half of it without a pong.
+        assert heartbeat <= loop.time() - joined < heartbeat * 1.5 + scaled(2)
+        assert call.participants["pat-9"].state is ParticipantState.RECONNECTING
+        assert "pat-9" not in service.hub.runtime[call.id].connections
+        assert (await doctor.request("ping"))["type"] == "pong"  # the live side is fine
+    finally:
+        await asyncio.gather(doctor.close(), patient.close())
 
 
 def _recv_offer() -> str:

@@ -60,6 +60,13 @@ async def test_a_consultation_is_live_recorded_and_ends_cleanly(
             assert await ServerManager(kc).get_pipelines() == []
         timeline = [e["event"] for e in call.timeline.as_list()]
         assert "recording" in timeline and "client.mediaReceived" in timeline
+        # Every state change, the call's and each participant's, is on the timeline.
+        states = [e["state"] for e in call.timeline.as_list() if e["event"] == "state"]
+        assert states == ["created", "connecting", "live", "ended"]
+        for pid in ("pat-1", "doc-1"):
+            moves = [e["state"] for e in call.timeline.as_list()
+                     if e["event"] == "participant" and e["participant"] == pid]
+            assert moves == ["connecting", "connected", "left"], (pid, moves)
 
 
 WATCHDOG = 2.0  # seconds; the configured timeout, deliberately not scaled
