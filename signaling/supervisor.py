@@ -11,15 +11,17 @@ import asyncio
 import contextlib
 import ctypes
 import enum
+import json
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Child", "ChildSpec", "ChildState", "Supervisor"]
+__all__ = ["Child", "ChildSpec", "ChildState", "Supervisor", "parse_log_line"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,41 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 Probe = Callable[[], Awaitable[bool]]
+
+_KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def parse_log_line(line: str) -> tuple[int, str, dict[str, Any]] | None:
+    """A line a child logged in our own format (key=value or JSON, as the embedded media
+    server does): its level, message and fields, so that they keep their level and call id
+    in our log instead of becoming the text of an info line. None for any other line."""
+    fields: dict[str, Any]
+    if line.startswith("{"):
+        try:
+            decoded: Any = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(decoded, dict):
+            return None
+        fields = decoded
+    elif line.startswith("ts="):
+        fields = {}
+        for key, raw in _KV.findall(line):
+            try:
+                fields[key] = json.loads(raw) if raw.startswith('"') else raw
+            except ValueError:
+                return None
+    else:
+        return None
+    level = logging.getLevelName(str(fields.pop("level", "")).upper())
+    message = fields.pop("msg", None)
+    if not isinstance(level, int) or not isinstance(message, str):
+        return None
+    fields.pop("ts", None)
+    if "logger" in fields:
+        fields["child_logger"] = fields.pop("logger")
+    return level, message, {k: v for k, v in fields.items() if k not in _RESERVED}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,8 +149,14 @@ class Child:
         assert proc.stdout is not None
         logger = logging.getLogger(f"telemed.child.{self.spec.name}")
         while line := await proc.stdout.readline():
-            logger.info("%s", line.decode(errors="replace").rstrip(),
-                        extra={"child": self.spec.name})
+            text = line.decode(errors="replace").rstrip()
+            parsed = parse_log_line(text)
+            if parsed is None:
+                logger.info("%s", text, extra={"child": self.spec.name})
+            else:
+                level, message, fields = parsed
+                fields.pop("child", None)  # ours names the process that wrote the line
+                logger.log(level, "%s", message, extra={"child": self.spec.name, **fields})
 
     async def _await_ready(self, proc: asyncio.subprocess.Process) -> bool:
         if self.spec.probe is None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
+
+import pytest
 
 from signaling.supervisor import ChildSpec, ChildState, Supervisor
 from tests.helpers import scaled, wait_until, within
@@ -161,3 +164,35 @@ async def test_a_child_that_keeps_dying_is_restarted_with_growing_delays(tmp_pat
     for gap, delay in zip(gaps, (*delays, delays[-1]), strict=False):
         assert gap >= delay, (gaps, delays)
     assert child.state is ChildState.STOPPED
+
+
+async def test_child_lines_in_our_log_format_keep_their_level_and_call_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    talker = (
+        "import sys, time\n"
+        "print('ts=2026-01-01T00:00:00.000Z level=error logger=mediaserver.webrtc '\n"
+        "      'call_id=c-42 msg=\"! ICE failed \\\\\"hard\\\\\"\"')\n"
+        "print('{\"ts\": \"x\", \"level\": \"warning\", \"logger\": \"m\", \"msg\": \"slow\", '\n"
+        "      '\"call_id\": \"c-43\"}')\n"
+        "print('1234:M Redis is starting', flush=True)\n"
+        "time.sleep(600)\n")
+    sup = Supervisor()
+    sup.add(ChildSpec(name="talker", argv=[sys.executable, "-c", talker],
+                      stop_timeout=scaled(2)))
+    await sup.start()
+    try:
+        def lines() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.name == "telemed.child.talker"]
+        await wait_until(lambda: len(lines()) == 3,
+                         describe=lambda: [r.getMessage() for r in lines()])
+    finally:
+        await sup.stop()
+    error, warning, plain = lines()
+    assert (error.levelno, error.getMessage(), error.call_id, error.child) == (  # type: ignore[attr-defined]
+        logging.ERROR, '! ICE failed "hard"', "c-42", "talker")
+    assert error.child_logger == "mediaserver.webrtc"  # type: ignore[attr-defined]
+    assert (warning.levelno, warning.getMessage(), warning.call_id) == (  # type: ignore[attr-defined]
+        logging.WARNING, "slow", "c-43")
+    assert (plain.levelno, plain.getMessage()) == (logging.INFO, "1234:M Redis is starting")
