@@ -24,7 +24,7 @@ import pytest
 from recordings.compose import Stream, compose
 from recordings.http import judge_range
 from recordings.worker import implausible
-from signaling.app import RECORDINGS, STORE
+from signaling.app import OUTBOX, RECORDINGS, STORE
 from signaling.call import CallKind
 from tests.hub_fixtures import API_KEY, CallClient, Service, clients_for, go_live, run_service
 from tests.media_fixtures import ffprobe, mediaserver_process, run_mediaserver
@@ -318,10 +318,12 @@ async def test_a_nearly_full_volume_refuses_calls_until_retention_frees_it(
 
 
 async def test_a_watchdog_failure_still_leaves_finalized_metadata(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any
 ) -> None:
-    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
-            tmp_path, redis_server.url, (kms_url,), watchdog_timeout=1.0) as service:
+    async with run_receiver(SECRET) as receiver, \
+            run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
+            tmp_path, redis_server.url, (kms_url,), watchdog_timeout=1.0,
+            env=hooks(receiver.url)) as service:
         call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
                                                               ("doc-1", "D", "doctor")])
         patient = CallClient(service, service.token(call.id, "pat-1"))
@@ -337,10 +339,18 @@ async def test_a_watchdog_failure_still_leaves_finalized_metadata(
         async with aiohttp.ClientSession() as http, http.get(
                 f"{service.url}/api/v1/recordings/{call.id}", headers=AUTH) as r:
             meta = await r.json()
+        reported = await receiver.wait_for("recording.failed", call.id)
+        await receiver.wait_for("call.failed", call.id)
+        # Deliveries keep their order: once a marker queued now arrives, so has everything
+        # the worker sent before it.
+        await service.app[OUTBOX].publish("call.created", {"call": {"id": "marker"}})
+        await receiver.wait_for("call.created", "marker")
     # No media ever reached the recorder: the file is flagged, not dropped or hidden.
     assert meta["callState"] == "failed" and meta["failure"] == "no-media"
     assert [f["name"] for f in meta["files"]] == ["pat-1.webm"]
     assert meta["state"] == "flagged" and meta["problems"]
+    assert reported["data"]["problem"].startswith("pat-1.webm: ")
+    assert "recording.ready" not in receiver.events(call.id)  # nothing there to watch
 
 
 async def test_recordings_of_a_sigkilled_service_are_finalized_at_restart(
