@@ -37,6 +37,7 @@ class Load:
     def __init__(self) -> None:
         self.http: aiohttp.ClientSession | None = None
         self.sockets: list[aiohttp.ClientWebSocketResponse] = []
+        self.readers: list[asyncio.Task[None]] = []
 
     async def connect(self, body: dict[str, Any]) -> dict[str, Any]:
         tokens = read_tokens(body.get("tokens"), body["connections"])
@@ -59,6 +60,8 @@ class Load:
                 if reply.get("type") != "welcome":
                     failures.append(str(reply.get("code")))
                 self.sockets.append(ws)
+                # As a browser does: read on, so the server's heartbeat pings get answered.
+                self.readers.append(asyncio.create_task(_read(ws)))
 
         start = time.perf_counter()
         await asyncio.gather(*(one(t) for t in tokens))
@@ -69,10 +72,22 @@ class Load:
 
     async def close(self, _: dict[str, Any]) -> dict[str, Any]:
         await asyncio.gather(*(ws.close() for ws in self.sockets))
+        for task in self.readers:
+            task.cancel()
         self.sockets.clear()
         if self.http is not None:
             await self.http.close()
         return {"ok": True}
+
+
+async def _read(ws: aiohttp.ClientWebSocketResponse) -> None:
+    async for _ in ws:
+        pass
+
+
+def open_sockets(pid: int) -> int:
+    return sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir()
+               if fd.readlink().name.startswith("socket:"))
 
 
 async def load_main() -> None:
@@ -83,9 +98,10 @@ async def load_main() -> None:
 def hold(server: Child, connections: int, concurrency: int, tokens: str | None,
          compress: int) -> dict[str, Any]:
     """Opens and holds the connections; RSS of `server` before and after, in KiB."""
-    with Child("bench.idle", "--load") as load:
+    with Child("bench.idle", "--load", timeout=900) as load:
         server.ask("gc")
         before = rss_kib(server.pid)
+        sockets = open_sockets(server.pid)
         cpu0 = cpu_seconds(server.pid)
         got = load.ask("connect", url=server.ready["url"], origin=server.ready["origin"],
                        tokens=tokens, connections=connections, concurrency=concurrency,
@@ -94,9 +110,11 @@ def hold(server: Child, connections: int, concurrency: int, tokens: str | None,
         time.sleep(SETTLE)
         server.ask("gc")
         after = rss_kib(server.pid)
+        # What the server holds, not what the load believes it holds.
+        held = open_sockets(server.pid) - sockets
         load.ask("close")
-    return {**got, "rss_before_kib": before, "rss_after_kib": after,
-            "per_conn_kib": (after - before) / max(1, got["held"]),
+    return {**got, "rss_before_kib": before, "rss_after_kib": after, "server_held": held,
+            "per_conn_kib": (after - before) / max(1, held),
             "server_cpu_s": cpu}
 
 
@@ -105,7 +123,7 @@ def trace(redis: str, connections: int, concurrency: int, compress: int, tmp: Pa
     tokens = str(tmp / "tokens-trace.json")
     with Child("bench.server", "hub", "--redis", redis, "--kurento", "ws://127.0.0.1:9/kurento",
                "--calls", str((connections + 1) // 2), "--tokens", tokens,
-               "--tracemalloc") as server, Child("bench.idle", "--load") as load:
+               "--tracemalloc") as server, Child("bench.idle", "--load", timeout=900) as load:
         server.ask("snapshot")
         load.ask("connect", url=server.ready["url"], origin=server.ready["origin"],
                  tokens=tokens, connections=connections, concurrency=concurrency,
@@ -125,14 +143,15 @@ def measure(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
                "--calls", str((n + 1) // 2), "--tokens", tokens) as hub:
         ours = hold(hub, n, conc, tokens, opts.compress)
     figures: dict[str, Any] = {
-        "connections": n, "deflate_window_bits": opts.compress, "hub_held": ours["held"],
+        "connections": n, "deflate_window_bits": opts.compress,
+        "hub_held": ours["server_held"],
         "hub_failures": ours["failures"],
         "hub_kib_per_conn": ours["per_conn_kib"],
         "hub_rss_idle_mib": ours["rss_before_kib"] / 1024,
         "hub_rss_held_mib": ours["rss_after_kib"] / 1024,
         "hub_connect_auth_per_s": ours["rate"],
         "hub_cpu_ms_per_connect": 1000 * ours["server_cpu_s"] / max(1, ours["held"]),
-        "bare_held": base["held"], "bare_kib_per_conn": base["per_conn_kib"],
+        "bare_held": base["server_held"], "bare_kib_per_conn": base["per_conn_kib"],
         "bare_connect_per_s": base["rate"],
         "bare_cpu_ms_per_connect": 1000 * base["server_cpu_s"] / max(1, base["held"]),
         "ratio_memory_to_bare": ours["per_conn_kib"] / max(1e-9, base["per_conn_kib"]),
