@@ -116,6 +116,7 @@ class CallClient:
         self.pcs: dict[str, RTCPeerConnection] = {}
         self.received: dict[str, dict[str, int]] = {}
         self.got_media: dict[str, asyncio.Event] = {}
+        self.expected: dict[str, tuple[str, ...]] = {}
         self._readers: list[asyncio.Task[None]] = []
         self.strip_remote_candidates = False
         #: Rewrite our candidates' addresses as mDNS names, which the hub must drop.
@@ -252,10 +253,13 @@ class CallClient:
             pc.addTransceiver(self.tracks[-1], direction="sendonly")
         await self._negotiate("publish", pc)
 
-    async def subscribe(self, source: str) -> None:
+    async def subscribe(self, source: str, *, kinds: tuple[str, ...] = ("audio", "video")
+                        ) -> None:
+        """Receives `source`; reports media once every one of `kinds` it publishes arrives."""
         pc = self._peer()
         self.pcs[source] = pc
         self.received[source] = {"audio": 0, "video": 0}
+        self.expected[source] = kinds
         self.got_media[source] = asyncio.Event()
         pc.addTransceiver("audio", direction="recvonly")
         pc.addTransceiver("video", direction="recvonly")
@@ -269,7 +273,7 @@ class CallClient:
             while True:
                 await track.recv()
                 counts[track.kind] += 1
-                if counts["audio"] >= 5 and counts["video"] >= 5 \
+                if all(counts[kind] >= 5 for kind in self.expected[source]) \
                         and not self.got_media[source].is_set():
                     self.got_media[source].set()
                     # What a browser reports from its inbound-rtp stats.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -87,7 +88,11 @@ async def hello_error(service: Service, token: str) -> str:
         await client.close()
 
 
-async def test_bad_tokens_get_their_codes(service: Service, live: LiveCall) -> None:
+async def test_bad_tokens_get_their_codes_and_no_token_is_logged(
+    service: Service, live: LiveCall, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    tokens: list[str] = []
     target = other_call(service)
     good = {"call_id": target.id, "subject": "pat-9"}
     cases: list[tuple[dict[str, Any], str]] = [
@@ -101,6 +106,7 @@ async def test_bad_tokens_get_their_codes(service: Service, live: LiveCall) -> N
     for change, code in cases:
         args = {**good, **change}
         token = service.token(args.pop("call_id"), args.pop("subject"), **args)
+        tokens.append(token)
         assert await hello_error(service, token) == code, change
     assert await hello_error(service, "not.a.jwt") == "auth.invalid"
     # A token that opens the live call cannot be used to act in another one.
@@ -116,6 +122,10 @@ async def test_bad_tokens_get_their_codes(service: Service, live: LiveCall) -> N
         assert info.value.code == "participant.not_found"
     finally:
         await intruder.close()
+    tokens.append(intruder.token)
+    logged = caplog.text
+    assert "auth.invalid" in logged or "auth.expired" in logged  # the refusals were logged
+    assert [t for t in tokens if t.rsplit(".", 1)[1] in logged] == []  # their secrets not
     await live.still_fine()
 
 
@@ -160,6 +170,18 @@ async def test_tokens_signed_with_the_mis_private_key_open_one_call_only(
                                  serialization.NoEncryption())
     assert await hello_error(service, token(second, key=forged)) == "auth.invalid"
     await live.still_fine()
+
+
+async def test_calls_larger_than_their_kind_allows_are_refused(service: Service) -> None:
+    from signaling.errors import CallError
+
+    doctors = [(f"d{i}", f"D{i}", "doctor") for i in range(9)]
+    assert service.hub.create_call(CallKind.CONFERENCE, doctors[:8]).max_participants == 8
+    for kind, people in ((CallKind.CONFERENCE, doctors), (CallKind.CONSULTATION, doctors[:3]),
+                         (CallKind.REFERRAL, doctors[:3])):
+        with pytest.raises(CallError) as info:
+            service.hub.create_call(kind, people)
+        assert info.value.code == "call.full"
 
 
 async def test_only_allowed_origins_may_open_a_call_socket(service: Service) -> None:

@@ -69,6 +69,35 @@ async def test_a_consultation_is_live_recorded_and_ends_cleanly(
             assert moves == ["connecting", "connected", "left"], (pid, moves)
 
 
+async def test_a_participant_without_a_camera_is_recorded_audio_only_and_the_call_is_live(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
+            run_service(tmp_path, redis_server.url, (kms_url,)) as service:
+        call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
+                                                              ("doc-1", "D", "doctor")])
+        patient = CallClient(service, service.token(call.id, "pat-1"))
+        doctor = CallClient(service, service.token(call.id, "doc-1", role="doctor"))
+        try:
+            await asyncio.gather(patient.connect(), doctor.connect())
+            await patient.join()
+            await doctor.join()
+            await asyncio.gather(patient.publish(video=False), doctor.publish())
+            published = await doctor.wait_event("participantPublished")
+            assert published["kinds"] == ["audio"]
+            await asyncio.gather(patient.subscribe("doc-1"),
+                                 doctor.subscribe("pat-1", kinds=("audio",)))
+            await doctor.wait_event("callLive")
+            await asyncio.sleep(1.0)  # some recorded media, the point of the checks below
+            await doctor.request("end")
+        finally:
+            await asyncio.gather(patient.close(), doctor.close())
+        files = {f.name: f for f in service.settings.recordings_path.rglob("*.webm")}
+        kinds = {name: sorted(s["codec_type"] for s in (await ffprobe(f))["streams"])
+                 for name, f in files.items()}
+        assert kinds == {"pat-1.webm": ["audio"], "doc-1.webm": ["audio", "video"]}
+
+
 WATCHDOG = 2.0  # seconds; the configured timeout, deliberately not scaled
 
 
