@@ -32,12 +32,19 @@ def snapshot(call: Call) -> dict[str, Any]:
     times = {e["state"]: e["at"] for e in events if e["event"] == "state"}
     live_at = times.get("live")
     end_at = times.get("ended") or times.get("failed")
+    networks: dict[str, list[str]] = {}
+    for e in events:
+        # The browser's end of each selected ICE pair: host (same network), srflx/prflx
+        # (through NAT), relay (through TURN); with udp or tcp.
+        if e["event"] == "ice-pair" and e["remote"] not in networks.get(e["participant"], []):
+            networks.setdefault(e["participant"], []).append(e["remote"])
     return {
         **call.describe(),
         "liveAt": live_at, "endedAt": end_at,
         "duration": round(end_at - live_at, 3) if live_at and end_at else None,
         "joins": [{"participant": e["participant"], "at": e["at"]}
                   for e in events if e["event"] in ("joined", "rejoined")],
+        "networks": networks,
         "timeline": events,
     }
 

@@ -169,6 +169,8 @@ class Hub:
                     "ice", participant=pid, target=target, state=state),
                 dropped=lambda pid, direction, reasons: self._on_dropped(call, pid, direction,
                                                                          reasons),
+                pair=lambda pid, target, kind: call.timeline.add(
+                    "ice-pair", participant=pid, target=target, remote=kind),
             )
             folder = self.recordings_root / time.strftime("%Y/%m/%d") / call.id
             media = CallMedia(call.id, self.pool, folder, listener,

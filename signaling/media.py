@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aioice import Candidate
+
 from kurento_ctl.errors import KurentoError, RpcError, SdpError
 from kurento_ctl.events import (
     Error,
@@ -32,6 +34,7 @@ from kurento_ctl.events import (
     KurentoEvent,
     MediaFlowInStateChanged,
     MediaFlowOutStateChanged,
+    NewCandidatePairSelected,
     Recording,
 )
 from kurento_ctl.objects import (
@@ -63,6 +66,17 @@ class MediaListener:
     failure: Callable[[str, str], None]  # participant, description
     ice_state: Callable[[str, str, str], None]  # participant, target, state
     dropped: Callable[[str, str, list[str]], None]  # participant, direction, reasons
+    #: participant, target, the browser's end of the selected ICE pair ("relay/udp")
+    pair: Callable[[str, str, str], None] = lambda *_: None
+
+
+def candidate_kind(line: str) -> str:
+    """`<type>/<transport>` of an ICE candidate line: which network a browser came from."""
+    try:
+        c = Candidate.from_sdp(line.removeprefix("a=").removeprefix("candidate:"))
+    except (ValueError, IndexError):
+        return "unknown"
+    return f"{c.type}/{c.transport.lower()}"
 
 
 @dataclass
@@ -161,6 +175,10 @@ class CallMedia:
             self.ice_states[(owner, target)] = e.state
             self.listener.ice_state(owner, target, e.state)
 
+        def on_pair(e: KurentoEvent) -> None:
+            assert isinstance(e, NewCandidatePairSelected)
+            self.listener.pair(owner, target, candidate_kind(e.remote_candidate))
+
         def on_error(e: KurentoEvent) -> None:
             assert isinstance(e, Error)
             self.listener.failure(owner, f"{e.error_type}: {e.description}")
@@ -169,6 +187,7 @@ class CallMedia:
         tx.subscribe(ep, MediaFlowInStateChanged, on_flow)
         tx.subscribe(ep, MediaFlowOutStateChanged, on_flow)
         tx.subscribe(ep, IceComponentStateChanged, on_ice)
+        tx.subscribe(ep, NewCandidatePairSelected, on_pair)
         tx.subscribe(ep, Error, on_error)
 
     def _offer(self, owner: str, sdp: str) -> str:

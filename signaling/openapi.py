@@ -82,6 +82,11 @@ SCHEMAS: dict[str, Any] = {
             "schedule": {"oneOf": [_ref("Schedule"), {"type": "null"}]},
             "liveAt": NUMBER_OR_NULL, "endedAt": NUMBER_OR_NULL, "duration": NUMBER_OR_NULL,
             "joins": {"type": "array", "items": {"type": "object"}},
+            "networks": {"type": "object", "description": "per participant, the browser's "
+                         "end of each selected ICE pair: `host/udp`, `srflx/udp`, "
+                         "`prflx/tcp`, `relay/udp`...",
+                         "additionalProperties": {"type": "array",
+                                                  "items": {"type": "string"}}},
             "timeline": {"type": "array", "items": {"type": "object"}},
         },
     },

@@ -89,9 +89,10 @@ async def test_publish_and_subscribe_answer_within_two_round_trips_and_media_flo
         methods = [m for m, _ in negotiate]
         names = [n for _, n in negotiate]
         # Every subscription before anything that could raise its event.
-        assert methods.index("invoke") == 7 and set(methods[:7]) == {"subscribe"}
-        assert {"Recording", "IceCandidateFound", "MediaFlowOutStateChanged"} <= set(names[:7])
-        assert names[7:] == ["connect", "record", "processOffer", "gatherCandidates",
+        assert methods.index("invoke") == 8 and set(methods[:8]) == {"subscribe"}
+        assert {"Recording", "IceCandidateFound", "MediaFlowOutStateChanged",
+                "NewCandidatePairSelected"} <= set(names[:8])
+        assert names[8:] == ["connect", "record", "processOffer", "gatherCandidates",
                              "addIceCandidate"]
         flushed = proxy.requests(mark)[-1]["params"]["operations"][-1]["params"]
         assert flushed["operationParams"]["candidate"]["candidate"] == EARLY["candidate"]
@@ -102,7 +103,7 @@ async def test_publish_and_subscribe_answer_within_two_round_trips_and_media_flo
         assert proxy.sequential_round_trips(mark) <= 2, proxy.requests(mark)
         create, negotiate = _ops(proxy, mark)
         assert create == [("create", "WebRtcEndpoint")]
-        assert [n for _, n in negotiate][5:] == ["connect", "processOffer", "gatherCandidates"]
+        assert [n for _, n in negotiate][6:] == ["connect", "processOffer", "gatherCandidates"]
         await bob.accept(answer)
 
         await within(bob.got_media["video"].wait(), 20, "alice's video at bob")

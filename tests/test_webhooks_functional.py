@@ -99,6 +99,11 @@ async def test_a_call_sends_its_webhooks_in_order_signed_and_filtered(
             "participant.left", "participant.left", "call.ended", "recording.ready"]
         assert ended["data"]["call"]["metadata"] == {"visit": "V-77"}
         assert ended["data"]["call"]["duration"] > 0
+        # Loopback peers reach the media server directly: host (or peer-reflexive, when a
+        # check arrives before the candidate it came from), over UDP.
+        networks = ended["data"]["call"]["networks"]
+        assert set(networks) == {"pat-1", "doc-1"}, networks
+        assert all(n and set(n) <= {"host/udp", "prflx/udp"} for n in networks.values())
         assert [p.endswith(".webm") for p in ended["data"]["recordings"]] == [True, True]
         times = [e["time"] for e in everything.received]
         assert times == sorted(times)
