@@ -437,6 +437,13 @@ class Hub:
         for kind in kinds:
             rt.watchdog.expect(Expectation(pid, "from-browser", kind), now)
         rt.watchdog.expect(Expectation(pid, "recording", "file"), now)
+        # Media must also reach each publisher's browser from every other publisher, even
+        # if its client never subscribes; someone who has not published yet (a patient on
+        # the camera prompt) is not timed until their own negotiation completes.
+        for other in rt.call.participants.values():
+            if other.id != pid and other.published and other.id in rt.connections:
+                rt.watchdog.expect(Expectation(pid, "browser-report", "media", other.id), now)
+                rt.watchdog.expect(Expectation(other.id, "browser-report", "media", pid), now)
         rt.timer.rearm()
         self._broadcast(rt, encode("participantPublished", participant=pid,
                                    kinds=sorted(kinds)), but=pid)

@@ -32,6 +32,11 @@ class Expectation:
         return f"{self.participant}'s browser reported no media from {self.source}"
 
 
+#: Upstream first: when several expectations are due together, the one that explains the
+#: others is named (no upload from a browser means nothing reaches the others' browsers).
+CAUSES = ("from-browser", "recording", "to-browser", "browser-report")
+
+
 @dataclass(frozen=True)
 class Expired:
     expectation: Expectation
@@ -54,19 +59,23 @@ class MediaWatchdog:
         return self.deadlines.pop(expectation, None) is not None
 
     def forget(self, participant: str) -> None:
-        """Drops everything about a participant who left (or from whom nothing is expected)."""
+        """Drops everything about a participant who left: pending and already proven, so a
+        rejoin is watched afresh."""
         for e in [e for e in self.deadlines if participant in (e.participant, e.source)]:
             del self.deadlines[e]
+        self.satisfied = {e for e in self.satisfied
+                          if participant not in (e.participant, e.source)}
 
     def next_deadline(self) -> float | None:
         return min(self.deadlines.values(), default=None)
 
     def check(self, now: float, detail: Callable[[Expectation], str] | None = None
               ) -> Expired | None:
-        due = sorted((d, e) for e, d in self.deadlines.items() if d <= now)
+        due = sorted((d, CAUSES.index(e.direction), e) for e, d in self.deadlines.items()
+                     if d <= now)
         if not due:
             return None
-        expectation = due[0][1]
+        expectation = due[0][2]
         extra = detail(expectation) if detail else ""
         # The direction by name as well as in words: operators grep for it.
         context = ", ".join([f"direction {expectation.direction}", *([extra] if extra else [])])

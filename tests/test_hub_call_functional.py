@@ -168,3 +168,28 @@ async def test_a_peer_whose_ice_never_succeeds_fails_the_call_with_no_media(
             drops = [e for e in call.timeline.as_list() if e["event"] == "candidates-dropped"
                      and e["participant"] == "pat-2" and e["direction"] == "from-browser"]
             assert drops and set(drops[0]["reasons"]) == {"mdns"}
+
+
+async def test_a_client_that_never_subscribes_fails_the_call_with_no_media(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
+            run_service(tmp_path, redis_server.url, (kms_url,),
+                        watchdog_timeout=WATCHDOG) as service:
+        call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
+                                                              ("doc-1", "D", "doctor")])
+        patient = CallClient(service, service.token(call.id, "pat-1"))
+        doctor = CallClient(service, service.token(call.id, "doc-1", role="doctor"))
+        try:
+            await asyncio.gather(patient.connect(), doctor.connect())
+            await patient.join()
+            await doctor.join()
+            await asyncio.gather(patient.publish(), doctor.publish())
+            await patient.subscribe("doc-1")  # the doctor's client never asks for the patient
+            failed = await doctor.wait_event("callFailed", timeout=WATCHDOG + 10)
+        finally:
+            await asyncio.gather(patient.close(), doctor.close())
+        assert failed["reason"] == "no-media"
+        assert failed["detail"].startswith(
+            "doc-1's browser reported no media from pat-1 (direction browser-report"), failed
+        await wait_until(lambda: service.hub.runtime == {}, describe=lambda: service.hub.runtime)

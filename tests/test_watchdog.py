@@ -41,6 +41,25 @@ def test_forgetting_a_participant_drops_what_involves_them() -> None:
     assert not wd.pending
 
 
+def test_of_expectations_due_together_the_upstream_cause_is_named() -> None:
+    wd = MediaWatchdog(timeout=10)
+    report = Expectation("doc", "browser-report", "media", "pat")  # sorts before AUDIO
+    wd.expect(report, now=0)
+    wd.expect(AUDIO, now=0)
+    expired = wd.check(10)
+    assert expired is not None and expired.expectation == AUDIO
+
+
+def test_a_participant_forgotten_and_back_is_watched_again() -> None:
+    wd = MediaWatchdog(timeout=10)
+    wd.expect(TO, now=0)
+    wd.satisfy(TO)
+    wd.forget("doc")  # doc dropped and rejoins: what was proven about doc no longer holds
+    wd.expect(TO, now=50)
+    expired = wd.check(60)
+    assert expired is not None and expired.expectation == TO
+
+
 def test_the_detail_names_the_direction_and_the_ice_state() -> None:
     wd = MediaWatchdog(timeout=1)
     wd.expect(AUDIO, now=0)
