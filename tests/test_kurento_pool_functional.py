@@ -65,6 +65,31 @@ async def test_a_server_that_goes_away_reports_its_pipelines_lost_and_comes_back
             await pool.close()
 
 
+async def test_a_server_whose_probes_go_unanswered_is_down_until_it_answers_again() -> None:
+    async with run_scripted_kms() as (url, kms):
+        pool = KurentoPool([url], health_interval=scaled(60), check_timeout=scaled(0.2),
+                           failures_to_down=2)
+        lost: list[set[str]] = []
+        pool.on_pipelines_lost(lambda _url, ids: lost.append(ids))
+        await pool.start()
+        try:
+            await pool.check()
+            _, pipeline = await pool.create_pipeline()
+            kms.silent = True  # the socket stays open; nothing is answered
+            await pool.check()
+            assert pool.status()[url]["up"] and lost == [], "one slow probe is not an outage"
+            await pool.check()
+            assert not pool.status()[url]["up"] and lost == [{pipeline.id}]
+            with pytest.raises(NoMediaServer):
+                pool.pick()
+            kms.silent = False
+            await pool.check()
+            assert pool.status()[url]["up"]
+            assert pool.pick() is pool.servers[0]
+        finally:
+            await pool.close()
+
+
 async def test_no_reachable_server_is_a_clear_error() -> None:
     pool = KurentoPool([f"ws://127.0.0.1:{free_port()}/kurento"], health_interval=scaled(10))
     await pool.start()
