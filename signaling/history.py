@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -90,7 +91,8 @@ class CallStore:
         next_cursor = out[-1]["createdAt"] if len(out) == limit else None
         return out, next_cursor
 
-    async def close_unfinished(self, detail: str) -> list[dict[str, Any]]:
+    async def close_unfinished(self, detail: str, now: float | None = None
+                               ) -> list[dict[str, Any]]:
         """At start-up: calls a previous process left unfinished can no longer go on.
 
         Assumes one signalling process per Redis (the supported deployment)."""
@@ -100,7 +102,15 @@ class CallStore:
             if snap is None or snap["state"] in FINAL:
                 await self.redis.srem(f"{PREFIX}open", raw_id)
                 continue
-            snap.update(state="failed", failure="shutdown", failureDetail=detail)
+            # The call ended, as far as anyone can tell, with the last thing heard of it.
+            timeline = snap.setdefault("timeline", [])
+            last = max((e["at"] for e in timeline), default=snap["createdAt"])
+            at = now if now is not None else time.time()
+            timeline.append({"at": at, "event": "state", "state": "failed",
+                             "reason": "shutdown", "detail": detail})
+            snap.update(state="failed", failure="shutdown", failureDetail=detail, endedAt=last,
+                        duration=round(last - snap["liveAt"], 3) if snap.get("liveAt")
+                        else None)
             await self.save(snap)
             closed.append(snap)
         return closed

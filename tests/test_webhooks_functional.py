@@ -196,3 +196,6 @@ async def test_events_queued_when_the_service_is_killed_are_delivered_after_rest
         assert [e["data"]["call"]["id"] for e in receiver.received
                 if e["event"] == "call.created"] == created
         assert failed["data"]["call"]["failureDetail"] == "the service restarted"
+        # It ended, as far as anyone knows, with the last thing heard of it before the kill.
+        cut = failed["data"]["call"]
+        assert cut["createdAt"] <= cut["endedAt"] < failed["time"]
