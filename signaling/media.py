@@ -112,7 +112,15 @@ class CallMedia:
     async def _create(self, recorder: tuple[Path, MediaProfile] | None = None) -> tuple[
             WebRtcEndpoint, RecorderEndpoint | None]:
         """A WebRtcEndpoint (and a recorder) in one round trip, the pipeline included when
-        the call has none yet."""
+        the call has none yet.
+
+        Shielded: a caller cancelled mid-way (its socket went) must not orphan a pipeline
+        the server already made; it is kept as the call's, and `close()` releases it.
+        """
+        return await asyncio.shield(self._create_now(recorder))
+
+    async def _create_now(self, recorder: tuple[Path, MediaProfile] | None) -> tuple[
+            WebRtcEndpoint, RecorderEndpoint | None]:
         async with self._pipeline_lock:
             if self._closed:
                 raise MediaError("the call is over", code="call.ended")

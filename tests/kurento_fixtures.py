@@ -29,6 +29,7 @@ class ScriptedKms:
     sessions: set[str] = field(default_factory=set)
     objects: dict[str, str] = field(default_factory=dict)  # id -> class name
     subscriptions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    #: Seconds before answering, by operation name or "create <Class>".
     delays: dict[str, float] = field(default_factory=dict)
     #: By operation name, or "create <Class>": the error (code, message, data.type) to answer.
     errors: dict[str, tuple[int, str, str | None]] = field(default_factory=dict)
@@ -82,6 +83,8 @@ class ScriptedKms:
             cls = params.get("type", "")
             ctor = params.get("constructorParams") or {}
             self.violations += kmd().check_create(cls, ctor)
+            if f"create {cls}" in self.delays:
+                await asyncio.sleep(self.delays[f"create {cls}"])
             if f"create {cls}" in self.errors:
                 code, message, data_type = self.errors[f"create {cls}"]
                 raise _Fail(ErrorCode(code), message, data_type)

@@ -7,6 +7,7 @@ server, so the count is what went over the wire.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,31 @@ async def test_a_refused_offer_is_sdp_invalid_and_a_failed_creation_leaves_nothi
             assert "Error parsing SDP" in str(info.value)
             await media.close()
             assert "MediaPipeline" not in kms.objects.values()
+        finally:
+            await pool.close()
+        assert kms.violations == []
+
+
+async def test_a_publish_cancelled_while_the_pipeline_is_made_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    """The hub cancels a participant's work when its socket goes; the pipeline the server
+    made meanwhile must still be released with the call."""
+    async with run_scripted_kms() as (url, kms):
+        pool = KurentoPool([url], health_interval=scaled(60))
+        await pool.start()
+        try:
+            media = CallMedia("c3", pool, tmp_path, Heard().listener(), CandidateFilter())
+            kms.delays["create MediaPipeline"] = scaled(0.3)
+            publish = asyncio.create_task(media.publish("alice", "v=0\r\n", BOTH))
+            await wait_until(lambda: any(m == "create" for _, m, _ in kms.requests),
+                             describe=lambda: kms.requests)
+            publish.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await publish
+            await wait_until(lambda: media.pipeline is not None, describe=lambda: kms.objects)
+            await media.close()
+            assert "MediaPipeline" not in kms.objects.values(), kms.objects
         finally:
             await pool.close()
         assert kms.violations == []
