@@ -346,6 +346,8 @@ class MediaServer:
                 break
             values.append(result.get("value") if isinstance(result, dict) else None)
             results.append({"id": index, "jsonrpc": "2.0", "result": result})
+            # Many ops complete without suspending; let the media tasks run between them.
+            await asyncio.sleep(0)
         return results
 
     async def close(self) -> None:
