@@ -392,6 +392,15 @@ class Api:
         return web.json_response(event)
 
 
+    async def call_webhooks(self, request: web.Request) -> web.Response:
+        from signaling.app import OUTBOX
+
+        outbox = request.app.get(OUTBOX)
+        call_id = request.match_info["call_id"]
+        events = await outbox.events_of(call_id) if outbox else []
+        return web.json_response({"events": events})
+
+
 def setup_api(app: web.Application) -> Api:
     api = Api(app)
     app.middlewares.append(api.middleware)
@@ -405,6 +414,7 @@ def setup_api(app: web.Application) -> Api:
     app.router.add_delete("/api/v1/calls/{call_id}/participants/{participant}",
                           api.remove_participant)
     app.router.add_get("/api/v1/webhooks/events/{event_id}", api.webhook_event)
+    app.router.add_get("/api/v1/calls/{call_id}/webhooks", api.call_webhooks)
     app.router.add_get("/api/v1/turn", api.turn_status)
     app.router.add_post("/api/v1/calls/{call_id}/end", api.end_call)
     app.router.add_post("/api/v1/calls/{call_id}/tokens", api.new_tokens)

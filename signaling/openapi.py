@@ -293,6 +293,18 @@ def document() -> dict[str, Any]:
                         "pool usage"), **ERRORS},
                 },
             },
+            "/api/v1/calls/{call_id}/webhooks": {
+                "get": {
+                    "summary": "The call's webhook events (latest 50), oldest first, with "
+                               "their delivery logs",
+                    "parameters": [CALL_ID],
+                    "responses": {"200": _json({
+                        "type": "object", "required": ["events"],
+                        "properties": {"events": {"type": "array",
+                                                  "items": _ref("WebhookEvent")}}},
+                        "events"), **ERRORS},
+                },
+            },
             "/api/v1/webhooks/events/{event_id}": {
                 "get": {
                     "summary": "A webhook event and its delivery log",

@@ -44,9 +44,13 @@ EVENT_TTL = 30 * 86400
 ENQUEUE = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 local n = redis.call('INCR', KEYS[2])
-for i = 3, #KEYS do redis.call('ZADD', KEYS[i], n, ARGV[2]) end
+redis.call('ZADD', KEYS[3], n, ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+for i = 4, #KEYS do redis.call('ZADD', KEYS[i], n, ARGV[2]) end
 return n
 """
+#: Events of a call, in order, for the MIS to find ones it never received.
+CALL_EVENTS = 50
 
 
 def as_text(value: Any) -> str:
@@ -133,7 +137,9 @@ class Outbox:
         wanting = [e for e in self.endpoints if e.wants(event)]
         # One script: the event and its place in every queue are stored together or not at
         # all, numbered by a global sequence so each queue keeps the order events happened in.
+        call_id = (data.get("call") or {}).get("id") or "-"
         await self._enqueue(keys=[f"{PREFIX}event:{event_id}", f"{PREFIX}seq",
+                                  f"{PREFIX}call:{call_id}",
                                   *(f"{PREFIX}queue:{e.key}" for e in wanting)],
                             args=[json.dumps(body, separators=(",", ":")), event_id,
                                   EVENT_TTL])
@@ -150,6 +156,12 @@ class Outbox:
         pending = [e.url for e in self.endpoints
                    if await self.redis.zscore(f"{PREFIX}queue:{e.key}", event_id) is not None]
         return {**body, "deliveries": [json.loads(d) for d in deliveries], "pending": pending}
+
+    async def events_of(self, call_id: str) -> list[dict[str, Any]]:
+        """A call's events (the latest CALL_EVENTS), oldest first, with delivery logs."""
+        ids = await self.redis.zrange(f"{PREFIX}call:{call_id}", -CALL_EVENTS, -1)
+        found = [await self.event(as_text(i)) for i in ids]
+        return [e for e in found if e is not None]
 
     async def pending(self) -> int:
         counts = [await self.redis.zcard(f"{PREFIX}queue:{e.key}") for e in self.endpoints]

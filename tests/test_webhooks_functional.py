@@ -131,12 +131,18 @@ async def test_a_receiver_that_fails_five_times_gets_every_event_once_in_order(
                     f"{service.url}/api/v1/webhooks/events/{receiver.received[0]['id']}",
                     headers={"Authorization": f"Bearer {API_KEY}"}) as r:
                 log = await r.json()
+            async with aiohttp.ClientSession() as http, http.get(
+                    f"{service.url}/api/v1/calls/{calls[0].id}/webhooks",
+                    headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+                of_call = (await r.json())["events"]
         ids = [c.id for c in calls]
         got = [(e["event"], e["data"]["call"]["id"]) for e in receiver.received]
         assert got == [("call.created", cid) for cid in ids] + [("call.ended", cid) for cid in ids]
         assert receiver.attempts == len(got) + 5
         assert [d["status"] for d in log["deliveries"]] == [500] * 5 + [204]
         assert log["pending"] == []
+        assert [e["event"] for e in of_call] == ["call.created", "call.ended"]
+        assert of_call[0]["deliveries"] == log["deliveries"]
         # Retries 0.05, 0.1, then capped at 0.2 s (doubling on would wait 0.4 and 0.8 s).
         at = [d["at"] for d in log["deliveries"]]
         gaps = [b - a for a, b in itertools.pairwise(at)]
