@@ -470,7 +470,10 @@ async def test_a_conference_grid_holds_everyone_and_highlights_who_speaks(
     from tests.hub_fixtures import CallClient
 
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
-            run_service(tmp_path, redis_server.url, (kms_url,)) as service:
+            run_service(tmp_path, redis_server.url, (kms_url,),
+                        # The scripted peers only publish: the call never goes live, and
+                        # this test looks at the grid, not at the watchdog.
+                        watchdog_timeout=scaled(40)) as service:
         call = service.hub.create_call(CallKind.CONFERENCE, [
             ("doc-a", "Д-р Иванов", "doctor"), ("doc-b", "Д-р Орлова", "doctor"),
             ("doc-c", "Д-р Ким", "doctor")])

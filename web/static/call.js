@@ -15,7 +15,7 @@ const state = {
   pendingCandidates: new Map(), over: false, inCall: false, waiting: false,
   reconnecting: false, serverLive: false, cancelled: false, stopMeter: () => {},
   statsTimer: null, ringWired: false, ringer: null, countdown: null, last: new Map(),
-  grace: Number(app.dataset.grace) || 20, network: null, speaker: null,
+  grace: Number(app.dataset.grace) || 20, network: null, speaker: null, serverErrors: 0,
 };
 
 // ---------------------------------------------------------------- pre-call check
@@ -77,10 +77,11 @@ function request(type, fields = {}) {
   });
 }
 
-// Diagnostics land in the call's timeline; those from before `hello` wait for it.
+// Diagnostics land in the call's timeline. The server takes them from joined connections
+// only, so those from before `join` (or while rejoining) wait for it.
 function report(event, data = {}) {
   const message = { type: "clientEvent", event, data };
-  if (state.authed) send(message);
+  if (state.inCall && state.authed) send(message);
   else if (state.queued.length < 50) state.queued.push(message);
 }
 
@@ -190,7 +191,11 @@ function connectSocket() {
         else ok(msg);
         return;
       }
-      if (msg.type === "error") { report("serverError", { code: msg.code }); return; }
+      // Counted, so that an error about a report cannot feed on itself.
+      if (msg.type === "error") {
+        if (state.serverErrors++ < 5) report("serverError", { code: msg.code });
+        return;
+      }
       onEvent(msg);
     };
   });
@@ -199,7 +204,6 @@ function connectSocket() {
 async function hello() {
   const welcome = await request("hello", { token });
   state.authed = true;
-  for (const message of state.queued.splice(0)) send(message);
   return welcome;
 }
 
@@ -448,7 +452,7 @@ async function enterCall() {
   $("call").hidden = false;
   setStatus(joined.participants.length ? T.connecting : T.waiting, "connecting");
   for (const p of joined.participants) state.names.set(p.id, p.name);
-  if (state.network) report("networkCheck", state.network);
+  for (const message of state.queued.splice(0)) send(message);
   await publish();
   for (const p of joined.participants) subscribe(p.id, p.published);
   if (!state.statsTimer) state.statsTimer = setInterval(() => pollStats().catch(() => {}), 1000);
