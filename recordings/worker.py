@@ -157,9 +157,10 @@ class RecordingWorker:
             info = await probe(path) if stat.st_size else {"error": "empty file"}
             start_list = starts.get(owner, [])
             started = start_list[segment] if segment < len(start_list) else None
-            # A call that died with its process has no end: the recorder's last write is.
+            # A call that died with its process has no real end (its history has only the
+            # last thing heard of it): the recorder's last write stands for it.
             stopped = min((t for t in stops.get(owner, []) if started and t > started),
-                          default=ended or stat.st_mtime)
+                          default=stat.st_mtime if recovered or not ended else ended)
             entry: dict[str, Any] = {
                 "name": name, "participant": owner, "size": stat.st_size,
                 "sha256": await asyncio.to_thread(sha256_of, path),
