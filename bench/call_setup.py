@@ -38,6 +38,8 @@ from tests.media_fixtures import PatternTrack, ToneTrack, run_mediaserver
 from tests.services import run_redis
 
 NOT_CALL_WORK = {"ping", "connect", "keepAlive"}
+#: s; far above any setup time, so a slow machine gives slow figures rather than no-media
+WATCHDOG = 60.0
 
 
 class CountingProxy:
@@ -176,7 +178,8 @@ async def direct_pair() -> float:
 async def measure(calls: int, redis_url: str, tmp: Path) -> dict[str, Any]:
     results = []
     async with run_mediaserver(recordings_root=tmp) as (kms_url, _), run_proxy(
-            kms_url) as (proxy_url, proxy), run_service(tmp, redis_url, (proxy_url,)) as service:
+            kms_url) as (proxy_url, proxy), run_service(
+                tmp, redis_url, (proxy_url,), watchdog_timeout=WATCHDOG) as service:
         await service.hub.pool.wait_up()
         trips = await count_round_trips(service, proxy)
         for _ in range(calls):
