@@ -29,7 +29,7 @@ from signaling.embedded import Endpoints
 from signaling.history import CallStore, EventSink, snapshot
 from signaling.hub import Hub
 from signaling.session import SessionConfig, websocket_handler
-from signaling.settings import Settings
+from signaling.settings import Settings, read_public_key
 from signaling.supervisor import Supervisor
 from signaling.webhooks import Outbox, parse_endpoint
 from turn.lease import TurnProvider
@@ -157,9 +157,12 @@ def create_app(
         app[SUPERVISOR] = supervisor
 
     app[SESSION_CONFIG] = SessionConfig(
-        jwt_keys=[endpoints.jwt_secret], issuer=settings.auth.jwt_issuer,
+        jwt_keys=[endpoints.jwt_secret,
+                  *(read_public_key(path) for path in settings.auth.jwt_public_keys)],
+        issuer=settings.auth.jwt_issuer,
         audience=settings.auth.jwt_audience, allowed_origins=allowed_origins(settings),
-        max_message=settings.http.max_frame_bytes)
+        max_message=settings.http.max_frame_bytes, heartbeat=settings.http.ws_heartbeat,
+        rate=settings.http.ws_rate, burst=settings.http.ws_burst)
     redis = app[REDIS] = aioredis.Redis.from_url(endpoints.redis_url)
     turn = build_turn(settings, endpoints, redis)
     pool = KurentoPool(endpoints.kurento_urls, health_interval=settings.media.health_interval,

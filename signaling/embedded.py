@@ -134,6 +134,8 @@ def _media_child(settings: Settings) -> tuple[ChildSpec, str]:
     argv = [
         sys.executable, "-m", "mediaserver", "--host", "127.0.0.1", "--port", str(port),
         "--recordings-root", str(settings.recordings_path),
+        "--gc-grace", str(settings.media.embedded_gc_grace),
+        *(["--strict-candidates"] if settings.media.embedded_strict_candidates else []),
     ]
     spec = ChildSpec(name="mediaserver", argv=argv, probe=lambda: _tcp_open("127.0.0.1", port))
     return spec, f"ws://127.0.0.1:{port}/kurento"

@@ -75,6 +75,17 @@ class HttpSettings:
         " service binds to a loopback address.",
     )
     language: Literal["ru", "en"] = setting("ru", "Default language of the pages.")
+    ws_heartbeat: float = setting(
+        15.0, "WebSocket ping interval; a client that misses a pong for this long is dropped "
+        "(and may rejoin within calls.rejoin_grace).", unit="s", min=0.5,
+    )
+    ws_rate: float = setting(
+        50.0, "Messages a client may send per second, sustained; more get rate.limited.",
+        unit="1/s", min=1,
+    )
+    ws_burst: float = setting(
+        100.0, "Messages a client may send at once above ws_rate.", min=1,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +115,15 @@ class MediaSettings:
     down_after: float = setting(
         3.0, "A media server whose socket is gone this long is down: its calls fail with "
         "media-server-lost.", unit="s", min=0.05,
+    )
+    embedded_gc_grace: float = setting(
+        240.0, "Embedded media server: objects of a session whose socket went away without "
+        "reconnecting within this time are released (Kurento's garbage collection).",
+        unit="s", min=0.1,
+    )
+    embedded_strict_candidates: bool = setting(
+        False, "Embedded media server: refuse `.local` and link-local candidates as Kurento "
+        "does (they never reach it past the hub's filter; tests turn this on).",
     )
 
 
@@ -167,6 +187,11 @@ class AuthSettings:
         "Shared secret (HS256) the MIS signs join tokens with. Empty: one is generated and"
         " kept in the data folder.",
         secret=True,
+    )
+    jwt_public_keys: tuple[str, ...] = setting(
+        (),
+        "Files with PEM public keys (RSA: RS256, EC: ES256) the MIS may sign join tokens with"
+        " instead of the shared secret (several, for rotation).",
     )
     jwt_issuer: str = setting("mis", "Expected `iss` of join tokens.")
     jwt_audience: str = setting("telemed", "Expected `aud` of join tokens.")
@@ -434,6 +459,16 @@ def check_turn_url(url: str) -> None:
         raise ValueError(f"{url!r}: turns: runs over TCP (TLS), not UDP")
 
 
+def read_public_key(path: str) -> Any:
+    """The PEM public key in `path`, as the token verifier takes it."""
+    from signaling.tokens import load_public_key
+
+    try:
+        return load_public_key(Path(path).read_bytes())
+    except OSError as exc:
+        raise OSError(exc.strerror or str(exc)) from None
+
+
 def _check_together(settings: Settings) -> None:
     """Rules that span settings."""
     from signaling.webhooks import parse_endpoint
@@ -448,6 +483,11 @@ def _check_together(settings: Settings) -> None:
         raise SettingsError(f"turn.urls: required when turn.provider is {turn.provider}")
     if turn.provider == "coturn-secret" and not turn.secrets:
         raise SettingsError("turn.secrets: required when turn.provider is coturn-secret")
+    for path in settings.auth.jwt_public_keys:
+        try:
+            read_public_key(path)
+        except (OSError, ValueError, TypeError) as exc:
+            raise SettingsError(f"auth.jwt_public_keys: {path}: {exc}") from None
     hooks = settings.webhooks
     if hooks.endpoints and not hooks.secret:
         raise SettingsError("webhooks.secret: required when webhooks.endpoints is set")

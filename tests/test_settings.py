@@ -113,3 +113,68 @@ def test_api_key_command_prints_a_key_and_its_hash(capsys: pytest.CaptureFixture
     lines = capsys.readouterr().out.splitlines()
     key, digest = (line.rsplit(" ", 1)[1] for line in lines)
     assert len(key) >= 40 and hash_api_key(key) == digest
+
+
+def _pem_key_pair(tmp_path: Path) -> tuple[bytes, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    public = tmp_path / "mis.pub.pem"
+    public.write_bytes(private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return pem, public
+
+
+def test_a_missing_or_unreadable_mis_public_key_stops_start_up_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"auth\.jwt_public_keys: .*nope\.pem"):
+        load_settings(env={"TELEMED_AUTH_JWT_PUBLIC_KEYS": str(tmp_path / "nope.pem")})
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(SettingsError, match=r"auth\.jwt_public_keys"):
+        load_settings(env={"TELEMED_AUTH_JWT_PUBLIC_KEYS": str(garbage)})
+
+
+async def test_session_limits_and_the_mis_public_key_reach_the_socket_handler(
+    tmp_path: Path,
+) -> None:
+    from signaling.app import SESSION_CONFIG, create_app
+    from signaling.embedded import plan
+    from signaling.tokens import mint_join_token, verify_join_token
+
+    pem, public = _pem_key_pair(tmp_path)
+    s = load_settings(env={
+        "TELEMED_DATA_DIR": str(tmp_path / "var"),
+        "TELEMED_AUTH_JWT_PUBLIC_KEYS": str(public),
+        "TELEMED_HTTP_WS_HEARTBEAT": "3.5", "TELEMED_HTTP_WS_RATE": "7",
+        "TELEMED_HTTP_WS_BURST": "9",
+        "TELEMED_REDIS_URL": "redis://127.0.0.1:1",
+        "TELEMED_MEDIA_KURENTO_URLS": "ws://127.0.0.1:1/kurento",
+        "TELEMED_TURN_PROVIDER": "none",
+    })
+    _, endpoints = plan(s)
+    config = create_app(s, endpoints)[SESSION_CONFIG]
+    assert (config.heartbeat, config.rate, config.burst) == (3.5, 7.0, 9.0)
+    token = mint_join_token(key=pem.decode(), algorithm="ES256", issuer=s.auth.jwt_issuer,  # type: ignore[arg-type]
+                            audience=s.auth.jwt_audience, subject="p1", name="P",
+                            role="patient", call_id="c1")
+    claims = verify_join_token(token, keys=config.jwt_keys, issuer=s.auth.jwt_issuer,
+                               audience=s.auth.jwt_audience)
+    assert (claims.subject, claims.call_id) == ("p1", "c1")
+
+
+def test_the_embedded_media_server_gets_its_gc_grace_and_strictness(tmp_path: Path) -> None:
+    from signaling.embedded import plan
+
+    s = load_settings(env={"TELEMED_DATA_DIR": str(tmp_path), "TELEMED_TURN_PROVIDER": "none",
+                           "TELEMED_MEDIA_EMBEDDED_GC_GRACE": "12.5",
+                           "TELEMED_MEDIA_EMBEDDED_STRICT_CANDIDATES": "true"})
+    children, _ = plan(s)
+    argv = next(c.argv for c in children if c.name == "mediaserver")
+    assert argv[argv.index("--gc-grace") + 1] == "12.5"
+    assert "--strict-candidates" in argv
+    lax = load_settings(env={"TELEMED_DATA_DIR": str(tmp_path), "TELEMED_TURN_PROVIDER": "none"})
+    assert "--strict-candidates" not in next(
+        c.argv for c in plan(lax)[0] if c.name == "mediaserver")
