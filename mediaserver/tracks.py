@@ -2,7 +2,7 @@
 
 `Fanout` reads decoded frames from a remote track once and hands them to each attached
 `Tap` (bounded, newest wins: a slow sink drops frames instead of adding latency).
-`OutboundTrack` is what an endpoint sends: frames of whatever source is attached at that
+`OutboundTrack` is what an endpoint sends: frames of whatever source is connected at that
 moment, or silence/black while none is. `FlowMonitor` turns frame arrivals into Kurento's
 FLOWING / NOT_FLOWING transitions.
 """
@@ -131,7 +131,9 @@ class Fanout:
 
 
 class OutboundTrack(MediaStreamTrack):
-    """The track an endpoint sends: its current source's frames, or silence/black."""
+    """The track an endpoint sends: its source's frames, or silence/black while none is
+    connected. A connected source that carries nothing of this kind (an audio-only
+    publisher's video) sends nothing, as on Kurento, instead of filler posing as media."""
 
     def __init__(self, kind: str, on_source_frame: Callable[[], None],
                  size: tuple[int, int] = (320, 240), fps: int = 15) -> None:
@@ -145,12 +147,16 @@ class OutboundTrack(MediaStreamTrack):
         self._samples = 0
         self._last_video_pts = -1
         self._filler: av.VideoFrame | None = None
+        self._connected = False
         self._source_changed = asyncio.Event()
 
-    def attach(self, fanout: Fanout | None) -> None:
+    def attach(self, fanout: Fanout | None, connected: bool | None = None) -> None:
+        """`fanout` is the source's media of our kind; `connected` says whether a source
+        element is connected at all (default: whether there is a fanout)."""
         if self._tap is not None:
             self._tap.close()
         self._tap = fanout.tap() if fanout is not None else None
+        self._connected = fanout is not None if connected is None else connected
         self._source_changed.set()
 
     async def _next_source_frame(self, wait: float) -> Frame | None:
@@ -158,7 +164,10 @@ class OutboundTrack(MediaStreamTrack):
         if tap is None:
             self._source_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._source_changed.wait(), wait)
+                # Nothing to pace while a connected source has none of our kind: wait for
+                # the source to change instead of waking up per frame.
+                await asyncio.wait_for(self._source_changed.wait(),
+                                       None if self._connected else wait)
             return None
         try:
             frame = await asyncio.wait_for(tap.queue.get(), wait)
@@ -177,10 +186,26 @@ class OutboundTrack(MediaStreamTrack):
             return await self._recv_audio()
         return await self._recv_video()
 
+    async def _from_connected_source(self, wait: float) -> Frame | None:
+        """The next source frame; while a source is connected, waits for one (the gaps
+        are the source's own), else None once `wait` passes without one."""
+        while True:
+            frame = await self._next_source_frame(wait)
+            if self.readyState != "live":
+                raise MediaStreamError
+            if frame is not None or not self._connected:
+                return frame
+
     async def _recv_audio(self) -> av.AudioFrame:
         assert self._start is not None
-        frame = await self._next_source_frame(AUDIO_PTIME * 1.5)
-        if not isinstance(frame, av.AudioFrame):
+        frame = await self._from_connected_source(AUDIO_PTIME * 1.5)
+        if isinstance(frame, av.AudioFrame):
+            # After a gap in the source, stamp from the wall clock: the receiver must hear
+            # the gap as time passing, not get late audio as if it were on time.
+            wall = int((time.monotonic() - self._start) * AUDIO_RATE)
+            if wall - self._samples > AUDIO_RATE * AUDIO_PTIME * 10:
+                self._samples = wall
+        else:
             # Pace silence to real time so the receiver's jitter buffer sees a steady clock.
             due = self._start + self._samples / AUDIO_RATE
             delay = due - time.monotonic()
@@ -203,7 +228,7 @@ class OutboundTrack(MediaStreamTrack):
 
     async def _recv_video(self) -> av.VideoFrame:
         assert self._start is not None
-        source = await self._next_source_frame(1.0 / self._fps)
+        source = await self._from_connected_source(1.0 / self._fps)
         frame: av.VideoFrame
         if isinstance(source, av.VideoFrame):
             frame = source
@@ -227,3 +252,4 @@ class OutboundTrack(MediaStreamTrack):
             self._tap.close()
             self._tap = None
         super().stop()
+        self._source_changed.set()  # a recv waiting for a source ends now

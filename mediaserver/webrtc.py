@@ -88,7 +88,7 @@ class WebRtcEndpointImpl(Element):
     def on_source(self, kind: str, fanout: Fanout | None) -> None:
         track = self._outbound.get(kind)
         if track is not None:
-            track.attach(fanout)
+            track.attach(fanout, connected=kind in self.sources)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         kind = track.kind
@@ -177,7 +177,8 @@ class WebRtcEndpointImpl(Element):
             self._outbound[kind] = track
             transceiver.sender.replaceTrack(track)
             source = self.sources.get(kind)
-            track.attach(source.output(kind) if source is not None else None)
+            track.attach(source.output(kind) if source is not None else None,
+                         connected=source is not None)
 
     async def _process_offer(self, params: dict[str, Any]) -> str:
         offer = require(params, "offer", str, "a string")

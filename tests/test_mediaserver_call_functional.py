@@ -15,7 +15,7 @@ import pytest
 
 from kurento_ctl.client import KurentoClient
 from kurento_ctl.errors import KurentoError
-from kurento_ctl.events import EndOfStream
+from kurento_ctl.events import EndOfStream, MediaFlowInStateChanged
 from kurento_ctl.objects import MediaPipeline, ServerManager
 from mediaserver.webrtc import WebRtcEndpointImpl
 from tests.helpers import wait_until, within
@@ -167,3 +167,42 @@ async def test_a_player_plays_a_file_into_a_recorder_and_ends(tmp_path: Path) ->
     info = await ffprobe(tmp_path / "copy.webm")
     assert sorted(s["codec_type"] for s in info["streams"]) == ["audio", "video"]
     assert float(info["format"]["duration"]) > 1.0
+
+
+async def test_a_viewer_of_an_audio_only_publisher_gets_no_video_until_the_source_is_gone(
+    tmp_path: Path,
+) -> None:
+    """Kurento sends only what the connected source carries: the viewer's video track is
+    negotiated but silent, and its endpoint never reports VIDEO flowing in. Only with no
+    source connected at all does the track carry black filler (still not FLOWING)."""
+    async with run_mediaserver(recordings_root=tmp_path) as (url, _), \
+            KurentoClient(url) as kc:
+        pipeline = await MediaPipeline.create(kc)
+        ep_pub, ep_view = await asyncio.gather(pipeline.create_webrtc_endpoint(),
+                                               pipeline.create_webrtc_endpoint())
+        flows: list[tuple[str, str]] = []
+        await ep_view.subscribe(MediaFlowInStateChanged,
+                                lambda e: flows.append((e.media_type, e.state)))
+        publisher, viewer = Peer(video=False), Peer(audio=False, video=False)
+        for kind in ("audio", "video"):
+            viewer.pc.addTransceiver(kind, direction="recvonly")
+        try:
+            await ep_pub.connect(ep_view)  # both kinds, as the hub connects a viewer
+            for peer, ep in ((publisher, ep_pub), (viewer, ep_view)):
+                await peer.accept(await ep.process_offer(await peer.offer()))
+            # Two seconds of the publisher's audio at the viewer: black filler, if sent,
+            # would have arrived many times over meanwhile (15 frames a second).
+            await wait_until(lambda: viewer.received["audio"] >= 100, timeout=15,
+                             describe=lambda: viewer.received)
+            assert viewer.hearing() is not None
+            assert viewer.received["video"] == 0
+            assert ("AUDIO", "FLOWING") in flows
+            assert not await ep_view.is_media_flowing_in("VIDEO")
+
+            await ep_pub.disconnect(ep_view, "VIDEO")  # no video source connected now
+            await within(viewer.got_media["video"].wait(), 10, "black filler at the viewer")
+            assert not await ep_view.is_media_flowing_in("VIDEO")
+            assert ("VIDEO", "FLOWING") not in flows
+        finally:
+            await asyncio.gather(publisher.close(), viewer.close())
+            await pipeline.release()
