@@ -213,3 +213,24 @@ async def test_a_workstation_lists_only_its_doctors_open_calls_with_fresh_links(
             async with http.get(f"{service.url}/workstation/{token}") as r:
                 assert r.status == 403
                 assert STRINGS["ru"]["ws_refused"] in await r.text()
+
+
+async def test_a_join_token_the_mis_signed_with_its_own_key_opens_the_doctors_page(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = tmp_path / "mis.pem"
+    pem.write_bytes(private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",),
+                           env={"TELEMED_AUTH_JWT_PUBLIC_KEYS": str(pem)}) as svc, \
+            aiohttp.ClientSession() as http:
+        call = svc.hub.create_call(CallKind.CONSULTATION, [("p-9", "P", "patient"),
+                                                          ("d-9", "D", "doctor")])
+        token = svc.token(call.id, "d-9", role="doctor", key=private, algorithm="ES256")
+        async with http.get(f"{svc.url}/join/{token}") as r:
+            page = await r.text()
+    assert 'data-role="doctor"' in page and 'id="end-all"' in page

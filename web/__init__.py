@@ -75,10 +75,11 @@ async def demo_call(request: web.Request) -> web.Response:
 
 
 def _claims(request: web.Request, token: str) -> JoinClaims:
-    from signaling.app import ENDPOINTS, SETTINGS
+    from signaling.app import SESSION_CONFIG, SETTINGS
 
     settings = request.app[SETTINGS]
-    return verify_join_token(token, keys=[request.app[ENDPOINTS].jwt_secret],
+    # The socket's keys: MIS-signed (RS256/ES256) tokens open the page as they open the call.
+    return verify_join_token(token, keys=request.app[SESSION_CONFIG].jwt_keys,
                              issuer=settings.auth.jwt_issuer,
                              audience=settings.auth.jwt_audience)
 
