@@ -30,7 +30,7 @@ from signaling.participant import Participant, ParticipantState
 from signaling.protocol import encode
 from signaling.tokens import JoinClaims
 from signaling.watchdog import Expectation, Expired, MediaWatchdog, WatchdogTimer
-from turn.lease import TurnExhausted, TurnLease, ice_servers_for
+from turn.lease import TurnExhausted, TurnLease, ice_servers_for, kurento_turn_url
 from turn.pool import TurnPool
 
 __all__ = ["Connection", "Hub", "offer_kinds"]
@@ -407,6 +407,12 @@ class Hub:
             log.exception("! returning TURN lease %s failed; it expires on its own",
                           lease.key, extra={"call_id": lease.call_id})
 
+    @staticmethod
+    def _kurento_turn(rt: CallRuntime, pid: str) -> str | None:
+        """The participant's lease for its endpoints on the media server, as Kurento takes it."""
+        lease = rt.leases.get(pid)
+        return kurento_turn_url(lease) if lease is not None else None
+
     def _member(self, conn: Connection, call_id: str, pid: str) -> CallRuntime:
         rt = self.runtime.get(call_id)
         if rt is None or rt.connections.get(pid) is not conn or rt.closing:
@@ -424,7 +430,8 @@ class Hub:
         rt = self._member(conn, call_id, pid)
         kinds = offer_kinds(sdp, "send")
         try:
-            answer = await rt.media.publish(pid, sdp, kinds)
+            answer = await rt.media.publish(pid, sdp, kinds,
+                                            turn_url=self._kurento_turn(rt, pid))
         except NoMediaServer:
             raise MediaError("no media server is reachable", code="media.unavailable") from None
         except KurentoError as exc:
@@ -457,7 +464,8 @@ class Hub:
             raise CallError("no such participant to receive", code="participant.not_found")
         offer_kinds(sdp, "recv")
         try:
-            answer = await rt.media.subscribe(pid, source, sdp)
+            answer = await rt.media.subscribe(pid, source, sdp,
+                                              turn_url=self._kurento_turn(rt, pid))
         except KurentoError as exc:
             raise MediaError(f"media server error: {exc}", code="media.unavailable") from None
         self._still_open(rt)

@@ -240,8 +240,13 @@ class CallMedia:
         name = f"{participant}.webm" if not earlier else f"{participant}.part{earlier + 1}.webm"
         return self.recordings_dir / name
 
-    async def publish(self, participant: str, offer: str, kinds: frozenset[str]) -> str:
-        """Answers a publisher's offer; its recorder is recording (or waiting for media)."""
+    async def publish(self, participant: str, offer: str, kinds: frozenset[str], *,
+                      turn_url: str | None = None) -> str:
+        """Answers a publisher's offer; its recorder is recording (or waiting for media).
+
+        `turn_url` (Kurento's `user:password@<IPv4>:<port>?transport=…`) is the
+        participant's own TURN lease, so the endpoint can relay where the browser cannot
+        reach it directly."""
         entry = self.participants.setdefault(participant, Endpoints())
         if entry.publisher is not None:
             raise MediaError("already published; leave and join again to renegotiate",
@@ -266,6 +271,8 @@ class CallMedia:
 
         tx = Transaction(ep.client)
         self._watch(tx, ep, participant, "publish")
+        if turn_url:
+            tx.invoke(ep, "setTurnUrl", turnUrl=turn_url)
         tx.subscribe(recorder, Recording, on_recording)
         tx.subscribe(recorder, Error, on_recorder_error)
         media_type: MediaType | None = None if len(kinds) != 1 else (
@@ -278,7 +285,8 @@ class CallMedia:
                 tx.connect(ep, viewer.subscriptions[participant])
         return await self._negotiate(tx, participant, "publish", ep, offer)
 
-    async def subscribe(self, viewer: str, source: str, offer: str) -> str:
+    async def subscribe(self, viewer: str, source: str, offer: str, *,
+                        turn_url: str | None = None) -> str:
         entry = self.participants.setdefault(viewer, Endpoints())
         if source in entry.subscriptions:
             raise MediaError("already subscribed to that participant", code="sdp.invalid")
@@ -286,6 +294,8 @@ class CallMedia:
         entry.subscriptions[source] = ep
         tx = Transaction(ep.client)
         self._watch(tx, ep, viewer, source)
+        if turn_url:
+            tx.invoke(ep, "setTurnUrl", turnUrl=turn_url)
         publisher = self.participants.get(source, Endpoints()).publisher
         if publisher is not None:
             tx.connect(publisher, ep)

@@ -339,6 +339,15 @@ async def test_a_call_between_relay_only_peers_goes_through_coturn_and_records(
             for client in (patient, doctor):
                 for pc in client.pcs.values():
                     assert _selected_local_type(pc) == "relay"
+            # Each participant's endpoints on the media server carry its own lease too.
+            rt = service.hub.runtime[call.id]
+            for pid, entry in rt.media.participants.items():
+                want = kurento_turn_url(rt.leases[pid])
+                assert want is not None and want.startswith(rt.leases[pid].username + ":")
+                endpoints = [entry.publisher, *entry.subscriptions.values()]
+                assert len(endpoints) == 2
+                for ep in endpoints:
+                    assert ep is not None and await ep.invoke("getTurnUrl") == want
             await asyncio.sleep(1.0)  # a second of media for the recording checked below
             await doctor.request("end")
         finally:
