@@ -115,6 +115,8 @@ class Hub:
         self.hooks: list[CallHook] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         pool.on_pipelines_lost(self._pipelines_lost)
+        if turn is not None:
+            turn.on_renewed.append(self._lease_renewed)
 
     # ---------------------------------------------------------------- calls
 
@@ -393,6 +395,18 @@ class Hub:
             await self._revoke(old, release=False)
         rt.leases[pid] = lease
         return lease
+
+    def _lease_renewed(self, fresh: TurnLease) -> None:
+        """Renewed credentials reach the browser, so a peer connection it opens hours into
+        a call (a late subscription, an ICE restart) still gets a relay."""
+        rt = self.runtime.get(fresh.call_id)
+        if rt is None or rt.closing or fresh.participant not in rt.leases:
+            return
+        rt.leases[fresh.participant] = fresh
+        rt.call.timeline.add("turn-renewed", participant=fresh.participant,
+                             expires=int(fresh.expires))
+        self._send(fresh.call_id, fresh.participant,
+                   encode("iceServers", iceServers=ice_servers_for(fresh)))
 
     async def _revoke(self, lease: TurnLease, *, release: bool = True) -> None:
         """Returns a lease (or only revokes replaced credentials); never raises."""

@@ -508,3 +508,33 @@ async def test_service_with_coturn_redis_hands_out_users_that_allocate_until_lea
             await client.close()
         assert await redis_client.exists(key) == 0
         assert not await allocates(userdb_turn, lease)
+
+
+async def test_renewed_credentials_reach_the_participants_browser(
+    tmp_path: Path, redis_server: RedisServer, turn_server: TurnServer
+) -> None:
+    url = f"{turn_server.url}?transport=udp"
+    env = {"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_POOL_SIZE": "2",
+           "TELEMED_TURN_URLS": url, "TELEMED_TURN_SECRETS": turn_server.secret}
+    async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",),
+                           env=env, turn_urls=(url,),
+                           turn_secrets=(turn_server.secret,)) as service:
+        pool = service.hub.turn
+        assert pool is not None
+        call = service.hub.create_call(CallKind.CONSULTATION, [("p", "P", "patient"),
+                                                              ("d", "D", "doctor")])
+        client = CallClient(service, service.token(call.id, "p"))
+        try:
+            await client.connect()
+            first = (await client.join())["iceServers"][0]
+            later = time.time() + pool.ttl * 0.75  # past half its life: due for renewal
+            pool.clock = lambda: later
+            (renewed,) = await pool.renew()
+            event = await client.wait_event("iceServers")
+        finally:
+            await client.close()
+    (server,) = event["iceServers"]
+    assert server["username"] == renewed.username != first["username"]
+    assert server["credential"] == renewed.credential and server["urls"] == [url]
+    assert int(renewed.username.split(":")[0]) > int(first["username"].split(":")[0])
+    assert any(e["event"] == "turn-renewed" for e in call.timeline.as_list())

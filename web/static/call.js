@@ -160,6 +160,14 @@ function onEvent(msg) {
     case "ringTimeout": stopRinging(); break;
     case "removed": finish(T.removed); break;
     case "tokenExpiring": setStatus(T.token_expiring); break;
+    case "iceServers":
+      // A renewed TURN lease: new and restarted connections must use it.
+      state.iceServers = msg.iceServers || [];
+      for (const pc of state.pcs.values()) {
+        try { pc.setConfiguration({ ...pc.getConfiguration(), iceServers: state.iceServers }); }
+        catch (err) { report("configurationError", { message: String(err) }); }
+      }
+      break;
     default: break;
   }
 }
