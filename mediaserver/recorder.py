@@ -1,16 +1,20 @@
 """RecorderEndpoint: WEBM files (VP8/Opus) written by PyAV, encoded off the event loop.
 
-Like KMS: `record()` returns at once, `Recording` fires when media first reaches the
-recorder, `stopAndWait` returns once the file is finalized (trailer, duration, cues), a
-stopped recorder cannot record again, and releasing a recording recorder stops it first.
+Like KMS: `record()` returns at once (a file that cannot be opened for writing raises
+`Error` instead), `Recording` fires once media has reached the recorder and the file holds
+bytes on disk, a failed write raises `Error` and ends the recording, `stopAndWait` returns
+once the file is finalized (trailer, duration, cues), a stopped recorder cannot record again,
+and releasing a recording recorder stops it first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fractions
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,6 +45,31 @@ PROFILES = {
 MS = fractions.Fraction(1, 1000)
 #: Seconds audio may lag its arrival time before the file skips ahead (jitter stays below).
 AUDIO_RESYNC = 0.2
+#: GStreamer's GstResourceError codes, which KMS passes on as `errorCode`.
+OPEN_WRITE, WRITE, NO_SPACE_LEFT = 6, 10, 14
+
+
+def write_error(exc: Exception, opened: bool) -> tuple[int, str]:
+    """(errorCode, type) of Kurento's `Error` for a failed write; FFmpeg opens the file
+    at the first write, so a failure before anything is on disk is an open failure."""
+    if not isinstance(exc, OSError):
+        return 1, "UNEXPECTED_ELEMENT_ERROR"  # an encoder's complaint, not the file's
+    if exc.errno == errno.ENOSPC:
+        return NO_SPACE_LEFT, "RESOURCE_ERROR_NO_SPACE_LEFT"
+    if not opened:
+        return OPEN_WRITE, "RESOURCE_ERROR_OPEN"
+    return WRITE, "RESOURCE_ERROR_WRITE"
+
+
+def check_writable(path: Path) -> None:
+    """Raises OSError unless `path` can be opened for writing. FFmpeg opens it only at the
+    first write, KMS when recording starts: this tells at once, and leaves no empty file
+    behind for a recorder that never gets media."""
+    existed = path.exists()
+    with path.open("ab"):
+        pass
+    if not existed:
+        path.unlink()
 
 
 class WebmWriter:
@@ -48,7 +77,13 @@ class WebmWriter:
 
     def __init__(self, path: Path, kinds: tuple[str, ...], container_format: str) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
-        self._container: Any = av.open(str(path), mode="w", format=container_format)
+        self._path = path
+        #: Whether the file holds bytes on disk; set by the worker after a write.
+        self.on_disk = False
+        # flush_packets: what the muxer has written reaches the file at once, so "on disk"
+        # is true of the file and a crash loses less.
+        self._container: Any = av.open(str(path), mode="w", format=container_format,
+                                       container_options={"flush_packets": "1"})
         self._streams: dict[str, Any] = {}
         self._t0: float | None = None
         self._last_pts: dict[str, int] = {}
@@ -96,8 +131,12 @@ class WebmWriter:
             self._audio_next += frame.samples
             pts = frame.pts
         self._last_pts[kind] = pts
+        muxed = False
         for packet in stream.encode(frame):
             self._container.mux(packet)
+            muxed = True
+        if muxed and not self.on_disk:
+            self.on_disk = os.stat(self._path).st_size > 0
 
     def _finish(self) -> None:
         if self._container is None:
@@ -153,6 +192,7 @@ class RecorderEndpointImpl(Element):
         self._taps: dict[str, Tap] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._recording_announced = False
+        self._failed = False
         self._flow = {k: FlowMonitor(self.flow_callback("In", k)) for k in ("audio", "video")}
         self._stop_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
@@ -186,16 +226,29 @@ class RecorderEndpointImpl(Element):
             self._flow[kind].frame()
             if self.state != "START":
                 continue
-            if not self._recording_announced:
+            writer = self._writer
+            if writer is None or self._failed:
+                return
+            try:
+                await writer.write(kind, frame, time.monotonic())
+            except (av.FFmpegError, OSError, ValueError) as exc:
+                self._write_failed(kind, exc, writer.on_disk)
+                return
+            if not self._recording_announced and writer.on_disk:
                 self._recording_announced = True
                 self.emit("Recording")
-            try:
-                await self._writer.write(kind, frame, time.monotonic())
-            except (av.FFmpegError, ValueError) as exc:
-                log.error("! %s: cannot encode %s: %s", self.id, kind, exc)
-                self.emit("Error", description=str(exc), errorCode=1,
-                          type="RESOURCE_ERROR_WRITE")
-                return
+
+    def _write_failed(self, kind: str, exc: Exception, opened: bool) -> None:
+        """One `Error` per recorder: both kinds share the file, the second failure is news
+        to no one."""
+        if self._failed:
+            return
+        self._failed = True
+        code, error_type = write_error(exc, opened)
+        log.error("! %s: writing %s to %s failed: %s", self.id, kind, self.path, exc)
+        what = f'Could not open file "{self.path}" for writing' if error_type == \
+            "RESOURCE_ERROR_OPEN" else f'Could not write to file "{self.path}"'
+        self.emit("Error", description=f"{what}: {exc}", errorCode=code, type=error_type)
 
     def methods(self) -> dict[str, Method]:
         methods = super().methods()
@@ -221,11 +274,14 @@ class RecorderEndpointImpl(Element):
         if self._writer is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                check_writable(self.path)
                 fmt = "webm" if self.profile.startswith("WEBM") else "matroska"
                 self._writer = WebmWriter(self.path, self.kinds, fmt)
             except (OSError, av.FFmpegError) as exc:
-                self.emit("Error", description=f"Could not open file for writing: {exc}",
-                          errorCode=6, type="RESOURCE_ERROR_OPEN")
+                code, error_type = write_error(exc, opened=False)
+                log.error("! %s: cannot open %s: %s", self.id, self.path, exc)
+                self.emit("Error", description=f'Could not open file "{self.path}" for '
+                          f"writing: {exc}", errorCode=code, type=error_type)
                 return
         self.state = "START"
         self.emit("UriEndpointStateChanged", state="START")
