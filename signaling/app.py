@@ -189,6 +189,16 @@ def create_app(
                 timeout=hooks.timeout, retry_base=hooks.retry_base, retry_cap=hooks.retry_cap,
                 claim_timeout=hooks.claim_timeout)
             outbox.start()
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+        sink = app[SINK] = EventSink(store, outbox,
+                                     journal=settings.data_path / "call-events.journal")
+        # What a previous run journalled but never got into Redis goes first, so that the
+        # calls it left unfinished are judged on their last known state.
+        replayed = sink.replay()
+        sink.start()
+        if replayed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sink.settle(), 10.0)
         with contextlib.suppress(aioredis.RedisError, OSError):
             closed = await store.close_unfinished("the service restarted")
             for snap in closed:
@@ -198,8 +208,6 @@ def create_app(
                     await outbox.publish("call.failed", {
                         "call": {k: v for k, v in snap.items() if k != "timeline"},
                         "reason": "shutdown", "detail": snap["failureDetail"]})
-        sink = app[SINK] = EventSink(store, outbox)
-        sink.start()
         app[HUB].hooks.append(sink)
         catalog = app[CATALOG] = Catalog(settings.recordings_path, redis)
 
@@ -231,7 +239,7 @@ def create_app(
         yield
         try:
             await app[HUB].shutdown()
-            await sink.flush()
+            await sink.flush(timeout=10.0)  # Redis away: the journal keeps the rest
             await _drain(worker, settings.recordings.drain_timeout)
         finally:
             housekeeping.cancel()

@@ -2,7 +2,10 @@
 the webhook outbox.
 
 The hub reports events synchronously; `EventSink` snapshots the call at that moment and
-writes snapshots and webhook events one at a time, in the order they happened.
+writes snapshots and webhook events one at a time, in the order they happened. Before an
+event is queued it is appended (and fsynced) to a journal file, so neither a crash before
+Redis has it nor a Redis outage loses it: the next start replays the journal, and event
+ids make the replay idempotent.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -116,24 +122,54 @@ class CallStore:
         return closed
 
 
-class EventSink:
-    """Hub hook: snapshots and webhook events, written in order by one task."""
+Item = tuple[str, dict[str, Any], dict[str, Any], str, float]
 
-    def __init__(self, store: CallStore, outbox: Outbox | None) -> None:
+
+class EventSink:
+    """Hub hook: snapshots and webhook events, journalled, then written in order by one task."""
+
+    def __init__(self, store: CallStore, outbox: Outbox | None, *,
+                 journal: Path | None = None, retry_cap: float = 5.0) -> None:
         self.store = store
         self.outbox = outbox
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any], dict[str, Any]] | None] = (
-            asyncio.Queue())
+        self.journal = journal
+        self.retry_cap = retry_cap
+        self._queue: asyncio.Queue[Item | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._queued = 0
         self._written = 0
         self._progress = asyncio.Condition()
+        self._file = None if journal is None else open(journal, "a", encoding="utf-8")  # noqa: SIM115
 
     def __call__(self, event: str, call: Call, data: dict[str, Any]) -> None:
         snap = snapshot(call)
         payload = {"call": {k: v for k, v in snap.items() if k != "timeline"}, **data}
-        self._queue.put_nowait((event, snap, payload))
+        item: Item = (event, snap, payload, uuid.uuid4().hex, time.time())
+        if self._file is not None:
+            # A few lines per call: a synchronous fsync costs less than the loss it prevents.
+            self._file.write(json.dumps(item, separators=(",", ":")) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        self._queue.put_nowait(item)
         self._queued += 1
+
+    def replay(self) -> int:
+        """Queues what the journal holds from a previous run (call before `start`)."""
+        if self.journal is None or not self.journal.exists():
+            return 0
+        count = 0
+        with open(self.journal, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    event, snap, payload, event_id, at = json.loads(line)
+                except (ValueError, TypeError):
+                    continue  # a line torn by the crash: it was never acknowledged
+                self._queue.put_nowait((event, snap, payload, event_id, at))
+                self._queued += 1
+                count += 1
+        if count:
+            log.warning("! replaying %d call events journalled by a previous run", count)
+        return count
 
     async def settle(self) -> None:
         """Returns once everything reported so far is in Redis (the API answers after it)."""
@@ -144,28 +180,51 @@ class EventSink:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="call-events")
 
+    async def _write(self, item: Item) -> None:
+        event, snap, payload, event_id, at = item
+        attempt = 0
+        while True:
+            try:
+                await self.store.save(snap)
+                if self.outbox is not None and event != "call.snapshot":
+                    await self.outbox.publish(event, payload, event_id=event_id, at=at)
+                return
+            except (aioredis.RedisError, OSError) as exc:
+                # Never dropped: the queue waits (in order) for Redis, the journal holds it.
+                attempt += 1
+                log.error("! cannot record %s (attempt %d): %s", event, attempt,
+                          type(exc).__name__, extra={"call_id": snap["id"]})
+                await asyncio.sleep(min(self.retry_cap, 0.2 * 2 ** min(attempt, 10)))
+            except Exception:
+                # A bug, not an outage: retrying cannot help, and the events behind it must
+                # not wait for ever. The journal still has it for a post-mortem.
+                log.exception("! recording %s failed", event, extra={"call_id": snap.get("id")})
+                return
+
     async def _run(self) -> None:
         while (item := await self._queue.get()) is not None:
-            event, snap, payload = item
-            for attempt in range(5):
-                try:
-                    await self.store.save(snap)
-                    if self.outbox is not None and event != "call.snapshot":
-                        await self.outbox.publish(event, payload)
-                    break
-                except (aioredis.RedisError, OSError) as exc:
-                    log.error("! cannot record %s (attempt %d): %s", event, attempt + 1,
-                              type(exc).__name__, extra={"call_id": snap["id"]})
-                    await asyncio.sleep(0.2 * 2 ** attempt)
+            await self._write(item)
             async with self._progress:
                 self._written += 1
                 self._progress.notify_all()
+            if self._file is not None and self._written >= self._queued:
+                # Everything journalled is in Redis: start the journal afresh.
+                self._file.truncate(0)
 
-    async def flush(self) -> None:
-        """Writes what is queued, then stops."""
-        if self._task is None:
-            return
-        self._queue.put_nowait(None)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+    async def flush(self, timeout: float | None = None) -> None:
+        """Writes what is queued, then stops; past `timeout` (Redis away) what is left
+        stays in the journal for the next start."""
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                log.error("! %d call events not yet in Redis; kept in the journal",
+                          self._queued - self._written)
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None

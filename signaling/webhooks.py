@@ -42,7 +42,7 @@ LOG_LIMIT = 50
 #: loses them: its queue skips events that are gone).
 EVENT_TTL = 30 * 86400
 ENQUEUE = """
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then return 0 end
 local n = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[3], n, ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
@@ -130,10 +130,15 @@ class Outbox:
 
     # ------------------------------------------------------------------ queueing
 
-    async def publish(self, event: str, data: dict[str, Any]) -> str:
-        """Stores the event and queues it for every endpoint that wants it; returns its id."""
-        event_id = uuid.uuid4().hex
-        body = {"id": event_id, "event": event, "time": self.clock(), "data": data}
+    async def publish(self, event: str, data: dict[str, Any], *, event_id: str | None = None,
+                      at: float | None = None) -> str:
+        """Stores the event and queues it for every endpoint that wants it; returns its id.
+
+        Publishing an id that is already stored does nothing, so a replayed event (from
+        the sink's journal after a crash) is delivered once."""
+        event_id = event_id or uuid.uuid4().hex
+        body = {"id": event_id, "event": event, "time": at if at is not None else self.clock(),
+                "data": data}
         wanting = [e for e in self.endpoints if e.wants(event)]
         # One script: the event and its place in every queue are stored together or not at
         # all, numbered by a global sequence so each queue keeps the order events happened in.
