@@ -103,10 +103,7 @@ async def run_proxy(upstream: str) -> Any:
 
 async def count_round_trips(service: Any, proxy: CountingProxy) -> dict[str, int]:
     """One call, its steps one at a time, so each window holds one request's work."""
-    call = service.hub.create_call(CallKind.CONSULTATION, [("p", "P", "patient"),
-                                                          ("d", "D", "doctor")])
-    a = CallClient(service, service.token(call.id, "p"))
-    b = CallClient(service, service.token(call.id, "d", role="doctor"))
+    a, b = two_parties(service)
     counts: dict[str, int] = {}
     try:
         await asyncio.gather(a.connect(), b.connect())
@@ -124,11 +121,15 @@ async def count_round_trips(service: Any, proxy: CountingProxy) -> dict[str, int
     return counts
 
 
-async def one_call(service: Any) -> dict[str, float]:
+def two_parties(service: Any) -> tuple[CallClient, CallClient]:
     call = service.hub.create_call(CallKind.CONSULTATION, [("p", "P", "patient"),
                                                           ("d", "D", "doctor")])
-    a = CallClient(service, service.token(call.id, "p"))
-    b = CallClient(service, service.token(call.id, "d", role="doctor"))
+    return (CallClient(service, service.token(call.id, "p")),
+            CallClient(service, service.token(call.id, "d", role="doctor")))
+
+
+async def one_call(service: Any) -> dict[str, float]:
+    a, b = two_parties(service)
     try:
         await asyncio.gather(a.connect(), b.connect())
         t0 = time.perf_counter()
