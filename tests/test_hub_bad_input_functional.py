@@ -237,6 +237,20 @@ def _recv_offer() -> str:
             "a=fingerprint:sha-256 " + ":".join(["AA"] * 32) + "\r\na=setup:actpass\r\n")
 
 
+async def test_the_call_socket_declines_compression_a_browser_offers(service: Service) -> None:
+    """Idle sockets are the hub's memory bill: zlib state per socket is not worth paying
+    for small JSON messages (see docs/benchmarks.md, idle capacity)."""
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(service.ws_url, protocols=[SUBPROTOCOL], compress=15,
+                                   headers={"Origin": service.url})
+        try:
+            assert ws.compress == 0
+            assert "Sec-WebSocket-Extensions" not in ws._response.headers
+            assert (await reply(ws, '{"type": "ping", "id": 1}'))["type"] == "pong"
+        finally:
+            await ws.close()
+
+
 async def raw_socket(service: Service, http: aiohttp.ClientSession
                      ) -> aiohttp.ClientWebSocketResponse:
     return await http.ws_connect(service.ws_url, protocols=[SUBPROTOCOL],
