@@ -106,11 +106,24 @@ class WebRtcEndpointImpl(Element):
     def _on_ice_state(self) -> None:
         state = ICE_STATES.get(self.pc.iceConnectionState, "CONNECTING")
         if self.pc.iceConnectionState == "completed":
+            self._keep_consent()
             self.emit("IceComponentStateChanged", state="CONNECTED", streamId=1, componentId=1)
             self._emit_selected_pair()
         if state != self._ice_state:
             self._ice_state = state
             self.emit("IceComponentStateChanged", state=state, streamId=1, componentId=1)
+
+    def _keep_consent(self) -> None:
+        """Stops aioice's consent freshness checks (KMS's libnice agent runs none): six
+        unanswered ones, 0.5 s each, close the connection, and against Chromium on a busy
+        machine they all went unanswered, so both browsers' uploads died ~34 s into the
+        call. Lost media is told by the flow events instead."""
+        for transceiver in self.pc.getTransceivers():
+            connection = transceiver.receiver.transport.transport._connection
+            task = connection._query_consent_task  # aioice keeps no public switch
+            if task is not None:
+                task.cancel()
+                connection._query_consent_task = None
 
     def _emit_selected_pair(self) -> None:
         for transceiver in self.pc.getTransceivers()[:1]:
