@@ -61,6 +61,11 @@ def write_error(exc: Exception, opened: bool) -> tuple[int, str]:
     return WRITE, "RESOURCE_ERROR_WRITE"
 
 
+def reason(exc: Exception) -> str:
+    """The system's words for it; str() of an OSError repeats the path we already name."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
 def check_writable(path: Path) -> None:
     """Raises OSError unless `path` can be opened for writing. FFmpeg opens it only at the
     first write, KMS when recording starts: this tells at once, and leaves no empty file
@@ -248,7 +253,8 @@ class RecorderEndpointImpl(Element):
         log.error("! %s: writing %s to %s failed: %s", self.id, kind, self.path, exc)
         what = f'Could not open file "{self.path}" for writing' if error_type == \
             "RESOURCE_ERROR_OPEN" else f'Could not write to file "{self.path}"'
-        self.emit("Error", description=f"{what}: {exc}", errorCode=code, type=error_type)
+        self.emit("Error", description=f"{what}: {reason(exc)}", errorCode=code,
+                  type=error_type)
 
     def methods(self) -> dict[str, Method]:
         methods = super().methods()
@@ -281,7 +287,7 @@ class RecorderEndpointImpl(Element):
                 code, error_type = write_error(exc, opened=False)
                 log.error("! %s: cannot open %s: %s", self.id, self.path, exc)
                 self.emit("Error", description=f'Could not open file "{self.path}" for '
-                          f"writing: {exc}", errorCode=code, type=error_type)
+                          f"writing: {reason(exc)}", errorCode=code, type=error_type)
                 return
         self.state = "START"
         self.emit("UriEndpointStateChanged", state="START")
