@@ -125,6 +125,7 @@ class Outbox:
         self.clock = clock
         self._wake = {e.key: asyncio.Event() for e in endpoints}
         self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
         self._http: aiohttp.ClientSession | None = None
         self._enqueue = redis.register_script(ENQUEUE)
 
@@ -180,7 +181,11 @@ class Outbox:
                        for e in self.endpoints]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        # The flag as well as the cancel: a cancellation that lands as a wait or a Redis
+        # reply completes can be swallowed below us, and the loop must still end.
+        self._closed = True
+        for key, task in zip(self._wake, self._tasks, strict=False):
+            self._wake[key].set()
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
@@ -192,17 +197,18 @@ class Outbox:
         queue = f"{PREFIX}queue:{endpoint.key}"
         state = f"{PREFIX}state:{endpoint.key}"
         wake = self._wake[endpoint.key]
-        while True:
+        while not self._closed:
             try:
                 delay = await self._deliver_next(endpoint, queue, state)
             except (aioredis.RedisError, OSError) as exc:
                 log.warning("! webhook outbox unavailable: %s", type(exc).__name__)
                 delay = self.retry_base
-            if delay is None:
+            if delay is None or self._closed:
                 continue
             wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await wake.wait()
 
     async def _deliver_next(self, endpoint: Endpoint, queue: str, state: str) -> float | None:
         """Delivers the oldest queued event; returns how long to wait, None to go on."""
