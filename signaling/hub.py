@@ -644,7 +644,11 @@ class Hub:
     def _on_media_failure(self, call: Call, pid: str, what: str) -> None:
         call.timeline.add("media-error", participant=pid, error=what)
         if what.startswith("recorder:"):
-            self._spawn(self.end(call.id, FailureReason.RECORDING_FAILED, what))
+            # The media server's description names the file on the server: it stays on
+            # the timeline and in the log, and the participants read only what happened.
+            log.error("! %s's recorder: %s", pid, what, extra={"call_id": call.id})
+            self._spawn(self.end(call.id, FailureReason.RECORDING_FAILED,
+                                 f"the recording of {pid} could not be written"))
 
     def _check_live(self, rt: CallRuntime) -> None:
         call = rt.call

@@ -328,17 +328,19 @@ class CallMedia:
         """A participant left: its recorder is finalized, its endpoints released."""
         entry = self.participants.pop(participant, None)
         released: list[Any] = []
-        if entry is not None:
-            if entry.recorder is not None:
-                await self._stop(entry.recorder)
-                released.append(entry.recorder)
-            if entry.publisher is not None:
-                released.append(entry.publisher)
-            released.extend(entry.subscriptions.values())
+        # Others' subscriptions to the leaver go before any await: a rejoin that publishes
+        # while the recorder stops must get fresh ones, not these old ones.
         for other in self.participants.values():
             sub = other.subscriptions.pop(participant, None)
             if sub is not None:
                 released.append(sub)
+        if entry is not None:
+            if entry.publisher is not None:
+                released.append(entry.publisher)
+            released.extend(entry.subscriptions.values())
+            if entry.recorder is not None:
+                await self._stop(entry.recorder)
+                released.append(entry.recorder)
         for obj in released:
             with contextlib.suppress(KurentoError):
                 await obj.release()
