@@ -497,9 +497,17 @@ class Hub:
 
     def client_event(self, conn: Connection, call_id: str, pid: str, event: str,
                      data: dict[str, Any]) -> None:
-        rt = self._member(conn, call_id, pid)
-        rt.call.timeline.add(f"client.{event}"[:64], participant=pid,
-                             data={k: data[k] for k in list(data)[:16]})
+        kept = {k: data[k] for k in list(data)[:16]}
+        rt = self.runtime.get(call_id)
+        if rt is None or rt.connections.get(pid) is not conn or rt.closing:
+            # Not in the call (yet): the pre-call page's diagnostics still land on the
+            # timeline of the call this connection said hello to; nothing else counts.
+            call = self.calls.get(call_id)
+            if call is None or call.finished or self.online.get(call_id, {}).get(pid) is not conn:
+                raise CallError("not in that call", code="call.not_found")
+            call.timeline.add(f"client.{event}"[:64], participant=pid, data=kept, joined=False)
+            return
+        rt.call.timeline.add(f"client.{event}"[:64], participant=pid, data=kept)
         if event == "mediaReceived" and isinstance(data.get("participant"), str):
             rt.reported.add((pid, data["participant"]))
             self._satisfy(rt, Expectation(pid, "browser-report", "media", data["participant"]))

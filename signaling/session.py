@@ -275,7 +275,9 @@ class ClientSession:
                                           "sdpMLineIndex": index})
                 return None if message.id is None else ("ok", {})
             case ClientEvent(event=event, data=data):
-                claims = self._joined()
+                # Before `join` too: a camera that fails on the pre-call page is exactly
+                # what the timeline must show.
+                claims = self._claims()
                 self.hub.client_event(self, claims.call_id, claims.subject, event, data)
                 return None if message.id is None else ("ok", {})
             case Leave():

@@ -251,6 +251,29 @@ async def test_the_call_socket_declines_compression_a_browser_offers(service: Se
             await ws.close()
 
 
+async def test_pre_call_diagnostics_land_on_the_timeline_before_join(service: Service) -> None:
+    call = other_call(service)
+    client = CallClient(service, service.token(call.id, "pat-9"))
+    try:
+        await client.connect()
+        await client.hello()
+        await client.request("clientEvent", event="mediaError",
+                             data={"name": "NotReadableError", "message": "camera busy"})
+        # Only a joined participant's reports count for the watchdog.
+        await client.request("clientEvent", event="mediaReceived", data={"participant": "x"})
+    finally:
+        await client.close()
+    seen = [e for e in call.timeline.as_list() if e["event"].startswith("client.")]
+    assert [(e["event"], e["participant"], e["joined"]) for e in seen] == [
+        ("client.mediaError", "pat-9", False), ("client.mediaReceived", "pat-9", False)]
+    assert seen[0]["data"]["name"] == "NotReadableError"
+    async with aiohttp.ClientSession() as http:
+        ws = await raw_socket(service, http)  # no hello: nothing to attach it to
+        answer = await reply(ws, '{"type": "clientEvent", "id": 1, "event": "x", "data": {}}')
+        assert answer["code"] == "auth.required"
+        await ws.close()
+
+
 async def raw_socket(service: Service, http: aiohttp.ClientSession
                      ) -> aiohttp.ClientWebSocketResponse:
     return await http.ws_connect(service.ws_url, protocols=[SUBPROTOCOL],
