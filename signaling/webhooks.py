@@ -184,8 +184,9 @@ class Outbox:
         # The flag as well as the cancel: a cancellation that lands as a wait or a Redis
         # reply completes can be swallowed below us, and the loop must still end.
         self._closed = True
-        for key, task in zip(self._wake, self._tasks, strict=False):
-            self._wake[key].set()
+        for wake in self._wake.values():
+            wake.set()
+        for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):

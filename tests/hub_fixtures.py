@@ -25,7 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from signaling.app import HUB, SINK, create_app
-from signaling.call import Call, CallState
+from signaling.call import Call, CallKind, CallState
 from signaling.embedded import Endpoints, hash_api_key
 from signaling.hub import Hub
 from signaling.protocol import SUBPROTOCOL
@@ -314,3 +314,20 @@ def roles(call: Call) -> dict[str, str]:
 def clients_for(service: Service, call: Call) -> dict[str, CallClient]:
     return {pid: CallClient(service, service.token(call.id, pid, role=role))
             for pid, role in roles(call).items()}
+
+
+@contextlib.asynccontextmanager
+async def joined_consultation(service: Service) -> AsyncIterator[tuple[Call, CallClient,
+                                                                       CallClient]]:
+    """pat-1 and doc-1 of a new consultation, connected and joined; closed on the way out."""
+    call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
+                                                          ("doc-1", "D", "doctor")])
+    patient = CallClient(service, service.token(call.id, "pat-1"))
+    doctor = CallClient(service, service.token(call.id, "doc-1", role="doctor"))
+    try:
+        await asyncio.gather(patient.connect(), doctor.connect())
+        await patient.join()
+        await doctor.join()
+        yield call, patient, doctor
+    finally:
+        await asyncio.gather(patient.close(), doctor.close())

@@ -23,7 +23,13 @@ from signaling.call import Call, CallKind, CallState
 from signaling.errors import CODES
 from signaling.protocol import MESSAGES, SUBPROTOCOL
 from tests.helpers import scaled
-from tests.hub_fixtures import CallClient, ProtocolError, Service, run_service
+from tests.hub_fixtures import (
+    CallClient,
+    ProtocolError,
+    Service,
+    joined_consultation,
+    run_service,
+)
 from tests.media_fixtures import run_mediaserver
 from tests.services import RedisServer
 
@@ -54,21 +60,12 @@ async def service(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Se
 
 @pytest.fixture
 async def live(service: Service) -> AsyncIterator[LiveCall]:
-    call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
-                                                          ("doc-1", "D", "doctor")])
-    patient = CallClient(service, service.token(call.id, "pat-1"))
-    doctor = CallClient(service, service.token(call.id, "doc-1", role="doctor"))
-    try:
-        await asyncio.gather(patient.connect(), doctor.connect())
-        await patient.join()
-        await doctor.join()
+    async with joined_consultation(service) as (call, patient, doctor):
         await asyncio.gather(patient.publish(), doctor.publish())
         await asyncio.gather(patient.subscribe("doc-1"), doctor.subscribe("pat-1"))
         await doctor.wait_event("callLive")
         yield LiveCall(call, patient, doctor)
         await doctor.request("end")
-    finally:
-        await asyncio.gather(patient.close(), doctor.close())
 
 
 def other_call(service: Service) -> Call:

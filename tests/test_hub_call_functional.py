@@ -11,7 +11,7 @@ from kurento_ctl.client import KurentoClient
 from kurento_ctl.objects import ServerManager
 from signaling.call import CallKind, CallState, FailureReason
 from tests.helpers import scaled, wait_until
-from tests.hub_fixtures import CallClient, ProtocolError, run_service
+from tests.hub_fixtures import CallClient, ProtocolError, joined_consultation, run_service
 from tests.media_fixtures import ffprobe, run_mediaserver
 from tests.services import RedisServer, TurnServer
 
@@ -74,14 +74,7 @@ async def test_a_participant_without_a_camera_is_recorded_audio_only_and_the_cal
 ) -> None:
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,)) as service:
-        call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
-                                                              ("doc-1", "D", "doctor")])
-        patient = CallClient(service, service.token(call.id, "pat-1"))
-        doctor = CallClient(service, service.token(call.id, "doc-1", role="doctor"))
-        try:
-            await asyncio.gather(patient.connect(), doctor.connect())
-            await patient.join()
-            await doctor.join()
+        async with joined_consultation(service) as (_, patient, doctor):
             await asyncio.gather(patient.publish(video=False), doctor.publish())
             published = await doctor.wait_event("participantPublished")
             assert published["kinds"] == ["audio"]
@@ -90,8 +83,6 @@ async def test_a_participant_without_a_camera_is_recorded_audio_only_and_the_cal
             await doctor.wait_event("callLive")
             await asyncio.sleep(1.0)  # some recorded media, the point of the checks below
             await doctor.request("end")
-        finally:
-            await asyncio.gather(patient.close(), doctor.close())
         files = {f.name: f for f in service.settings.recordings_path.rglob("*.webm")}
         kinds = {name: sorted(s["codec_type"] for s in (await ffprobe(f))["streams"])
                  for name, f in files.items()}
@@ -176,19 +167,10 @@ async def test_a_client_that_never_subscribes_fails_the_call_with_no_media(
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,),
                         watchdog_timeout=WATCHDOG) as service:
-        call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
-                                                              ("doc-1", "D", "doctor")])
-        patient = CallClient(service, service.token(call.id, "pat-1"))
-        doctor = CallClient(service, service.token(call.id, "doc-1", role="doctor"))
-        try:
-            await asyncio.gather(patient.connect(), doctor.connect())
-            await patient.join()
-            await doctor.join()
+        async with joined_consultation(service) as (_, patient, doctor):
             await asyncio.gather(patient.publish(), doctor.publish())
             await patient.subscribe("doc-1")  # the doctor's client never asks for the patient
             failed = await doctor.wait_event("callFailed", timeout=WATCHDOG + 10)
-        finally:
-            await asyncio.gather(patient.close(), doctor.close())
         assert failed["reason"] == "no-media"
         assert failed["detail"].startswith(
             "doc-1's browser reported no media from pat-1 (direction browser-report"), failed
