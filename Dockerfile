@@ -13,6 +13,8 @@ RUN useradd --system --uid 10001 --home-dir /srv/telemed --create-home telemed \
  && mkdir /recordings && chown telemed:telemed /recordings
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY telemed ./telemed
+COPY mis ./mis
 COPY signaling ./signaling
 COPY kurento_ctl ./kurento_ctl
 COPY mediaserver ./mediaserver

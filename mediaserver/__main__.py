@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
 from mediaserver.app import create_app
-from signaling.logs import configure_logging
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -32,7 +32,8 @@ async def run(args: argparse.Namespace) -> None:
     await runner.cleanup()
 
 
-def main() -> None:
+def main(configure_logging: Callable[[str], None] | None = None) -> None:
+    """Runs the server; `configure_logging(level)` sets up logging (plain lines if None)."""
     parser = argparse.ArgumentParser(prog="python -m mediaserver")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8888)
@@ -44,7 +45,10 @@ def main() -> None:
                         help="recorder URIs must point below this folder")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args()
-    configure_logging(args.log_level)
+    if configure_logging is None:
+        logging.basicConfig(level=args.log_level)
+    else:
+        configure_logging(args.log_level)
     asyncio.run(run(args))
 
 

@@ -16,7 +16,8 @@ import json
 import math
 import re
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp_jinja2
 import jwt
@@ -28,6 +29,28 @@ from recordings.retention import purge
 __all__ = ["CATALOG", "setup_recordings"]
 
 CATALOG = web.AppKey("catalog", Catalog)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordingsConfig:
+    """What the recordings routes need of the service: the link-signing secret, the public
+    URL links start with, and the retention period (days; 0 is off)."""
+
+    secret: str
+    public_url: str
+    retention_days: float
+
+
+RECORDINGS_CONFIG = web.AppKey("recordings_config", RecordingsConfig)
+
+
+class PageContext(Protocol):
+    """The pages' template context (language, strings), supplied by whoever serves pages."""
+
+    def __call__(self, request: web.Request, **extra: object) -> dict[str, object]: ...
+
+
+PAGE_CONTEXT = web.AppKey("page_context", PageContext)
 SPEC = re.compile(r"^(\d*)-(\d*)$")
 NOT_FOUND = json.dumps({"code": "recording.not_found",
                         "message": "no such recording, or no such file of it"})
@@ -36,9 +59,7 @@ LINK_TTL = 3600
 
 
 def _secret(request: web.Request) -> str:
-    from signaling.app import ENDPOINTS
-
-    return request.app[ENDPOINTS].jwt_secret
+    return request.app[RECORDINGS_CONFIG].secret
 
 
 async def _meta(request: web.Request, call_id: str) -> dict[str, Any]:
@@ -121,20 +142,16 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 async def make_link(request: web.Request) -> web.Response:
-    from signaling.app import SETTINGS
-
     meta = await _meta(request, request.match_info["call_id"])
     token = jwt.encode({"call": meta["call"], "aud": AUDIENCE,
                         "exp": int(time.time()) + LINK_TTL}, _secret(request),
                        algorithm="HS256")
-    base = request.app[SETTINGS].public_url
+    base = request.app[RECORDINGS_CONFIG].public_url
     return web.json_response({"url": f"{base}/recordings/{token}", "expiresIn": LINK_TTL})
 
 
 async def run_purge(request: web.Request) -> web.Response:
-    from signaling.app import SETTINGS
-
-    days = request.app[SETTINGS].recordings.retention_days
+    days = request.app[RECORDINGS_CONFIG].retention_days
     if days <= 0:
         return web.json_response({"code": "request.invalid", "message": "retention is off "
                                   "(recordings.retention_days = 0)", "field": "retention"},
@@ -157,10 +174,8 @@ def _link_call(request: web.Request) -> str:
 
 async def player(request: web.Request) -> web.Response:
     meta = await _meta(request, _link_call(request))
-    from web import page_context
-
     return aiohttp_jinja2.render_template(
-        "recordings.html", request, page_context(request, meta=meta,
+        "recordings.html", request, request.app[PAGE_CONTEXT](request, meta=meta,
                                                  token=request.match_info["token"]))
 
 

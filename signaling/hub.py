@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiortc.sdp import SessionDescription
+from aiohttp import web
 from redis.exceptions import RedisError
 
 from kurento_ctl.errors import KurentoError
@@ -28,12 +28,13 @@ from signaling.errors import CallError, MediaError
 from signaling.media import CallMedia, MediaListener
 from signaling.participant import Participant, ParticipantState
 from signaling.protocol import encode
+from signaling.sdp import offer_kinds
 from signaling.tokens import JoinClaims
 from signaling.watchdog import Expectation, Expired, MediaWatchdog, WatchdogTimer
 from turn.lease import TurnExhausted, TurnLease, ice_servers_for, kurento_turn_url
 from turn.pool import TurnPool
 
-__all__ = ["Connection", "Hub", "offer_kinds"]
+__all__ = ["HUB", "Connection", "Hub"]
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +43,6 @@ CallHook = Callable[[str, Call, dict[str, Any]], Awaitable[None] | None]
 
 class Connection(Protocol):
     def send(self, text: str) -> None: ...
-
-
-def offer_kinds(sdp: str, wanted: str = "send") -> frozenset[str]:
-    """Media kinds an offer sends (or receives), from aiortc's SDP parser."""
-    try:
-        parsed = SessionDescription.parse(sdp)
-    except (ValueError, IndexError, AttributeError, TypeError) as exc:
-        raise MediaError(f"invalid SDP: {exc}"[:200], code="sdp.invalid") from None
-    kinds = {m.kind for m in parsed.media
-             if m.kind in ("audio", "video") and m.port != 0
-             and wanted in (m.direction or "sendrecv")}
-    if not kinds:
-        raise MediaError(f"the offer {wanted}s neither audio nor video", code="sdp.invalid")
-    return frozenset(kinds)
 
 
 @dataclass
@@ -774,3 +761,6 @@ class Hub:
         for handle in self._evictions.values():
             handle.cancel()
         self._evictions.clear()
+
+
+HUB = web.AppKey("hub", Hub)

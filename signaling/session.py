@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from signaling.errors import AuthError, ResourceError, SignalingError
-from signaling.hub import Hub
+from signaling.hub import HUB, Hub
 from signaling.protocol import (
     SUBPROTOCOL,
     Accept,
@@ -84,6 +84,9 @@ class SessionConfig:
         self.rate = rate
         self.burst = burst
         self.heartbeat = heartbeat
+
+
+SESSION_CONFIG = web.AppKey("session_config", SessionConfig)
 
 
 class ClientSession:
@@ -317,8 +320,6 @@ def origin_allowed(request: web.Request, allowed: set[str]) -> bool:
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    from signaling.app import HUB, SESSION_CONFIG
-
     hub = request.app[HUB]
     config = request.app[SESSION_CONFIG]
     if not origin_allowed(request, config.allowed_origins):

@@ -24,13 +24,14 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
-from signaling.app import HUB, SINK, create_app
+from mis.history import SINK
 from signaling.call import Call, CallKind, CallState
-from signaling.embedded import Endpoints, hash_api_key
-from signaling.hub import Hub
+from signaling.hub import HUB, Hub
 from signaling.protocol import SUBPROTOCOL
-from signaling.settings import Settings, load_settings
 from signaling.tokens import mint_join_token
+from telemed.app import create_app
+from telemed.embedded import Endpoints, hash_api_key
+from telemed.settings import Settings, load_settings
 from tests.helpers import scaled, within
 from tests.media_fixtures import GatedTrack, PatternTrack, ToneTrack
 from tests.services import free_port

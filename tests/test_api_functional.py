@@ -14,8 +14,8 @@ import aiohttp
 import jwt
 import pytest
 
-from signaling.app import RECORDINGS
 from signaling.tokens import verify_join_token
+from telemed.app import RECORDINGS
 from tests.helpers import scaled
 from tests.hub_fixtures import (
     API_KEY,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from signaling.app import create_app
-from signaling.embedded import Endpoints
-from signaling.settings import load_settings
+from telemed.app import create_app
+from telemed.embedded import Endpoints
+from telemed.settings import load_settings
 from tests.services import RedisServer, free_port
 
 

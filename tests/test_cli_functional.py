@@ -89,7 +89,7 @@ async def test_run_with_no_settings_serves_readyz_with_children_up_and_stops_cle
         "TELEMED_TURN_EMBEDDED_PORT": str(free_udp_and_tcp_port()),
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "signaling.cli", "run", env=env,
+        sys.executable, "-m", "telemed.cli", "run", env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -139,7 +139,7 @@ async def test_a_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMED_")}
     env |= {"TELEMED_HTTP_PORT": "not-a-port", "TELEMED_DATA_DIR": str(tmp_path)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "signaling.cli", "run", env=env,
+        sys.executable, "-m", "telemed.cli", "run", env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), scaled(20))
@@ -148,8 +148,8 @@ async def test_a_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
 
 
 def test_every_embedded_service_is_replaced_by_its_external_setting(tmp_path: Path) -> None:
-    from signaling.embedded import plan
-    from signaling.settings import load_settings
+    from telemed.embedded import plan
+    from telemed.settings import load_settings
 
     base = {"TELEMED_DATA_DIR": str(tmp_path), "TELEMED_HTTP_PORT": str(free_port()),
             "TELEMED_MEDIA_EMBEDDED_PORT": str(free_port()),
@@ -191,7 +191,7 @@ async def test_a_port_taken_by_another_process_stops_start_up_naming_it(
                                    "TELEMED_HTTP_PORT": str(port)}),
         ):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "signaling.cli", "run", env=base | env,
+                sys.executable, "-m", "telemed.cli", "run", env=base | env,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
             _, err = await asyncio.wait_for(proc.communicate(), scaled(60))
             assert proc.returncode == 1, err.decode()[-2000:]

@@ -30,7 +30,7 @@ from aioice import stun
 from aioice.ice import get_host_addresses
 from aioice.turn import TurnClientTcpProtocol, TurnClientUdpProtocol
 
-from signaling.settings import Settings, _sections, env_name, load_settings
+from telemed.settings import Settings, _sections, env_name, load_settings
 from tests.helpers import scaled
 from tests.services import free_port, free_port_range, require_binary, stop_process, wait_port
 from turn.providers.coturn import DENIED_PEERS, CoturnSharedSecret
@@ -384,7 +384,7 @@ def test_dockerfile_builds_the_package_the_readme_installs(tmp_path: Path) -> No
     assert expected - in_wheel == set()
     entry = [n for n in in_wheel if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry[0]).decode()
-    assert "telemed = signaling.cli:main" in text
+    assert "telemed = telemed.cli:main" in text
 
 
 def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:

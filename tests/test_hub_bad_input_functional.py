@@ -133,7 +133,7 @@ async def test_tokens_signed_with_the_mis_private_key_open_one_call_only(
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    from signaling.app import SESSION_CONFIG
+    from signaling.session import SESSION_CONFIG
     from signaling.tokens import mint_join_token
 
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048) \
@@ -200,8 +200,8 @@ async def test_only_allowed_origins_may_open_a_call_socket(service: Service) -> 
 async def test_a_peer_that_stops_answering_pings_is_dropped_and_its_place_held(
     service: Service
 ) -> None:
-    from signaling.app import SESSION_CONFIG
     from signaling.participant import ParticipantState
+    from signaling.session import SESSION_CONFIG
 
     heartbeat = 0.5
     service.app[SESSION_CONFIG].heartbeat = heartbeat

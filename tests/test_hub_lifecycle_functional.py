@@ -243,7 +243,7 @@ async def test_a_media_server_that_dies_fails_its_calls_and_the_next_call_works(
 async def test_an_expiring_token_warns_then_ends_the_participants_part_unless_refreshed(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    from signaling.app import SESSION_CONFIG
+    from signaling.session import SESSION_CONFIG
 
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,)) as service:

@@ -25,11 +25,11 @@ from kurento_ctl.client import KurentoClient
 from kurento_ctl.objects import ServerManager
 from mediaserver.core import MediaServer
 from mediaserver.recorder import RecorderEndpointImpl
-from signaling.app import SESSION_CONFIG
 from signaling.call import Call, CallKind, CallState
 from signaling.errors import CallError
 from signaling.hub import CallRuntime
 from signaling.participant import ParticipantState
+from signaling.session import SESSION_CONFIG
 from signaling.tokens import JoinClaims
 from tests.helpers import wait_until, within
 from tests.hub_fixtures import CallClient, Service, clients_for, go_live, run_service

@@ -21,7 +21,7 @@ CODE_PATTERNS = (
     r'problem\(\d+, "([a-z_.]+)"',  # REST problem bodies
     r'"code": "([a-z_.]+)"',  # literal JSON bodies (origin.forbidden)
 )
-SOURCES = [p for package in ("signaling", "turn", "recordings")
+SOURCES = [p for package in ("signaling", "mis", "telemed", "web", "turn", "recordings")
            for p in (ROOT / package).glob("*.py")]
 
 

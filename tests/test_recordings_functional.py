@@ -21,11 +21,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from mis.history import STORE
+from mis.webhooks import OUTBOX
 from recordings.compose import Stream, compose
 from recordings.http import judge_range
 from recordings.worker import implausible
-from signaling.app import OUTBOX, RECORDINGS, STORE
 from signaling.call import CallKind
+from telemed.app import RECORDINGS
 from tests.hub_fixtures import API_KEY, CallClient, Service, clients_for, go_live, run_service
 from tests.media_fixtures import ffprobe, mediaserver_process, run_mediaserver
 from tests.services import RedisServer, free_port
@@ -356,7 +358,7 @@ async def test_a_watchdog_failure_still_leaves_finalized_metadata(
 async def test_recordings_of_a_sigkilled_service_are_finalized_at_restart(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    from signaling.embedded import hash_api_key
+    from telemed.embedded import hash_api_key
 
     api_key = uuid.uuid4().hex
     http_port = free_port()
@@ -374,7 +376,7 @@ async def test_recordings_of_a_sigkilled_service_are_finalized_at_restart(
 
         async def start() -> asyncio.subprocess.Process:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "signaling.cli", "run", env=env)
+                sys.executable, "-m", "telemed.cli", "run", env=env)
             await poll_ready(f"{base}/readyz", 30)
             return proc
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from signaling import settings as settings_mod
-from signaling.settings import SettingsError, describe, load_settings
+from telemed import settings as settings_mod
+from telemed.settings import SettingsError, describe, load_settings
 
 
 def test_no_settings_at_all_gives_the_embedded_defaults() -> None:
@@ -101,13 +101,13 @@ def test_configuration_reference_in_docs_is_current() -> None:
     doc = Path(__file__).parents[1] / "docs" / "configuration.md"
     assert doc.read_text().strip() == settings_mod.markdown().strip(), (
         "docs/configuration.md is stale: run "
-        "python -m signaling.settings --markdown > docs/configuration.md"
+        "python -m telemed.settings --markdown > docs/configuration.md"
     )
 
 
 def test_api_key_command_prints_a_key_and_its_hash(capsys: pytest.CaptureFixture[str]) -> None:
-    from signaling.cli import main
-    from signaling.embedded import hash_api_key
+    from telemed.cli import main
+    from telemed.embedded import hash_api_key
 
     assert main(["api-key"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -140,9 +140,10 @@ def test_a_missing_or_unreadable_mis_public_key_stops_start_up_naming_it(tmp_pat
 async def test_session_limits_and_the_mis_public_key_reach_the_socket_handler(
     tmp_path: Path,
 ) -> None:
-    from signaling.app import SESSION_CONFIG, create_app
-    from signaling.embedded import plan
+    from signaling.session import SESSION_CONFIG
     from signaling.tokens import mint_join_token, verify_join_token
+    from telemed.app import create_app
+    from telemed.embedded import plan
 
     pem, public = _pem_key_pair(tmp_path)
     s = load_settings(env={
@@ -166,7 +167,7 @@ async def test_session_limits_and_the_mis_public_key_reach_the_socket_handler(
 
 
 def test_the_embedded_media_server_gets_its_gc_grace_and_strictness(tmp_path: Path) -> None:
-    from signaling.embedded import plan
+    from telemed.embedded import plan
 
     s = load_settings(env={"TELEMED_DATA_DIR": str(tmp_path), "TELEMED_TURN_PROVIDER": "none",
                            "TELEMED_MEDIA_EMBEDDED_GC_GRACE": "12.5",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from signaling.supervisor import ChildSpec, ChildState, Supervisor
+from telemed.supervisor import ChildSpec, ChildState, Supervisor
 from tests.helpers import scaled, wait_until, within
 
 # A child that starts a grandchild in its own group, reports both pids, then waits.
@@ -91,7 +91,7 @@ async def test_children_die_when_the_supervisor_process_is_killed(tmp_path: Path
     script = f"""
 import asyncio, sys
 sys.path.insert(0, {str(Path(__file__).parents[1])!r})
-from signaling.supervisor import ChildSpec, Supervisor
+from telemed.supervisor import ChildSpec, Supervisor
 async def main():
     sup = Supervisor()
     sup.add(ChildSpec(name="c", argv=[sys.executable, "-c", {CHILD!r}, {str(tmp_path / 'pids')!r}]))

@@ -24,9 +24,9 @@ from aioice import Connection, TransportPolicy
 from aiortc import RTCPeerConnection
 from prometheus_client.parser import text_string_to_metric_families
 
-from signaling import cli
 from signaling.call import CallKind, CallState
-from signaling.logs import KeyValueFormatter
+from telemed import cli
+from telemed.logs import KeyValueFormatter
 from tests.helpers import scaled
 from tests.hub_fixtures import CallClient, ProtocolError, run_service
 from tests.media_fixtures import ffprobe, run_mediaserver

@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from mis.webhooks import backoff, sign, verify_signature
 from signaling.call import CallKind
-from signaling.settings import SettingsError, load_settings
-from signaling.webhooks import backoff, sign, verify_signature
+from telemed.settings import SettingsError, load_settings
 from tests.hub_fixtures import API_KEY, CallClient, run_service
 from tests.media_fixtures import run_mediaserver
 from tests.services import RedisServer, free_port
@@ -159,7 +159,7 @@ async def test_events_queued_when_the_service_is_killed_are_delivered_after_rest
     hook_port = free_port()
     http_port = free_port()
     api_key = uuid.uuid4().hex
-    from signaling.embedded import hash_api_key
+    from telemed.embedded import hash_api_key
 
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _):
         env = {**os.environ, **hook_env(f"http://127.0.0.1:{hook_port}/hook"),
@@ -172,7 +172,7 @@ async def test_events_queued_when_the_service_is_killed_are_delivered_after_rest
 
         async def start() -> asyncio.subprocess.Process:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "signaling.cli", "run", env=env)
+                sys.executable, "-m", "telemed.cli", "run", env=env)
             await poll_ready(f"{base}/readyz", 30)
             return proc
 
@@ -213,9 +213,9 @@ async def test_events_heard_while_redis_is_away_survive_in_the_journal_and_arriv
 ) -> None:
     import redis.asyncio as aioredis
 
+    from mis.history import CallStore, EventSink
+    from mis.webhooks import Endpoint, Outbox
     from signaling.call import Call
-    from signaling.history import CallStore, EventSink
-    from signaling.webhooks import Endpoint, Outbox
 
     journal = tmp_path / "call-events.journal"
     hook = [Endpoint("http://127.0.0.1:9/hook")]

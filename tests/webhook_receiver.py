@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from signaling.webhooks import verify_signature
+from mis.webhooks import verify_signature
 from tests.services import free_port
 
 

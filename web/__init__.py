@@ -12,10 +12,15 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from mis.api import API
 from signaling.call import CallKind
 from signaling.errors import AuthError, CallError
+from signaling.hub import HUB
+from signaling.session import SESSION_CONFIG
 from signaling.tokens import JoinClaims, verify_join_token
-from web.i18n import LANGUAGES, strings
+from web.config import WEB_CONFIG
+from web.context import language, page_context
+from web.i18n import strings
 from web.workstation import setup_workstation
 
 __all__ = ["language", "page_context", "setup_web"]
@@ -24,30 +29,14 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 
 
-def language(request: web.Request) -> str:
-    """The page's language: `?lang=` if we speak it, else the configured default."""
-    from signaling.app import SETTINGS
-
-    wanted = request.query.get("lang", "")
-    return wanted if wanted in LANGUAGES else request.app[SETTINGS].http.language
-
-
-def page_context(request: web.Request, **extra: object) -> dict[str, object]:
-    """What every page template gets: language, strings, and the page's own values."""
-    lang = language(request)
-    return {"lang": lang, "t": strings(lang), "languages": LANGUAGES, **extra}
-
-
 def demo_allowed(request: web.Request) -> bool:
     """The demo button creates calls for anyone: only on a service bound to loopback."""
-    from signaling.app import SETTINGS
-
-    settings = request.app[SETTINGS]
+    config = request.app[WEB_CONFIG]
     try:
-        loopback = ipaddress.ip_address(settings.http.host).is_loopback
+        loopback = ipaddress.ip_address(config.host).is_loopback
     except ValueError:
-        loopback = settings.http.host == "localhost"
-    return settings.http.demo and loopback
+        loopback = config.host == "localhost"
+    return config.demo and loopback
 
 
 async def index(request: web.Request) -> web.Response:
@@ -56,8 +45,6 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def demo_call(request: web.Request) -> web.Response:
-    from signaling.app import API, HUB, SESSION_CONFIG
-
     if not demo_allowed(request):
         raise web.HTTPNotFound()
     # A form post from another site must not start calls on a doctor's machine.
@@ -75,25 +62,20 @@ async def demo_call(request: web.Request) -> web.Response:
 
 
 def _claims(request: web.Request, token: str) -> JoinClaims:
-    from signaling.app import SESSION_CONFIG, SETTINGS
-
-    settings = request.app[SETTINGS]
+    config = request.app[SESSION_CONFIG]
     # The socket's keys: MIS-signed (RS256/ES256) tokens open the page as they open the call.
-    return verify_join_token(token, keys=request.app[SESSION_CONFIG].jwt_keys,
-                             issuer=settings.auth.jwt_issuer,
-                             audience=settings.auth.jwt_audience)
+    return verify_join_token(token, keys=config.jwt_keys, issuer=config.issuer,
+                             audience=config.audience)
 
 
 async def join_page(request: web.Request) -> web.Response:
-    from signaling.app import SETTINGS
-
     token = request.match_info["token"]
     try:
         role = _claims(request, token).role
     except AuthError:
         role = "patient"  # the page shows the token error once the socket refuses it
     lang = language(request)
-    grace = request.app[SETTINGS].calls.rejoin_grace
+    grace = request.app[WEB_CONFIG].rejoin_grace
     response = aiohttp_jinja2.render_template(
         "join.html", request, page_context(request, token=token, role=role, grace=grace,
                                            strings_json=json.dumps(strings(lang))))
@@ -104,8 +86,6 @@ async def join_page(request: web.Request) -> web.Response:
 
 async def precheck_ice(request: web.Request) -> web.Response:
     """The pre-call network check's ICE servers: this participant's TURN lease for the call."""
-    from signaling.app import HUB
-
     headers = {"Cache-Control": "no-store"}
     try:
         body = await request.json()

@@ -12,9 +12,13 @@ import time
 import aiohttp_jinja2
 from aiohttp import web
 
+from mis.api import API
 from signaling.call import Call
 from signaling.errors import AuthError
+from signaling.hub import HUB
+from signaling.session import SESSION_CONFIG
 from signaling.tokens import JoinClaims, verify_join_token
+from web.context import language, page_context
 from web.i18n import strings
 
 __all__ = ["WORKSTATION", "setup_workstation"]
@@ -25,13 +29,10 @@ STAFF = ("doctor", "consultant")
 
 
 def _claims(request: web.Request) -> JoinClaims:
-    from signaling.app import SESSION_CONFIG, SETTINGS
-
-    settings = request.app[SETTINGS]
-    claims = verify_join_token(request.match_info["token"],
-                               keys=request.app[SESSION_CONFIG].jwt_keys,
-                               issuer=settings.auth.jwt_issuer,
-                               audience=settings.auth.jwt_audience, call_id=WORKSTATION)
+    config = request.app[SESSION_CONFIG]
+    claims = verify_join_token(request.match_info["token"], keys=config.jwt_keys,
+                               issuer=config.issuer, audience=config.audience,
+                               call_id=WORKSTATION)
     if claims.role not in STAFF:
         raise AuthError("workstations are for doctors and consultants", code="auth.invalid")
     return claims
@@ -45,8 +46,6 @@ def _mine(call: Call, subject: str) -> bool:
 
 def listing(request: web.Request, claims: JoinClaims) -> list[dict[str, object]]:
     """The subject's open calls, oldest first, each with a fresh join link and token."""
-    from signaling.app import API, HUB
-
     out: list[dict[str, object]] = []
     calls = sorted(request.app[HUB].calls.values(), key=lambda c: c.created_at)
     for call in calls:
@@ -65,8 +64,6 @@ def listing(request: web.Request, claims: JoinClaims) -> list[dict[str, object]]
 
 
 async def workstation_page(request: web.Request) -> web.Response:
-    from web import language, page_context
-
     try:
         claims = _claims(request)
     except AuthError:

@@ -28,15 +28,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from turn.lease import TurnExhausted, TurnLease
 
-if TYPE_CHECKING:
-    from signaling.settings import Settings
-
-__all__ = ["Account", "ReturnUsersFile", "format_line", "generate", "parse_line", "read",
-           "users_file"]
+__all__ = ["Account", "ReturnUsersFile", "format_line", "generate", "parse_line", "read"]
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +108,6 @@ def _fresh_pool(realm: str, count: int, hashed: bool) -> list[Account]:
     logins = [f"tm{i:04d}" for i in range(count)]
     return [Account(login, _secret(login, realm, secrets.token_urlsafe(18), hashed), realm)
             for login in logins]
-
-
-def users_file(settings: Settings) -> Path:
-    """Where the settings put the users file (`turn.users_file`, or under the data folder)."""
-    configured = settings.turn.users_file
-    return Path(configured) if configured else settings.data_path / "turn" / "users.txt"
 
 
 def generate(path: Path, realm: str, count: int, *, hashed: bool = True) -> None:

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of /api/v1, served at /api/v1/openapi.json.
 
-Written by hand next to the handlers (signaling/api.py); tests check that every route is
+Written by hand next to the handlers (mis/api.py); tests check that every route is
 here and that live responses validate against it.
 """
 

@@ -16,18 +16,20 @@ import math
 import re
 import time
 from collections import defaultdict, deque
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from mis.history import SINK, STORE, snapshot
+from mis.openapi import document
+from mis.webhooks import OUTBOX, as_text
 from signaling.call import Call, CallKind, CallState
 from signaling.errors import CallError
-from signaling.history import snapshot
-from signaling.openapi import document
+from signaling.hub import HUB
 from signaling.tokens import ROLES, mint_join_token
-from signaling.webhooks import as_text
 
 __all__ = ["setup_api"]
 
@@ -109,6 +111,22 @@ def _schedule(raw: Any, now: float) -> dict[str, float] | None:
     return times
 
 
+@dataclass(frozen=True, kw_only=True)
+class ApiConfig:
+    """What the API needs of the service's settings and secrets."""
+
+    api_key_hashes: tuple[str, ...]
+    jwt_secret: str
+    jwt_issuer: str
+    jwt_audience: str
+    token_ttl: float
+    public_url: str
+
+
+API_CONFIG = web.AppKey("api_config", ApiConfig)
+REDIS = web.AppKey("redis", aioredis.Redis)
+
+
 class Api:
     def __init__(self, app: web.Application) -> None:
         self.app = app
@@ -116,8 +134,6 @@ class Api:
 
     async def _authenticate(self, request: web.Request) -> str | None:
         """None when the credential is good, else why not (for the log, never the secret)."""
-        from signaling.app import ENDPOINTS
-
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             return "no bearer credential"
@@ -126,16 +142,14 @@ class Api:
             return await self._jwt_problem(request, credential)
         digest = hashlib.sha256(credential.encode()).hexdigest()
         # Compare against every key so the time taken does not tell which one matched.
-        matches = [hmac.compare_digest(digest, h) for h in request.app[ENDPOINTS].api_key_hashes]
+        matches = [hmac.compare_digest(digest, h) for h in request.app[API_CONFIG].api_key_hashes]
         return None if any(matches) else "unknown API key"
 
     async def _jwt_problem(self, request: web.Request, token: str) -> str | None:
-        from signaling.app import ENDPOINTS, REDIS, SETTINGS
-
         try:
             claims = jwt.decode(
-                token, request.app[ENDPOINTS].jwt_secret, algorithms=["HS256"],
-                audience=API_AUDIENCE, issuer=request.app[SETTINGS].auth.jwt_issuer,
+                token, request.app[API_CONFIG].jwt_secret, algorithms=["HS256"],
+                audience=API_AUDIENCE, issuer=request.app[API_CONFIG].jwt_issuer,
                 leeway=JWT_LEEWAY, options={"require": ["exp", "iat", "jti", "iss", "aud"]})
         except jwt.PyJWTError as exc:
             return f"JWT refused: {type(exc).__name__}"
@@ -199,12 +213,10 @@ class Api:
     def tokens(self, call: Call | dict[str, Any], only: str | None = None
                ) -> list[dict[str, Any]]:
         """A join token and link per participant of a call (or of its stored snapshot)."""
-        from signaling.app import ENDPOINTS, SETTINGS
-
-        settings = self.app[SETTINGS]
+        config = self.app[API_CONFIG]
         if isinstance(call, Call):
             call = call.describe()
-        ttl = settings.auth.token_ttl
+        ttl = config.token_ttl
         if call.get("schedule"):
             # Valid until the appointment is over, however far ahead it is booked.
             ttl = max(ttl, call["schedule"]["end"] + SCHEDULE_OVERRUN - time.time())
@@ -213,11 +225,11 @@ class Api:
             if only is not None and p["id"] != only:
                 continue
             token = mint_join_token(
-                key=self.app[ENDPOINTS].jwt_secret, issuer=settings.auth.jwt_issuer,
-                audience=settings.auth.jwt_audience, subject=p["id"], name=p["name"],
+                key=config.jwt_secret, issuer=config.jwt_issuer,
+                audience=config.jwt_audience, subject=p["id"], name=p["name"],
                 role=p["role"], call_id=call["id"], ttl=ttl)
             out.append({"id": p["id"], "role": p["role"], "token": token,
-                        "link": f"{settings.public_url}/join/{token}"})
+                        "link": f"{config.public_url}/join/{token}"})
         return out
 
     async def _json(self, request: web.Request, *, optional: bool = False) -> dict[str, Any]:
@@ -241,8 +253,6 @@ class Api:
         return body
 
     async def create_call(self, request: web.Request) -> web.Response:
-        from signaling.app import HUB, REDIS, SINK
-
         body = await self._json(request)
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 0 < len(key) <= 200:
@@ -281,8 +291,6 @@ class Api:
     async def _repeat(self, request: web.Request, slot: str, fingerprint: str
                       ) -> web.Response:
         """A retry of a POST /calls whose Idempotency-Key was seen: the first answer again."""
-        from signaling.app import HUB, REDIS, STORE
-
         seen = await request.app[REDIS].get(slot)
         earlier_fp, call_id = as_text(seen or "- -").split(" ", 1)
         if earlier_fp != fingerprint:
@@ -299,8 +307,6 @@ class Api:
         return web.json_response({**earlier, "participants": self.tokens(earlier)}, status=200)
 
     async def _call(self, request: web.Request) -> Call:
-        from signaling.app import HUB, STORE
-
         call_id = request.match_info["call_id"]
         call = request.app[HUB].calls.get(call_id)
         if call is None:
@@ -311,8 +317,6 @@ class Api:
         return call
 
     async def get_call(self, request: web.Request) -> web.Response:
-        from signaling.app import HUB, STORE
-
         call_id = request.match_info["call_id"]
         call = request.app[HUB].calls.get(call_id)
         if call is not None:
@@ -323,8 +327,6 @@ class Api:
         return web.json_response(stored)
 
     async def list_calls(self, request: web.Request) -> web.Response:
-        from signaling.app import STORE
-
         query = request.query
         state = query.get("state")
         if state is not None and state not in {s.value for s in CallState}:
@@ -347,8 +349,6 @@ class Api:
         return web.json_response({"calls": items, "nextCursor": cursor})
 
     async def end_call(self, request: web.Request) -> web.Response:
-        from signaling.app import HUB
-
         call = await self._call(request)
         await request.app[HUB].end(call.id)
         return web.json_response(call.describe())
@@ -366,15 +366,11 @@ class Api:
         return web.json_response({"participants": self.tokens(call, only)})
 
     async def remove_participant(self, request: web.Request) -> web.Response:
-        from signaling.app import HUB
-
         call = await self._call(request)
         await request.app[HUB].kick(call.id, request.match_info["participant"])
         return web.json_response(call.describe())
 
     async def turn_status(self, request: web.Request) -> web.Response:
-        from signaling.app import HUB
-
         turn = request.app[HUB].turn
         if turn is None:
             return web.json_response({"enabled": False, "size": 0, "inUse": 0, "leases": []})
@@ -383,8 +379,6 @@ class Api:
                                   "exhausted": turn.exhausted, "leases": await turn.active()})
 
     async def webhook_event(self, request: web.Request) -> web.Response:
-        from signaling.app import OUTBOX
-
         outbox = request.app.get(OUTBOX)
         event = await outbox.event(request.match_info["event_id"]) if outbox else None
         if event is None:
@@ -393,8 +387,6 @@ class Api:
 
 
     async def call_webhooks(self, request: web.Request) -> web.Response:
-        from signaling.app import OUTBOX
-
         outbox = request.app.get(OUTBOX)
         call_id = request.match_info["call_id"]
         events = await outbox.events_of(call_id) if outbox else []
@@ -419,3 +411,6 @@ def setup_api(app: web.Application) -> Api:
     app.router.add_post("/api/v1/calls/{call_id}/end", api.end_call)
     app.router.add_post("/api/v1/calls/{call_id}/tokens", api.new_tokens)
     return api
+
+
+API = web.AppKey("api", Api)

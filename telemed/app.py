@@ -19,23 +19,32 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kurento_ctl.pool import KurentoPool
+from mis.api import API, API_CONFIG, REDIS, ApiConfig, setup_api
+from mis.history import SINK, STORE, CallStore, EventSink, snapshot
+from mis.webhooks import OUTBOX, Outbox, parse_endpoint
 from recordings.catalog import Catalog
-from recordings.http import CATALOG, setup_recordings
+from recordings.http import (
+    CATALOG,
+    PAGE_CONTEXT,
+    RECORDINGS_CONFIG,
+    RecordingsConfig,
+    setup_recordings,
+)
 from recordings.retention import purge
 from recordings.worker import RecordingWorker
-from signaling.api import Api, setup_api
 from signaling.call import Call
-from signaling.embedded import Endpoints
-from signaling.history import CallStore, EventSink, snapshot
-from signaling.hub import Hub
-from signaling.session import SessionConfig, websocket_handler
-from signaling.settings import Settings, read_public_key
-from signaling.supervisor import Supervisor
-from signaling.webhooks import Outbox, parse_endpoint
+from signaling.hub import HUB, Hub
+from signaling.session import SESSION_CONFIG, SessionConfig, websocket_handler
+from telemed.embedded import Endpoints
+from telemed.settings import Settings, read_public_key
+from telemed.supervisor import Supervisor
 from turn.lease import TurnProvider
 from turn.pool import TurnPool
 from turn.providers.coturn import CoturnRedisUserDb, CoturnSharedSecret
-from turn.providers.return_users import ReturnUsersFile, users_file
+from turn.providers.return_users import ReturnUsersFile
+from web import setup_web
+from web.config import WEB_CONFIG, WebConfig
+from web.context import page_context
 
 __all__ = ["create_app", "probe_kurento", "probe_redis"]
 
@@ -44,15 +53,8 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 ENDPOINTS = web.AppKey("endpoints", Endpoints)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
-REDIS = web.AppKey("redis", aioredis.Redis)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
-HUB = web.AppKey("hub", Hub)
 POOL = web.AppKey("pool", KurentoPool)
-SESSION_CONFIG = web.AppKey("session_config", SessionConfig)
-API = web.AppKey("api", Api)
-STORE = web.AppKey("store", CallStore)
-OUTBOX = web.AppKey("outbox", Outbox)
-SINK = web.AppKey("sink", EventSink)
 RECORDINGS = web.AppKey("recordings", RecordingWorker)
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
@@ -163,6 +165,17 @@ def create_app(
         audience=settings.auth.jwt_audience, allowed_origins=allowed_origins(settings),
         max_message=settings.http.max_frame_bytes, heartbeat=settings.http.ws_heartbeat,
         rate=settings.http.ws_rate, burst=settings.http.ws_burst)
+    app[API_CONFIG] = ApiConfig(
+        api_key_hashes=tuple(endpoints.api_key_hashes), jwt_secret=endpoints.jwt_secret,
+        jwt_issuer=settings.auth.jwt_issuer, jwt_audience=settings.auth.jwt_audience,
+        token_ttl=settings.auth.token_ttl, public_url=settings.public_url)
+    app[WEB_CONFIG] = WebConfig(language=settings.http.language, host=settings.http.host,
+                                demo=settings.http.demo,
+                                rejoin_grace=settings.calls.rejoin_grace)
+    app[RECORDINGS_CONFIG] = RecordingsConfig(
+        secret=endpoints.jwt_secret, public_url=settings.public_url,
+        retention_days=settings.recordings.retention_days)
+    app[PAGE_CONTEXT] = page_context
     redis = app[REDIS] = aioredis.Redis.from_url(endpoints.redis_url)
     turn = build_turn(settings, endpoints, redis)
     pool = KurentoPool(endpoints.kurento_urls, health_interval=settings.media.health_interval,
@@ -264,8 +277,6 @@ def create_app(
     app.router.add_get("/ws", websocket_handler)
     app[API] = setup_api(app)
     setup_recordings(app)
-    from web import setup_web
-
     setup_web(app)
     return app
 
@@ -305,7 +316,7 @@ def build_turn(settings: Settings, endpoints: Endpoints, redis: aioredis.Redis
         userdb = aioredis.Redis.from_url(cfg.redis_url) if cfg.redis_url else redis
         provider = CoturnRedisUserDb(userdb, cfg.realm, endpoints.turn_urls)
     else:
-        provider = ReturnUsersFile(users_file(settings), cfg.realm, endpoints.turn_urls,
+        provider = ReturnUsersFile(settings.turn_users_file, cfg.realm, endpoints.turn_urls,
                                    size=cfg.pool_size, hashed=cfg.return_hashed,
                                    pid_file=Path(cfg.return_pid_file)
                                    if cfg.return_pid_file else None)

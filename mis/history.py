@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from aiohttp import web
 
+from mis.webhooks import Outbox, as_text
 from signaling.call import Call, CallState
-from signaling.webhooks import Outbox, as_text
 
 __all__ = ["CallStore", "EventSink"]
 
@@ -228,3 +229,7 @@ class EventSink:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+STORE = web.AppKey("store", CallStore)
+SINK = web.AppKey("sink", EventSink)

@@ -5,17 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
+import secrets
 import signal
 import sys
 
 from aiohttp import web
 
-from signaling import embedded
-from signaling.app import create_app
-from signaling.logs import configure_logging
-from signaling.settings import Settings, SettingsError, describe, load_settings
-from signaling.supervisor import Supervisor
+from telemed import embedded
+from telemed.app import create_app
+from telemed.embedded import hash_api_key
+from telemed.logs import configure_logging
+from telemed.settings import Settings, SettingsError, describe, load_settings
+from telemed.supervisor import Supervisor
+from turn.providers.return_users import generate
 
 __all__ = ["main", "serve"]
 
@@ -76,10 +80,6 @@ def main(argv: list[str] | None = None) -> int:
                        help="replace an existing file (live reTurn credentials stop working)")
     args = parser.parse_args(argv)
     if args.command == "api-key":
-        import secrets
-
-        from signaling.embedded import hash_api_key
-
         key = secrets.token_urlsafe(32)
         print(f"key (give it to the MIS):                  {key}")
         print(f"hash (add to TELEMED_AUTH_API_KEY_HASHES): {hash_api_key(key)}")
@@ -95,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "turn-users":
         return _turn_users(settings, force=args.force)
     if args.command == "settings":
-        import json
-
         print(json.dumps(describe(settings), indent=2))
         return 0
     try:
@@ -108,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _turn_users(settings: Settings, *, force: bool) -> int:
-    from turn.providers.return_users import generate, users_file
-
-    path = users_file(settings)
+    path = settings.turn_users_file
     if path.exists() and not force:
         print(f"telemed: {path} exists; --force replaces it", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import redis.asyncio as aioredis
+from aiohttp import web
 
 __all__ = ["EVENTS", "Endpoint", "Outbox", "as_text", "backoff", "parse_endpoint", "sign",
            "verify_signature"]
@@ -275,3 +276,6 @@ class Outbox:
                 return response.status, None if response.status < 300 else f"HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return None, type(exc).__name__
+
+
+OUTBOX = web.AppKey("outbox", Outbox)

@@ -19,8 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from signaling.settings import Settings
-from signaling.supervisor import ChildSpec
+from telemed.settings import Settings
+from telemed.supervisor import ChildSpec
 from turn.providers.coturn import DENIED_PEERS
 
 __all__ = ["Endpoints", "Secrets", "load_secrets", "plan"]
@@ -132,7 +132,7 @@ def _redis_child(data: Path) -> tuple[ChildSpec, str]:
 def _media_child(settings: Settings) -> tuple[ChildSpec, str]:
     port = settings.media.embedded_port
     argv = [
-        sys.executable, "-m", "mediaserver", "--host", "127.0.0.1", "--port", str(port),
+        sys.executable, "-m", "telemed.mediaserver", "--host", "127.0.0.1", "--port", str(port),
         "--recordings-root", str(settings.recordings_path),
         "--gc-grace", str(settings.media.embedded_gc_grace),
         *(["--strict-candidates"] if settings.media.embedded_strict_candidates else []),

@@ -1,0 +1,1 @@
+"""The hospital system's side: REST API, OpenAPI, webhooks outbox, call history."""
