@@ -29,14 +29,15 @@ import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from signaling.events import CallEvent
+
 __all__ = ["EVENTS", "Endpoint", "Outbox", "as_text", "backoff", "parse_endpoint", "sign",
            "verify_signature"]
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("call.created", "call.live", "participant.joined", "participant.left",
-          "call.failed", "call.ended", "call.media_interrupted", "call.media_restored",
-          "recording.ready", "recording.failed")
+#: What the MIS can subscribe to: every call event, and the recordings' verdicts.
+EVENTS = (*(event.value for event in CallEvent), "recording.ready", "recording.failed")
 PREFIX = "telemed:webhooks:"
 LOG_LIMIT = 50
 #: Events and their delivery logs stay readable this long (an endpoint down for longer

@@ -118,6 +118,13 @@ class Call:
         self.timeline.add("state", now, state=to.value,
                           **({"reason": reason.value, "detail": detail} if reason else {}))
 
+    def finish(self, reason: FailureReason | None, detail: str = "") -> None:
+        """Ended, or failed when there is a reason."""
+        if reason is None:
+            self.transition(CallState.ENDED)
+        else:
+            self.transition(CallState.FAILED, reason=reason, detail=detail)
+
     def describe(self) -> dict[str, Any]:
         return {
             "id": self.id, "kind": self.kind.value, "state": self.state.value,

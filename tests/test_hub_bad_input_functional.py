@@ -220,7 +220,7 @@ async def test_a_peer_that_stops_answering_pings_is_dropped_and_its_place_held(
         # aiohttp pings every `heartbeat` s and gives up after half of it without a pong.
         assert heartbeat <= loop.time() - joined < heartbeat * 1.5 + scaled(2)
         assert call.participants["pat-9"].state is ParticipantState.RECONNECTING
-        assert "pat-9" not in service.hub.runtime[call.id].connections
+        assert "pat-9" not in service.hub.sessions[call.id].connected()
         assert (await doctor.request("ping"))["type"] == "pong"  # the live side is fine
     finally:
         await asyncio.gather(doctor.close(), patient.close())

@@ -142,11 +142,11 @@ async def test_a_peer_whose_ice_never_succeeds_fails_the_call_with_no_media(
         assert "ICE" in detail
         assert call.failure is FailureReason.NO_MEDIA
         assert WATCHDOG <= elapsed < WATCHDOG + scaled(1.5), elapsed  # at the timeout
-        await wait_until(lambda: reported, timeout=10, describe=lambda: hub.runtime)
+        await wait_until(lambda: reported, timeout=10, describe=lambda: hub.sessions)
         assert [r["reason"] for r in reported] == ["no-media"]  # what the MIS webhook carries
         async with KurentoClient(kms_url) as kc:
             assert await ServerManager(kc).get_pipelines() == []
-        assert hub.runtime == {}
+        assert hub.sessions == {}
         assert await hub.turn.in_use() == 0
         # The doctor's recording was finalized (stopAndWait) and is whole; the patient's
         # recorder never saw media, so nothing of it is kept.
@@ -174,4 +174,4 @@ async def test_a_client_that_never_subscribes_fails_the_call_with_no_media(
         assert failed["reason"] == "no-media"
         assert failed["detail"].startswith(
             "doc-1's browser reported no media from pat-1 (direction browser-report"), failed
-        await wait_until(lambda: service.hub.runtime == {}, describe=lambda: service.hub.runtime)
+        await wait_until(lambda: service.hub.sessions == {}, describe=lambda: service.hub.sessions)

@@ -126,7 +126,7 @@ async def test_a_rejoin_after_the_consent_lifetime_still_gets_the_others_media(
             await doctor.wait_event("participantReconnecting")
             await rejoin(again, doctor)
             # The rejoin is watched afresh and proven by the new endpoints' own events.
-            watchdog = service.hub.runtime[call.id].watchdog
+            watchdog = service.hub.sessions[call.id].watchdog
             await wait_until(lambda: not watchdog.pending, timeout=10,
                              describe=lambda: watchdog.deadlines)
             assert call.state is CallState.LIVE
@@ -158,7 +158,7 @@ async def test_a_participant_who_does_not_return_in_time_has_left(
             await asyncio.wait_for(ended.wait(), 10)
         finally:
             await close_all(clients)
-        assert service.hub.runtime == {}
+        assert service.hub.sessions == {}
 
 
 async def test_media_that_stops_mid_call_is_reported_and_the_call_goes_on(
@@ -221,7 +221,7 @@ async def test_a_media_server_that_dies_fails_its_calls_and_the_next_call_works(
                     "media-server-lost"
                 await asyncio.wait_for(torn_down.wait(), 5)
             assert call.failure is FailureReason.MEDIA_SERVER_LOST
-            assert service.hub.runtime == {}
+            assert service.hub.sessions == {}
         finally:
             await close_all(clients)
 

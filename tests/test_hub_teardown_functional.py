@@ -26,8 +26,8 @@ from kurento_ctl.objects import ServerManager
 from mediaserver.core import MediaServer
 from mediaserver.recorder import RecorderEndpointImpl
 from signaling.call import Call, CallKind, CallState
+from signaling.call_session import CallSession
 from signaling.errors import CallError
-from signaling.hub import CallRuntime
 from signaling.participant import ParticipantState
 from signaling.session import SESSION_CONFIG
 from signaling.tokens import JoinClaims
@@ -59,16 +59,17 @@ class Rig:
         return "stopAndWait" in calls and "release" in calls \
             and calls.index("stopAndWait") < calls.index("release")
 
-    async def all_released(self, call: Call, recorders: set[str], runtime: CallRuntime,
+    async def all_released(self, call: Call, recorders: set[str], runtime: CallSession,
                            *, media_server_alive: bool = True) -> None:
         hub = self.service.hub
-        await wait_until(lambda: call.id not in hub.runtime, timeout=15,
-                         describe=lambda: (call.state, list(hub.runtime)))
+        await wait_until(lambda: call.id not in hub.sessions, timeout=15,
+                         describe=lambda: (call.state, list(hub.sessions)))
         assert call.finished
-        assert call.id not in hub.rings and call.id not in hub.online
+        assert call.id not in hub.referrals.ringing and call.id not in hub.presence
         assert runtime.timer._handle is None  # the watchdog's timer
-        assert not runtime.reconnecting and not runtime.interrupted
-        assert runtime.connections == {} and runtime.leases == {}
+        assert runtime.closing and runtime._loss_timer is None
+        assert all(m.conn is None and m.lease is None and m.grace is None
+                   and not m.loss.stopped for m in runtime.members.values())
         assert all(p.state in (ParticipantState.LEFT, ParticipantState.INVITED)
                    for p in call.participants.values()), [
                        (e["event"], e.get("participant"), e.get("state"), e.get("why"))
@@ -145,7 +146,7 @@ async def one_leaves(rig: Rig, call: Call, clients: dict[str, CallClient],
 
 async def test_hang_up_releases_everything(rig: Rig) -> None:
     async with live_consultation(rig) as (call, clients):
-        runtime, recorders = rig.service.hub.runtime[call.id], rig.recorders()
+        runtime, recorders = rig.service.hub.sessions[call.id], rig.recorders()
         await clients["doc-1"].request("end")
         for client in clients.values():
             await client.wait_event("callEnded")
@@ -155,7 +156,7 @@ async def test_hang_up_releases_everything(rig: Rig) -> None:
 
 async def test_the_last_one_to_leave_ends_the_call_and_releases_everything(rig: Rig) -> None:
     async with live_consultation(rig) as (call, clients):
-        runtime, recorders = rig.service.hub.runtime[call.id], rig.recorders()
+        runtime, recorders = rig.service.hub.sessions[call.id], rig.recorders()
         await clients["pat-1"].request("leave")
         await clients["doc-1"].wait_event("participantLeft")
         await clients["doc-1"].request("leave")
@@ -168,7 +169,7 @@ async def test_a_participant_who_goes_is_released_and_the_call_goes_on(
     rig: Rig, way: str
 ) -> None:
     async with live_consultation(rig) as (call, clients):
-        runtime, recorders = rig.service.hub.runtime[call.id], rig.recorders()
+        runtime, recorders = rig.service.hub.sessions[call.id], rig.recorders()
         patient = clients["pat-1"]
 
         async def go() -> None:
@@ -195,7 +196,7 @@ async def test_a_participant_who_goes_is_released_and_the_call_goes_on(
 
 async def test_shutdown_fails_the_call_and_releases_everything(rig: Rig) -> None:
     async with live_consultation(rig) as (call, clients):
-        runtime, recorders = rig.service.hub.runtime[call.id], rig.recorders()
+        runtime, recorders = rig.service.hub.sessions[call.id], rig.recorders()
         await within(rig.service.hub.shutdown(), 20, "hub shutdown")
         for client in clients.values():
             assert (await client.wait_event("callFailed"))["reason"] == "shutdown"
@@ -215,7 +216,7 @@ async def test_the_watchdog_fails_the_call_and_releases_everything(rig: Rig) -> 
         await patient.join()
         await doctor.join()
         await asyncio.gather(patient.publish(), doctor.publish())
-        runtime, recorders = hub.runtime[call.id], rig.recorders()
+        runtime, recorders = hub.sessions[call.id], rig.recorders()
         assert len(recorders) == 2
         for client in clients.values():
             assert (await client.wait_event("callFailed"))["reason"] == "no-media"
@@ -236,11 +237,11 @@ async def test_a_ring_that_ends_releases_what_the_caller_held(rig: Rig, way: str
         await consultant.hello()
         await doctor.join()
         await doctor.publish()  # the doctor's camera is already on while it rings
-        runtime, recorders = hub.runtime[call.id], rig.recorders()
+        runtime, recorders = hub.sessions[call.id], rig.recorders()
         assert len(recorders) == 1 and await rig.leases() == rig.leases_before + 1
         await doctor.request("ring", participant="fd-1")
         await consultant.wait_event("incomingCall")
-        ring_timer = hub.rings[call.id].timer
+        ring_timer = hub.referrals.ringing.rings[call.id].timer
         if way == "decline":
             await consultant.request("decline")
         elif way == "cancel":
@@ -296,7 +297,7 @@ async def test_a_join_racing_the_end_of_its_call_returns_its_lease(
         await within(join, 10, "the join")
     assert info.value.code == "call.ended"
     assert await rig.leases() == rig.leases_before
-    assert call.id not in hub.runtime
+    assert call.id not in hub.sessions
 
 
 async def test_shutdown_tells_a_consultant_waiting_to_be_rung(rig: Rig) -> None:
@@ -311,7 +312,7 @@ async def test_shutdown_tells_a_consultant_waiting_to_be_rung(rig: Rig) -> None:
         assert (await consultant.wait_event("callFailed"))["reason"] == "shutdown"
     finally:
         await consultant.close()
-    assert call.state is CallState.FAILED and call.id not in hub.online
+    assert call.state is CallState.FAILED and call.id not in hub.presence
 
 
 async def test_a_finished_call_is_forgotten_after_its_linger(rig: Rig) -> None:
@@ -324,7 +325,7 @@ async def test_a_finished_call_is_forgotten_after_its_linger(rig: Rig) -> None:
         await patient.connect()
         await patient.hello()
         await patient.close()
-        await wait_until(lambda: call.id not in hub.online, describe=lambda: hub.online)
+        await wait_until(lambda: call.id not in hub.presence, describe=lambda: hub.presence.online)
         await hub.end(call.id)
         assert hub.calls[call.id] is call  # late requests still learn it is over
         await wait_until(lambda: call.id not in hub.calls, timeout=5)
@@ -346,7 +347,7 @@ async def test_a_recording_that_cannot_start_fails_the_call_before_it_goes_live(
         await asyncio.gather(*(c.connect() for c in clients.values()))
         for client in clients.values():
             await client.join()
-        runtime = hub.runtime[call.id]
+        runtime = hub.sessions[call.id]
         await asyncio.gather(*(c.publish() for c in clients.values()),
                              return_exceptions=True)  # the call may fail under a publish
         for client in clients.values():

@@ -1,0 +1,489 @@
+"""`CallSession`: one running call. It owns the `Call`, its media, its watchdog and one
+`ParticipantSession` per participant; closing it closes them all (one cascade).
+
+Requests reach it through the hub; media events arrive typed (`signaling.events`). The live
+and media-loss verdicts are pure (`signaling.liveness`, `signaling.watchdog`); this class
+applies them and does the talking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from kurento_ctl.errors import KurentoError
+from kurento_ctl.pool import NoMediaServer
+from signaling.call import Call, CallKind, CallState, FailureReason
+from signaling.errors import CallError, MediaError
+from signaling.events import (
+    CallEvent,
+    CandidatesDropped,
+    FailedPart,
+    FlowChanged,
+    IcePairSelected,
+    IceStateChanged,
+    MediaEvent,
+    MediaFailed,
+    RecordingStarted,
+    timeline_fields,
+)
+from signaling.liveness import FlowKey, MediaLoss, ready_for_live
+from signaling.media import CallMedia
+from signaling.participant import ParticipantState
+from signaling.participant_session import Connection, ParticipantSession
+from signaling.protocol import encode
+from signaling.sdp import offer_kinds
+from signaling.watchdog import Expectation, Expired, MediaWatchdog, WatchdogTimer
+from turn.lease import TurnExhausted, TurnLease, ice_servers_for, kurento_turn_url
+from turn.pool import TurnPool
+
+__all__ = ["CallServices", "CallSession"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallServices:
+    """What a call session needs from the hub around it."""
+
+    turn: TurnPool | None
+    watchdog_timeout: float
+    rejoin_grace: float
+    media_loss_report: float
+    emit: Callable[[CallEvent, Call, dict[str, Any]], None]
+    #: Runs a background task; its failure is logged with the call id.
+    spawn: Callable[[Awaitable[Any], str], None]
+    #: Ends the call (or fails it with a reason): the hub's one teardown path.
+    end: Callable[[str, FailureReason | None, str], Awaitable[None]]
+    #: Revokes a lease (release=False: only its replaced credentials); never raises.
+    revoke: Callable[[TurnLease, bool], Awaitable[None]]
+
+
+class CallSession:
+    def __init__(self, call: Call, media: CallMedia, services: CallServices) -> None:
+        self.call = call
+        self.media = media
+        self.services = services
+        self.watchdog = MediaWatchdog(services.watchdog_timeout)
+        self.timer = WatchdogTimer(watchdog=self.watchdog, on_expired=self._on_watchdog,
+                                   detail=self._ice_detail)
+        self.members: dict[str, ParticipantSession] = {}
+        self.closing = False
+        self._loss_timer: asyncio.TimerHandle | None = None
+
+    # ---------------------------------------------------------------- members
+
+    def member(self, pid: str) -> ParticipantSession:
+        m = self.members.get(pid)
+        if m is None:
+            m = self.members[pid] = ParticipantSession(
+                self.call.participants[pid], MediaLoss(self.services.media_loss_report))
+        return m
+
+    def connected(self) -> dict[str, Connection]:
+        return {pid: m.conn for pid, m in self.members.items() if m.conn is not None}
+
+    def send(self, pid: str, text: str) -> None:
+        m = self.members.get(pid)
+        if m is not None and m.conn is not None:
+            m.conn.send(text)
+
+    def broadcast(self, text: str, *, but: str | None = None) -> None:
+        for pid, conn in self.connected().items():
+            if pid != but:
+                conn.send(text)
+
+    def check_member(self, conn: Connection, pid: str) -> ParticipantSession:
+        m = self.members.get(pid)
+        if m is None or m.conn is not conn or self.closing:
+            raise CallError("not in that call", code="call.not_found")
+        return m
+
+    def _still_open(self, conn: Connection, pid: str) -> ParticipantSession:
+        """After a media-server round trip: the call may have ended meanwhile (arming its
+        watchdog then would leave a timer behind the teardown), or this socket may have
+        been replaced or gone (its result no longer counts)."""
+        if self.closing:
+            raise CallError("the call is over", code="call.ended")
+        return self.check_member(conn, pid)
+
+    # ---------------------------------------------------------------- TURN
+
+    async def lease_turn(self, pid: str) -> TurnLease | None:
+        turn = self.services.turn
+        if turn is None:
+            return None
+        try:
+            lease = await turn.lease(self.call.id, pid)
+        except TurnExhausted as exc:
+            self.call.timeline.add("turn-exhausted", participant=pid)
+            raise CallError(str(exc), code="turn.exhausted") from None
+        except (RedisError, OSError) as exc:
+            log.error("! TURN pool unreachable: %s", type(exc).__name__,
+                      extra={"call_id": self.call.id})
+            raise CallError("TURN credentials are unavailable", code="turn.exhausted") from None
+        m = self.member(pid)
+        old = m.lease
+        if old is not None and old.username != lease.username:
+            await self.services.revoke(old, False)
+        m.lease = lease
+        return lease
+
+    def lease_renewed(self, fresh: TurnLease) -> None:
+        """Renewed credentials reach the browser, so a peer connection it opens hours into
+        a call (a late subscription, an ICE restart) still gets a relay."""
+        m = self.members.get(fresh.participant)
+        if self.closing or m is None or m.lease is None:
+            return
+        m.lease = fresh
+        self.call.timeline.add("turn-renewed", participant=fresh.participant,
+                               expires=int(fresh.expires))
+        self.send(fresh.participant, encode("iceServers", iceServers=ice_servers_for(fresh)))
+
+    def _kurento_turn(self, pid: str) -> str | None:
+        lease = self.member(pid).lease
+        return kurento_turn_url(lease) if lease is not None else None
+
+    # ---------------------------------------------------------------- joining
+
+    async def join(self, conn: Connection, pid: str) -> dict[str, Any]:
+        call = self.call
+        # First, so that an exhausted pool refuses the join before anything changed.
+        lease = await self.lease_turn(pid)
+        m = self.member(pid)
+        if self.closing or call.finished:
+            # The call ended while the lease was being taken: teardown has run without it.
+            if lease is not None and m.lease is lease:
+                m.lease = None
+                await self.services.revoke(lease, True)
+            raise CallError("the call is over", code="call.ended")
+        # Everything below runs without an await: decided on the state as it is now, after
+        # the lease, so two joins in one loop turn cannot both move the call.
+        participant = m.participant
+        if m.stop_grace():
+            call.timeline.add("rejoined", participant=pid)
+        old = m.conn
+        replaced = old is not None and old is not conn
+        if old is not None and replaced:
+            # The same person on a new device or a new socket: the newest wins.
+            self._forget_media_of(pid)
+            old.send(encode("replaced"))
+        if participant.state is not ParticipantState.CONNECTING:
+            participant.transition(ParticipantState.CONNECTING)
+        participant.joins += 1
+        participant.published = frozenset()
+        m.conn = conn
+        # A referral connects when the consultant accepts the ring, not when the doctor joins.
+        if call.state in (CallState.CREATED, CallState.RINGING) \
+                and call.kind is not CallKind.REFERRAL:
+            call.transition(CallState.CONNECTING)
+        call.timeline.add("joined", participant=pid)
+        self.broadcast(encode("participantJoined", participant=participant.describe()), but=pid)
+        self.services.emit(CallEvent.PARTICIPANT_JOINED, call, {"participant": pid})
+        joined = {
+            "call": {"id": call.id, "kind": call.kind.value, "state": call.state.value},
+            "you": participant.describe(),
+            "participants": [p.describe() for p in call.participants.values() if p.id != pid],
+            "iceServers": ice_servers_for(lease),
+            "recording": True,
+            "watchdogTimeout": self.services.watchdog_timeout,
+        }
+        if replaced:
+            await self.media.remove(pid)  # the old socket's endpoints
+        return joined
+
+    async def publish(self, conn: Connection, pid: str, sdp: str) -> str:
+        self.check_member(conn, pid)
+        kinds = offer_kinds(sdp, "send")
+        try:
+            answer = await self.media.publish(pid, sdp, kinds, turn_url=self._kurento_turn(pid))
+        except NoMediaServer:
+            raise MediaError("no media server is reachable", code="media.unavailable") from None
+        except KurentoError as exc:
+            raise MediaError(f"media server error: {exc}", code="media.unavailable") from None
+        self._still_open(conn, pid)
+        participant = self.call.participants[pid]
+        participant.published = kinds
+        self.call.media_server = self.media.server.url if self.media.server else None
+        now = self.timer.now()
+        for kind in kinds:
+            self.watchdog.expect(Expectation(pid, "from-browser", kind), now)
+        self.watchdog.expect(Expectation(pid, "recording", "file"), now)
+        # Media must also reach each publisher's browser from every other publisher, even
+        # if its client never subscribes; someone who has not published yet (a patient on
+        # the camera prompt) is not timed until their own negotiation completes.
+        for other in self.call.participants.values():
+            if other.id != pid and other.published and other.id in self.connected():
+                self.watchdog.expect(Expectation(pid, "browser-report", "media", other.id), now)
+                self.watchdog.expect(Expectation(other.id, "browser-report", "media", pid), now)
+        self.timer.rearm()
+        self.broadcast(encode("participantPublished", participant=pid, kinds=sorted(kinds)),
+                       but=pid)
+        return answer
+
+    async def subscribe(self, conn: Connection, pid: str, source: str, sdp: str) -> str:
+        self.check_member(conn, pid)
+        other = self.call.participants.get(source)
+        if other is None or source == pid:
+            raise CallError("no such participant to receive", code="participant.not_found")
+        offer_kinds(sdp, "recv")
+        try:
+            answer = await self.media.subscribe(pid, source, sdp,
+                                                turn_url=self._kurento_turn(pid))
+        except KurentoError as exc:
+            raise MediaError(f"media server error: {exc}", code="media.unavailable") from None
+        self._still_open(conn, pid)
+        now = self.timer.now()
+        for kind in other.published:
+            self.watchdog.expect(Expectation(pid, "to-browser", kind, source), now)
+        self.watchdog.expect(Expectation(pid, "browser-report", "media", source), now)
+        self.timer.rearm()
+        return answer
+
+    async def candidate(self, conn: Connection, pid: str, target: str,
+                        candidate: dict[str, Any]) -> None:
+        self.check_member(conn, pid)
+        await self.media.add_candidate(pid, target, candidate)
+
+    def client_event(self, pid: str, event: str, data: dict[str, Any]) -> None:
+        kept = {k: data[k] for k in list(data)[:16]}
+        self.call.timeline.add(f"client.{event}"[:64], participant=pid, data=kept)
+        source = data.get("participant")
+        if event == "mediaReceived" and isinstance(source, str):
+            self.member(pid).reported.add(source)
+            self._satisfy(Expectation(pid, "browser-report", "media", source))
+
+    # ---------------------------------------------------------------- leaving
+
+    async def disconnected(self, conn: Connection, pid: str, grace: float) -> None:
+        """The socket dropped without a `leave`: hold the place for the rejoin grace."""
+        m = self.members.get(pid)
+        if m is None or m.conn is not conn:
+            return
+        if grace <= 0 or self.closing:
+            await self.leave(conn, pid, why="disconnected")
+            return
+        m.conn = None
+        m.participant.transition(ParticipantState.RECONNECTING)
+        self.call.timeline.add("disconnected", participant=pid, grace=grace)
+        log.info("= %s disconnected; may rejoin for %g s", pid, grace,
+                 extra={"call_id": self.call.id})
+        m.grace = asyncio.get_running_loop().call_later(
+            grace, lambda: self.services.spawn(self._grace_over(pid), self.call.id))
+        self.broadcast(encode("participantReconnecting", participant=pid, grace=grace))
+        await self._drop_media(pid)
+
+    async def _grace_over(self, pid: str) -> None:
+        m = self.members.get(pid)
+        if m is None or m.grace is None:
+            return
+        m.grace = None
+        await self.gone(pid, "disconnected")
+
+    async def leave(self, conn: Connection, pid: str, why: str = "left") -> None:
+        m = self.members.get(pid)
+        if m is None or m.conn is not conn:
+            return
+        m.conn = None
+        await self.gone(pid, why)
+
+    async def gone(self, pid: str, why: str) -> None:
+        """Someone is out of the call for good (left, removed, grace over)."""
+        m = self.member(pid)
+        # State first, before any await: a teardown running meanwhile sees them gone.
+        m.stop_grace()
+        m.conn = None
+        if m.participant.state is not ParticipantState.LEFT:
+            m.participant.transition(ParticipantState.LEFT)
+        self.call.timeline.add("left", participant=pid, why=why)
+        self.services.emit(CallEvent.PARTICIPANT_LEFT, self.call,
+                           {"participant": pid, "why": why})
+        if self.closing:
+            return  # the teardown returns the lease with the others'
+        lease, m.lease = m.lease, None
+        self.broadcast(encode("participantLeft", participant=pid))
+        if not any(other.present for other in self.members.values()):
+            if lease is not None:
+                await self.services.revoke(lease, True)
+            await self.services.end(self.call.id, None, "")
+            return
+        self._forget_media_of(pid)
+        self._check_live()
+        if lease is not None:
+            await self.services.revoke(lease, True)
+        await self.media.remove(pid)
+
+    def _forget_media_of(self, pid: str) -> None:
+        """What `pid`'s endpoints proved, and what others proved about them, no longer
+        holds: synchronous, so no event in between sees half of it."""
+        for m in self.members.values():
+            m.reported.discard(pid)
+            m.loss.forget(pid)
+        self.member(pid).forget_media()
+        self.watchdog.forget(pid)
+        self.timer.rearm()
+        self._rearm_loss()
+
+    async def _drop_media(self, pid: str) -> None:
+        self._forget_media_of(pid)
+        await self.media.remove(pid)
+
+    # ---------------------------------------------------------------- media events
+
+    def on_media(self, event: MediaEvent) -> None:
+        name, fields = timeline_fields(event)
+        self.call.timeline.add(name, **fields)
+        match event:
+            case FlowChanged():
+                self._on_flow(event)
+            case RecordingStarted():
+                self._on_recording(event.participant)
+            case MediaFailed():
+                self._on_failure(event)
+            case CandidatesDropped():
+                log.info("= dropped %d %s candidates of %s: %s", len(event.reasons),
+                         event.direction, event.participant,
+                         ",".join(sorted(set(event.reasons))), extra={"call_id": self.call.id})
+            case IceStateChanged() | IcePairSelected():
+                pass
+
+    def _satisfy(self, expectation: Expectation) -> None:
+        if self.closing:
+            return  # teardown cancelled the watchdog; re-arming it would outlive the call
+        if self.watchdog.satisfy(expectation):
+            self.timer.rearm()
+            self.call.timeline.add("media", participant=expectation.participant,
+                                   proven=expectation.direction, kind=expectation.kind,
+                                   source=expectation.source)
+        self._check_live()
+
+    def _on_flow(self, event: FlowChanged) -> None:
+        if self.closing or event.owner not in self.call.participants:
+            return  # events of a pipeline being torn down: on the timeline, nothing more
+        key: FlowKey = (event.owner, event.target, event.kind)
+        loss = self.member(event.owner).loss
+        if not event.flowing:
+            if self.call.state is CallState.LIVE:
+                loss.stop(key, self.timer.now())
+                self._rearm_loss()
+            return
+        if loss.resume(key):
+            self._loss_changed(key, "mediaRestored", CallEvent.MEDIA_RESTORED)
+        self._rearm_loss()
+        if event.target == "publish" and event.direction == "out":
+            self._satisfy(Expectation(event.owner, "from-browser", event.kind))
+            self.send(event.owner, encode("mediaFlowing", direction="sending",
+                                          kind=event.kind))
+        elif event.target != "publish" and event.direction == "in":
+            self._satisfy(Expectation(event.owner, "to-browser", event.kind, event.target))
+
+    def _rearm_loss(self) -> None:
+        if self._loss_timer is not None:
+            self._loss_timer.cancel()
+            self._loss_timer = None
+        deadlines = [d for m in self.members.values()
+                     if (d := m.loss.next_deadline()) is not None]
+        if deadlines and not self.closing:
+            self._loss_timer = asyncio.get_running_loop().call_at(min(deadlines),
+                                                                  self._report_losses)
+
+    def _report_losses(self) -> None:
+        self._loss_timer = None
+        if self.closing:
+            return
+        now = self.timer.now()
+        for m in list(self.members.values()):
+            for key in m.loss.due(now):
+                self._loss_changed(key, "mediaInterrupted", CallEvent.MEDIA_INTERRUPTED)
+        self._rearm_loss()
+
+    def _loss_changed(self, key: FlowKey, message: str, event: CallEvent) -> None:
+        """Media that stopped (or came back) mid-call: told to everyone, the call goes on."""
+        owner, target, kind = key
+        # A publisher's endpoint stops receiving from its browser; a subscriber's endpoint
+        # stops sending to its browser: either way name whose media and who misses it.
+        source = owner if target == "publish" else target
+        fields: dict[str, Any] = {"participant": source, "kind": kind,
+                                  **({} if target == "publish" else {"viewer": owner})}
+        self.call.timeline.add(message, **fields)
+        log.warning("! %s %s", message, fields, extra={"call_id": self.call.id})
+        self.broadcast(encode(message, **fields))
+        self.services.emit(event, self.call, fields)
+
+    def _on_recording(self, pid: str) -> None:
+        if self.closing or pid not in self.call.participants:
+            return
+        self.member(pid).recording = True
+        self.send(pid, encode("recording", state="on"))
+        self._satisfy(Expectation(pid, "recording", "file"))
+
+    def _on_failure(self, event: MediaFailed) -> None:
+        if event.part is FailedPart.RECORDER:
+            # The media server's description names the file on the server: it stays on
+            # the timeline and in the log, and the participants read only what happened.
+            log.error("! %s's recorder: %s", event.participant, event.description,
+                      extra={"call_id": self.call.id})
+            self.services.spawn(self.services.end(
+                self.call.id, FailureReason.RECORDING_FAILED,
+                f"the recording of {event.participant} could not be written"), self.call.id)
+
+    def _check_live(self) -> None:
+        call = self.call
+        if call.state is not CallState.CONNECTING:
+            return
+        connected = self.connected()
+        publishers = [p for p in call.participants.values() if p.published and p.id in connected]
+        if not ready_for_live(
+                publishers=[p.id for p in publishers],
+                recording=[pid for pid, m in self.members.items() if m.recording],
+                watchdog_pending=self.watchdog.pending,
+                subscribed=[(viewer, source) for viewer, e in self.media.participants.items()
+                            for source in e.subscriptions],
+                reported=[(pid, source) for pid, m in self.members.items()
+                          for source in m.reported]):
+            return
+        for p in publishers:
+            if p.state is ParticipantState.CONNECTING:
+                p.transition(ParticipantState.CONNECTED)
+        call.transition(CallState.LIVE)
+        self.broadcast(encode("callLive", recording=True))
+        self.services.emit(CallEvent.LIVE, call, {})
+
+    def _ice_detail(self, expectation: Expectation) -> str:
+        # Whose endpoint's ICE explains it: the publisher's for its own upload and recording,
+        # the viewer's receiving endpoint for media towards the browser.
+        target = expectation.source or "publish"
+        state = self.media.ice_states.get((expectation.participant, target), "no ICE activity")
+        return f"ICE {state}"
+
+    def _on_watchdog(self, expired: Expired) -> None:
+        reason = FailureReason.RECORDING_FAILED if expired.expectation.direction == "recording" \
+            else FailureReason.NO_MEDIA
+        log.warning("! watchdog: %s", expired.detail, extra={"call_id": self.call.id})
+        self.services.spawn(self.services.end(self.call.id, reason, expired.detail),
+                            self.call.id)
+
+    # ---------------------------------------------------------------- teardown
+
+    def begin_close(self) -> None:
+        """The first, synchronous step of the teardown: no timer fires and no event counts
+        from here on."""
+        self.closing = True
+        self.timer.cancel()
+        if self._loss_timer is not None:
+            self._loss_timer.cancel()
+            self._loss_timer = None
+
+    async def close(self, *, server_lost: bool) -> None:
+        """Releases the media (recorders finalized) and closes every participant; their
+        leases go back. Idempotent after `begin_close`."""
+        try:
+            await self.media.close(server_lost=server_lost)
+        finally:
+            leases = [lease for m in self.members.values() if (lease := m.close()) is not None]
+            await asyncio.gather(*(self.services.revoke(lease, True) for lease in leases))

@@ -1,0 +1,318 @@
+"""The hub's call rules, driven through a `Hub` with an in-memory media layer and TURN pool
+(tests/call_fakes.py): no Redis, no media server, no aiortc."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from signaling.call import Call, CallKind, CallState, FailureReason, IllegalTransition
+from signaling.call_session import CallSession
+from signaling.errors import CallError
+from signaling.hub import Hub
+from signaling.participant import ParticipantState
+from signaling.tokens import JoinClaims
+from tests.call_fakes import (
+    RECV_OFFER,
+    SEND_OFFER,
+    FakeMedia,
+    FakeTurn,
+    Socket,
+    consultation,
+    make_hub,
+)
+
+KINDS = ("audio", "video")
+#: Every fact a two-party call needs before it is live.
+FACTS = ["pat-upload", "doc-upload", "pat-recording", "doc-recording", "pat-receives",
+         "doc-receives", "pat-reports", "doc-reports"]
+
+
+def claims(call: Call, pid: str) -> JoinClaims:
+    role = call.participants[pid].role
+    return JoinClaims(subject=pid, name=pid, role=role, call_id=call.id,  # type: ignore[arg-type]
+                      expires=2**40)
+
+
+async def joined(hub: Hub, call: Call, *pids: str) -> dict[str, Socket]:
+    sockets = {pid: Socket(pid) for pid in pids}
+    for pid, sock in sockets.items():
+        await hub.join(sock, claims(call, pid))
+    return sockets
+
+
+async def negotiated(hub: Hub, call: Call) -> tuple[dict[str, Socket], CallSession]:
+    """Both joined, published and subscribed to each other: no media proven yet."""
+    sockets = await joined(hub, call, "pat", "doc")
+    for pid, sock in sockets.items():
+        await hub.publish(sock, call.id, pid, SEND_OFFER)
+    for viewer, source in (("pat", "doc"), ("doc", "pat")):
+        await hub.subscribe(sockets[viewer], call.id, viewer, source, RECV_OFFER)
+    return sockets, hub.sessions[call.id]
+
+
+def prove(hub: Hub, call: Call, media: FakeMedia, sockets: dict[str, Socket],
+          fact: str) -> None:
+    pid, what = fact.split("-")
+    other = "doc" if pid == "pat" else "pat"
+    if what == "upload":
+        for kind in KINDS:
+            media.listener.flow(pid, "publish", "out", kind, True)
+    elif what == "recording":
+        media.listener.recording(pid)
+    elif what == "receives":
+        for kind in KINDS:
+            media.listener.flow(pid, other, "in", kind, True)
+    else:
+        hub.client_event(sockets[pid], call.id, pid, "mediaReceived", {"participant": other})
+
+
+@pytest.mark.parametrize("missing", FACTS)
+async def test_a_call_is_live_only_once_every_upload_viewer_and_recorder_is_confirmed(
+        tmp_path: Path, missing: str) -> None:
+    """Withholding any one of the facts (an upload, a recorder, media reaching a viewer, a
+    browser's report) keeps the call connecting; the last fact makes it live."""
+    hub, media = make_hub(tmp_path)
+    call = consultation(hub)
+    sockets, _ = await negotiated(hub, call)
+    for fact in FACTS:
+        if fact != missing:
+            prove(hub, call, media[call.id], sockets, fact)
+    assert call.state is CallState.CONNECTING
+    assert all("callLive" not in s.types() for s in sockets.values())
+    prove(hub, call, media[call.id], sockets, missing)
+    assert call.state is CallState.LIVE
+    assert all("callLive" in s.types() for s in sockets.values())
+    assert all(p.state is ParticipantState.CONNECTED for p in call.participants.values())
+
+
+async def test_a_call_with_one_publisher_never_goes_live(tmp_path: Path) -> None:
+    """Everything proven for a lone publisher does not make a call live."""
+    hub, media = make_hub(tmp_path)
+    call = consultation(hub)
+    sockets = await joined(hub, call, "pat")
+    await hub.publish(sockets["pat"], call.id, "pat", SEND_OFFER)
+    prove(hub, call, media[call.id], sockets, "pat-upload")
+    prove(hub, call, media[call.id], sockets, "pat-recording")
+    assert call.state is CallState.CONNECTING
+
+
+async def test_leaving_forgets_the_leavers_media_expectations(tmp_path: Path) -> None:
+    """The watchdog stops timing what involves someone who left, so their absence cannot
+    fail the call; the one who stays is still timed."""
+    hub, media = make_hub(tmp_path)
+    call = consultation(hub)
+    sockets, session = await negotiated(hub, call)
+    assert {e.participant for e in session.watchdog.deadlines} == {"pat", "doc"}
+    await hub.leave(sockets["pat"], call.id, "pat")
+    assert session.watchdog.pending
+    assert all("pat" not in (e.participant, e.source) for e in session.watchdog.deadlines)
+    assert "pat" in media[call.id].removed and not call.finished
+
+
+async def test_a_second_socket_replaces_the_first(tmp_path: Path) -> None:
+    """The same person joining again (a new tab, a phone) is told `replaced` on the old
+    socket; the new one is the member, and the old one's media is removed."""
+    hub, media = make_hub(tmp_path)
+    call = consultation(hub)
+    first = (await joined(hub, call, "pat"))["pat"]
+    second = Socket("pat-2")
+    await hub.join(second, claims(call, "pat"))
+    assert first.types()[-1] == "replaced" and "replaced" not in second.types()
+    assert hub.sessions[call.id].members["pat"].conn is second
+    assert media[call.id].removed == ["pat"]
+    with pytest.raises(CallError) as refused:
+        await hub.publish(first, call.id, "pat", SEND_OFFER)
+    assert refused.value.code == "call.not_found"
+
+
+@pytest.mark.parametrize("size", [2, 8])
+async def test_joins_in_the_same_loop_turn_all_succeed(tmp_path: Path, size: int) -> None:
+    """Participants whose joins arrive together (the TURN lease yields to the loop between
+    them) all get in: none is refused by the call's own state change."""
+    hub, _ = make_hub(tmp_path, turn=FakeTurn())
+    kind = CallKind.CONFERENCE if size > 2 else CallKind.CONSULTATION
+    call = hub.create_call(kind, [(f"p{i}", f"P{i}", "doctor") for i in range(size)])
+    for _ in range(50):
+        results = await asyncio.gather(*(hub.join(Socket(), claims(call, f"p{i}"))
+                                         for i in range(size)), return_exceptions=True)
+        assert not [r for r in results if isinstance(r, BaseException)], results
+        assert call.state is CallState.CONNECTING
+        members = hub.sessions[call.id].members
+        assert all(m.conn is not None and m.lease is not None for m in members.values())
+
+
+async def test_the_same_person_joining_twice_at_once_ends_with_one_socket(
+        tmp_path: Path) -> None:
+    """Two devices of one person join in the same loop turn: one wins, the other is told
+    `replaced`, nobody gets an error."""
+    hub, _ = make_hub(tmp_path, turn=FakeTurn())
+    call = consultation(hub)
+    a, b = Socket("a"), Socket("b")
+    await asyncio.gather(hub.join(a, claims(call, "pat")), hub.join(b, claims(call, "pat")))
+    member = hub.sessions[call.id].members["pat"]
+    assert member.conn in (a, b)
+    loser = a if member.conn is b else b
+    assert loser.types()[-1] == "replaced"
+
+
+async def test_ending_releases_media_leases_members_and_timers(tmp_path: Path) -> None:
+    """Hang-up closes the media (recorders finalized by the media layer), returns every
+    lease, closes every participant and cancels the watchdog; a second end does nothing."""
+    turn = FakeTurn()
+    hub, media = make_hub(tmp_path, turn=turn)
+    call = consultation(hub)
+    sockets, session = await negotiated(hub, call)
+    await hub.end(call.id)
+    await hub.end(call.id)
+    assert call.state is CallState.ENDED and media[call.id].closed == [False]
+    assert sorted(turn.released) == [f"{call.id}/doc", f"{call.id}/pat"]
+    assert all(m.conn is None and m.lease is None for m in session.members.values())
+    assert all(p.state is ParticipantState.LEFT for p in call.participants.values())
+    assert session.timer._handle is None and call.id not in hub.sessions
+    assert all(s.types()[-1] == "callEnded" for s in sockets.values())
+
+
+async def test_the_last_leaver_ends_the_call_and_returns_its_lease(tmp_path: Path) -> None:
+    """When nobody is left (connected or within the rejoin grace) the call ends, and the
+    leaver's lease is returned before."""
+    turn = FakeTurn()
+    hub, media = make_hub(tmp_path, turn=turn)
+    call = consultation(hub)
+    sockets = await joined(hub, call, "pat", "doc")
+    await hub.leave(sockets["pat"], call.id, "pat")
+    assert not call.finished and turn.released == [f"{call.id}/pat"]
+    assert "participantLeft" in sockets["doc"].types()
+    await hub.leave(sockets["doc"], call.id, "doc")
+    assert call.state is CallState.ENDED and media[call.id].closed == [False]
+    assert sorted(turn.released) == [f"{call.id}/doc", f"{call.id}/pat"]
+
+
+async def test_a_disconnect_holds_the_place_until_the_grace_runs_out(tmp_path: Path) -> None:
+    """A dropped socket keeps its participant for the rejoin grace; rejoining in time
+    cancels it, and a participant who never comes back is gone when it ends."""
+    hub, _ = make_hub(tmp_path, grace=0.01)
+    call = consultation(hub)
+    sockets = await joined(hub, call, "pat", "doc")
+    await hub.disconnected(sockets["pat"], call.id, "pat")
+    member = hub.sessions[call.id].members["pat"]
+    assert member.reconnecting and member.participant.state is ParticipantState.RECONNECTING
+    assert "participantReconnecting" in sockets["doc"].types()
+    await hub.join(Socket("pat-again"), claims(call, "pat"))
+    assert not member.reconnecting
+    assert any(e["event"] == "rejoined" for e in call.timeline.as_list())
+    left = asyncio.Event()
+    hub.hooks.append(lambda event, *_: left.set() if event == "participant.left" else None)
+    await hub.disconnected(member.conn, call.id, "pat")  # type: ignore[arg-type]
+    await asyncio.wait_for(left.wait(), 5)
+    assert member.participant.state is ParticipantState.LEFT and not member.reconnecting
+
+
+async def test_media_lost_mid_call_is_reported_after_the_delay_and_restored(
+        tmp_path: Path) -> None:
+    """A flow that stops in a live call is reported `mediaInterrupted` once it lasted the
+    report delay, and `mediaRestored` when it comes back; a blip shorter is not reported."""
+    hub, media = make_hub(tmp_path)
+    hub.media_loss_report = 0.01
+    call = consultation(hub)
+    sockets, _ = await negotiated(hub, call)
+    for fact in FACTS:
+        prove(hub, call, media[call.id], sockets, fact)
+    assert call.state is CallState.LIVE
+    listener = media[call.id].listener
+    listener.flow("pat", "publish", "out", "video", False)
+    listener.flow("pat", "publish", "out", "video", True)  # a blip
+    listener.flow("pat", "publish", "out", "audio", False)
+    reported = asyncio.Event()
+    hub.hooks.append(lambda event, *_: reported.set()
+                     if event == "call.media_interrupted" else None)
+    await asyncio.wait_for(reported.wait(), 5)
+    doc = sockets["doc"].sent
+    assert [m for m in doc if m["type"] == "mediaInterrupted"] == [
+        {"type": "mediaInterrupted", "participant": "pat", "kind": "audio"}]
+    listener.flow("pat", "publish", "out", "audio", True)
+    assert doc[-1] == {"type": "mediaRestored", "participant": "pat", "kind": "audio"}
+
+
+async def test_a_recorder_error_fails_the_call_without_the_file_path(tmp_path: Path) -> None:
+    """A recorder's error fails the call `recording-failed`; participants read who, not
+    where the server keeps its files (the timeline keeps the description)."""
+    hub, media = make_hub(tmp_path)
+    call = consultation(hub)
+    sockets, _ = await negotiated(hub, call)
+    ended = asyncio.Event()
+    hub.hooks.append(lambda event, *_: ended.set() if event == "call.failed" else None)
+    media[call.id].listener.failure("pat", "recorder: RESOURCE_ERROR_OPEN: /srv/x/pat.webm")
+    await asyncio.wait_for(ended.wait(), 5)
+    assert call.failure is FailureReason.RECORDING_FAILED
+    failed = [m for m in sockets["doc"].sent if m["type"] == "callFailed"]
+    assert failed and "/srv/x" not in failed[0]["detail"] and "pat" in failed[0]["detail"]
+    assert any("/srv/x" in str(e.get("error")) for e in call.timeline.as_list())
+
+
+async def test_an_endpoint_error_alone_does_not_fail_the_call(tmp_path: Path) -> None:
+    """An error of a WebRtcEndpoint lands on the timeline; the call goes on."""
+    hub, media = make_hub(tmp_path)
+    call = consultation(hub)
+    await negotiated(hub, call)
+    media[call.id].listener.failure("pat", "STREAM_ERROR: something")
+    await asyncio.sleep(0)  # a spawned teardown would have started by now
+    assert not call.finished
+    assert call.timeline.as_list()[-1]["event"] == "media-error"
+
+
+async def test_the_watchdog_fails_a_call_without_media(tmp_path: Path) -> None:
+    """Nothing proven within the timeout: the call fails `no-media` with the ICE state of
+    the endpoint that explains it, and everything is released."""
+    hub, media = make_hub(tmp_path, watchdog_timeout=0.01)
+    call = consultation(hub)
+    await negotiated(hub, call)
+    media[call.id].ice_states[("pat", "publish")] = "FAILED"
+    failed = asyncio.Event()
+    hub.hooks.append(lambda event, *_: failed.set() if event == "call.failed" else None)
+    await asyncio.wait_for(failed.wait(), 5)
+    assert call.failure is FailureReason.NO_MEDIA
+    assert media[call.id].closed == [False] and call.id not in hub.sessions
+
+
+async def test_a_referral_callee_cannot_join_before_accepting(tmp_path: Path) -> None:
+    """In a referral only the doctor joins before the consultant accepts the ring."""
+    hub, _ = make_hub(tmp_path)
+    call = hub.create_call(CallKind.REFERRAL, [("doc", "D", "doctor"),
+                                               ("con", "C", "consultant")])
+    with pytest.raises(CallError) as refused:
+        await hub.join(Socket(), claims(call, "con"))
+    assert refused.value.code == "call.not_accepted"
+    await hub.join(Socket(), claims(call, "doc"))
+    assert call.state is CallState.CREATED  # a referral is connecting only once accepted
+
+
+@pytest.mark.parametrize(("start", "to"), [
+    (CallState.CREATED, CallState.LIVE), (CallState.ENDED, CallState.CONNECTING),
+    (CallState.FAILED, CallState.ENDED), (CallState.LIVE, CallState.RINGING),
+    (CallState.CONNECTING, CallState.CONNECTING)])
+def test_illegal_call_transitions_are_refused(start: CallState, to: CallState) -> None:
+    """A call move the table does not allow raises and leaves the state as it was."""
+    call = Call(kind=CallKind.CONSULTATION, state=start)
+    with pytest.raises(IllegalTransition):
+        call.transition(to, reason=FailureReason.INTERNAL if to is CallState.FAILED else None)
+    assert call.state is start
+
+
+@pytest.mark.parametrize(("start", "to"), [
+    (ParticipantState.INVITED, ParticipantState.CONNECTED),
+    (ParticipantState.INVITED, ParticipantState.RECONNECTING),
+    (ParticipantState.LEFT, ParticipantState.CONNECTED),
+    (ParticipantState.RECONNECTING, ParticipantState.CONNECTED),
+    (ParticipantState.CONNECTING, ParticipantState.CONNECTING)])
+def test_illegal_participant_transitions_are_refused(start: ParticipantState,
+                                                    to: ParticipantState) -> None:
+    """A participant move the table does not allow raises and leaves the state as it was."""
+    call = Call(kind=CallKind.CONSULTATION)
+    participant = call.add_participant("p", "P", "patient")
+    participant.state = start
+    with pytest.raises(IllegalTransition):
+        participant.transition(to)
+    assert participant.state is start
