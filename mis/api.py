@@ -46,10 +46,8 @@ API_AUDIENCE = "telemed-api"
 #: Longest `exp - iat` accepted for an API JWT: a leaked one is useless soon.
 API_JWT_LIFETIME = 300
 JWT_LEEWAY = 5
-#: Longest appointment window, and how long past its end join tokens still work (calls
-#: run over; a token's expiry ends its holder's part of the call).
+#: Longest appointment window.
 MAX_SCHEDULE = 7 * 86400
-SCHEDULE_OVERRUN = 3600
 
 
 def problem(status: int, code: str, message: str, field: str | None = None) -> web.Response:
@@ -121,6 +119,8 @@ class ApiConfig:
     jwt_audience: str
     token_ttl: float
     public_url: str
+    #: Links of a scheduled call stay valid this long after its window (calls.schedule_overrun).
+    schedule_overrun: float = 3600.0
 
 
 API_CONFIG = web.AppKey("api_config", ApiConfig)
@@ -219,7 +219,7 @@ class Api:
         ttl = config.token_ttl
         if call.get("schedule"):
             # Valid until the appointment is over, however far ahead it is booked.
-            ttl = max(ttl, call["schedule"]["end"] + SCHEDULE_OVERRUN - time.time())
+            ttl = max(ttl, call["schedule"]["end"] + config.schedule_overrun - time.time())
         out = []
         for p in call["participants"]:
             if only is not None and p["id"] != only:
@@ -308,7 +308,7 @@ class Api:
 
     async def _call(self, request: web.Request) -> Call:
         call_id = request.match_info["call_id"]
-        call = request.app[HUB].calls.get(call_id)
+        call = await request.app[HUB].load(call_id)
         if call is None:
             if await request.app[STORE].get(call_id) is not None:
                 # Only history knows it: it finished in an earlier run of the service.

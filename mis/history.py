@@ -60,6 +60,7 @@ def snapshot(call: Call) -> dict[str, Any]:
 class CallStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
+        self.prefix = PREFIX
 
     async def save(self, snap: dict[str, Any]) -> None:
         async with self.redis.pipeline(transaction=True) as tx:
@@ -98,9 +99,10 @@ class CallStore:
         next_cursor = out[-1]["createdAt"] if len(out) == limit else None
         return out, next_cursor
 
-    async def close_unfinished(self, detail: str, now: float | None = None
-                               ) -> list[dict[str, Any]]:
-        """At start-up: calls a previous process left unfinished can no longer go on.
+    async def close_unfinished(self, detail: str, now: float | None = None, *,
+                               keep: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """At start-up: calls a previous process left unfinished can no longer go on;
+        those in a `keep` state (booked calls) are left as they are.
 
         Assumes one signalling process per Redis (the supported deployment)."""
         closed = []
@@ -108,6 +110,8 @@ class CallStore:
             snap = await self.get(as_text(raw_id))
             if snap is None or snap["state"] in FINAL:
                 await self.redis.srem(f"{PREFIX}open", raw_id)
+                continue
+            if snap["state"] in keep:
                 continue
             # The call ended, as far as anyone can tell, with the last thing heard of it.
             timeline = snap.setdefault("timeline", [])

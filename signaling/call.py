@@ -41,6 +41,9 @@ class FailureReason(enum.StrEnum):
     RING_TIMEOUT = "ring-timeout"
     SHUTDOWN = "shutdown"
     INTERNAL = "internal"
+    #: Nobody joined before the appointment window (plus `calls.schedule_overrun`) closed,
+    #: or, unscheduled, within `calls.idle_expiry` of its creation.
+    EXPIRED = "expired"
 
 
 TRANSITIONS: dict[CallState, frozenset[CallState]] = {
@@ -118,6 +121,31 @@ class Call:
         self.timeline.add("state", now, state=to.value,
                           **({"reason": reason.value, "detail": detail} if reason else {}))
 
+    @classmethod
+    def from_snapshot(cls, snap: dict[str, Any]) -> Call:
+        """A booked call as the history stored it, for a process that did not create it.
+
+        Only calls nobody is in yet come back this way: a ring in progress is not (its
+        ringing workstation's socket went with the process), so `ringing` returns as
+        `created` and every participant as invited.
+        """
+        state = CallState(snap["state"])
+        if state not in (CallState.CREATED, CallState.RINGING):
+            raise ValueError(f"a {state.value} call cannot be restored from its snapshot")
+        call = cls(kind=CallKind(snap["kind"]), id=snap["id"],
+                   metadata=dict(snap.get("metadata") or {}), schedule=snap.get("schedule"),
+                   created_at=float(snap["createdAt"]),
+                   max_participants=int(snap.get("maxParticipants")
+                                        or len(snap["participants"])))
+        call.timeline.events.clear()  # its history goes on where the stored one stopped
+        call.timeline.events.extend(snap.get("timeline") or [])
+        for p in snap["participants"]:
+            participant = call.add_participant(p["id"], p["name"], p["role"])
+            if p.get("removed"):
+                participant.extra["removed"] = True
+        call.timeline.add("restored", was=state.value)
+        return call
+
     def finish(self, reason: FailureReason | None, detail: str = "") -> None:
         """Ended, or failed when there is a reason."""
         if reason is None:
@@ -132,5 +160,5 @@ class Call:
             "failureDetail": self.failure_detail or None, "mediaServer": self.media_server,
             "participants": [p.describe() for p in self.participants.values()],
             "createdAt": self.created_at, "metadata": self.metadata,
-            "schedule": self.schedule,
+            "schedule": self.schedule, "maxParticipants": self.max_participants,
         }

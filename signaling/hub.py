@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 CallHook = Callable[[CallEvent, Call, dict[str, Any]], Awaitable[None] | None]
 
 
+class CallRepository(Protocol):
+    """Where calls are kept beyond this process (the history in Redis)."""
+
+    async def get(self, call_id: str) -> dict[str, Any] | None: ...
+
+
 class Hub:
     def __init__(self, *, pool: KurentoPool, recordings_root: Path, watchdog_timeout: float,
                  candidate_policy: CandidatePolicy | None = None,
@@ -51,7 +57,8 @@ class Hub:
                  media_loss_report: float = 5.0, min_free_bytes: int = 0,
                  free_bytes: Callable[[Path], int] | None = None,
                  finished_linger: float = 300.0,
-                 media_factory: Callable[[Call, Path, Any], CallMedia] | None = None) -> None:
+                 media_factory: Callable[[Call, Path, Any], CallMedia] | None = None,
+                 repository: CallRepository | None = None) -> None:
         self.pool = pool
         self.recordings_root = recordings_root
         self.watchdog_timeout = watchdog_timeout
@@ -66,6 +73,9 @@ class Hub:
         #: `call.ended`; after that only the history (CallStore) knows it.
         self.finished_linger = finished_linger
         self._media_factory = media_factory or self._kurento_media
+        self.repository = repository
+        #: A store that does not answer within this long counts as unreachable (s).
+        self.store_timeout = 5.0
         self._evictions: dict[str, asyncio.TimerHandle] = {}
         self.calls: dict[str, Call] = {}
         self.sessions: dict[str, CallSession] = {}
@@ -166,6 +176,32 @@ class Hub:
 
     # ---------------------------------------------------------------- presence
 
+    async def load(self, call_id: str) -> Call | None:
+        """The call, from memory or, booked by an earlier run or another node, from the
+        repository. Only calls nobody is in yet come back; finished ones stay history."""
+        call = self.calls.get(call_id)
+        if call is not None or self.repository is None:
+            return call
+        try:
+            async with asyncio.timeout(self.store_timeout):
+                snap = await self.repository.get(call_id)
+        except Exception as exc:
+            log.error("! cannot read call %s from the store: %s", call_id, type(exc).__name__)
+            raise CallError("the call store cannot be reached; retry shortly",
+                            code="service.unavailable") from None
+        if snap is None or snap.get("state") not in (CallState.CREATED, CallState.RINGING):
+            return None
+        # Another request may have loaded it while this one awaited the store.
+        call = self.calls.get(call_id)
+        if call is None:
+            call = self.calls[call_id] = Call.from_snapshot(snap)
+            log.info("= booked call restored from the store", extra={"call_id": call_id})
+        return call
+
+    async def find(self, claims: JoinClaims) -> tuple[Call, Participant]:
+        await self.load(claims.call_id)
+        return self.lookup(claims)
+
     def lookup(self, claims: JoinClaims) -> tuple[Call, Participant]:
         call = self.calls.get(claims.call_id)
         if call is None:
@@ -179,9 +215,9 @@ class Hub:
             raise CallError("you were removed from this call", code="call.removed")
         return call, participant
 
-    def attach(self, conn: Connection, claims: JoinClaims) -> Call:
+    async def attach(self, conn: Connection, claims: JoinClaims) -> Call:
         """A connection authenticated for a call: it can now be rung and told of its end."""
-        call, participant = self.lookup(claims)
+        call, participant = await self.find(claims)
         self.presence.attach(call.id, participant.id, conn)
         return call
 
@@ -232,7 +268,7 @@ class Hub:
         await self.referrals.cancel(claims)
 
     async def join(self, conn: Connection, claims: JoinClaims) -> dict[str, Any]:
-        call, participant = self.lookup(claims)
+        call, participant = await self.find(claims)
         if call.kind is CallKind.REFERRAL and participant.role != "doctor" \
                 and call.state in (CallState.CREATED, CallState.RINGING):
             raise CallError("answer the ring before joining", code="call.not_accepted")
@@ -243,7 +279,7 @@ class Hub:
     async def precheck_ice_servers(self, claims: JoinClaims) -> list[dict[str, Any]]:
         """This participant's TURN credentials before `join`, for the page's network check.
         The lease is the one `join` renews, so the call's end returns it either way."""
-        call, participant = self.lookup(claims)
+        call, participant = await self.find(claims)
         return ice_servers_for(await self.session(call).lease_turn(participant.id))
 
     def _member_session(self, conn: Connection, call_id: str, pid: str) -> CallSession:

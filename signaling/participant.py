@@ -70,4 +70,6 @@ class Participant:
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "role": self.role, "state": self.state.value,
-                "published": sorted(self.published)}
+                "published": sorted(self.published),
+                # Kept with the call so that a removal outlives a restart of the service.
+                **({"removed": True} if self.extra.get("removed") else {})}

@@ -247,7 +247,7 @@ class ClientSession:
                     self._watch_expiry(claims)
                     return "welcome", {"participant": claims.subject, "call": claims.call_id,
                                        "refreshed": True}
-                call = self.hub.attach(self, claims)
+                call = await self.hub.attach(self, claims)
                 self.claims = claims
                 self._watch_expiry(claims)
                 log.info("< hello from %s (%s)", claims.subject, claims.role,

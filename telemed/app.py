@@ -36,6 +36,7 @@ from signaling.call import Call
 from signaling.hub import HUB, Hub
 from signaling.session import SESSION_CONFIG, SessionConfig, websocket_handler
 from telemed.embedded import Endpoints
+from telemed.recovery import recover_unfinished, run_expiry
 from telemed.settings import Settings, read_public_key
 from telemed.supervisor import Supervisor
 from turn.lease import TurnProvider
@@ -168,7 +169,8 @@ def create_app(
     app[API_CONFIG] = ApiConfig(
         api_key_hashes=tuple(endpoints.api_key_hashes), jwt_secret=endpoints.jwt_secret,
         jwt_issuer=settings.auth.jwt_issuer, jwt_audience=settings.auth.jwt_audience,
-        token_ttl=settings.auth.token_ttl, public_url=settings.public_url)
+        token_ttl=settings.auth.token_ttl, public_url=settings.public_url,
+        schedule_overrun=settings.calls.schedule_overrun)
     app[WEB_CONFIG] = WebConfig(language=settings.http.language, host=settings.http.host,
                                 demo=settings.http.demo,
                                 rejoin_grace=settings.calls.rejoin_grace)
@@ -182,7 +184,8 @@ def create_app(
                        down_after=settings.media.down_after,
                        sockets=settings.media.sockets_per_server)
     app[POOL] = pool
-    app[HUB] = Hub(pool=pool, recordings_root=settings.recordings_path,
+    store = CallStore(redis)
+    app[HUB] = Hub(repository=store, pool=pool, recordings_root=settings.recordings_path,
                    watchdog_timeout=settings.calls.watchdog_timeout,
                    turn=turn,
                    max_conference_size=settings.calls.max_conference_size,
@@ -193,7 +196,7 @@ def create_app(
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         app[HTTP] = aiohttp.ClientSession()
-        store = app[STORE] = CallStore(redis)
+        app[STORE] = store
         hooks = settings.webhooks
         outbox = None
         if hooks.endpoints:
@@ -213,14 +216,7 @@ def create_app(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sink.settle(), 10.0)
         with contextlib.suppress(aioredis.RedisError, OSError):
-            closed = await store.close_unfinished("the service restarted")
-            for snap in closed:
-                log.warning("! call left unfinished by the previous run marked failed",
-                            extra={"call_id": snap["id"]})
-                if outbox is not None:
-                    await outbox.publish("call.failed", {
-                        "call": {k: v for k, v in snap.items() if k != "timeline"},
-                        "reason": "shutdown", "detail": snap["failureDetail"]})
+            await recover_unfinished(store, outbox, turn)
         app[HUB].hooks.append(sink)
         catalog = app[CATALOG] = Catalog(settings.recordings_path, redis)
 
@@ -248,6 +244,10 @@ def create_app(
                             "queued", found)
         housekeeping = asyncio.create_task(_retention(settings, catalog))
         renewals = asyncio.create_task(turn.run_renewals()) if turn is not None else None
+        calls = settings.calls
+        expiry = asyncio.create_task(run_expiry(
+            app[HUB], store, turn, interval=calls.expiry_interval,
+            overrun=calls.schedule_overrun, idle=calls.idle_expiry, clock=time.time))
         await pool.start()
         yield
         try:
@@ -256,6 +256,7 @@ def create_app(
             await _drain(worker, settings.recordings.drain_timeout)
         finally:
             housekeeping.cancel()
+            expiry.cancel()
             if renewals is not None:
                 renewals.cancel()
             await worker.close()

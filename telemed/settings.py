@@ -227,6 +227,17 @@ class CallSettings:
         5.0, "Media that stops mid-call for this long is reported (event and webhook); "
         "the call goes on.", unit="s", min=0.01,
     )
+    schedule_overrun: float = setting(
+        3600.0, "A scheduled call nobody joined expires this long after its window ends "
+        "(its links stay valid until then).", unit="s", min=0.0,
+    )
+    idle_expiry: float = setting(
+        14400.0, "An unscheduled call nobody joined expires this long after it was created.",
+        unit="s", min=1.0,
+    )
+    expiry_interval: float = setting(
+        60.0, "How often one node looks for booked calls to expire.", unit="s", min=0.01,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

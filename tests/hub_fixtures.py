@@ -284,15 +284,19 @@ class CallClient:
     async def close(self) -> None:
         for task in self._readers:
             task.cancel()
-        for pc in self.pcs.values():
-            await pc.close()
-        if self.ws is not None:
-            await self.ws.close()
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                await self._reader
-        if self.http is not None:
-            await self.http.close()
+        try:
+            for pc in self.pcs.values():
+                await pc.close()
+            if self.ws is not None:
+                # The server may have closed the socket first (a call's end, a restart).
+                with contextlib.suppress(aiohttp.ClientConnectionResetError):
+                    await self.ws.close()
+            if self._reader is not None:
+                with contextlib.suppress(Exception):
+                    await self._reader
+        finally:
+            if self.http is not None:
+                await self.http.close()
 
 
 async def go_live(service: Service, call: Call, clients: dict[str, CallClient]) -> None:

@@ -288,8 +288,8 @@ async def test_history_outlives_the_process(
             cut = await r.json()
     assert stored["state"] == "ended" and stored["metadata"] == {"mis_visit": "V-1"}
     assert [e["event"] for e in stored["timeline"]][-1] == "state"
-    # The first process stopped cleanly: its open call failed with shutdown.
-    assert (cut["state"], cut["failure"]) == ("failed", "shutdown")
+    # The first process stopped cleanly: a booked call nobody is in stays booked.
+    assert (cut["state"], cut["failure"]) == ("created", None)
 
 
 async def test_idempotent_creation_returns_the_same_call(

@@ -162,6 +162,28 @@ class TurnPool:
         await self.redis.delete(self._details + lease.key)
         await self.provider.revoke(lease)
 
+    async def release_call(self, call_id: str) -> int:
+        """Returns every slot a call holds in Redis, whichever process leased it (one that
+        crashed cannot return its own); how many it returned."""
+        returned = 0
+        async for raw in self.redis.hscan_iter(self._keys[2], match=f"{call_id}/*"):
+            member = (raw[0] if isinstance(raw, tuple) else raw)
+            key = member.decode() if isinstance(member, bytes) else str(member)
+            held = self.held.get(key)
+            details = await self.redis.get(self._details + key)
+            if held is None and details is not None:
+                info = json.loads(details)
+                held = TurnLease(call_id=info["call"], participant=info["participant"],
+                                 username=info["username"], credential="", urls=(),
+                                 expires=float(info["expires"]),
+                                 extra={"slot": info.get("slot")})
+            if held is not None:
+                await self.release(held)
+            else:  # no details left: the slot alone
+                await self._release(keys=self._keys, args=[key])
+            returned += 1
+        return returned
+
     async def active(self) -> list[dict[str, Any]]:
         members = await self.redis.zrangebyscore(self._keys[0], self.clock(), "+inf")
         out = []

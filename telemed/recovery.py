@@ -1,0 +1,103 @@
+"""Start-up recovery and the booked-call expiry, as named steps of the service.
+
+- `recover_unfinished`: what a previous run of this service left behind. Booked calls
+  (`created`, `ringing`) are kept: the hub loads them from the history when someone opens
+  their link. Calls that had begun (`connecting`, `live`) cannot be adopted yet and are
+  failed `shutdown`, with their TURN leases returned.
+- `expire_booked`: a booked call nobody joined ends `failed/expired` (with its webhook)
+  once its window plus `calls.schedule_overrun` has passed, or `calls.idle_expiry` after
+  its creation when it has no window; its leases go back. `run_expiry` repeats it, on one
+  node at a time (a Redis lock), so several nodes do not expire the same call twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from mis.history import CallStore
+from mis.webhooks import Outbox, as_text
+from signaling.call import CallState, FailureReason
+from signaling.hub import Hub
+from turn.pool import TurnPool
+
+__all__ = ["expire_booked", "expiry_due", "recover_unfinished", "run_expiry"]
+
+log = logging.getLogger(__name__)
+
+BOOKED = (CallState.CREATED.value, CallState.RINGING.value)
+EXPIRY_LOCK = "telemed:lock:expiry"
+
+
+async def recover_unfinished(store: CallStore, outbox: Outbox | None,
+                             turn: TurnPool | None) -> list[dict[str, Any]]:
+    """Fails the calls a previous run left connecting or live; keeps booked ones."""
+    closed = await store.close_unfinished("the service restarted", keep=BOOKED)
+    for snap in closed:
+        log.warning("! call left unfinished by the previous run marked failed",
+                    extra={"call_id": snap["id"]})
+        if turn is not None:
+            await turn.release_call(snap["id"])
+        if outbox is not None:
+            await outbox.publish("call.failed", {
+                "call": {k: v for k, v in snap.items() if k != "timeline"},
+                "reason": "shutdown", "detail": snap["failureDetail"]})
+    return closed
+
+
+def expiry_due(snap: dict[str, Any], *, overrun: float, idle: float) -> float:
+    """When a booked call nobody joined expires (unix seconds)."""
+    schedule = snap.get("schedule")
+    if schedule:
+        return float(schedule["end"]) + overrun
+    return float(snap["createdAt"]) + idle
+
+
+async def expire_booked(hub: Hub, store: CallStore, turn: TurnPool | None, *, now: float,
+                        overrun: float, idle: float) -> list[str]:
+    """Ends the booked calls whose time is up and nobody is in; their ids."""
+    expired = []
+    for raw_id in await store.redis.smembers(f"{store.prefix}open"):
+        call_id = as_text(raw_id)
+        snap = await store.get(call_id)
+        if snap is None or snap["state"] not in BOOKED:
+            continue
+        due = expiry_due(snap, overrun=overrun, idle=idle)
+        if now < due:
+            continue
+        call = await hub.load(call_id)
+        if call is None or call.finished:
+            continue
+        session = hub.sessions.get(call_id)
+        if session is not None and any(m.present for m in session.members.values()):
+            continue  # a doctor waiting in a referral that was never answered
+        detail = ("nobody joined before the appointment window closed" if snap.get("schedule")
+                  else "nobody joined the call in time")
+        log.info("= booked call expired: %s", detail, extra={"call_id": call_id})
+        await hub.end(call_id, FailureReason.EXPIRED, detail)
+        if turn is not None:
+            # Pre-call leases a crashed process took for it, which no session holds.
+            await turn.release_call(call_id)
+        expired.append(call_id)
+    return expired
+
+
+async def run_expiry(hub: Hub, store: CallStore, turn: TurnPool | None, *, interval: float,
+                     overrun: float, idle: float, clock: Any) -> None:
+    """`expire_booked` every `interval`, on whichever node holds the lock this round."""
+    me = uuid.uuid4().hex
+    while True:
+        try:
+            got = await store.redis.set(EXPIRY_LOCK, me, nx=True,
+                                        px=max(1, int(interval * 1000)))
+            if got:
+                await expire_booked(hub, store, turn, now=clock(), overrun=overrun, idle=idle)
+        except (aioredis.RedisError, OSError) as exc:
+            log.error("! expiring booked calls failed: %s", type(exc).__name__)
+        except Exception:
+            log.exception("! expiring booked calls failed")
+        await asyncio.sleep(interval)
