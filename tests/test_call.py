@@ -31,8 +31,7 @@ def call_in(state: CallState) -> Call:
 
 @pytest.mark.parametrize(("src", "dst"), list(itertools.product(CallState, CallState)))
 def test_call_transitions_follow_the_table(src: CallState, dst: CallState) -> None:
-    """Every move the call table allows succeeds and lands on the timeline; every other move
-    raises and leaves the state alone."""
+    """Each call move the table allows succeeds and is timelined; any other raises, state kept."""
     call = call_in(src)
     reason = FailureReason.NO_MEDIA if dst is CallState.FAILED else None
     if dst in TRANSITIONS[src]:
@@ -46,8 +45,7 @@ def test_call_transitions_follow_the_table(src: CallState, dst: CallState) -> No
 
 
 def test_failure_needs_a_reason_and_only_failure_takes_one() -> None:
-    """Failing without a reason and ending with one are refused; a failure keeps its reason
-    and detail and finishes the call."""
+    """A failure needs a reason and keeps it with its detail; an end with a reason is refused."""
     with pytest.raises(IllegalTransition):
         call_in(CallState.CONNECTING).transition(CallState.FAILED)
     with pytest.raises(IllegalTransition):
@@ -71,8 +69,7 @@ def test_the_timeline_is_bounded_and_counts_what_it_dropped() -> None:
                          list(itertools.product(ParticipantState, ParticipantState)))
 def test_participant_transitions_follow_the_table(src: ParticipantState,
                                                   dst: ParticipantState) -> None:
-    """Every move the participant table allows succeeds and is written to the call's
-    timeline with the state it left; every other move raises and writes nothing."""
+    """An allowed participant move is timelined with the state it left; others raise, unwritten."""
     call = Call(kind=CallKind.CONSULTATION)
     p = call.add_participant("p", "n", "patient")
     p.state = src
@@ -99,8 +96,7 @@ def test_participants_given_to_a_call_write_to_its_timeline() -> None:
 
 
 def test_a_new_call_opens_its_timeline_with_its_state_and_kind() -> None:
-    """The first timeline entry of a call says it was created and what kind it is, stamped
-    with the wall clock."""
+    """A new call's first timeline entry is `created` with its kind, stamped by the wall clock."""
     before = time.time()
     call = Call(kind=CallKind.REFERRAL)
     first = call.timeline.as_list()[0]
@@ -123,8 +119,7 @@ def test_a_timeline_entry_takes_the_time_given_or_the_wall_clock() -> None:
 
 
 def test_a_state_change_is_written_with_its_time_and_only_a_failure_with_a_reason() -> None:
-    """Moves are stamped with the time given; only a failure's entry carries the reason and
-    the detail, and a failure without a detail records an empty one."""
+    """A move is stamped with the time given; only a failure's entry has reason and detail."""
     call = Call(kind=CallKind.CONSULTATION)
     call.transition(CallState.CONNECTING, now=50.0)
     assert call.timeline.as_list()[-1] == {"at": 50.0, "event": "state",
@@ -136,8 +131,7 @@ def test_a_state_change_is_written_with_its_time_and_only_a_failure_with_a_reaso
 
 
 def test_finish_ends_without_a_reason_and_fails_with_one() -> None:
-    """`finish(None)` ends the call; `finish(reason, detail)` fails it keeping both, and the
-    detail defaults to empty."""
+    """finish(None) ends the call; finish(reason, detail) fails it keeping both (detail '')."""
     ended = call_in(CallState.LIVE)
     ended.finish(None)
     assert ended.state is CallState.ENDED and ended.failure is None
@@ -152,8 +146,7 @@ def test_finish_ends_without_a_reason_and_fails_with_one() -> None:
 
 
 def test_a_refused_call_move_names_the_call_and_both_states() -> None:
-    """The error of an illegal move says which call and which move, and a failure without a
-    reason says so; they are read in logs when a bug shows."""
+    """An illegal call move's error names the call and both states, or the missing reason."""
     call = call_in(CallState.ENDED)
     with pytest.raises(IllegalTransition, match=rf"^call {call.id}: ended -> live$"):
         call.transition(CallState.LIVE)
@@ -163,8 +156,7 @@ def test_a_refused_call_move_names_the_call_and_both_states() -> None:
 
 
 def test_a_call_move_is_logged_with_the_call_id(caplog: pytest.LogCaptureFixture) -> None:
-    """Each move logs `= from -> to reason` tagged with the call id, the field operators
-    filter a call's log lines by."""
+    """Each call move logs `= from -> to reason` with the call_id field operators filter on."""
     caplog.set_level(logging.INFO, logger="signaling.call")
     call = call_in(CallState.CONNECTING)
     caplog.clear()
@@ -193,8 +185,7 @@ def test_a_refused_participant_move_names_the_participant_and_both_states() -> N
 
 def test_a_participant_move_is_logged_with_the_call_and_participant(
         caplog: pytest.LogCaptureFixture) -> None:
-    """Each participant move logs who moved from where to where, tagged with the call id
-    and the participant."""
+    """Each participant move logs who went from where to where, with call_id and participant."""
     caplog.set_level(logging.INFO, logger="signaling.participant")
     call = Call(kind=CallKind.CONSULTATION)
     p = call.add_participant("u1", "Anna", "doctor")
@@ -213,8 +204,7 @@ def test_a_participant_not_in_a_call_moves_without_a_timeline() -> None:
 
 
 def test_describe_gives_the_call_and_its_participants_as_the_api_shows_them() -> None:
-    """The REST view of a call: every field under its wire name, enums as their values,
-    an empty failure detail as null, and each participant with sorted published kinds."""
+    """describe() gives every field under its wire name, enums as values, empty detail as null."""
     call = Call(kind=CallKind.CONSULTATION, media_server="kms-1", metadata={"room": "4"},
                 schedule={"start": 1.0, "end": 2.0}, created_at=100.0)
     doc = call.add_participant("doc", "D", "doctor")

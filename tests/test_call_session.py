@@ -337,9 +337,7 @@ def member(state: ParticipantState = ParticipantState.CONNECTED) -> ParticipantS
 
 
 async def test_closing_a_participant_releases_everything_it_holds() -> None:
-    """`close()` cancels the rejoin grace, drops the socket and the media facts, moves the
-    participant to `left` and hands back its lease once; a second close hands back nothing
-    and writes nothing more on the timeline."""
+    """close() frees grace, socket, media facts and lease, moves to left; a second does nothing."""
     session = member()
     lease = session.lease
     session.grace = asyncio.get_running_loop().call_later(3600, lambda: None)
@@ -374,8 +372,7 @@ async def test_stopping_the_grace_says_whether_one_was_running() -> None:
 
 
 def test_forgetting_media_keeps_the_socket_and_the_lease() -> None:
-    """After its endpoints are removed a participant proves nothing (no reported sources,
-    not recording, no interrupted flows) but is still connected with its lease."""
+    """forget_media() drops what endpoints proved but keeps the socket and the lease."""
     session = member()
     session.forget_media()
     assert session.reported == set() and session.recording is False

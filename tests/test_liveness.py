@@ -22,15 +22,13 @@ def verdict(*, publishers: Iterable[str] = ("pat", "doc"),
 
 
 def test_two_publishers_with_everything_proven_are_live() -> None:
-    """Two publishers, both recorded, nothing pending, each subscribed to and receiving the
-    other: the call is live (pairs of a person with themself are never asked for)."""
+    """Two recorded publishers, nothing pending, each receiving the other: the call is live."""
     assert verdict() is True
 
 
 @pytest.mark.parametrize("publishers", [(), ("pat",), ("pat", "pat")])
 def test_fewer_than_two_people_publishing_is_never_live(publishers: tuple[str, ...]) -> None:
-    """Nobody or one person publishing (twice counts once) is not a call, whatever else
-    holds: with no pairs to expect, only the head count refuses it."""
+    """Nobody or one person publishing (twice counts once) is never live, whatever else holds."""
     assert verdict(publishers=publishers, recording=("pat", "doc")) is False
 
 
@@ -52,8 +50,7 @@ def test_recorders_of_people_not_publishing_do_not_matter() -> None:
 
 @pytest.mark.parametrize("missing", PAIRS)
 def test_every_viewer_must_be_subscribed_to_every_other(missing: tuple[str, str]) -> None:
-    """A publisher whose endpoint is not subscribed to another's media refuses live, even
-    when its browser (wrongly early) reports the media."""
+    """A missing subscription refuses live even when the browser already reports the media."""
     subscribed = [p for p in PAIRS if p != missing]
     assert verdict(subscribed=subscribed) is False
 
@@ -66,8 +63,7 @@ def test_every_viewer_must_report_media_from_every_other(missing: tuple[str, str
 
 
 def test_three_publishers_need_all_six_pairs() -> None:
-    """With three publishers every ordered pair of distinct people is needed; the five of six
-    that a two-by-two check would accept are not enough."""
+    """Three publishers need all six ordered pairs; five of them are not enough."""
     people = ("a", "b", "c")
     pairs = [(x, y) for x in people for y in people if x != y]
     assert len(pairs) == 6
@@ -87,8 +83,7 @@ VIDEO: FlowKey = ("doc", "pat", "video")
 
 
 def test_a_stop_is_due_exactly_when_it_lasted_the_delay_and_only_once() -> None:
-    """A stop is not due before `report_after` seconds, is due at exactly that, and is
-    returned by one `due` only."""
+    """A stop is due at exactly report_after seconds, not before, and is returned only once."""
     loss = MediaLoss(report_after=2.0)
     loss.stop(AUDIO, now=10.0)
     assert loss.due(11.999) == []
@@ -107,8 +102,7 @@ def test_a_repeated_stop_keeps_the_first_time() -> None:
 
 
 def test_a_reported_stop_is_not_armed_again_by_another_stop() -> None:
-    """Once reported, a flow stays reported (None) until it resumes: a further stop neither
-    re-arms its deadline nor reports it twice."""
+    """Another stop of an already reported flow neither re-arms it nor reports it twice."""
     loss = MediaLoss(report_after=1.0)
     loss.stop(AUDIO, now=0.0)
     assert loss.due(1.0) == [AUDIO]
@@ -117,8 +111,7 @@ def test_a_reported_stop_is_not_armed_again_by_another_stop() -> None:
 
 
 def test_a_blip_is_forgotten_silently_and_a_reported_loss_is_restored() -> None:
-    """A flow back before its report says nothing (False) and is forgotten; one back after
-    its report says restored (True); an unknown flow says nothing."""
+    """A flow back before its report is forgotten silently; back after it, it is restored."""
     loss = MediaLoss(report_after=1.0)
     loss.stop(AUDIO, now=0.0)
     assert loss.resume(AUDIO) is False
@@ -131,8 +124,7 @@ def test_a_blip_is_forgotten_silently_and_a_reported_loss_is_restored() -> None:
 
 
 def test_due_returns_every_flow_past_its_delay_and_leaves_the_rest() -> None:
-    """Of several stops, those that lasted the delay are returned together; a later one
-    keeps its time and becomes the next deadline."""
+    """due() returns every stop past its delay together and leaves later ones armed."""
     loss = MediaLoss(report_after=1.0)
     loss.stop(AUDIO, now=0.0)
     loss.stop(VIDEO, now=0.5)
@@ -144,8 +136,7 @@ def test_due_returns_every_flow_past_its_delay_and_leaves_the_rest() -> None:
 
 
 def test_the_next_deadline_is_the_earliest_unreported_stop_plus_the_delay() -> None:
-    """Nothing stopped has no deadline; otherwise the earliest stop not yet reported sets
-    it, and reported ones are left out."""
+    """The next deadline is the earliest unreported stop plus the delay, or None."""
     loss = MediaLoss(report_after=3.0)
     assert loss.next_deadline() is None
     loss.stop(VIDEO, now=7.0)
@@ -156,8 +147,7 @@ def test_the_next_deadline_is_the_earliest_unreported_stop_plus_the_delay() -> N
 
 
 def test_forgetting_a_participant_drops_flows_they_send_or_receive() -> None:
-    """A participant who left takes their upload, what they received and what others
-    received from them; other people's flows and the kind name are not matched."""
+    """Forgetting someone drops flows they send or receive, never others' nor by kind name."""
     loss = MediaLoss(report_after=1.0)
     mine_up: FlowKey = ("doc", "publish", "audio")
     to_me: FlowKey = ("doc", "pat", "video")
