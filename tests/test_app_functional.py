@@ -16,6 +16,7 @@ def endpoints(redis_url: str, kurento: tuple[str, ...]) -> Endpoints:
 
 
 async def test_healthz_answers_while_dependencies_are_down(aiohttp_client: Any) -> None:
+    """Liveness answers 200 ok even when Redis and every media server are unreachable."""
     app = create_app(load_settings(env={}),
                      endpoints(f"redis://127.0.0.1:{free_port()}/0", ("ws://127.0.0.1:1/kurento",)))
     client = await aiohttp_client(app)
@@ -27,6 +28,7 @@ async def test_healthz_answers_while_dependencies_are_down(aiohttp_client: Any) 
 async def test_readyz_is_503_naming_what_is_down(
     aiohttp_client: Any, redis_server: RedisServer
 ) -> None:
+    """With Redis up and the media server dead, readiness is 503 and marks only that server down."""
     dead = f"ws://127.0.0.1:{free_port()}/kurento"
     app = create_app(load_settings(env={}), endpoints(redis_server.url, (dead,)))
     client = await aiohttp_client(app)
@@ -38,6 +40,7 @@ async def test_readyz_is_503_naming_what_is_down(
 
 
 async def test_readyz_is_503_when_redis_is_down(aiohttp_client: Any) -> None:
+    """With Redis unreachable, readiness is 503 and reports Redis as down."""
     app = create_app(load_settings(env={}),
                      endpoints(f"redis://127.0.0.1:{free_port()}/0", ("ws://127.0.0.1:1/kurento",)))
     client = await aiohttp_client(app)

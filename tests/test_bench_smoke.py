@@ -16,6 +16,7 @@ from tests.helpers import scaled
                                   "mediaserver_call", "idle"])
 @pytest.mark.timeout(scaled(150))  # several processes start; the suite's 60 s is too short
 async def test_benchmark_smoke_mode_reports_its_figures(name: str) -> None:
+    """Each benchmark's --smoke run exits 0 printing a RESULT line of measured, non-NaN figures."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", f"bench.{name}", "--smoke",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -12,7 +12,9 @@ from signaling.call import Call, CallKind, CallState, FailureReason, IllegalTran
 from signaling.call_session import CallSession
 from signaling.errors import CallError
 from signaling.hub import Hub
+from signaling.liveness import MediaLoss
 from signaling.participant import ParticipantState
+from signaling.participant_session import ParticipantSession
 from signaling.tokens import JoinClaims
 from tests.call_fakes import (
     RECV_OFFER,
@@ -23,6 +25,7 @@ from tests.call_fakes import (
     consultation,
     make_hub,
 )
+from turn.lease import TurnLease
 
 KINDS = ("audio", "video")
 #: Every fact a two-party call needs before it is live.
@@ -316,3 +319,63 @@ def test_illegal_participant_transitions_are_refused(start: ParticipantState,
     with pytest.raises(IllegalTransition):
         participant.transition(to)
     assert participant.state is start
+
+
+def member(state: ParticipantState = ParticipantState.CONNECTED) -> ParticipantSession:
+    """A participant session holding a socket, a lease and media facts."""
+    call = Call(kind=CallKind.CONSULTATION)
+    participant = call.add_participant("pat", "P", "patient")
+    participant.state = state
+    session = ParticipantSession(participant, MediaLoss(report_after=1.0), conn=Socket(),
+                                 lease=TurnLease(call_id=call.id, participant="pat",
+                                                 username="u", credential="c", urls=(),
+                                                 expires=0.0))
+    session.reported.add("doc")
+    session.recording = True
+    session.loss.stop(("pat", "doc", "audio"), now=0.0)
+    return session
+
+
+async def test_closing_a_participant_releases_everything_it_holds() -> None:
+    """close() frees grace, socket, media facts and lease, moves to left; a second does nothing."""
+    session = member()
+    lease = session.lease
+    session.grace = asyncio.get_running_loop().call_later(3600, lambda: None)
+    grace = session.grace
+    assert session.present and session.reconnecting
+    assert session.close() is lease
+    assert grace.cancelled() and session.grace is None
+    assert session.conn is None and session.lease is None and not session.present
+    assert session.reported == set() and session.recording is False
+    assert session.loss.stopped == {}
+    assert session.participant.state is ParticipantState.LEFT
+    entries = len(session.participant.events.as_list())  # type: ignore[union-attr]
+    assert session.close() is None
+    assert len(session.participant.events.as_list()) == entries  # type: ignore[union-attr]
+
+
+def test_closing_someone_who_already_left_does_not_move_them_again() -> None:
+    """A participant already `left` (left -> left is illegal) closes without an error."""
+    session = member(ParticipantState.LEFT)
+    assert session.close() is not None
+    assert session.participant.state is ParticipantState.LEFT
+
+
+async def test_stopping_the_grace_says_whether_one_was_running() -> None:
+    """`stop_grace()` is True and cancels the timer when a grace runs, False otherwise."""
+    session = member()
+    assert session.stop_grace() is False
+    session.grace = asyncio.get_running_loop().call_later(3600, lambda: None)
+    handle = session.grace
+    assert session.stop_grace() is True and handle.cancelled()
+    assert session.stop_grace() is False and not session.reconnecting
+
+
+def test_forgetting_media_keeps_the_socket_and_the_lease() -> None:
+    """forget_media() drops what endpoints proved but keeps the socket and the lease."""
+    session = member()
+    session.forget_media()
+    assert session.reported == set() and session.recording is False
+    assert session.loss.stopped == {}
+    assert session.conn is not None and session.lease is not None and session.present
+    assert session.id == "pat"

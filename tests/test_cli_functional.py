@@ -77,6 +77,7 @@ def free_udp_and_tcp_port() -> int:
 async def test_run_with_no_settings_serves_readyz_with_children_up_and_stops_clean(
     tmp_path: Path,
 ) -> None:
+    """Bare `telemed run` starts its three children, is ready, and SIGTERM leaves none running."""
     for binary in ("redis-server", "turnserver"):
         require_binary(binary)
     http_port = free_port()
@@ -136,6 +137,7 @@ async def test_run_with_no_settings_serves_readyz_with_children_up_and_stops_cle
 
 
 async def test_a_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
+    """An invalid environment setting makes `telemed run` exit 2 naming the variable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMED_")}
     env |= {"TELEMED_HTTP_PORT": "not-a-port", "TELEMED_DATA_DIR": str(tmp_path)}
     proc = await asyncio.create_subprocess_exec(
@@ -148,6 +150,7 @@ async def test_a_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
 
 
 def test_every_embedded_service_is_replaced_by_its_external_setting(tmp_path: Path) -> None:
+    """An external Redis, Kurento or TURN setting replaces its embedded child and is used as is."""
     from telemed.embedded import plan
     from telemed.settings import load_settings
 

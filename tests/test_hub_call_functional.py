@@ -19,6 +19,7 @@ from tests.services import RedisServer, TurnServer
 async def test_a_consultation_is_live_recorded_and_ends_cleanly(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """Two aiortc peers go live; only the doctor may end; both are recorded and nothing is left."""
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,)) as service:
         hub = service.hub
@@ -72,6 +73,7 @@ async def test_a_consultation_is_live_recorded_and_ends_cleanly(
 async def test_a_participant_without_a_camera_is_recorded_audio_only_and_the_call_is_live(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """An audio-only publisher still lets the call go live and is recorded as audio only."""
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,)) as service:
         async with joined_consultation(service) as (_, patient, doctor):
@@ -96,6 +98,7 @@ WATCHDOG = 2.0  # seconds; the configured timeout, deliberately not scaled
 async def test_a_peer_whose_ice_never_succeeds_fails_the_call_with_no_media(
     tmp_path: Path, redis_server: RedisServer, turn_server: TurnServer, fault: str
 ) -> None:
+    """A peer whose ICE cannot start fails the call no-media at the timeout; all is released."""
     env = {"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_POOL_SIZE": "4",
            "TELEMED_TURN_URLS": turn_server.url, "TELEMED_TURN_SECRETS": turn_server.secret}
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
@@ -164,6 +167,7 @@ async def test_a_peer_whose_ice_never_succeeds_fails_the_call_with_no_media(
 async def test_a_client_that_never_subscribes_fails_the_call_with_no_media(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """A client that never asks for the other's media fails the call naming its missing report."""
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,),
                         watchdog_timeout=WATCHDOG) as service:

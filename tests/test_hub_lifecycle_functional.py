@@ -43,6 +43,7 @@ async def rejoin(again: CallClient, other: CallClient) -> None:
 async def test_a_three_party_conference_is_live_and_recorded(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """Three doctors each receive both others' media, and each one's recording is kept."""
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,)) as service:
         call = service.hub.create_call(CallKind.CONFERENCE, [
@@ -66,6 +67,7 @@ async def test_a_three_party_conference_is_live_and_recorded(
 async def test_a_dropped_participant_rejoins_and_the_call_goes_on(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """A dropped patient rejoins within the grace; the call stays live; a part2 file is added."""
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,),
                         env={"TELEMED_CALLS_REJOIN_GRACE": "30"}) as service:
@@ -104,6 +106,7 @@ def ignore_consent_checks(pc: RTCPeerConnection, monkeypatch: pytest.MonkeyPatch
 async def test_a_rejoin_after_the_consent_lifetime_still_gets_the_others_media(
     tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Past ICE consent expiry, a rejoin still gets media both ways and satisfies its watchdog."""
     # aioice's consent lifetime (6 checks ~5 s apart) shrunk to ~3.7 s, for both sides.
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.1)
     lifetime = aioice.ice.CONSENT_FAILURES * (0.1 * 1.2 + 0.5)
@@ -138,6 +141,7 @@ async def test_a_rejoin_after_the_consent_lifetime_still_gets_the_others_media(
 async def test_a_participant_who_does_not_return_in_time_has_left(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """A participant not back within the grace has left, and the last one out ends the call."""
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,),
                         env={"TELEMED_CALLS_REJOIN_GRACE": "0.3"}) as service:
@@ -164,6 +168,7 @@ async def test_a_participant_who_does_not_return_in_time_has_left(
 async def test_media_that_stops_mid_call_is_reported_and_the_call_goes_on(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """A mid-call stop is reported interrupted, then restored; the call stays live throughout."""
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,),
                         env={"TELEMED_CALLS_MEDIA_LOSS_REPORT": "0.3"}) as service:
@@ -196,6 +201,7 @@ async def test_media_that_stops_mid_call_is_reported_and_the_call_goes_on(
 async def test_a_media_server_that_dies_fails_its_calls_and_the_next_call_works(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """A killed media server fails its call media-server-lost within 5 s; a new call works after."""
     port = free_port()
     kms_url = f"ws://127.0.0.1:{port}/kurento"
     env = {"TELEMED_MEDIA_HEALTH_INTERVAL": "0.2", "TELEMED_MEDIA_DOWN_AFTER": "0.5"}
@@ -243,6 +249,7 @@ async def test_a_media_server_that_dies_fails_its_calls_and_the_next_call_works(
 async def test_an_expiring_token_warns_then_ends_the_participants_part_unless_refreshed(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """Expiring tokens warn; a refreshed one stays, an unrefreshed one leaves, the call goes on."""
     from signaling.session import SESSION_CONFIG
 
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \

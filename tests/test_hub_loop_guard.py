@@ -37,6 +37,7 @@ def test_sync_code_may_block():
 
 @pytest.mark.blocks_loop("it blocks on purpose, to see the guard measure it")
 async def test_the_guard_measures_a_blocking_call_and_names_it(loop_guard: LoopGuard) -> None:
+    """A time.sleep in a coroutine is measured by the guard and reported naming the coroutine."""
     await asyncio.sleep(0.01)
     assert loop_guard.verdict() is None
     time.sleep(LOOP_BLOCK_LIMIT * 1.5)  # noqa: ASYNC251 - the blocking call to catch
@@ -48,6 +49,7 @@ async def test_the_guard_measures_a_blocking_call_and_names_it(loop_guard: LoopG
 
 
 async def test_awaiting_and_other_loops_do_not_count(loop_guard: LoopGuard) -> None:
+    """Awaiting a long sleep or blocking another thread's loop is not counted against the test."""
     def another_loop() -> None:
         async def hold() -> None:
             time.sleep(LOOP_BLOCK_LIMIT * 1.5)  # noqa: ASYNC251 - another loop
@@ -60,6 +62,7 @@ async def test_awaiting_and_other_loops_do_not_count(loop_guard: LoopGuard) -> N
 
 
 async def test_a_test_that_blocks_the_loop_fails(tmp_path: Path) -> None:
+    """In a real pytest run the async test blocking its loop errors; sync blocking code passes."""
     (tmp_path / "conftest.py").write_text(
         "from tests.conftest import loop_guard, pytest_collection_modifyitems, "
         "pytest_configure  # noqa: F401\n")

@@ -40,6 +40,7 @@ async def referral(service: Service) -> AsyncIterator[tuple[Call, CallClient, Ca
 async def test_an_accepted_referral_becomes_a_live_call(
     referral: tuple[Call, CallClient, CallClient]
 ) -> None:
+    """An accepted ring goes ringing, connecting, live, and its timeout no longer applies."""
     call, doctor, consultant = referral
     await consultant.hello()  # the consultant's workstation is online
     await doctor.join()
@@ -66,6 +67,7 @@ async def test_an_accepted_referral_becomes_a_live_call(
 async def test_a_declined_referral_fails_and_tells_the_doctor(
     referral: tuple[Call, CallClient, CallClient]
 ) -> None:
+    """A declined ring fails the call `declined` and both sides are told."""
     call, doctor, consultant = referral
     await consultant.hello()
     await doctor.join()
@@ -82,6 +84,7 @@ async def test_a_declined_referral_fails_and_tells_the_doctor(
 async def test_an_unanswered_referral_times_out_for_both(
     referral: tuple[Call, CallClient, CallClient]
 ) -> None:
+    """An unanswered ring fails `ring-timeout` for both, and a late accept is refused."""
     call, doctor, consultant = referral
     await consultant.hello()
     await doctor.hello()  # ringing from the doctor's worklist, before joining
@@ -98,6 +101,7 @@ async def test_an_unanswered_referral_times_out_for_both(
 async def test_the_doctor_can_cancel_the_ring(
     referral: tuple[Call, CallClient, CallClient]
 ) -> None:
+    """The doctor's cancel tells the consultant the ring is off and ends the call."""
     call, doctor, consultant = referral
     await consultant.hello()
     await doctor.join()
@@ -111,6 +115,7 @@ async def test_the_doctor_can_cancel_the_ring(
 async def test_a_doctor_who_disconnects_while_ringing_cancels_it(
     referral: tuple[Call, CallClient, CallClient]
 ) -> None:
+    """The doctor's socket closing while ringing cancels the ring and ends the call."""
     call, doctor, consultant = referral
     await consultant.hello()
     await doctor.hello()
@@ -123,6 +128,7 @@ async def test_a_doctor_who_disconnects_while_ringing_cancels_it(
 
 async def test_ringing_rules(service: Service, referral: tuple[Call, CallClient, CallClient]
                              ) -> None:
+    """Ringing is refused with its own error code for each misuse, and none changes the call."""
     call, doctor, consultant = referral
     await doctor.join()
     with pytest.raises(ProtocolError) as info:

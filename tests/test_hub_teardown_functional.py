@@ -145,6 +145,7 @@ async def one_leaves(rig: Rig, call: Call, clients: dict[str, CallClient],
 
 
 async def test_hang_up_releases_everything(rig: Rig) -> None:
+    """The doctor's hang-up ends the call and frees recorders, leases, timers and media objects."""
     async with live_consultation(rig) as (call, clients):
         runtime, recorders = rig.service.hub.sessions[call.id], rig.recorders()
         await clients["doc-1"].request("end")
@@ -155,6 +156,7 @@ async def test_hang_up_releases_everything(rig: Rig) -> None:
 
 
 async def test_the_last_one_to_leave_ends_the_call_and_releases_everything(rig: Rig) -> None:
+    """When both leave in turn the call ends and everything it held is released."""
     async with live_consultation(rig) as (call, clients):
         runtime, recorders = rig.service.hub.sessions[call.id], rig.recorders()
         await clients["pat-1"].request("leave")
@@ -168,6 +170,7 @@ async def test_the_last_one_to_leave_ends_the_call_and_releases_everything(rig: 
 async def test_a_participant_who_goes_is_released_and_the_call_goes_on(
     rig: Rig, way: str
 ) -> None:
+    """Leave, disconnect, token expiry or kick frees that participant's part; the call goes on."""
     async with live_consultation(rig) as (call, clients):
         runtime, recorders = rig.service.hub.sessions[call.id], rig.recorders()
         patient = clients["pat-1"]
@@ -195,6 +198,7 @@ async def test_a_participant_who_goes_is_released_and_the_call_goes_on(
 
 
 async def test_shutdown_fails_the_call_and_releases_everything(rig: Rig) -> None:
+    """Hub shutdown fails a live call `shutdown` for everyone and releases all it held."""
     async with live_consultation(rig) as (call, clients):
         runtime, recorders = rig.service.hub.sessions[call.id], rig.recorders()
         await within(rig.service.hub.shutdown(), 20, "hub shutdown")
@@ -204,6 +208,7 @@ async def test_shutdown_fails_the_call_and_releases_everything(rig: Rig) -> None
 
 
 async def test_the_watchdog_fails_the_call_and_releases_everything(rig: Rig) -> None:
+    """A call whose media never flows is failed no-media by the watchdog and fully released."""
     hub = rig.service.hub
     hub.watchdog_timeout = 1.0
     call = hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
@@ -227,6 +232,7 @@ async def test_the_watchdog_fails_the_call_and_releases_everything(rig: Rig) -> 
 
 @pytest.mark.parametrize("way", ["decline", "timeout", "cancel"])
 async def test_a_ring_that_ends_releases_what_the_caller_held(rig: Rig, way: str) -> None:
+    """A declined, timed-out or cancelled ring tells the right side and frees the caller's media."""
     hub = rig.service.hub
     call = hub.create_call(CallKind.REFERRAL, [("doc-1", "D", "doctor"),
                                               ("fd-1", "F", "consultant")])
@@ -274,6 +280,7 @@ class Inbox:
 async def test_a_join_racing_the_end_of_its_call_returns_its_lease(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A join whose TURN lease arrives after its call ended is refused and gives the lease back."""
     hub = rig.service.hub
     assert hub.turn is not None
     call = hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
@@ -301,6 +308,7 @@ async def test_a_join_racing_the_end_of_its_call_returns_its_lease(
 
 
 async def test_shutdown_tells_a_consultant_waiting_to_be_rung(rig: Rig) -> None:
+    """Shutdown fails a call whose consultant is only online and tells them, leaving no presence."""
     hub = rig.service.hub
     call = hub.create_call(CallKind.REFERRAL, [("doc-1", "D", "doctor"),
                                               ("fd-1", "F", "consultant")])
@@ -316,6 +324,7 @@ async def test_shutdown_tells_a_consultant_waiting_to_be_rung(rig: Rig) -> None:
 
 
 async def test_a_finished_call_is_forgotten_after_its_linger(rig: Rig) -> None:
+    """An ended call still answers late requests during its linger, then is forgotten."""
     hub = rig.service.hub
     hub.finished_linger = 0.2
     call = hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
@@ -336,6 +345,7 @@ async def test_a_finished_call_is_forgotten_after_its_linger(rig: Rig) -> None:
 async def test_a_recording_that_cannot_start_fails_the_call_before_it_goes_live(
     rig: Rig
 ) -> None:
+    """A recorder that cannot open its file fails the call recording-failed before it is live."""
     hub = rig.service.hub
     call = hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
                                                   ("doc-1", "D", "doctor")])

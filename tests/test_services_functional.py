@@ -24,6 +24,7 @@ def comm(pid: int) -> str:
 
 
 async def test_redis_fixture_runs_a_real_redis_server_and_stops_it(tmp_path: Path) -> None:
+    """The redis fixture runs a real redis-server that answers PING and is gone on exit."""
     import redis.asyncio as aioredis
 
     with run_redis(tmp_path) as server:
@@ -35,6 +36,7 @@ async def test_redis_fixture_runs_a_real_redis_server_and_stops_it(tmp_path: Pat
 
 
 async def test_turn_fixture_runs_coturn_that_grants_an_allocation(tmp_path: Path) -> None:
+    """The TURN fixture's coturn allocates for its secret's credentials, refuses others, stops."""
     import base64
     import hashlib
     import hmac
@@ -65,6 +67,7 @@ async def test_turn_fixture_runs_coturn_that_grants_an_allocation(tmp_path: Path
 async def test_browser_fixture_has_fake_camera_and_microphone(
     browser: Any, aiohttp_server: Any
 ) -> None:
+    """The Chromium fixture grants getUserMedia a fake camera and microphone without prompting."""
     async def index(request: web.Request) -> web.Response:
         return web.Response(text="<title>t</title>", content_type="text/html")
 

@@ -11,6 +11,7 @@ from telemed.settings import SettingsError, describe, load_settings
 
 
 def test_no_settings_at_all_gives_the_embedded_defaults() -> None:
+    """With no environment or file, settings are the embedded defaults (port 8080, no externals)."""
     s = load_settings(env={})
     assert s.http.port == 8080
     assert s.redis.url == ""
@@ -20,6 +21,7 @@ def test_no_settings_at_all_gives_the_embedded_defaults() -> None:
 
 
 def test_environment_variables_set_typed_values() -> None:
+    """TELEMED_* variables are parsed into ints, floats, lists and strings of their settings."""
     s = load_settings(env={
         "TELEMED_HTTP_PORT": "9000",
         "TELEMED_MEDIA_KURENTO_URLS": "ws://a:8888/kurento, ws://b:8888/kurento",
@@ -35,6 +37,7 @@ def test_environment_variables_set_typed_values() -> None:
 
 
 def test_toml_file_is_read_and_environment_wins(tmp_path: Path) -> None:
+    """A TOML file's values apply, the environment overrides them, and public_url follows."""
     conf = tmp_path / "telemed.toml"
     conf.write_text('[http]\nport = 7000\nhost = "0.0.0.0"\n[media]\nkurento_urls = ["ws://k/kurento"]\n')
     s = load_settings(env={"TELEMED_CONFIG": str(conf), "TELEMED_HTTP_PORT": "7001"})
@@ -65,11 +68,13 @@ def test_toml_file_is_read_and_environment_wins(tmp_path: Path) -> None:
     ],
 )
 def test_a_bad_setting_is_refused_with_its_name(env: dict[str, str], named: str) -> None:
+    """A malformed, out-of-range, unknown or inconsistent setting is refused by its name."""
     with pytest.raises(SettingsError, match=named):
         load_settings(env=env)
 
 
 def test_turn_urls_for_udp_tcp_and_tls_on_443_are_accepted() -> None:
+    """TURN URLs over UDP, TCP, TLS on 443 and IPv6 are accepted in order with their secrets."""
     urls = ("turn:10.0.0.1:3478?transport=udp", "turn:10.0.0.1:3478?transport=tcp",
             "turns:turn.hospital.local:443?transport=tcp", "turn:[fd00::1]:3478")
     s = load_settings(env={"TELEMED_TURN_PROVIDER": "coturn-secret",
@@ -78,6 +83,7 @@ def test_turn_urls_for_udp_tcp_and_tls_on_443_are_accepted() -> None:
 
 
 def test_unknown_key_or_bad_toml_in_file_is_refused(tmp_path: Path) -> None:
+    """A settings file with an unknown key, broken TOML or a wrongly typed value is refused."""
     conf = tmp_path / "bad.toml"
     conf.write_text("[http]\nportt = 1\n")
     with pytest.raises(SettingsError, match="portt"):
@@ -91,6 +97,7 @@ def test_unknown_key_or_bad_toml_in_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_secrets_are_masked_when_settings_are_described() -> None:
+    """The JWT secret never appears in the settings' description or repr, only as ***."""
     s = load_settings(env={"TELEMED_AUTH_JWT_SECRET": "hunter2-very-secret"})
     text = str(describe(s)) + repr(s)
     assert "hunter2" not in text
@@ -98,6 +105,7 @@ def test_secrets_are_masked_when_settings_are_described() -> None:
 
 
 def test_configuration_reference_in_docs_is_current() -> None:
+    """docs/configuration.md is exactly what the settings module generates today."""
     doc = Path(__file__).parents[1] / "docs" / "configuration.md"
     assert doc.read_text().strip() == settings_mod.markdown().strip(), (
         "docs/configuration.md is stale: run "
@@ -106,6 +114,7 @@ def test_configuration_reference_in_docs_is_current() -> None:
 
 
 def test_api_key_command_prints_a_key_and_its_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    """`telemed api-key` prints a long random key and the hash the service checks it against."""
     from telemed.cli import main
     from telemed.embedded import hash_api_key
 
@@ -129,6 +138,7 @@ def _pem_key_pair(tmp_path: Path) -> tuple[bytes, Path]:
 
 
 def test_a_missing_or_unreadable_mis_public_key_stops_start_up_naming_it(tmp_path: Path) -> None:
+    """A missing file or a non-key as the MIS public key is refused naming auth.jwt_public_keys."""
     with pytest.raises(SettingsError, match=r"auth\.jwt_public_keys: .*nope\.pem"):
         load_settings(env={"TELEMED_AUTH_JWT_PUBLIC_KEYS": str(tmp_path / "nope.pem")})
     garbage = tmp_path / "garbage.pem"
@@ -140,6 +150,7 @@ def test_a_missing_or_unreadable_mis_public_key_stops_start_up_naming_it(tmp_pat
 async def test_session_limits_and_the_mis_public_key_reach_the_socket_handler(
     tmp_path: Path,
 ) -> None:
+    """The heartbeat, rate and burst settings and the MIS key reach the socket handler."""
     from signaling.session import SESSION_CONFIG
     from signaling.tokens import mint_join_token, verify_join_token
     from telemed.app import create_app
@@ -167,6 +178,7 @@ async def test_session_limits_and_the_mis_public_key_reach_the_socket_handler(
 
 
 def test_the_embedded_media_server_gets_its_gc_grace_and_strictness(tmp_path: Path) -> None:
+    """The media server child gets --gc-grace and --strict-candidates only as the settings say."""
     from telemed.embedded import plan
 
     s = load_settings(env={"TELEMED_DATA_DIR": str(tmp_path), "TELEMED_TURN_PROVIDER": "none",

@@ -57,6 +57,7 @@ def pids(tmp_path: Path) -> list[tuple[int, int]]:
 
 
 async def test_a_killed_child_is_restarted(tmp_path: Path) -> None:
+    """A child killed with SIGKILL is started again with a new pid and its exit is recorded."""
     sup = Supervisor()
     child = sup.add(spec(tmp_path))
     await sup.start()
@@ -75,6 +76,7 @@ async def test_a_killed_child_is_restarted(tmp_path: Path) -> None:
 
 
 async def test_stop_leaves_no_child_or_grandchild_running(tmp_path: Path) -> None:
+    """Stopping the supervisor ends the child and the grandchild the child started."""
     sup = Supervisor()
     sup.add(spec(tmp_path))
     await sup.start()
@@ -88,6 +90,7 @@ async def test_stop_leaves_no_child_or_grandchild_running(tmp_path: Path) -> Non
 
 
 async def test_children_die_when_the_supervisor_process_is_killed(tmp_path: Path) -> None:
+    """Killing the supervisor's process outright takes its child down with it (no orphan)."""
     script = f"""
 import asyncio, sys
 sys.path.insert(0, {str(Path(__file__).parents[1])!r})
@@ -124,6 +127,7 @@ asyncio.run(main())
 
 
 async def test_a_child_that_never_becomes_ready_fails_start(tmp_path: Path) -> None:
+    """start() raises 'did not become ready' when a probe never passes, and leaves no child."""
     async def never() -> bool:
         return False
 
@@ -142,6 +146,7 @@ async def test_a_child_that_never_becomes_ready_fails_start(tmp_path: Path) -> N
 
 
 async def test_a_child_that_keeps_dying_is_restarted_with_growing_delays(tmp_path: Path) -> None:
+    """A crash-looping child is restarted after each delay in turn, the last one repeating."""
     stamps = tmp_path / "starts"
     # CLOCK_MONOTONIC is one clock for every process on Linux: stamps compare across them.
     crasher = ("import sys, time\n"
@@ -169,6 +174,7 @@ async def test_a_child_that_keeps_dying_is_restarted_with_growing_delays(tmp_pat
 async def test_child_lines_in_our_log_format_keep_their_level_and_call_id(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Child output in logfmt or JSON is logged with its level and call_id; plain lines as INFO."""
     caplog.set_level(logging.INFO)
     talker = (
         "import sys, time\n"

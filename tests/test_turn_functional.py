@@ -62,6 +62,7 @@ class Clock:
 async def test_shared_secret_leases_allocate_until_they_expire(
     turn_server: TurnServer, redis_client: aioredis.Redis
 ) -> None:
+    """A shared-secret lease allocates on real coturn; one already expired is refused."""
     provider = CoturnSharedSecret((turn_server.secret,), (turn_server.url,))
     pool = TurnPool(redis_client, provider, size=5, ttl=600, namespace=os.urandom(4).hex())
     lease = await pool.lease("call-1", "pat-1")
@@ -77,6 +78,7 @@ async def test_shared_secret_leases_allocate_until_they_expire(
 async def test_rotated_secrets_sign_with_the_newest_and_coturn_accepts_both(
     tmp_path: Path, redis_client: aioredis.Redis
 ) -> None:
+    """Leases are signed with the newest secret; coturn takes both rotated ones, refuses others."""
     new, old = "new-" + os.urandom(8).hex(), "old-" + os.urandom(8).hex()
     with run_turnserver(tmp_path / "turn-rotation", secrets_=(new, old)) as turn:
         provider = CoturnSharedSecret((new, old), (turn.url,))
@@ -97,6 +99,7 @@ async def test_rotated_secrets_sign_with_the_newest_and_coturn_accepts_both(
 async def test_held_leases_are_renewed_so_long_calls_keep_slot_and_credentials(
     userdb_turn: TurnServer, redis_client: aioredis.Redis
 ) -> None:
+    """A held coturn-redis lease is renewed past half its life, keeping its slot and username."""
     namespace = os.urandom(4).hex()
     clock = Clock(time.time())
     provider = CoturnRedisUserDb(redis_client, userdb_turn.realm, (userdb_turn.url,))
@@ -128,6 +131,7 @@ async def test_held_leases_are_renewed_so_long_calls_keep_slot_and_credentials(
 async def test_shared_secret_renewal_signs_credentials_with_a_later_expiry(
     turn_server: TurnServer, redis_client: aioredis.Redis
 ) -> None:
+    """Renewing a shared-secret lease signs a later expiry that coturn accepts, replacing it."""
     clock = Clock(time.time())
     provider = CoturnSharedSecret((turn_server.secret,), (turn_server.url,))
     node = TurnPool(redis_client, provider, size=1, ttl=600, namespace=os.urandom(4).hex(),
@@ -151,6 +155,7 @@ def userdb_turn(tmp_path: Path, redis_server: RedisServer) -> Iterator[TurnServe
 async def test_redis_userdb_leases_allocate_and_a_returned_one_is_refused(
     userdb_turn: TurnServer, redis_client: aioredis.Redis
 ) -> None:
+    """A coturn-redis lease writes a user key with a TTL and allocates; once returned, refused."""
     provider = CoturnRedisUserDb(redis_client, userdb_turn.realm, (userdb_turn.url,))
     pool = TurnPool(redis_client, provider, size=5, ttl=600, namespace=os.urandom(4).hex())
     lease = await pool.lease("call-2", "doc-1")
@@ -185,6 +190,7 @@ class Recording:
 async def test_two_nodes_never_hand_out_one_slot_twice_and_report_exhaustion(
     redis_client: aioredis.Redis
 ) -> None:
+    """Two nodes racing for 20 slots hand out each once, the rest get TurnExhausted, slots reuse."""
     namespace = os.urandom(4).hex()
     nodes = [TurnPool(redis_client, Recording(), size=20, ttl=600, namespace=namespace)
              for _ in range(2)]
@@ -203,6 +209,7 @@ async def test_two_nodes_never_hand_out_one_slot_twice_and_report_exhaustion(
 async def test_a_crashed_holders_leases_return_after_their_ttl(
     redis_client: aioredis.Redis
 ) -> None:
+    """A slot held by a node that died is free again once its TTL has passed."""
     namespace = os.urandom(4).hex()
     clock = Clock()
     crashed = TurnPool(redis_client, Recording(), size=1, ttl=30, namespace=namespace,
@@ -308,6 +315,7 @@ async def test_a_call_between_relay_only_peers_goes_through_coturn_and_records(
     tmp_path: Path, redis_server: RedisServer, lan_turn: TurnServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Relay-only peers go live via coturn, the media server uses the lease, no secret is logged."""
     caplog.set_level(logging.INFO)  # DEBUG would log every STUN packet: too slow here
     turn_server = lan_turn
     env = {"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_POOL_SIZE": "2",
@@ -391,6 +399,7 @@ def _selected_local_type(pc: RTCPeerConnection) -> str:
 async def test_joined_lists_udp_tcp_and_tls_turn_and_usage_is_visible_without_credentials(
     tmp_path: Path, redis_server: RedisServer, turn_server: TurnServer
 ) -> None:
+    """joined lists every TURN URL; the API and metrics show pool usage but never a credential."""
     import aiohttp
 
     from tests.hub_fixtures import API_KEY
@@ -437,6 +446,7 @@ async def test_joined_lists_udp_tcp_and_tls_turn_and_usage_is_visible_without_cr
 
 
 def test_kurento_gets_the_leases_turn_server_as_an_ipv4_literal() -> None:
+    """Kurento's TURN URL is the lease's first IPv4 server, UDP preferred; names alone give none."""
     def lease(*urls: str) -> TurnLease:
         return TurnLease("c", "kms", "1735000000:c:kms", "Zm9v+Yg==", urls, 0.0)
 
@@ -456,6 +466,7 @@ def test_kurento_gets_the_leases_turn_server_as_an_ipv4_literal() -> None:
 async def test_a_lease_returned_while_it_is_renewed_leaves_no_new_credentials(
     redis_client: aioredis.Redis
 ) -> None:
+    """A lease returned while its renewal runs revokes the renewed credentials too; nothing held."""
     class Slow(Recording):
         """Renews with new credentials, but only once the test lets it."""
 
@@ -488,6 +499,7 @@ async def test_service_with_coturn_redis_hands_out_users_that_allocate_until_lea
     tmp_path: Path, redis_server: RedisServer, userdb_turn: TurnServer,
     redis_client: aioredis.Redis,
 ) -> None:
+    """The service's coturn-redis users allocate while joined and are deleted on leave."""
     env = {"TELEMED_TURN_PROVIDER": "coturn-redis", "TELEMED_TURN_REALM": userdb_turn.realm,
            "TELEMED_TURN_URLS": userdb_turn.url,
            # coturn's user DB through a client of its own, as with a separate Redis.
@@ -515,6 +527,7 @@ async def test_service_with_coturn_redis_hands_out_users_that_allocate_until_lea
 async def test_renewed_credentials_reach_the_participants_browser(
     tmp_path: Path, redis_server: RedisServer, turn_server: TurnServer
 ) -> None:
+    """A renewed lease's credentials are pushed to the participant as iceServers and timelined."""
     url = f"{turn_server.url}?transport=udp"
     env = {"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_POOL_SIZE": "2",
            "TELEMED_TURN_URLS": url, "TELEMED_TURN_SECRETS": turn_server.secret}

@@ -15,6 +15,7 @@ TO = Expectation("pat", "to-browser", "video", "doc")
 
 
 def test_nothing_expires_before_the_deadline_and_the_first_due_is_named() -> None:
+    """An expectation expires at its deadline, not before, named with who and what is missing."""
     wd = MediaWatchdog(timeout=10)
     wd.expect(AUDIO, now=100)
     wd.expect(TO, now=101)
@@ -25,6 +26,7 @@ def test_nothing_expires_before_the_deadline_and_the_first_due_is_named() -> Non
 
 
 def test_proof_clears_an_expectation_even_if_it_came_first() -> None:
+    """Proof before arming keeps an expectation from being armed; proof after clears it."""
     wd = MediaWatchdog(timeout=10)
     assert wd.satisfy(VIDEO) is False  # media flowed before we armed for it
     wd.expect(VIDEO, now=0)
@@ -34,6 +36,7 @@ def test_proof_clears_an_expectation_even_if_it_came_first() -> None:
 
 
 def test_forgetting_a_participant_drops_what_involves_them() -> None:
+    """Forgetting someone drops expectations where they are the participant or the source."""
     wd = MediaWatchdog(timeout=10)
     wd.expect(TO, now=0)
     wd.expect(Expectation("doc", "from-browser", "audio"), now=0)
@@ -42,6 +45,7 @@ def test_forgetting_a_participant_drops_what_involves_them() -> None:
 
 
 def test_of_expectations_due_together_the_upstream_cause_is_named() -> None:
+    """Of expectations due together, a missing upload is named before the report it explains."""
     wd = MediaWatchdog(timeout=10)
     report = Expectation("doc", "browser-report", "media", "pat")  # sorts before AUDIO
     wd.expect(report, now=0)
@@ -51,6 +55,7 @@ def test_of_expectations_due_together_the_upstream_cause_is_named() -> None:
 
 
 def test_a_participant_forgotten_and_back_is_watched_again() -> None:
+    """Proof is forgotten with its participant, so after a rejoin it can expire again."""
     wd = MediaWatchdog(timeout=10)
     wd.expect(TO, now=0)
     wd.satisfy(TO)
@@ -61,6 +66,7 @@ def test_a_participant_forgotten_and_back_is_watched_again() -> None:
 
 
 def test_the_detail_names_the_direction_and_the_ice_state() -> None:
+    """The detail gives the missing media in words, the direction by name and the ICE state."""
     wd = MediaWatchdog(timeout=1)
     wd.expect(AUDIO, now=0)
     expired = wd.check(2, detail=lambda e: "ICE CONNECTING")
@@ -78,6 +84,7 @@ def test_the_detail_names_the_direction_and_the_ice_state() -> None:
 ])
 def test_every_kind_of_expectation_says_what_is_missing(expectation: Expectation,
                                                         words: str) -> None:
+    """Each direction is described in its own words, followed by its name."""
     wd = MediaWatchdog(timeout=1)
     wd.expect(expectation, now=0)
     expired = wd.check(1)
@@ -85,6 +92,7 @@ def test_every_kind_of_expectation_says_what_is_missing(expectation: Expectation
 
 
 async def test_the_timer_fires_at_the_deadline_and_not_after_proof() -> None:
+    """On the real loop the timer fires no earlier than the deadline and skips proven ones."""
     wd = MediaWatchdog(timeout=0.05)
     fired: asyncio.Queue[Expired] = asyncio.Queue()
     timer = WatchdogTimer(wd, fired.put_nowait)
@@ -100,3 +108,29 @@ async def test_the_timer_fires_at_the_deadline_and_not_after_proof() -> None:
     timer.rearm()
     timer.cancel()
     assert fired.empty()
+
+
+async def test_the_timer_passes_the_callers_context_into_the_detail() -> None:
+    """The timer's context callback (the hub's ICE state) ends up in the fired detail."""
+    wd = MediaWatchdog(timeout=0.01)
+    fired: asyncio.Queue[Expired] = asyncio.Queue()
+    timer = WatchdogTimer(wd, fired.put_nowait, detail=lambda e: f"ICE FAILED at {e.kind}")
+    wd.expect(AUDIO, timer.now())
+    timer.rearm()
+    expired = await within(fired.get(), 2, "watchdog")
+    assert expired.detail.endswith("(direction from-browser, ICE FAILED at audio)")
+
+
+async def test_a_timer_rearmed_with_nothing_pending_can_be_rearmed_again() -> None:
+    """A rearm with nothing pending drops the old timer, so a later expectation still fires."""
+    wd = MediaWatchdog(timeout=0.01)
+    fired: asyncio.Queue[Expired] = asyncio.Queue()
+    timer = WatchdogTimer(wd, fired.put_nowait)
+    wd.expect(AUDIO, timer.now())
+    timer.rearm()
+    wd.satisfy(AUDIO)
+    timer.rearm()
+    wd.expect(VIDEO, timer.now())
+    timer.rearm()
+    expired = await within(fired.get(), 2, "watchdog")
+    assert expired.expectation == VIDEO and fired.empty()
