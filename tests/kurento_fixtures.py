@@ -39,6 +39,9 @@ class ScriptedKms:
     emit_before_reply: dict[str, dict[str, Any]] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     silent: bool = False  # accept requests but never answer
+    #: Serve each socket's requests strictly one after another, as KMS does (websocketpp
+    #: reads the next frame only once the handler answered the last).
+    serial: bool = False
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     bound: dict[str, web.WebSocketResponse] = field(default_factory=dict)
     connections: int = 0
@@ -94,6 +97,7 @@ class ScriptedKms:
             prefix = f"{parent}/" if parent else ""
             object_id = f"{prefix}{uuid.uuid4()}_kurento.{cls}"
             self.objects[object_id] = cls
+            await self.emit("manager_ServerManager", "ObjectCreated", {"object": object_id})
             return object_id
         if method == "invoke":
             cls = self._class_of(params.get("object"))
@@ -127,6 +131,7 @@ class ScriptedKms:
             obj = params.get("object", "")
             for key in [k for k in self.objects if k == obj or k.startswith(f"{obj}/")]:
                 del self.objects[key]
+                await self.emit("manager_ServerManager", "ObjectDestroyed", {"objectId": key})
             return None
         if method == "describe":
             cls = self._class_of(params.get("object"))
@@ -219,7 +224,9 @@ class ScriptedKms:
         tasks: set[asyncio.Task[None]] = set()
         try:
             async for msg in ws:
-                if msg.type is WSMsgType.TEXT:
+                if msg.type is WSMsgType.TEXT and self.serial:
+                    await self.handle(ws, msg.data, state)
+                elif msg.type is WSMsgType.TEXT:
                     task = asyncio.create_task(self.handle(ws, msg.data, state))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
