@@ -325,7 +325,8 @@ class CallMedia:
             sub = viewer.subscriptions.get(participant)
             if sub is not None and name not in neg.connected:
                 await neg.ep.connect(sub)
-        await self._flush(participant, "publish", neg.ep)
+        # After the answer, not before it: the browser waits for the answer, not for these.
+        self._background(self._flush(participant, "publish", neg.ep))
         return answer
 
     async def _shielded(self, coro: Coroutine[Any, Any, str]) -> str:
@@ -377,7 +378,7 @@ class CallMedia:
         publisher = self.participants.get(source, Endpoints()).publisher
         if publisher is not None and source not in neg.connected:
             await publisher.connect(neg.ep)  # it committed while ours was in flight
-        await self._flush(viewer, source, neg.ep)
+        self._background(self._flush(viewer, source, neg.ep))
         return answer
 
     async def _flush(self, owner: str, target: str, ep: WebRtcEndpoint) -> None:
@@ -416,7 +417,10 @@ class CallMedia:
     # ---------------------------------------------------------------- resumed sessions
 
     def _resumed(self, _session_id: str) -> None:
-        task = asyncio.ensure_future(refresh(self))
+        self._background(refresh(self))
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -75,10 +75,15 @@ async def test_candidates_after_a_refused_one_are_sent_again_on_their_own(
             for n in (7, 8, 9):
                 await media.add_candidate("alice", "publish", candidate(n))
             assert await media.publish("alice", OFFER, BOTH) == OFFER
-            alone = [p["operationParams"]["candidate"]["candidate"] for rid, m, p in kms.requests
-                     if m == "invoke" and p.get("operation") == "addIceCandidate"
-                     and not str(rid).startswith("tx/")]
-            assert alone == [candidate(8)["candidate"], candidate(9)["candidate"]]
+
+            def alone() -> list[str]:
+                return [p["operationParams"]["candidate"]["candidate"]
+                        for rid, m, p in kms.requests if m == "invoke"
+                        and p.get("operation") == "addIceCandidate"
+                        and not str(rid).startswith("tx/")]
+
+            await wait_until(lambda: len(alone()) == 2, describe=alone)
+            assert alone() == [candidate(8)["candidate"], candidate(9)["candidate"]]
             await media.close()
         finally:
             await pool.close()
