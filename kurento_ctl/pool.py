@@ -197,6 +197,7 @@ class KurentoPool:
             server.client = self._factory(server.url)
             server.call_clients = [self._factory(server.url) for _ in range(self.sockets)]
             server.per_client.clear()
+            server.watching = False
             self._watch(server)
             server.up = False
 

@@ -230,9 +230,14 @@ class CallMedia:
         tx.subscribe(ep, Error, on_error)
 
     def _flow(self, ep: WebRtcEndpoint, owner: str, target: str, direction: str, kind: str,
-              on: bool) -> None:
+              on: bool, *, read: bool = False) -> None:
         # Per endpoint, not per participant: a rejoin's new endpoint starts afresh.
         key = (ep.id, direction, kind)
+        if read and key not in self._flows and not on:
+            # Re-read after a resume: "not flowing" of something that never flowed (an
+            # audio-only publisher's video) is no news.
+            self._flows[key] = on
+            return
         if self._flows.get(key) is not on:
             self._flows[key] = on
             self.listener.flow(owner, target, direction, kind, on)

@@ -33,9 +33,9 @@ async def refresh(call: CallMedia) -> None:
                 for kind in sorted(kinds):
                     media: MediaType = "AUDIO" if kind == "audio" else "VIDEO"
                     call._flow(ep, owner, target, "in", kind,
-                               await ep.is_media_flowing_in(media))
+                               await ep.is_media_flowing_in(media), read=True)
                     call._flow(ep, owner, target, "out", kind,
-                               await ep.is_media_flowing_out(media))
+                               await ep.is_media_flowing_out(media), read=True)
                 await _refresh_ice(call, owner, target, ep)
             except KurentoError as exc:
                 log.warning("! re-reading %s/%s after a resume failed: %s", owner, target,

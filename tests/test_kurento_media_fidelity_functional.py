@@ -134,6 +134,7 @@ async def test_state_is_read_again_after_a_resumed_session(tmp_path: Path) -> No
                              and ("alice", "publish", "in", "video", True) in heard.flows
                              and ("alice", "publish", "CONNECTED") in heard.ice,
                              describe=lambda: (heard.recording, heard.flows, heard.ice))
+            assert not [f for f in heard.flows if not f[4]], "never-flowing media announced"
             await media.close()
         finally:
             await pool.close()
