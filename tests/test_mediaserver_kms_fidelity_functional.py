@@ -6,6 +6,7 @@ the generic MediaObject/MediaElement surface of every kmd.json method."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from kurento_ctl.transaction import Transaction
 from mediaserver.core import MediaServer
 from tests.helpers import scaled, wait_until, within
 from tests.kmd import kmd
-from tests.kurento_fixtures import run_kms_like
+from tests.kurento_fixtures import run_kms_like, run_kurento_proxy
+from tests.services import free_port
 
 #: KMS's garbage-collector period in these tests (s); KMS's default is 240.
 PERIOD = 0.4
@@ -234,3 +236,46 @@ async def test_bandwidth_properties_and_connections_answer_as_kms(tmp_path: Path
         stats = await sink.invoke("getStats")
         assert isinstance(stats, dict) and stats
         await pipeline.release()
+
+
+async def test_an_orphan_goes_between_three_quarters_of_a_period_and_two_runs_later(
+    tmp_path: Path,
+) -> None:
+    """KMS's window after the socket closes: 0.75 to 2 periods (180-480 s at 240 s)."""
+    period = scaled(PERIOD)
+    async with run_kms_like(tmp_path, gc_grace=period) as (url, server):
+        async with KurentoClient(url) as dead:
+            orphan = await MediaPipeline.create(dead)
+        closed, runs = time.monotonic(), server.ownership.runs
+        await wait_until(lambda: orphan.id not in server.objects, timeout=20 * period)
+        assert time.monotonic() - closed >= 0.75 * period * 0.99
+        assert server.ownership.runs - runs <= 2
+
+
+async def test_pipelines_lost_in_an_outage_are_released_when_the_same_server_is_back(
+    tmp_path: Path,
+) -> None:
+    """Down is our verdict: the same KMS process kept them running, so the pool releases
+    them once it answers again."""
+    async with run_kms_like(tmp_path, serial=False) as (upstream, server), \
+            run_kurento_proxy(upstream) as (url, proxy):
+        pool = KurentoPool([url], health_interval=scaled(60), down_after=0.0,
+                           client_factory=lambda u: KurentoClient(u, reconnect_delays=(0.05,)))
+        lost: list[set[str]] = []
+        pool.on_pipelines_lost(lambda _url, ids: lost.append(ids))
+        await pool.start()
+        try:
+            _, pipeline = await pool.create_pipeline()
+            proxy.upstream = f"ws://127.0.0.1:{free_port()}/kurento"  # the network is down
+            await proxy.drop_connections()
+            await wait_until(lambda: not pool.servers[0].client.connected)
+            await pool.check()
+            assert lost == [{pipeline.id}] and pipeline.id in server.objects
+            proxy.upstream = upstream
+            await wait_until(lambda: all(c.connected for c in pool.servers[0].all_clients),
+                             timeout=10, describe=lambda: pool.status())
+            await pool.check()
+            await wait_until(lambda: pipeline.id not in server.objects,
+                             describe=lambda: pool.servers[0].orphans)
+        finally:
+            await pool.close()
