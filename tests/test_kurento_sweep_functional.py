@@ -16,7 +16,7 @@ from kurento_ctl.pool import KurentoPool
 from kurento_ctl.sweep import TAG_CALL, TAG_NODE, OrphanSweeper, sweep_server
 from kurento_ctl.transaction import Transaction
 from mediaserver.recorder import RecorderEndpointImpl
-from tests.helpers import scaled, within
+from tests.helpers import scaled, wait_until, within
 from tests.kurento_fixtures import run_kms_like
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +121,28 @@ async def test_a_pipeline_left_by_a_sigkilled_process_is_released_by_the_start_u
             await sweeper.start()
             assert [r.released for r in sweeper.reports] == [[pipeline_id]]
             assert pipeline_id not in server.objects and recorder_id not in server.objects
+        finally:
+            await sweeper.close()
+            await pool.close()
+
+
+async def test_the_periodic_sweep_releases_what_dies_after_start_up(tmp_path: Path) -> None:
+    """Not only at start-up: a call that ends without releasing is caught by a later run."""
+    async with run_kms_like(tmp_path) as (url, server), KurentoClient(url) as client:
+        pool = KurentoPool([url], health_interval=scaled(60))
+        await pool.start()
+        live = {"ongoing"}
+        sweeper = OrphanSweeper(pool, lambda ids: ids & live, min_age=0,
+                                interval=scaled(0.1))
+        try:
+            await sweeper.start()
+            pipeline = await tagged(client, "ongoing")
+            await wait_until(lambda: len(sweeper.reports) == 1
+                             and pipeline in sweeper.reports[0].tagged)
+            assert pipeline in server.objects
+            live.clear()  # the call ended somewhere, its pipeline left behind
+            await wait_until(lambda: pipeline not in server.objects,
+                             describe=lambda: [r.released for r in sweeper.reports])
         finally:
             await sweeper.close()
             await pool.close()
