@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kurento_ctl.client import KurentoClient
 from kurento_ctl.errors import KurentoError, ObjectNotFound
@@ -164,7 +164,3 @@ class OrphanSweeper:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-
-def describe(report: SweepReport) -> dict[str, Any]:
-    return {"url": report.url, "tagged": len(report.tagged), "released": report.released,
-            "young": report.kept_young, "untagged": report.untagged}
