@@ -90,6 +90,7 @@ class CallMedia:
         self._flows: dict[tuple[str, str, str], bool] = {}
         self._recording: set[str] = set()
         self._pipeline_lock = asyncio.Lock()
+        self._stop_lock = asyncio.Lock()
         self._closed = False
         #: A transaction's reply never came: it may have made objects we hold no id of.
         self.uncertain = False
@@ -454,8 +455,11 @@ class CallMedia:
                 await obj.release()
 
     async def _stop(self, recorder: RecorderEndpoint) -> None:
+        """One stopAndWait of this call at a time, whoever asks (two leaving at once, a
+        close): KMS serves the socket in order, so a burst only blocks everything else."""
         try:
-            await asyncio.wait_for(recorder.stop_and_wait(), STOP_TIMEOUT)
+            async with self._stop_lock:
+                await asyncio.wait_for(recorder.stop_and_wait(), STOP_TIMEOUT)
         except (KurentoError, TimeoutError) as exc:
             log.error("! stopAndWait of %s failed: %s", recorder.id, exc, extra=self.log_extra)
 

@@ -5,6 +5,7 @@ events were dropped, a transaction whose reply never came."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,8 @@ async def test_state_is_read_again_after_a_resumed_session(tmp_path: Path) -> No
 
 
 async def test_a_calls_stop_and_waits_go_one_at_a_time(tmp_path: Path) -> None:
-    """KMS serves a socket in order: a burst of stopAndWaits only blocks the socket."""
+    """KMS serves a socket in order: a burst of stopAndWaits only blocks the socket, even
+    when a participant leaves while the call closes."""
     async with run_scripted_kms() as (upstream, kms), \
             run_kurento_proxy(upstream) as (url, proxy):
         scripted_answers(kms)
@@ -152,8 +154,9 @@ async def test_a_calls_stop_and_waits_go_one_at_a_time(tmp_path: Path) -> None:
             media = CallMedia("c1", pool, tmp_path, Heard().listener(), CandidateFilter())
             await media.publish("alice", OFFER, BOTH)
             await media.publish("bob", OFFER, BOTH)
+            await media.publish("carol", OFFER, BOTH)
             mark = proxy.mark()
-            await media.close()
+            await asyncio.gather(media.remove("carol"), media.close())
         finally:
             await pool.close()
         waiting: set[tuple[int, Any]] = set()
