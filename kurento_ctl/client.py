@@ -1,18 +1,29 @@
 """`KurentoClient`: one session with one media server over an aiohttp WebSocket.
 
-Many requests may be in flight at once; each has its own timeout. A keepalive ping detects
-a dead socket; the client then reconnects with backoff and resumes its session with
-`connect {sessionId}`. If the server restarted (40007 on `connect`, or a new `serverId`),
-every object we held is gone: listeners registered with `on_session_lost` are told so that
-calls fail cleanly instead of hanging, and the client carries on with a fresh session.
+Many requests may be in flight at once; each has its own timeout. KMS serves one socket's
+requests strictly one after another, so a ping can wait behind slow requests on a healthy
+socket: the socket is dropped only when requests are outstanding and *nothing at all* came
+back for `ping_timeout` seconds. The client then reconnects with backoff and resumes its
+session with `connect {sessionId}`.
+
+What a reconnect means (KMS 7.3 source, KMS-SOURCE-NOTES.md item 6):
+- session resumed: objects and subscriptions are kept, but every event raised while no
+  socket was bound was dropped; `on_resumed` listeners re-read state.
+- a different `serverId`: the server restarted, every object we held is gone.
+- 40007 with the same `serverId`: the server does not know the session (never used, or
+  collected) — its objects may still be running, streaming and recording.
+Both losses reach `on_session_lost` listeners as a `SessionLoss` saying which it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -33,12 +44,32 @@ from kurento_ctl.jsonrpc import (
     transaction_replies,
 )
 
-__all__ = ["EventHandler", "KurentoClient"]
+__all__ = ["EventHandler", "KurentoClient", "SessionLoss"]
 
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[Notification], None]
-SessionLostHandler = Callable[[str], None]
+#: Events for ids without a handler kept while a transaction that subscribes to `newref:`
+#: objects is in flight; a bound so that a flood cannot grow memory without end.
+MAX_HELD_EVENTS = 10_000
+
+
+@dataclass(frozen=True)
+class SessionLoss:
+    """Our session is gone. `restarted`: a new server process (objects gone too);
+    otherwise the same process forgot the session and our objects may still run."""
+
+    session_id: str
+    old_server_id: str | None
+    new_server_id: str | None
+
+    @property
+    def restarted(self) -> bool:
+        return self.old_server_id is not None and self.new_server_id != self.old_server_id
+
+
+SessionLostHandler = Callable[[SessionLoss], None]
+ResumedHandler = Callable[[str], None]
 
 
 def safe_call(handler: Callable[..., None], *args: Any) -> None:
@@ -57,6 +88,7 @@ class KurentoClient:
         request_timeout: float = 10.0,
         connect_timeout: float = 5.0,
         ping_interval: float = 5.0,
+        ping_timeout: float | None = None,
         reconnect_delays: Sequence[float] = (0.1, 0.5, 1.0, 2.0, 5.0),
         http: aiohttp.ClientSession | None = None,
     ) -> None:
@@ -64,6 +96,11 @@ class KurentoClient:
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
+        #: Silence (nothing received while requests wait) that proves the socket dead. KMS
+        #: answers in order, so this must exceed the slowest single request (stopAndWait
+        #: waits up to 4 s); any frame received proves the socket alive.
+        self.ping_timeout = ping_timeout if ping_timeout is not None else max(
+            request_timeout, 2 * ping_interval)
         self.reconnect_delays = tuple(reconnect_delays)
         self.server_id: str | None = None
         self._http = http
@@ -73,6 +110,12 @@ class KurentoClient:
         self._futures: dict[int, asyncio.Future[Any]] = {}
         self._handlers: dict[tuple[str, str], list[EventHandler]] = {}
         self._session_lost: list[SessionLostHandler] = []
+        self._resumed: list[ResumedHandler] = []
+        self._sent_at: dict[int, float] = {}
+        self._last_received = time.monotonic()
+        self._holds: set[int] = set()
+        self._hold_ids = itertools.count(1)
+        self._held: list[Notification] = []
         self._connected = asyncio.Event()
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -129,8 +172,10 @@ class KurentoClient:
             self.connect_timeout,
         )
         self._ws = ws
+        self._last_received = time.monotonic()
         self._spawn(self._read(ws), "reader")
         old_session = self._protocol.session_id
+        unknown = False
         try:
             if old_session is None:
                 result = await self._call("connect", {}, with_session=False)
@@ -138,30 +183,41 @@ class KurentoClient:
                 result = await self._call("connect", {"sessionId": old_session},
                                           with_session=False)
         except InvalidSession:
-            log.warning("! session %s unknown to %s: the media server restarted",
-                        old_session, self.url)
+            unknown = True
             self._protocol.session_id = None
-            self._lose_session(old_session)
             result = await self._call("connect", {}, with_session=False)
         server_id = result.get("serverId") if isinstance(result, dict) else None
-        if old_session is not None and self.server_id is not None \
-                and server_id != self.server_id and self._protocol.session_id == old_session:
-            # Same session id accepted by a different server process: treat as lost too.
-            self._lose_session(old_session)
-        self.server_id = server_id
+        old_server, self.server_id = self.server_id, server_id
+        resumed = False
+        if old_session is not None:
+            loss = SessionLoss(old_session, old_server, server_id)
+            if loss.restarted:
+                log.warning("! %s restarted (serverId %s -> %s): session %s and its objects "
+                            "are gone", self.url, old_server, server_id, old_session)
+                self._lose_session(loss)
+            elif unknown:
+                log.warning("! session %s unknown to %s, same serverId: never used or "
+                            "collected; its objects may still run", old_session, self.url)
+                self._lose_session(loss)
+            else:
+                resumed = True
         self._connected.set()
         log.info("= connected to %s session=%s server=%s", self.url,
                  self._protocol.session_id, server_id)
+        if resumed:
+            for handler in list(self._resumed):
+                safe_call(handler, self._protocol.session_id or "")
 
-    def _lose_session(self, session_id: str | None) -> None:
+    def _lose_session(self, loss: SessionLoss) -> None:
         self._handlers.clear()
         for handler in list(self._session_lost):
-            safe_call(handler, session_id or "")
+            safe_call(handler, loss)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:
             async for msg in ws:
                 if msg.type is aiohttp.WSMsgType.TEXT:
+                    self._last_received = time.monotonic()
                     try:
                         self._protocol.receive_text(msg.data)
                     except ProtocolViolation as exc:
@@ -177,6 +233,7 @@ class KurentoClient:
     def _dispatch(self) -> None:
         for item in self._protocol.events_received():
             if isinstance(item, Reply):
+                self._sent_at.pop(item.id, None)
                 future = self._futures.pop(item.id, None)
                 if future is None or future.done():
                     continue
@@ -185,8 +242,33 @@ class KurentoClient:
                 else:
                     future.set_result(item.result)
             else:
-                for handler in list(self._handlers.get((item.object_id, item.type), ())):
+                handlers = self._handlers.get((item.object_id, item.type))
+                if handlers:
+                    for handler in list(handlers):
+                        safe_call(handler, item)
+                elif self._holds and len(self._held) < MAX_HELD_EVENTS:
+                    self._held.append(item)
+
+    def hold_unrouted_events(self) -> int:
+        """Keeps events nobody listens to until `release_unrouted_events(token)`: a
+        transaction subscribes to objects whose ids we learn only from its reply, and KMS
+        may send their first events before that reply."""
+        token = next(self._hold_ids)
+        self._holds.add(token)
+        return token
+
+    def release_unrouted_events(self, token: int) -> None:
+        """Delivers the kept events that now have handlers, in arrival order; the others
+        are kept while another hold lasts, dropped otherwise."""
+        self._holds.discard(token)
+        held, self._held = self._held, []
+        for item in held:
+            handlers = self._handlers.get((item.object_id, item.type))
+            if handlers:
+                for handler in list(handlers):
                     safe_call(handler, item)
+            elif self._holds:
+                self._held.append(item)
 
     def _on_socket_closed(self) -> None:
         self._connected.clear()
@@ -198,6 +280,7 @@ class KurentoClient:
 
     def _fail_all(self, exc: KurentoError) -> None:
         self._protocol.fail_pending()
+        self._sent_at.clear()
         futures, self._futures = self._futures, {}
         for future in futures.values():
             if not future.done():
@@ -224,14 +307,30 @@ class KurentoClient:
             if not self._connected.is_set() or self._ws is None:
                 continue
             ws = self._ws
-            try:
-                await self._call("ping", {"interval": int(self.ping_interval * 1000)},
-                                 timeout=max(self.ping_interval, 1.0))
-            except RequestTimeout:
-                log.warning("! ping to %s unanswered, dropping the socket", self.url)
+            if self.silent_for() > self.ping_timeout:
+                log.warning("! nothing from %s for %.1fs with requests waiting, dropping the "
+                            "socket", self.url, self.silent_for())
                 await ws.close()
-            except KurentoError:
-                pass
+                continue
+            if not any(m == "ping" for m in self._protocol.pending.values()):
+                # Its reply is not awaited here: it may queue behind slow requests (KMS
+                # serves a socket in order); it only keeps something outstanding, so that a
+                # half-open socket shows as silence.
+                self._spawn(self._ping(), "ping")
+
+    async def _ping(self) -> None:
+        with contextlib.suppress(KurentoError):
+            await self._call("ping", {"interval": int(self.ping_interval * 1000)},
+                             timeout=max(self.ping_timeout, self.request_timeout))
+
+    def silent_for(self) -> float:
+        """Seconds the oldest waiting request has gone without the socket saying anything
+        at all; 0 when nothing waits or a frame arrived since it was sent."""
+        if not self._sent_at:
+            return 0.0
+        now = time.monotonic()
+        since = max(min(self._sent_at.values()), self._last_received)
+        return now - since
 
     # ---------------------------------------------------------------- requests
 
@@ -243,6 +342,7 @@ class KurentoClient:
         request_id = self._protocol.send_request(method, params, with_session=with_session)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futures[request_id] = future
+        self._sent_at[request_id] = time.monotonic()
         for text in self._protocol.data_to_send():
             log.debug("> %s", text[:300])
             await ws.send_str(text)
@@ -250,6 +350,7 @@ class KurentoClient:
             return await asyncio.wait_for(future, timeout or self.request_timeout)
         except TimeoutError:
             self._futures.pop(request_id, None)
+            self._sent_at.pop(request_id, None)
             self._protocol.forget(request_id)
             raise RequestTimeout(f"{method} to {self.url}: no reply in "
                                  f"{timeout or self.request_timeout}s") from None
@@ -294,10 +395,16 @@ class KurentoClient:
             del self._handlers[key]
 
     def on_session_lost(self, handler: SessionLostHandler) -> Callable[[], None]:
-        """Registers `handler(old_session_id)`; returns a function that unregisters it."""
+        """Registers `handler(SessionLoss)`; returns a function that unregisters it."""
         self._session_lost.append(handler)
         return lambda: self._session_lost.remove(handler) if handler in self._session_lost \
             else None
+
+    def on_resumed(self, handler: ResumedHandler) -> Callable[[], None]:
+        """Registers `handler(session_id)`, called after a reconnect kept the session: the
+        objects and subscriptions are there, the events of the gap are not."""
+        self._resumed.append(handler)
+        return lambda: self._resumed.remove(handler) if handler in self._resumed else None
 
     @property
     def handler_count(self) -> int:

@@ -12,8 +12,10 @@ later ops of the same transaction may use it: KMS puts the real id in its place.
 order and stop at the first failure; `commit()` raises that op's typed error (an `SdpError`
 for a refused offer), the ops after it end as `OperationNotRun`, and what ran stays done.
 
-Subscribe only to objects that already exist: we learn a new object's id from the commit
-reply, and any event it raised before that reply would be lost.
+Subscriptions may name objects of the same transaction (KMS resolves `newref:` in a
+`subscribe` op too). Their events can arrive before the commit reply tells us the real id,
+so while the commit is in flight the client keeps events nobody listens to, and delivers
+them, in order, once the handlers are registered under the real ids.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class Transaction:
         self._ops: list[_Op] = []
         self._created: set[int] = set()
         self._committed = False
+        self._hold = False
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -151,18 +154,30 @@ class Transaction:
 
     def subscribe(self, obj: MediaObject, event_type: type[E] | str,
                   handler: Callable[[Any], None]) -> Pending[Subscription]:
-        """`handler(event)` for each event of that type, registered before the commit is
-        sent, so events raised by later ops of this same transaction are delivered."""
-        if obj.id.startswith("newref:"):
-            raise ValueError(f"subscribe to {obj!r} once it exists: its early events would "
-                             "be lost")
+        """`handler(event)` for each event of that type, including the events raised by
+        later ops of this same transaction (and before its reply arrives)."""
+        ref = self._ref(obj)
         name = event_type if isinstance(event_type, str) else event_type.__name__
         on_notification = typed_handler(handler)
+        if ref.startswith("newref:"):
+            self._hold = True
+
+            def subscribed(r: Any) -> Subscription:
+                # The create op ran before this one, so obj.id is the real id by now.
+                self.client.add_handler(obj.id, name, on_notification)
+                return Subscription(obj, name, str(r.get("value")), on_notification)
+
+            return self._add("subscribe", {"object": ref, "type": name}, f"subscribe {name}",
+                             subscribed)
         self.client.add_handler(obj.id, name, on_notification)
         return self._add(
             "subscribe", {"object": obj.id, "type": name}, f"subscribe {name}",
             lambda r: Subscription(obj, name, str(r.get("value")), on_notification),
             lambda: self.client.remove_handler(obj.id, name, on_notification))
+
+    def add_tag(self, obj: MediaObject, key: str, value: str) -> Pending[None]:
+        """Kurento's `MediaObject.addTag`; works on `newref:` objects of this transaction."""
+        return self.invoke(obj, "addTag", key=key, value=value)
 
     def release(self, obj: MediaObject) -> Pending[None]:
         def released(_: Any) -> None:
@@ -214,10 +229,21 @@ class Transaction:
         if not self._ops:
             return
         ops = self._ops
+        token = self.client.hold_unrouted_events() if self._hold else None
+        try:
+            await self._run(ops, timeout)
+        finally:
+            if token is not None:
+                self.client.release_unrouted_events(token)
+
+    async def _run(self, ops: list[_Op], timeout: float | None) -> None:
         try:
             replies = await self.client.transaction([(op.method, op.params) for op in ops],
                                                     timeout=timeout)
         except BaseException as exc:
+            # A timeout or a lost socket says nothing about what ran: KMS may have run every
+            # op. Created objects keep their newref ids; the caller's tags and the orphan
+            # sweep are what find them again.
             for op in ops:
                 self._failed(op, exc)
             raise

@@ -17,7 +17,7 @@ from mediaserver.app import create_app
 async def run(args: argparse.Namespace) -> None:
     app = create_app(strict_candidates=args.strict_candidates, gc_grace=args.gc_grace,
                      recordings_root=Path(args.recordings_root) if args.recordings_root
-                     else None)
+                     else None, serial=args.serial)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
@@ -40,7 +40,11 @@ def main(configure_logging: Callable[[str], None] | None = None) -> None:
     parser.add_argument("--strict-candidates", action="store_true",
                         help="ignore .local and link-local candidates, as Kurento does")
     parser.add_argument("--gc-grace", type=float, default=240.0,
-                        help="seconds a session without a socket keeps its objects")
+                        help="garbage-collector period (KMS's garbageCollectorPeriod): an "
+                        "object nobody owns any more goes 0.75 to 2 periods after its "
+                        "owners' sockets closed")
+    parser.add_argument("--serial", action="store_true",
+                        help="serve each socket's requests one at a time, as KMS does")
     parser.add_argument("--recordings-root", default="",
                         help="recorder URIs must point below this folder")
     parser.add_argument("--log-level", default="INFO")

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 SERVER = web.AppKey("mediaserver", MediaServer)
 SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
+#: Serve each socket's requests strictly one after another, as KMS does (websocketpp reads
+#: the next frame only after the handler answered); off, requests run concurrently.
+SERIAL = web.AppKey("serial", bool)
 
 
 async def kurento_socket(request: web.Request) -> web.StreamResponse:
@@ -64,14 +67,15 @@ async def kurento_socket(request: web.Request) -> web.StreamResponse:
             if bound is not None and bound is not session and bound.sender is sender:
                 server.detach(bound)
             session.sender = sender
-            session.detached_at = None
             bound = session
         queue.put_nowait(encode_result(parsed.id, result))
 
     tasks: set[asyncio.Task[None]] = set()
     try:
         async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
+            if msg.type is WSMsgType.TEXT and request.app[SERIAL]:
+                await serve(msg.data)
+            elif msg.type is WSMsgType.TEXT:
                 # Requests run concurrently; a slow processOffer does not hold up a ping.
                 task = asyncio.create_task(serve(msg.data))
                 tasks.add(task)
@@ -101,8 +105,9 @@ async def other_path(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(*, strict_candidates: bool = False, gc_grace: float = 240.0,
-               recordings_root: Path | None = None) -> web.Application:
+               recordings_root: Path | None = None, serial: bool = False) -> web.Application:
     app = web.Application()
+    app[SERIAL] = serial
     app[SERVER] = MediaServer(strict_candidates=strict_candidates, gc_grace=gc_grace,
                               recordings_root=recordings_root)
 

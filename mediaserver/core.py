@@ -1,106 +1,31 @@
 """The Kurento JSON-RPC methods over our object tree, with KMS's session semantics.
 
 Sessions are created implicitly, bound to the socket that last carried one of their
-replies, receive events only there (dropped while detached), and are garbage-collected
-with every pipeline they created when no socket comes back within the grace period.
+replies, and receive events only there (dropped while detached). Who owns what, and when
+an orphan is collected, follows KMS's MediaSet (mediaserver.ownership). Every object also
+answers the generic MediaObject/MediaElement surface of kmd.json (mediaserver.surface).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kurento_ctl.jsonrpc import ErrorCode, Request, check_request, encode_event
-from mediaserver.elements import Element, KmsError, MediaObjectImpl, MediaPipelineImpl, Method
+from mediaserver.elements import Element, KmsError, MediaObjectImpl, MediaPipelineImpl
+from mediaserver.manager import FACTORIES, ServerManagerImpl
+from mediaserver.ownership import Ownership, Session
 from mediaserver.player import PlayerEndpointImpl
 from mediaserver.recorder import RecorderEndpointImpl
+from mediaserver.surface import ObjectState, element_stats, generic_methods, not_implemented
 from mediaserver.webrtc import WebRtcEndpointImpl
 
 __all__ = ["MediaServer", "Session"]
 
 log = logging.getLogger(__name__)
-
-VERSION = "7.3.0"
-FACTORIES = ("MediaPipeline", "WebRtcEndpoint", "RecorderEndpoint", "PlayerEndpoint")
-Sender = Callable[[str], None]
-
-
-@dataclass
-class Session:
-    id: str
-    sender: Sender | None = None
-    subscriptions: dict[str, tuple[str, str]] = field(default_factory=dict)
-    pipelines: set[str] = field(default_factory=set)
-    detached_at: float | None = None
-
-    def subscribed(self, object_id: str, event_type: str) -> bool:
-        return (object_id, event_type) in self.subscriptions.values()
-
-
-class ServerManagerImpl(MediaObjectImpl):
-    type_name = "ServerManager"
-    events = frozenset({"Error", "ObjectCreated", "ObjectDestroyed"})
-
-    def methods(self) -> dict[str, Method]:
-        return {
-            "getPipelines": Method(self._pipelines),
-            "getSessions": Method(self._sessions),
-            "getInfo": Method(self._info),
-            "getUsedMemory": Method(self._memory),
-            "getUsedCpu": Method(self._cpu, ("interval",)),
-            "getCpuCount": Method(self._cpu_count),
-            "getMetadata": Method(self._metadata),
-        }
-
-    async def _pipelines(self, params: dict[str, Any]) -> list[str]:
-        return sorted(o.id for o in self.server.objects.values()
-                      if isinstance(o, MediaPipelineImpl))
-
-    async def _sessions(self, params: dict[str, Any]) -> list[str]:
-        return sorted(self.server.sessions)
-
-    async def _info(self, params: dict[str, Any]) -> dict[str, Any]:
-        module = {"__module__": "kurento", "__type__": "ModuleInfo",
-                  "generationTime": "embedded", "version": VERSION}
-        return {
-            "__module__": "kurento", "__type__": "ServerInfo",
-            "capabilities": ["transactions"], "type": "KMS", "version": VERSION,
-            "modules": [
-                module | {"name": "core", "factories": ["MediaPipeline"]},
-                module | {"name": "elements", "factories": list(FACTORIES[1:])},
-                module | {"name": "filters", "factories": []},
-            ],
-        }
-
-    async def _memory(self, params: dict[str, Any]) -> int:
-        status = Path("/proc/self/status").read_text()  # noqa: ASYNC240 - procfs, no disk I/O
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
-
-    async def _cpu(self, params: dict[str, Any]) -> float:
-        interval = params.get("interval", 1000)
-        if not isinstance(interval, int) or interval < 0:
-            raise KmsError(ErrorCode.MARSHALL_ERROR, "'interval' parameter should be a integer")
-        start_cpu, start = time.process_time(), time.monotonic()
-        await asyncio.sleep(interval / 1000)  # KMS blocks for the interval too
-        elapsed = max(time.monotonic() - start, 1e-6)
-        return 100.0 * (time.process_time() - start_cpu) / elapsed / (os.cpu_count() or 1)
-
-    async def _cpu_count(self, params: dict[str, Any]) -> int:
-        return os.cpu_count() or 1
-
-    async def _metadata(self, params: dict[str, Any]) -> str:
-        return ""
 
 
 class MediaServer:
@@ -108,13 +33,16 @@ class MediaServer:
                  recordings_root: Path | None = None) -> None:
         self.server_id = str(uuid.uuid4())
         self.strict_candidates = strict_candidates
+        #: KMS's `garbageCollectorPeriod`: an orphan goes 0.75 to 2 periods after its
+        #: owners' sockets closed.
         self.gc_grace = gc_grace
         self.recordings_root = recordings_root
-        self.sessions: dict[str, Session] = {}
         self.objects: dict[str, MediaObjectImpl] = {}
+        self.states: dict[str, ObjectState] = {}
+        self.ownership = Ownership(gc_grace, self.objects, self.release_object)
+        self.sessions = self.ownership.sessions
         self.manager = ServerManagerImpl(self, "manager_ServerManager", None)
-        self.objects[self.manager.id] = self.manager
-        self._gc_task: asyncio.Task[None] | None = None
+        self._add(self.manager)
         self._released = asyncio.Event()
 
     # ---------------------------------------------------------------- sessions
@@ -125,35 +53,19 @@ class MediaServer:
             if bound is not None:
                 return bound
             session_id = str(uuid.uuid4())
-        session = self.sessions.get(session_id)
-        if session is None:
-            session = self.sessions[session_id] = Session(session_id)
-        return session
+        return self.ownership.session(session_id)
 
     def detach(self, session: Session) -> None:
         session.sender = None
-        session.detached_at = time.monotonic()
-        if self._gc_task is None or self._gc_task.done():
-            self._gc_task = asyncio.create_task(self._collect())
-
-    async def _collect(self) -> None:
-        while any(s.sender is None for s in self.sessions.values()):
-            await asyncio.sleep(min(self.gc_grace / 2, 5.0))
-            now = time.monotonic()
-            for session in list(self.sessions.values()):
-                if session.sender is None and session.detached_at is not None \
-                        and now - session.detached_at >= self.gc_grace:
-                    await self.close_session(session)
 
     async def close_session(self, session: Session) -> None:
-        log.info("= session %s collected with %d pipelines", session.id, len(session.pipelines))
-        self.sessions.pop(session.id, None)
-        for pipeline_id in list(session.pipelines):
-            obj = self.objects.get(pipeline_id)
-            if obj is not None:
-                await self.release_object(obj)
+        await self.ownership.unref_session(session)
 
     def emit(self, object_id: str, event_type: str, data: dict[str, Any]) -> None:
+        state = self.states.get(object_id)
+        if state is not None and state.send_tags_in_events and state.tags:
+            data = data | {"tags": [{"__module__": "kurento", "__type__": "Tag", "key": k,
+                                     "value": v} for k, v in state.tags.items()]}
         text: str | None = None
         for session in self.sessions.values():
             if session.sender is not None and session.subscribed(object_id, event_type):
@@ -174,6 +86,10 @@ class MediaServer:
             raise KmsError(ErrorCode.MEDIA_OBJECT_NOT_FOUND, f"Object '{object_id}' not found")
         return obj
 
+    def _add(self, obj: MediaObjectImpl) -> None:
+        self.objects[obj.id] = obj
+        self.states[obj.id] = ObjectState(name=obj.id)
+
     async def release_object(self, obj: MediaObjectImpl) -> None:
         if obj.released or obj is self.manager:
             return
@@ -182,8 +98,8 @@ class MediaServer:
         except Exception:
             log.exception("! releasing %s failed", obj.id)
         self.objects.pop(obj.id, None)
-        for session in self.sessions.values():
-            session.pipelines.discard(obj.id)
+        self.states.pop(obj.id, None)
+        self.ownership.forget(obj.id)
         self.manager.emit("ObjectDestroyed", objectId=obj.id)
         self._released.set()
         self._released = asyncio.Event()
@@ -234,8 +150,9 @@ class MediaServer:
                 session = bound or self.session_for({}, None)
                 return {"serverId": self.server_id, "sessionId": session.id}, session
             existing = self.sessions.get(session_id) if isinstance(session_id, str) else None
-            if existing is None:
+            if existing is None or not existing.known:
                 raise KmsError(ErrorCode.INVALID_SESSION, "Invalid session")
+            existing.in_use = True
             if method == "keepAlive":
                 return {"sessionId": existing.id}, existing
             return {"serverId": self.server_id, "sessionId": existing.id}, existing
@@ -263,9 +180,8 @@ class MediaServer:
             if not isinstance(ctor, dict):
                 raise KmsError(ErrorCode.MARSHALL_ERROR, "'constructorParams' should be an object")
             obj = self._create(type_name, ctor)
-            self.objects[obj.id] = obj
-            if isinstance(obj, MediaPipelineImpl):
-                session.pipelines.add(obj.id)
+            self._add(obj)
+            self.ownership.created(session, obj)
             self.manager.emit("ObjectCreated", object=obj.id)
             return obj.id
         if method == "transaction":
@@ -277,13 +193,18 @@ class MediaServer:
                 and params["object"] not in self.objects:
             return None  # KMS: releasing an unknown or released id succeeds
         obj = self.lookup(params.get("object"))
+        if method == "unref":
+            await self.ownership.unref(session, obj)
+            return None
+        if method != "release":
+            self.ownership.touch(session, obj)
         if method == "describe":
             return {"hierarchy": list(obj.hierarchy), "qualifiedType": f"kurento.{obj.type_name}",
                     "type": obj.type_name}
         if method == "release":
             await self.release_object(obj)
             return None
-        if method in ("ref", "unref"):
+        if method == "ref":
             return None
         if method == "subscribe":
             event_type = params.get("type")
@@ -309,7 +230,11 @@ class MediaServer:
             op_params = {}
         if not isinstance(op_params, dict):
             raise KmsError(ErrorCode.MARSHALL_ERROR, "'operationParams' should be an object")
-        method = obj.methods().get(operation)
+        state = self.states.get(obj.id) or ObjectState(name=obj.id)
+        method = obj.methods().get(operation) or generic_methods(self, obj, state).get(operation)
+        if method is None and not_implemented(obj, operation):
+            raise KmsError(ErrorCode.NOT_IMPLEMENTED,
+                           f"'{operation}' is not implemented by this media server")
         if method is None:
             raise KmsError(ErrorCode.MALFORMED_TRANSACTION,
                            f"Method '{operation}' with {len(op_params)} parameters not found")
@@ -322,7 +247,10 @@ class MediaServer:
         if unknown:
             raise KmsError(ErrorCode.MALFORMED_TRANSACTION,
                            f"Method '{operation}' with {len(op_params)} parameters not found")
-        return await method.handler(op_params)
+        value = await method.handler(op_params)
+        if operation == "getStats" and value == {} and isinstance(obj, Element):
+            return element_stats(obj)
+        return value
 
     async def _transaction(self, params: dict[str, Any], session: Session) -> list[Any]:
         operations = params.get("operations")
@@ -352,10 +280,7 @@ class MediaServer:
 
     async def close(self) -> None:
         """Finalizes every recorder, then releases everything (server shutdown)."""
-        if self._gc_task is not None:
-            self._gc_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gc_task
+        await self.ownership.close()
         recorders = [o for o in self.objects.values() if isinstance(o, RecorderEndpointImpl)]
         await asyncio.gather(*(r.finalize() for r in recorders), return_exceptions=True)
         for obj in [o for o in self.objects.values() if isinstance(o, MediaPipelineImpl)]:

@@ -3,15 +3,23 @@
 Topology: each participant publishes through one WebRtcEndpoint whose stream is also
 connected to its own RecorderEndpoint; each viewer receives each other participant through
 a WebRtcEndpoint connected from that participant's publisher. `close()` ends every recorder
-with `stopAndWait` before the pipeline is released, whatever happened before.
+with `stopAndWait`, one after another (KMS serves a socket in order anyway), before the
+pipeline is released, whatever happened before.
 
-An offer is answered in two media-server round trips, each one Kurento `transaction`:
-1. create the endpoint (and the publisher's recorder; and the pipeline, for the call's
-   first endpoint);
-2. subscribe every event we rely on, connect, record, `processOffer`, `gatherCandidates`,
-   and the candidates buffered meanwhile. Ops run in order, so the subscriptions come
-   before anything that could raise their events; KMS does not replay events.
-Subscriptions need the object's id, hence the first round trip.
+An offer is answered in ONE media-server round trip, a single Kurento `transaction`:
+create the endpoint (and the publisher's recorder; and the pipeline, for the call's first
+endpoint), tag them with the call and this node, subscribe every event we rely on,
+connect, record, `processOffer`, `gatherCandidates`, and the candidates buffered meanwhile.
+KMS resolves `newref:` ids in `subscribe` ops; the client keeps events for ids it does not
+know yet until the reply names them. Ops run in order, so the subscriptions come before
+anything that could raise their events; KMS does not replay events.
+
+What KMS's own source says we must not assume (KMS-SOURCE-NOTES.md):
+- a recorder `Error` is not always a failed recording: KMS forwards GStreamer warnings as
+  `Error` too. Only `RESOURCE_ERROR_OPEN/WRITE/NO_SPACE_LEFT` fail it; the rest is noted;
+- a transaction whose reply never came may have run entirely: the objects it created are
+  found again by their tags (kurento_ctl.sweep);
+- after a resumed session the events of the gap are lost: state is read again.
 """
 
 from __future__ import annotations
@@ -19,14 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from aioice import Candidate
-
-from kurento_ctl.errors import KurentoError, RpcError, SdpError
+from kurento_ctl.errors import KurentoError, OperationNotRun, RpcError, SdpError
 from kurento_ctl.events import (
     Error,
     IceCandidateFound,
@@ -45,53 +50,35 @@ from kurento_ctl.objects import (
     WebRtcEndpoint,
 )
 from kurento_ctl.pool import KurentoPool, PooledServer
+from kurento_ctl.sweep import TAG_CALL, TAG_ENDPOINT, TAG_NODE
 from kurento_ctl.transaction import Transaction
 from signaling.candidates import CandidateBuffer, CandidateFilter
 from signaling.errors import MediaError
+from signaling.media_resume import refresh, release_unknown
+from signaling.media_types import (
+    FAILING_RECORDER_ERRORS,
+    STOP_TIMEOUT,
+    UNCERTAIN,
+    Endpoints,
+    MediaListener,
+    Negotiation,
+    candidate_args,
+    candidate_kind,
+    error_of,
+)
 
-__all__ = ["CallMedia", "MediaListener"]
+__all__ = ["FAILING_RECORDER_ERRORS", "CallMedia", "MediaListener", "candidate_kind"]
 
 log = logging.getLogger(__name__)
-
-STOP_TIMEOUT = 10.0  # KMS's stopAndWait caps itself at 4 s; ours covers the RPC on top
-
-
-@dataclass
-class MediaListener:
-    """What the hub wants to hear about; every callback is plain and must not block."""
-
-    candidate: Callable[[str, str, dict[str, Any]], None]  # viewer, target, candidate
-    flow: Callable[[str, str, str, str, bool], None]  # endpoint owner, target, dir, kind, on
-    recording: Callable[[str], None]  # participant whose recorder started
-    failure: Callable[[str, str], None]  # participant, description
-    ice_state: Callable[[str, str, str], None]  # participant, target, state
-    dropped: Callable[[str, str, list[str]], None]  # participant, direction, reasons
-    #: participant, target, the browser's end of the selected ICE pair ("relay/udp")
-    pair: Callable[[str, str, str], None] = lambda *_: None
-
-
-def candidate_kind(line: str) -> str:
-    """`<type>/<transport>` of an ICE candidate line: which network a browser came from."""
-    try:
-        c = Candidate.from_sdp(line.removeprefix("a=").removeprefix("candidate:"))
-    except (ValueError, IndexError):
-        return "unknown"
-    return f"{c.type}/{c.transport.lower()}"
-
-
-@dataclass
-class Endpoints:
-    publisher: WebRtcEndpoint | None = None
-    recorder: RecorderEndpoint | None = None
-    recorder_path: Path | None = None
-    subscriptions: dict[str, WebRtcEndpoint] = field(default_factory=dict)
 
 
 class CallMedia:
     def __init__(self, call_id: str, pool: KurentoPool, recordings_dir: Path,
-                 listener: MediaListener, candidate_filter: CandidateFilter) -> None:
+                 listener: MediaListener, candidate_filter: CandidateFilter, *,
+                 node_id: str | None = None) -> None:
         self.call_id = call_id
         self.pool = pool
+        self.node_id = node_id or pool.node_id
         self.recordings_dir = recordings_dir
         self.listener = listener
         self.filter = candidate_filter
@@ -100,8 +87,16 @@ class CallMedia:
         self.participants: dict[str, Endpoints] = {}
         self.buffer = CandidateBuffer()
         self.ice_states: dict[tuple[str, str], str] = {}
+        self._flows: dict[tuple[str, str, str], bool] = {}
+        self._recording: set[str] = set()
         self._pipeline_lock = asyncio.Lock()
+        self._stop_lock = asyncio.Lock()
         self._closed = False
+        #: A transaction's reply never came: it may have made objects we hold no id of.
+        self.uncertain = False
+        self._unwatch_resume: Callable[[], None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Future[str]] = set()
         self.recordings: list[Path] = []
         self._segments: dict[str, int] = {}
 
@@ -109,18 +104,17 @@ class CallMedia:
     def log_extra(self) -> dict[str, str]:
         return {"call_id": self.call_id}
 
-    async def _create(self, recorder: tuple[Path, MediaProfile] | None = None) -> tuple[
-            WebRtcEndpoint, RecorderEndpoint | None]:
-        """A WebRtcEndpoint (and a recorder) in one round trip, the pipeline included when
-        the call has none yet.
+    # ---------------------------------------------------------------- one transaction
 
-        Shielded: a caller cancelled mid-way (its socket went) must not orphan a pipeline
-        the server already made; it is kept as the call's, and `close()` releases it.
-        """
-        return await asyncio.shield(self._create_now(recorder))
+    async def _negotiation(self, owner: str, target: str, offer: str,
+                           build: Callable[[Negotiation], None],
+                           recorder: tuple[Path, MediaProfile] | None = None) -> tuple[
+                               Negotiation, str]:
+        """Builds and commits one offer's transaction; returns it and the SDP answer.
 
-    async def _create_now(self, recorder: tuple[Path, MediaProfile] | None) -> tuple[
-            WebRtcEndpoint, RecorderEndpoint | None]:
+        Shielded by the callers: a caller cancelled mid-way (its socket went) must not
+        orphan what the server already made; a new pipeline is kept as the call's, and
+        `close()` releases it."""
         async with self._pipeline_lock:
             if self._closed:
                 raise MediaError("the call is over", code="call.ended")
@@ -128,38 +122,77 @@ class CallMedia:
                 server, client = self.pool.placement()
                 tx = Transaction(client)
                 pipeline = tx.create_pipeline()
-                ep, rec = self._elements(tx, pipeline, recorder)
-                await self._commit_or_release(tx, [pipeline])
+                tx.add_tag(pipeline, TAG_CALL, self.call_id)
+                tx.add_tag(pipeline, TAG_NODE, self.node_id)
+                neg = self._build(tx, pipeline, True, owner, target, offer, build, recorder)
+                await self._commit(neg)
                 self.pool.adopt(server, pipeline)
                 self.server, self.pipeline = server, pipeline
+                self._unwatch_resume = client.on_resumed(self._resumed)
                 log.info("= pipeline %s on %s", pipeline.id, server.url, extra=self.log_extra)
-                return ep, rec
+                return neg, self._answer(owner, neg.answer.value if neg.answer else "")
             pipeline = self.pipeline
         tx = Transaction(pipeline.client)
-        ep, rec = self._elements(tx, pipeline, recorder)
-        await self._commit_or_release(tx, [ep] if rec is None else [ep, rec])
-        return ep, rec
+        neg = self._build(tx, pipeline, False, owner, target, offer, build, recorder)
+        await self._commit(neg)
+        return neg, self._answer(owner, neg.answer.value if neg.answer else "")
+
+    def _build(self, tx: Transaction, pipeline: MediaPipeline, new_pipeline: bool, owner: str,
+               target: str, offer: str, build: Callable[[Negotiation], None],
+               recorder: tuple[Path, MediaProfile] | None) -> Negotiation:
+        ep = tx.create_webrtc_endpoint(pipeline)
+        tx.add_tag(ep, TAG_CALL, self.call_id)
+        tx.add_tag(ep, TAG_ENDPOINT, f"{owner}/{target}")
+        neg = Negotiation(owner, target, tx, pipeline, new_pipeline, ep)
+        if recorder is not None:
+            path, profile = recorder
+            neg.recorder = tx.create_recorder_endpoint(pipeline, path.as_uri(),
+                                                       media_profile=profile)
+            tx.add_tag(neg.recorder, TAG_CALL, self.call_id)
+            tx.add_tag(neg.recorder, TAG_ENDPOINT, f"{owner}/recorder")
+        self._watch(tx, ep, owner, target)
+        build(neg)
+        neg.answer = tx.process_offer(ep, self._offer(owner, offer))
+        neg.gathering = tx.gather_candidates(ep)
+        for candidate in self.buffer.take(f"{owner}/{target}"):
+            args = candidate_args(candidate)
+            if args is not None:
+                neg.candidates.append((tx.add_ice_candidate(ep, *args), candidate))
+        return neg
+
+    async def _commit(self, neg: Negotiation) -> None:
+        """Commits; an op that failed releases what the transaction made. A refused
+        buffered candidate alone does not fail the offer: the candidates after it, which
+        KMS did not run, are sent again on their own."""
+        try:
+            await neg.tx.commit()
+        except UNCERTAIN:
+            self.uncertain = True
+            log.error("! a transaction of %s/%s got no reply: it may have run; its objects "
+                      "are found again by their tags", neg.owner, neg.target,
+                      extra=self.log_extra)
+            await self._release_known(neg)
+            raise
+        except SdpError as exc:
+            await self._release_known(neg)
+            raise MediaError(f"the media server refused the offer: {exc.message}",
+                             code="sdp.invalid") from None
+        except RpcError as exc:
+            if neg.gathering is None or not neg.gathering.done:
+                await self._release_known(neg)
+                raise
+            log.warning("! early candidate refused by the media server: %s", exc.message,
+                        extra=self.log_extra)
+            for pending, candidate in neg.candidates:
+                if isinstance(error_of(pending), OperationNotRun):
+                    self.buffer.add(f"{neg.owner}/{neg.target}", candidate)
 
     @staticmethod
-    def _elements(tx: Transaction, pipeline: MediaPipeline,
-                  recorder: tuple[Path, MediaProfile] | None) -> tuple[
-                      WebRtcEndpoint, RecorderEndpoint | None]:
-        ep = tx.create_webrtc_endpoint(pipeline)
-        if recorder is None:
-            return ep, None
-        path, profile = recorder
-        return ep, tx.create_recorder_endpoint(pipeline, path.as_uri(), media_profile=profile)
-
-    async def _commit_or_release(self, tx: Transaction, created: list[Any]) -> None:
-        """Commits; if an op failed, what the transaction did create is released again."""
-        try:
-            await tx.commit()
-        except KurentoError:
-            for obj in created:
-                if not obj.id.startswith("newref:"):
-                    with contextlib.suppress(KurentoError):
-                        await obj.release()
-            raise
+    async def _release_known(neg: Negotiation) -> None:
+        for obj in neg.created:
+            if not obj.id.startswith("newref:"):
+                with contextlib.suppress(KurentoError):
+                    await obj.release()
 
     def _watch(self, tx: Transaction, ep: WebRtcEndpoint, owner: str, target: str) -> None:
         """Subscribes, in `tx`, every endpoint event we rely on."""
@@ -176,12 +209,11 @@ class CallMedia:
         def on_flow(e: KurentoEvent) -> None:
             assert isinstance(e, (MediaFlowInStateChanged, MediaFlowOutStateChanged))
             direction = "in" if isinstance(e, MediaFlowInStateChanged) else "out"
-            self.listener.flow(owner, target, direction, e.media_type.lower(), e.flowing)
+            self._flow(ep, owner, target, direction, e.media_type.lower(), e.flowing)
 
         def on_ice(e: KurentoEvent) -> None:
             assert isinstance(e, IceComponentStateChanged)
-            self.ice_states[(owner, target)] = e.state
-            self.listener.ice_state(owner, target, e.state)
+            self._ice(owner, target, e.state)
 
         def on_pair(e: KurentoEvent) -> None:
             assert isinstance(e, NewCandidatePairSelected)
@@ -198,6 +230,28 @@ class CallMedia:
         tx.subscribe(ep, NewCandidatePairSelected, on_pair)
         tx.subscribe(ep, Error, on_error)
 
+    def _flow(self, ep: WebRtcEndpoint, owner: str, target: str, direction: str, kind: str,
+              on: bool, *, read: bool = False) -> None:
+        # Per endpoint, not per participant: a rejoin's new endpoint starts afresh.
+        key = (ep.id, direction, kind)
+        if read and key not in self._flows and not on:
+            # Re-read after a resume: "not flowing" of something that never flowed (an
+            # audio-only publisher's video) is no news.
+            self._flows[key] = on
+            return
+        if self._flows.get(key) is not on:
+            self._flows[key] = on
+            self.listener.flow(owner, target, direction, kind, on)
+
+    def _ice(self, owner: str, target: str, state: str) -> None:
+        self.ice_states[(owner, target)] = state
+        self.listener.ice_state(owner, target, state)
+
+    def _recorded(self, participant: str) -> None:
+        if participant not in self._recording:
+            self._recording.add(participant)
+            self.listener.recording(participant)
+
     def _offer(self, owner: str, sdp: str) -> str:
         filtered, reasons = self.filter.filter_sdp(sdp)
         if reasons:
@@ -210,28 +264,6 @@ class CallMedia:
             self.listener.dropped(owner, "to-browser", reasons)
         return filtered
 
-    async def _negotiate(self, tx: Transaction, owner: str, target: str, ep: WebRtcEndpoint,
-                         offer: str) -> str:
-        """Adds the offer, gathering and the buffered candidates to `tx`; commits it."""
-        answer = tx.process_offer(ep, self._offer(owner, offer))
-        gathering = tx.gather_candidates(ep)
-        for candidate in self.buffer.take(f"{owner}/{target}"):
-            args = _candidate_args(candidate)
-            if args is not None:
-                tx.add_ice_candidate(ep, *args)
-        try:
-            await tx.commit()
-        except SdpError as exc:
-            raise MediaError(f"the media server refused the offer: {exc.message}",
-                             code="sdp.invalid") from None
-        except RpcError as exc:
-            if not gathering.done:
-                raise
-            # Only a buffered candidate was refused: the negotiation itself stands.
-            log.warning("! early candidate refused by the media server: %s", exc.message,
-                        extra=self.log_extra)
-        return self._answer(owner, answer.value)
-
     def _recording_path(self, participant: str) -> Path:
         """`<id>.webm`, then `<id>.part2.webm`… when the participant rejoined and published
         again, so a rejoin never overwrites what was already recorded."""
@@ -239,6 +271,8 @@ class CallMedia:
         self._segments[participant] = earlier + 1
         name = f"{participant}.webm" if not earlier else f"{participant}.part{earlier + 1}.webm"
         return self.recordings_dir / name
+
+    # ---------------------------------------------------------------- offers
 
     async def publish(self, participant: str, offer: str, kinds: frozenset[str], *,
                       turn_url: str | None = None) -> str:
@@ -248,58 +282,120 @@ class CallMedia:
         participant's own TURN lease, so the endpoint can relay where the browser cannot
         reach it directly."""
         entry = self.participants.setdefault(participant, Endpoints())
-        if entry.publisher is not None:
+        if entry.publisher is not None or "publish" in entry.negotiating:
             raise MediaError("already published; leave and join again to renegotiate",
                              code="sdp.invalid")
+        entry.negotiating.add("publish")
+        try:
+            return await self._shielded(self._publish(entry, participant, offer, kinds,
+                                                      turn_url))
+        finally:
+            entry.negotiating.discard("publish")
+
+    async def _publish(self, entry: Endpoints, participant: str, offer: str,
+                       kinds: frozenset[str], turn_url: str | None) -> str:
         profile: MediaProfile = "WEBM" if kinds == {"audio", "video"} else (
             "WEBM_AUDIO_ONLY" if kinds == {"audio"} else "WEBM_VIDEO_ONLY")
         path = self._recording_path(participant)
         path.parent.mkdir(parents=True, exist_ok=True)
-        ep, recorder = await self._create((path, profile))
-        assert recorder is not None
-        # From here on the endpoint exists: later candidates go to it directly, behind the
-        # transaction below on the same socket.
-        entry.publisher, entry.recorder, entry.recorder_path = ep, recorder, path
-        self.recordings.append(path)
-
-        def on_recording(_: KurentoEvent) -> None:
-            self.listener.recording(participant)
-
-        def on_recorder_error(e: KurentoEvent) -> None:
-            assert isinstance(e, Error)
-            self.listener.failure(participant, f"recorder: {e.error_type}: {e.description}")
-
-        tx = Transaction(ep.client)
-        self._watch(tx, ep, participant, "publish")
-        if turn_url:
-            tx.invoke(ep, "setTurnUrl", turnUrl=turn_url)
-        tx.subscribe(recorder, Recording, on_recording)
-        tx.subscribe(recorder, Error, on_recorder_error)
         media_type: MediaType | None = None if len(kinds) != 1 else (
             "AUDIO" if "audio" in kinds else "VIDEO")
-        tx.connect(ep, recorder, media_type)
-        tx.record(recorder)
-        # Whoever already watches this participant.
-        for viewer in self.participants.values():
-            if participant in viewer.subscriptions:
-                tx.connect(ep, viewer.subscriptions[participant])
-        return await self._negotiate(tx, participant, "publish", ep, offer)
+
+        def build(neg: Negotiation) -> None:
+            tx, ep, recorder = neg.tx, neg.ep, neg.recorder
+            assert recorder is not None
+            if turn_url:
+                tx.invoke(ep, "setTurnUrl", turnUrl=turn_url)
+            tx.subscribe(recorder, Recording, lambda _: self._recorded(participant))
+            tx.subscribe(recorder, Error, lambda e: self._recorder_error(participant, e))
+            tx.connect(ep, recorder, media_type)
+            tx.record(recorder)
+            for name, viewer in self.participants.items():
+                sub = viewer.subscriptions.get(participant)
+                if sub is not None:
+                    tx.connect(ep, sub)
+                    neg.connected.add(name)
+
+        neg, answer = await self._negotiation(participant, "publish", offer, build,
+                                              (path, profile))
+        assert neg.recorder is not None
+        if self._closed or self.participants.get(participant) is not entry:
+            await self._stop(neg.recorder)
+            await self._release_known(neg)
+            raise MediaError("left while publishing", code="call.ended")
+        entry.publisher, entry.recorder, entry.recorder_path = neg.ep, neg.recorder, path
+        entry.kinds = kinds
+        self.recordings.append(path)
+        # Viewers whose subscription committed while ours was in flight.
+        for name, viewer in self.participants.items():
+            sub = viewer.subscriptions.get(participant)
+            if sub is not None and name not in neg.connected:
+                await neg.ep.connect(sub)
+        # After the answer, not before it: the browser waits for the answer, not for these.
+        self._background(self._flush(participant, "publish", neg.ep))
+        return answer
+
+    async def _shielded(self, coro: Coroutine[Any, Any, str]) -> str:
+        """Runs a negotiation to its end even if the caller is cancelled (its socket went),
+        and lets `close()` wait for it: what it made must be stopped and released too."""
+        task = asyncio.ensure_future(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(task)
+
+    def _recorder_error(self, participant: str, e: KurentoEvent) -> None:
+        assert isinstance(e, Error)
+        if e.error_type in FAILING_RECORDER_ERRORS:
+            self.listener.failure(participant, f"recorder: {e.error_type}: {e.description}")
+        else:
+            log.warning("! %s's recorder reported %s (code %s), not a failure: %s",
+                        participant, e.error_type, e.raw.get("errorCode"), e.description,
+                        extra=self.log_extra)
+            self.listener.failure(participant,
+                                  f"recorder warning: {e.error_type}: {e.description}")
 
     async def subscribe(self, viewer: str, source: str, offer: str, *,
                         turn_url: str | None = None) -> str:
         entry = self.participants.setdefault(viewer, Endpoints())
-        if source in entry.subscriptions:
+        if source in entry.subscriptions or source in entry.negotiating:
             raise MediaError("already subscribed to that participant", code="sdp.invalid")
-        ep, _ = await self._create()
-        entry.subscriptions[source] = ep
-        tx = Transaction(ep.client)
-        self._watch(tx, ep, viewer, source)
-        if turn_url:
-            tx.invoke(ep, "setTurnUrl", turnUrl=turn_url)
+        entry.negotiating.add(source)
+        try:
+            return await self._shielded(self._subscribe(entry, viewer, source, offer,
+                                                        turn_url))
+        finally:
+            entry.negotiating.discard(source)
+
+    async def _subscribe(self, entry: Endpoints, viewer: str, source: str, offer: str,
+                         turn_url: str | None) -> str:
+        def build(neg: Negotiation) -> None:
+            if turn_url:
+                neg.tx.invoke(neg.ep, "setTurnUrl", turnUrl=turn_url)
+            publisher = self.participants.get(source, Endpoints()).publisher
+            if publisher is not None:
+                neg.tx.connect(publisher, neg.ep)
+                neg.connected.add(source)
+
+        neg, answer = await self._negotiation(viewer, source, offer, build)
+        if self._closed or self.participants.get(viewer) is not entry:
+            await self._release_known(neg)
+            raise MediaError("left while subscribing", code="call.ended")
+        entry.subscriptions[source] = neg.ep
         publisher = self.participants.get(source, Endpoints()).publisher
-        if publisher is not None:
-            tx.connect(publisher, ep)
-        return await self._negotiate(tx, viewer, source, ep, offer)
+        if publisher is not None and source not in neg.connected:
+            await publisher.connect(neg.ep)  # it committed while ours was in flight
+        self._background(self._flush(viewer, source, neg.ep))
+        return answer
+
+    async def _flush(self, owner: str, target: str, ep: WebRtcEndpoint) -> None:
+        """Candidates that arrived while the transaction was in flight, or that KMS did not
+        run after a refused one, go to the endpoint now."""
+        for candidate in self.buffer.take(f"{owner}/{target}"):
+            try:
+                await self._add_candidate(ep, candidate)
+            except KurentoError as exc:
+                log.warning("! candidate refused by the media server: %s", exc,
+                            extra=self.log_extra)
 
     def _endpoint_for(self, owner: str, target: str) -> WebRtcEndpoint | None:
         entry = self.participants.get(owner)
@@ -320,9 +416,21 @@ class CallMedia:
         await self._add_candidate(ep, candidate)
 
     async def _add_candidate(self, ep: WebRtcEndpoint, candidate: dict[str, Any]) -> None:
-        args = _candidate_args(candidate)
+        args = candidate_args(candidate)
         if args is not None:
             await ep.add_ice_candidate(*args)
+
+    # ---------------------------------------------------------------- resumed sessions
+
+    def _resumed(self, _session_id: str) -> None:
+        self._background(refresh(self))
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---------------------------------------------------------------- teardown
 
     async def remove(self, participant: str) -> None:
         """A participant left: its recorder is finalized, its endpoints released."""
@@ -334,6 +442,7 @@ class CallMedia:
             sub = other.subscriptions.pop(participant, None)
             if sub is not None:
                 released.append(sub)
+        self._recording.discard(participant)
         if entry is not None:
             if entry.publisher is not None:
                 released.append(entry.publisher)
@@ -346,29 +455,44 @@ class CallMedia:
                 await obj.release()
 
     async def _stop(self, recorder: RecorderEndpoint) -> None:
+        """One stopAndWait of this call at a time, whoever asks (two leaving at once, a
+        close): KMS serves the socket in order, so a burst only blocks everything else."""
         try:
-            await asyncio.wait_for(recorder.stop_and_wait(), STOP_TIMEOUT)
+            async with self._stop_lock:
+                await asyncio.wait_for(recorder.stop_and_wait(), STOP_TIMEOUT)
         except (KurentoError, TimeoutError) as exc:
             log.error("! stopAndWait of %s failed: %s", recorder.id, exc, extra=self.log_extra)
 
     async def close(self, *, server_lost: bool = False) -> None:
         """Finalizes every recording, then releases the pipeline; safe to call twice.
 
-        When the media server is gone (`server_lost`) its objects went with it: nothing is
-        asked of it, so teardown does not wait out request timeouts on a dead socket.
-        """
+        When the media server is reported lost (`server_lost`) nothing is asked of it here,
+        so teardown does not wait out request timeouts on a dead socket; the pool releases
+        the pipeline if the same server process answers again."""
         async with self._pipeline_lock:
             if self._closed:
                 return
             self._closed = True
+        if self._unwatch_resume is not None:
+            self._unwatch_resume()
+        for task in list(self._tasks):
+            task.cancel()
         if server_lost:
+            for future in self._inflight:
+                future.add_done_callback(_retrieve)
             if self.pipeline is not None and self.server is not None:
                 self.pool.forget_pipeline(self.server, self.pipeline.id)
             self.participants.clear()
             return
+        # A negotiation in flight sees the call closed when its reply comes, and stops and
+        # releases what it made itself; only then is the pipeline released under it.
+        await asyncio.gather(*self._inflight, return_exceptions=True)
         try:
-            recorders = [e.recorder for e in self.participants.values() if e.recorder]
-            await asyncio.gather(*(self._stop(r) for r in recorders))
+            # One at a time: KMS serves the socket in order anyway, and a burst of 4 s
+            # stopAndWaits would only sit in front of every other request on it.
+            for entry in list(self.participants.values()):
+                if entry.recorder is not None:
+                    await self._stop(entry.recorder)
         finally:
             if self.pipeline is not None:
                 with contextlib.suppress(KurentoError):
@@ -376,18 +500,15 @@ class CallMedia:
                 if self.server is not None:
                     self.pool.forget_pipeline(self.server, self.pipeline.id)
             self.participants.clear()
+            if self.uncertain:
+                await release_unknown(self)
 
     @property
     def pipeline_id(self) -> str | None:
         return self.pipeline.id if self.pipeline is not None else None
 
 
-def _candidate_args(candidate: dict[str, Any]) -> tuple[str, str, int] | None:
-    """(candidate, sdpMid, sdpMLineIndex) for addIceCandidate; None for end-of-candidates,
-    which KMS ignores."""
-    line = str(candidate.get("candidate", ""))
-    if not line:
-        return None
-    mid = candidate.get("sdpMid")
-    index = candidate.get("sdpMLineIndex")
-    return line, str(mid if mid is not None else "0"), int(index) if isinstance(index, int) else 0
+def _retrieve(future: asyncio.Future[str]) -> None:
+    """Marks a negotiation's outcome as seen: nobody waits for it any more."""
+    if not future.cancelled():
+        future.exception()

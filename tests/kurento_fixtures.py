@@ -11,14 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientSession, WSMsgType, web
 
 from kurento_ctl.jsonrpc import ErrorCode, encode_error, encode_event, encode_result, parse_request
+from mediaserver.app import SERVER, create_app
+from mediaserver.core import MediaServer
 from tests.kmd import kmd
 from tests.services import free_port
 
@@ -33,12 +37,19 @@ class ScriptedKms:
     delays: dict[str, float] = field(default_factory=dict)
     #: By operation name, or "create <Class>": the error (code, message, data.type) to answer.
     errors: dict[str, tuple[int, str, str | None]] = field(default_factory=dict)
+    #: As `errors`, but answered once each (popped when used).
+    fail_once: dict[str, tuple[int, str, str | None]] = field(default_factory=dict)
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)
+    created_at: dict[str, int] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     requests: list[tuple[Any, str, dict[str, Any]]] = field(default_factory=list)
     #: Events sent just before the reply to a subscribe of that type (a race KMS has).
     emit_before_reply: dict[str, dict[str, Any]] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     silent: bool = False  # accept requests but never answer
+    #: Serve each socket's requests strictly one after another, as KMS does (websocketpp
+    #: reads the next frame only once the handler answered the last).
+    serial: bool = False
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     bound: dict[str, web.WebSocketResponse] = field(default_factory=dict)
     connections: int = 0
@@ -94,6 +105,8 @@ class ScriptedKms:
             prefix = f"{parent}/" if parent else ""
             object_id = f"{prefix}{uuid.uuid4()}_kurento.{cls}"
             self.objects[object_id] = cls
+            self.created_at[object_id] = int(time.time())
+            await self.emit("manager_ServerManager", "ObjectCreated", {"object": object_id})
             return object_id
         if method == "invoke":
             cls = self._class_of(params.get("object"))
@@ -102,9 +115,18 @@ class ScriptedKms:
             self.violations += kmd().check_invoke(cls, op, op_params)
             if op in self.delays:
                 await asyncio.sleep(self.delays[op])
-            if op in self.errors:
-                code, message, data_type = self.errors[op]
+            if op in self.errors or op in self.fail_once:
+                code, message, data_type = self.errors.get(op) or self.fail_once.pop(op)
                 raise _Fail(ErrorCode(code), message, data_type)
+            obj_id = str(params.get("object"))
+            if op == "addTag":
+                self.tags.setdefault(obj_id, {})[op_params["key"]] = op_params["value"]
+                return None
+            if op == "getTags":
+                return [{"__module__": "kurento", "__type__": "Tag", "key": k, "value": v}
+                        for k, v in self.tags.get(obj_id, {}).items()]
+            if op == "getCreationTime":
+                return self.created_at.get(obj_id, 0)
             if op == "getPipelines":
                 return [o for o, c in self.objects.items() if c == "MediaPipeline"]
             return self.values.get(op)
@@ -127,6 +149,7 @@ class ScriptedKms:
             obj = params.get("object", "")
             for key in [k for k in self.objects if k == obj or k.startswith(f"{obj}/")]:
                 del self.objects[key]
+                await self.emit("manager_ServerManager", "ObjectDestroyed", {"objectId": key})
             return None
         if method == "describe":
             cls = self._class_of(params.get("object"))
@@ -219,7 +242,9 @@ class ScriptedKms:
         tasks: set[asyncio.Task[None]] = set()
         try:
             async for msg in ws:
-                if msg.type is WSMsgType.TEXT:
+                if msg.type is WSMsgType.TEXT and self.serial:
+                    await self.handle(ws, msg.data, state)
+                elif msg.type is WSMsgType.TEXT:
                     task = asyncio.create_task(self.handle(ws, msg.data, state))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -260,6 +285,22 @@ async def _serve_kurento_path(handler: Any, port: int | None = None) -> AsyncIte
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         yield f"ws://127.0.0.1:{port}/kurento"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def run_kms_like(tmp: Path, *, gc_grace: float = 240.0, serial: bool = True,
+                       ) -> AsyncIterator[tuple[str, MediaServer]]:
+    """The embedded media server configured to behave like KMS where it can: one request
+    at a time per socket, and a garbage-collector period of `gc_grace` seconds."""
+    app = create_app(gc_grace=gc_grace, recordings_root=tmp, serial=serial)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"ws://127.0.0.1:{port}/kurento", app[SERVER]
     finally:
         await runner.cleanup()
 

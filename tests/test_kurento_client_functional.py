@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kurento_ctl.client import KurentoClient
+from kurento_ctl.client import KurentoClient, SessionLoss
 from kurento_ctl.errors import (
     ObjectNotFound,
     OperationNotRun,
@@ -212,15 +212,14 @@ async def test_a_subscription_in_a_transaction_gets_the_events_of_its_later_ops(
             await pipeline.release()
 
 
-async def test_a_transaction_object_cannot_be_subscribed_before_it_exists(
+async def test_an_object_of_another_uncommitted_transaction_is_refused(
     scripted: tuple[str, ScriptedKms],
 ) -> None:
+    """A `newref:` id means something only inside its own transaction."""
     url, _ = scripted
     async with KurentoClient(url) as client:
         tx = Transaction(client)
         pipeline = tx.create_pipeline()
-        with pytest.raises(ValueError, match="once it exists"):
-            tx.subscribe(pipeline, "Error", lambda e: None)
         other = Transaction(client)
         with pytest.raises(ValueError, match="another, uncommitted transaction"):
             other.create_webrtc_endpoint(pipeline)
@@ -235,7 +234,7 @@ async def test_reconnect_to_the_embedded_server_keeps_the_session_and_its_subscr
     async with run_mediaserver(recordings_root=tmp_path) as (upstream, _), \
             run_kurento_proxy(upstream) as (url, proxy), \
             KurentoClient(url, reconnect_delays=(0.01,)) as client:
-        lost: list[str] = []
+        lost: list[SessionLoss] = []
         client.on_session_lost(lost.append)
         session = client.session_id
         kept = await MediaPipeline.create(client)
@@ -262,7 +261,7 @@ async def test_a_restart_of_the_embedded_server_is_reported_as_session_loss(
     async with run_mediaserver(recordings_root=tmp_path) as (first, _), \
             run_kurento_proxy(first) as (url, proxy), \
             KurentoClient(url, reconnect_delays=(0.01,)) as client:
-        lost: list[str] = []
+        lost: list[SessionLoss] = []
         client.on_session_lost(lost.append)
         old, old_server = client.session_id, client.server_id
         pipeline = await MediaPipeline.create(client)
@@ -270,7 +269,7 @@ async def test_a_restart_of_the_embedded_server_is_reported_as_session_loss(
             proxy.upstream = second  # a new process: new serverId, no sessions, no objects
             await proxy.drop_connections()
             await wait_until(lambda: lost and client.connected, describe=lambda: lost)
-            assert lost == [old]
+            assert [(x.session_id, x.restarted) for x in lost] == [(old, True)]
             assert client.session_id not in (None, old) and client.server_id != old_server
             with pytest.raises(ObjectNotFound):
                 await MediaObject(client, pipeline.id).invoke("getName")
@@ -331,7 +330,7 @@ async def test_reconnect_keeps_the_session_and_its_subscriptions(
     scripted: tuple[str, ScriptedKms],
 ) -> None:
     url, kms = scripted
-    lost: list[str] = []
+    lost: list[SessionLoss] = []
     async with KurentoClient(url, reconnect_delays=(0.01,)) as client:
         client.on_session_lost(lost.append)
         session = client.session_id
@@ -358,7 +357,7 @@ async def test_a_server_restart_is_reported_as_session_loss(
     scripted: tuple[str, ScriptedKms],
 ) -> None:
     url, kms = scripted
-    lost: list[str] = []
+    lost: list[SessionLoss] = []
     async with KurentoClient(url, reconnect_delays=(0.01,)) as client:
         client.on_session_lost(lost.append)
         old = client.session_id
@@ -366,7 +365,7 @@ async def test_a_server_restart_is_reported_as_session_loss(
         kms.restart()
         await kms.drop_connections()
         await wait_until(lambda: lost and client.connected, describe=lambda: (lost, client))
-        assert lost == [old]
+        assert [(x.session_id, x.restarted) for x in lost] == [(old, True)]
         assert client.session_id not in (None, old)
         with pytest.raises(ObjectNotFound):
             await MediaObject(client, pipeline.id).invoke("getName")
@@ -377,7 +376,8 @@ async def test_an_unanswered_ping_drops_the_socket_and_reconnects(
     scripted: tuple[str, ScriptedKms],
 ) -> None:
     url, kms = scripted
-    async with KurentoClient(url, ping_interval=0.05, reconnect_delays=(0.01,)) as client:
+    async with KurentoClient(url, ping_interval=0.05, ping_timeout=0.3,
+                             reconnect_delays=(0.01,)) as client:
         kms.silent = True
         await wait_until(lambda: not client.connected, describe=lambda: kms.requests[-3:])
         kms.silent = False
@@ -434,13 +434,14 @@ async def test_a_server_that_answers_with_another_server_id_lost_our_objects(
     """A restart can also show as a new serverId on a session the server accepted."""
     url, kms = scripted
     async with KurentoClient(url, reconnect_delays=(0.01,)) as client:
-        lost: list[str] = []
+        lost: list[SessionLoss] = []
         client.on_session_lost(lost.append)
         session = client.session_id
         kms.server_id = "another-process"
         await kms.drop_connections()
         await wait_until(lambda: lost and client.connected, describe=lambda: lost)
-        assert lost == [session] and client.server_id == "another-process"
+        assert [(x.session_id, x.restarted) for x in lost] == [(session, True)]
+        assert client.server_id == "another-process"
 
 
 async def test_a_composite_mixes_through_hub_ports(scripted: tuple[str, ScriptedKms]) -> None:
@@ -460,3 +461,104 @@ async def test_a_composite_mixes_through_hub_ports(scripted: tuple[str, Scripted
     assert ("Composite", {"mediaPipeline": pipeline.id, "width": 1280, "height": 720}) \
         in created
     assert [p for t, p in created if t == "HubPort"] == [{"hub": composite.id}] * 2
+
+
+# ---------------------------------------------------------------- KMS 7.3 source fidelity
+
+
+async def test_one_transaction_creates_subscribes_and_gets_the_events_raised_before_its_reply(
+) -> None:
+    """Embedded server: create, subscribe on `newref:` ids, offer and gather in ONE
+    transaction; candidates raised before the reply reach the handler all the same."""
+    async with run_mediaserver() as (url, _), KurentoClient(url) as client:
+        peer = Peer(video=False)
+        try:
+            found: list[KurentoEvent] = []
+            done: list[KurentoEvent] = []
+            tx = Transaction(client)
+            pipeline = tx.create_pipeline()
+            endpoint = tx.create_webrtc_endpoint(pipeline)
+            tx.subscribe(endpoint, IceCandidateFound, found.append)
+            tx.subscribe(endpoint, IceGatheringDone, done.append)
+            answer = tx.process_offer(endpoint, await peer.offer())
+            tx.gather_candidates(endpoint)
+            await tx.commit()
+            assert answer.value.startswith("v=0")
+            assert not endpoint.id.startswith("newref:")
+            await wait_until(lambda: done, describe=lambda: found)
+            assert found and all(e.object_id == endpoint.id for e in found)
+        finally:
+            await peer.close()
+            await MediaObject(client, pipeline.id).release()
+
+
+async def test_an_event_sent_before_a_transactions_reply_reaches_a_newref_subscriber(
+    scripted: tuple[str, ScriptedKms],
+) -> None:
+    """Scripted: the event goes out before the transaction's reply, deterministically."""
+    url, kms = scripted
+    kms.emit_before_reply["MediaFlowInStateChanged"] = {"state": "FLOWING",
+                                                        "mediaType": "AUDIO"}
+    async with KurentoClient(url) as client:
+        got: list[KurentoEvent] = []
+        tx = Transaction(client)
+        pipeline = tx.create_pipeline()
+        endpoint = tx.create_webrtc_endpoint(pipeline)
+        tx.add_tag(pipeline, "telemed.call", "c1")
+        tx.subscribe(endpoint, MediaFlowInStateChanged, got.append)
+        await tx.commit()
+        await wait_until(lambda: got)
+        assert got[0].object_id == endpoint.id
+        assert client.handler_count == 1
+        await MediaObject(client, pipeline.id).release()
+
+
+async def test_a_ping_queued_behind_slow_requests_keeps_a_healthy_socket(
+    scripted: tuple[str, ScriptedKms],
+) -> None:
+    """KMS answers a socket in order: pings wait behind 3 s of requests, the socket stays."""
+    url, kms = scripted
+    kms.serial = True
+    kms.delays["getUsedMemory"] = scaled(0.5)
+    kms.values["getUsedMemory"] = 1
+    async with KurentoClient(url, ping_interval=0.1, ping_timeout=scaled(1.2),
+                             reconnect_delays=(0.01,)) as client:
+        manager = ServerManager(client)
+        got = await within(asyncio.gather(*(manager.get_used_memory() for _ in range(6))),
+                           20, "six queued requests")
+        assert got == [1] * 6
+        assert kms.connections == 1, "a healthy, busy socket was dropped"
+        pings = [r for r in kms.requests if r[1] == "ping"]
+        assert pings, "no ping went out while the requests queued"
+
+
+async def test_a_forgotten_session_on_the_same_server_is_not_a_restart(
+    scripted: tuple[str, ScriptedKms],
+) -> None:
+    """40007 with an unchanged serverId: session lost, objects possibly still running."""
+    url, kms = scripted
+    async with KurentoClient(url, reconnect_delays=(0.01,)) as client:
+        lost: list[SessionLoss] = []
+        client.on_session_lost(lost.append)
+        session = client.session_id
+        kms.sessions.clear()  # collected by the server's GC; the process is the same
+        await kms.drop_connections()
+        await wait_until(lambda: lost and client.connected, describe=lambda: lost)
+        assert [(x.session_id, x.restarted) for x in lost] == [(session, False)]
+        assert client.session_id != session
+
+
+async def test_a_resumed_session_tells_its_listeners_so_they_reread_state(
+    scripted: tuple[str, ScriptedKms],
+) -> None:
+    """Events of the gap are dropped by KMS: a resume must be visible to callers."""
+    url, kms = scripted
+    async with KurentoClient(url, reconnect_delays=(0.01,)) as client:
+        resumed: list[str] = []
+        lost: list[SessionLoss] = []
+        client.on_resumed(resumed.append)
+        client.on_session_lost(lost.append)
+        session = client.session_id
+        await kms.drop_connections()
+        await wait_until(lambda: resumed, describe=lambda: (resumed, lost))
+        assert resumed == [session] and lost == []

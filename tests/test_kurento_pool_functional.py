@@ -6,6 +6,8 @@ import contextlib
 
 import pytest
 
+from kurento_ctl.client import KurentoClient
+from kurento_ctl.objects import MediaPipeline
 from kurento_ctl.pool import KurentoPool, NoMediaServer
 from tests.helpers import scaled, wait_until
 from tests.kurento_fixtures import run_scripted_kms
@@ -13,14 +15,17 @@ from tests.services import free_port
 
 
 async def test_pipelines_go_to_the_least_loaded_server() -> None:
+    """Others' pipelines count too, seen through the manager's ObjectCreated events."""
     async with run_scripted_kms() as (url_a, kms_a), run_scripted_kms() as (url_b, kms_b):
-        # Someone else already runs two pipelines on A.
-        kms_a.objects.update({"x_kurento.MediaPipeline": "MediaPipeline",
-                              "y_kurento.MediaPipeline": "MediaPipeline"})
         pool = KurentoPool([url_a, url_b], health_interval=scaled(10))
         await pool.start()
         try:
             await pool.check()
+            async with KurentoClient(url_a) as someone_else:
+                for _ in range(2):
+                    await MediaPipeline.create(someone_else)
+            await wait_until(lambda: pool.status()[url_a]["load"] == 2,
+                             describe=lambda: pool.status())
             placed = [(await pool.create_pipeline())[0].url for _ in range(2)]
             assert placed == [url_b, url_b]
             assert pool.status()[url_b]["pipelines"] == 2
@@ -167,6 +172,76 @@ async def test_pipelines_spread_over_call_sockets_and_probes_use_their_own() -> 
         assert sorted(creates.count(s) for s in call_sessions) == [2, 2, 2]
         assert probe not in creates
         probes = [p.get("sessionId") for _, m, p in kms.requests
-                  if m == "invoke" and p.get("operation") == "getPipelines"]
+                  if m == "invoke" and p.get("operation") == "getUsedMemory"]
         assert probes and set(probes) == {probe}
+        # On KMS getPipelines makes an internal session own every object: no GC, ever.
+        assert not [p for _, m, p in kms.requests if p.get("operation") == "getPipelines"]
         assert kms.violations == []
+
+
+async def test_pipelines_lost_while_unreachable_are_released_when_the_same_server_answers(
+) -> None:
+    """Our "down" verdict does not stop the server: same serverId back, we release them."""
+    async with run_scripted_kms() as (url, kms):
+        pool = KurentoPool([url], health_interval=scaled(60), check_timeout=scaled(0.2),
+                           failures_to_down=1)
+        lost: list[set[str]] = []
+        pool.on_pipelines_lost(lambda _url, ids: lost.append(ids))
+        await pool.start()
+        try:
+            await pool.check()
+            _, pipeline = await pool.create_pipeline()
+            kms.silent = True
+            await pool.check()
+            assert lost == [{pipeline.id}] and pipeline.id in kms.objects
+            kms.silent = False
+            await pool.check()
+            await wait_until(lambda: pipeline.id not in kms.objects,
+                             describe=lambda: pool.servers[0].orphans)
+            assert not pool.servers[0].orphans
+        finally:
+            await pool.close()
+
+
+async def test_pipelines_lost_to_a_restart_are_not_released() -> None:
+    """A new serverId: the objects died with the old process; nothing is asked of it."""
+    async with run_scripted_kms() as (url, kms):
+        pool = KurentoPool([url], health_interval=scaled(60), check_timeout=scaled(0.2),
+                           failures_to_down=1)
+        await pool.start()
+        try:
+            await pool.check()
+            await pool.create_pipeline()
+            kms.silent = True
+            await pool.check()
+            kms.silent = False
+            kms.restart()
+            for client in pool.servers[0].all_clients:
+                client.reconnect_delays = (0.01,)
+            await kms.drop_connections()
+            await wait_until(lambda: all(c.connected for c in pool.servers[0].all_clients))
+            await pool.check()
+            assert not pool.servers[0].orphans
+            assert not [p for _, m, p in kms.requests if m == "release"]
+        finally:
+            await pool.close()
+
+
+async def test_a_session_the_same_server_forgot_has_its_pipelines_released() -> None:
+    """40007 and an unchanged serverId: reported lost, and released, not left running."""
+    async with run_scripted_kms() as (url, kms):
+        pool = KurentoPool([url], health_interval=scaled(60))
+        lost: list[set[str]] = []
+        pool.on_pipelines_lost(lambda _url, ids: lost.append(ids))
+        await pool.start()
+        try:
+            for client in pool.servers[0].all_clients:
+                client.reconnect_delays = (0.01,)
+            _, pipeline = await pool.create_pipeline()
+            kms.sessions.clear()
+            await kms.drop_connections()
+            await wait_until(lambda: lost and pipeline.id not in kms.objects,
+                             describe=lambda: (lost, list(kms.objects)))
+            assert lost == [{pipeline.id}]
+        finally:
+            await pool.close()

@@ -31,7 +31,13 @@ from tests.helpers import scaled
 from tests.hub_fixtures import CallClient, ProtocolError, run_service
 from tests.media_fixtures import ffprobe, run_mediaserver
 from tests.services import RedisServer, TurnServer, run_turnserver
-from turn.lease import TurnExhausted, TurnLease, kurento_turn_url
+from turn.lease import (
+    KMS_TURN_URL,
+    KurentoTurnUrlError,
+    TurnExhausted,
+    TurnLease,
+    kurento_turn_url,
+)
 from turn.pool import TurnPool
 from turn.providers.coturn import CoturnRedisUserDb, CoturnSharedSecret, user_key
 from turn.providers.return_users import ReturnUsersFile, generate, read
@@ -461,6 +467,34 @@ def test_kurento_gets_the_leases_turn_server_as_an_ipv4_literal() -> None:
     # Names and IPv6 addresses Kurento cannot take: no URL rather than a wrong one.
     assert kurento_turn_url(lease("turn:turn.hospital.local:3478", "turn:[fd00::5]:3478")) \
         is None
+
+
+def test_every_kurento_turn_url_parses_back_through_kmss_own_regex() -> None:
+    """Pinned to KMS 7.3's parser: user and password come back exactly as leased."""
+    assert KMS_TURN_URL.pattern == (
+        r"^(?P<user>.+):(?P<password>.+)@(?P<address>[0-9.]+):(?P<port>[0-9]+)"
+        r"(\?transport=(?P<transport>(udp|tcp|tls)))?$")
+    for urls in (("turn:10.0.0.5:3478",), ("turn:10.0.0.5:443?transport=tcp",),
+                 ("turns:10.0.0.5:5349",)):
+        for user, password in (("1735000000:c:kms", "Zm9v+Yg/=="), ("u", "a-b_c"),
+                               ("us@er", "p")):
+            lease = TurnLease("c", "kms", user, password, urls, 0.0)
+            url = kurento_turn_url(lease)
+            assert url is not None
+            parsed = KMS_TURN_URL.match(url)
+            assert parsed is not None, url
+            assert (parsed["user"], parsed["password"]) == (user, password)
+            assert parsed["address"] == "10.0.0.5" and parsed["transport"] in (
+                "udp", "tcp", "tls")
+
+
+def test_credentials_kms_would_split_differently_are_refused_loudly() -> None:
+    """A ':' in the password moves part of it into the user on KMS, silently: refused."""
+    for password in ("pa:ss", "a:b:c"):
+        lease = TurnLease("c", "kms", "1735000000:c:kms", password,
+                          ("turn:10.0.0.5:3478",), 0.0)
+        with pytest.raises(KurentoTurnUrlError, match="must not contain"):
+            kurento_turn_url(lease)
 
 
 async def test_a_lease_returned_while_it_is_renewed_leaves_no_new_credentials(

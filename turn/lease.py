@@ -7,7 +7,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["TurnExhausted", "TurnLease", "TurnProvider", "ice_servers_for", "kurento_turn_url"]
+__all__ = ["KMS_TURN_URL", "KurentoTurnUrlError", "TurnExhausted", "TurnLease", "TurnProvider",
+           "ice_servers_for", "kurento_turn_url"]
+
+#: KMS 7.3's own parser of `turnUrl`, verbatim but for Python's group syntax
+#: (kmswebrtcsession.c, kms_webrtc_session_parse_turn_url; KMS-SOURCE-NOTES.md item 2).
+#: `user` is greedy: the split falls on the last ':' before the last '@'. The host must be
+#: an IPv4 literal, the port is required, the transport lower-case.
+KMS_TURN_URL = re.compile(r"^(?P<user>.+):(?P<password>.+)@(?P<address>[0-9.]+):"
+                          r"(?P<port>[0-9]+)(\?transport=(?P<transport>(udp|tcp|tls)))?$")
+
+
+class KurentoTurnUrlError(ValueError):
+    """A lease KMS would mis-parse: it fails silently there, TURN left unconfigured."""
 
 
 class TurnExhausted(Exception):
@@ -47,6 +59,9 @@ def kurento_turn_url(lease: TurnLease) -> str | None:
 
     Kurento takes only an IP literal there, so only URLs whose host is an IPv4 address
     count; UDP is preferred, then TCP, then TLS. None when the lease has no such URL.
+    Raises `KurentoTurnUrlError` for credentials KMS's parser would split differently (a
+    ':' in the password): KMS reports no error for them, TURN just never works, so we
+    refuse loudly instead of handing it over.
     """
     choices = []
     for url in lease.urls:
@@ -64,7 +79,15 @@ def kurento_turn_url(lease: TurnLease) -> str | None:
     if not choices:
         return None
     _, host, port, transport = min(choices)
-    return f"{lease.username}:{lease.credential}@{host}:{port}?transport={transport}"
+    url = f"{lease.username}:{lease.credential}@{host}:{port}?transport={transport}"
+    parsed = KMS_TURN_URL.match(url)
+    if parsed is None or (parsed["user"], parsed["password"]) != (lease.username,
+                                                                  lease.credential):
+        raise KurentoTurnUrlError(
+            f"Kurento would mis-read the TURN credentials of {lease.key} (user "
+            f"{lease.username!r}): its password must not contain ':' (KMS splits user "
+            "and password at the last ':' before the address)")
+    return url
 
 
 class TurnProvider(Protocol):
