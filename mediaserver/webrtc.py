@@ -1,4 +1,9 @@
-"""WebRtcEndpoint served by an aiortc RTCPeerConnection.
+"""WebRtcEndpoint served by an aiortc RTCPeerConnection, forwarding encoded media.
+
+What a peer sends is taken from its receiver before aiortc would decode it
+(`mediaserver.forwarding`) and goes to the connected sinks as encoded frames; what we send
+is packed by aiortc from those frames (`mediaserver.outbound`). Keyframe requests from a
+viewer, or from a sink that starts or lost frames, reach the publisher as RTCP PLI.
 
 aiortc does not trickle: `setLocalDescription` gathers every local candidate. We return
 them inside the SDP (as KMS does when gatherCandidates precedes the offer) and also raise
@@ -15,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp, candidate_to_sdp
 
 from kurento_ctl.jsonrpc import ErrorCode
 from mediaserver.elements import Element, KmsError, MediaPipelineImpl, Method, require
-from mediaserver.tracks import Fanout, FlowMonitor, OutboundTrack
+from mediaserver.forwarding import ForwardingReceiver, hook_sender
+from mediaserver.outbound import OutboundTrack
+from mediaserver.tracks import Counters, Fanout, FlowMonitor, counting_probe
 
 if TYPE_CHECKING:
     from mediaserver.core import MediaServer
@@ -70,9 +77,14 @@ class WebRtcEndpointImpl(Element):
         self._pending_candidates: list[dict[str, Any]] = []
         self.ignored_candidates = 0
         self._fanouts: dict[str, Fanout] = {}
+        self._receivers: dict[str, ForwardingReceiver] = {}
         self._outbound: dict[str, OutboundTrack] = {}
-        self._in_flow = {k: FlowMonitor(self.flow_callback("In", k)) for k in ("audio", "video")}
-        self._out_flow = {k: FlowMonitor(self.flow_callback("Out", k))
+        self._rtp_seen: dict[str, tuple[int, int]] = {}
+        self._in_flow = {k: FlowMonitor(self.flow_callback("In", k), name=f"{self.id} in {k}",
+                                        probe=counting_probe(self._out_counters(k)))
+                         for k in ("audio", "video")}
+        self._out_flow = {k: FlowMonitor(self.flow_callback("Out", k), probe=self._rtp_probe(k),
+                                         name=f"{self.id} out {k}")
                           for k in ("audio", "video")}
         self._ice_state = "DISCONNECTED"
         self._media_connected = False
@@ -94,8 +106,41 @@ class WebRtcEndpointImpl(Element):
         kind = track.kind
         if kind not in ("audio", "video") or kind in self._fanouts:
             return
-        self._fanouts[kind] = Fanout(track, self._out_flow[kind].frame)
+        receiver = next(t.receiver for t in self.pc.getTransceivers()
+                        if t.receiver.track is track)
+        fanout = Fanout(kind, self._out_flow[kind].frame,
+                        lambda: forwarding.request_keyframe())
+        forwarding = ForwardingReceiver(receiver, fanout.push)
+        fanout.follow(track)
+        self._fanouts[kind], self._receivers[kind] = fanout, forwarding
         self.output_changed(kind)
+
+    def _out_counters(self, kind: str) -> Any:
+        def counters() -> Counters:
+            track = self._outbound.get(kind)
+            return track.totals() if track is not None else Counters()
+        return counters
+
+    def _rtp_probe(self, kind: str) -> Any:
+        """Packets the publisher sent that never arrived (or arrived too late to count),
+        per the receiver's RTP statistics, since the last probe."""
+        async def probe() -> tuple[int, int]:
+            forwarding = self._receivers.get(kind)
+            if forwarding is None:
+                return 0, 0
+            received = lost = 0
+            for stat in (await forwarding.receiver.getStats()).values():
+                if getattr(stat, "type", "") == "inbound-rtp":
+                    received += stat.packetsReceived
+                    lost += max(stat.packetsLost, 0)
+            fanout = self._fanouts.get(kind)
+            if fanout is not None:
+                fanout.counters.lost = lost
+            last_received, last_lost = self._rtp_seen.get(kind, (0, 0))
+            self._rtp_seen[kind] = (received, lost)
+            missing = max(lost - last_lost, 0)
+            return missing, missing + max(received - last_received, 0)
+        return probe
 
     def flowing_in(self, kind: str) -> bool:
         return self._in_flow[kind].flowing
@@ -186,12 +231,29 @@ class WebRtcEndpointImpl(Element):
             if kind not in ("audio", "video") or kind in self._outbound \
                     or "send" not in transceiver.direction:
                 continue
-            track = OutboundTrack(kind, self._in_flow[kind].frame)
+            track = OutboundTrack(kind, self._in_flow[kind].frame, name=f"{self.id} {kind}",
+                                  on_transcoding=self._transcoding_callback(kind))
             self._outbound[kind] = track
             transceiver.sender.replaceTrack(track)
+            hook_sender(transceiver.sender, track.request_keyframe)
             source = self.sources.get(kind)
             track.attach(source.output(kind) if source is not None else None,
                          connected=source is not None)
+
+    def _transcoding_callback(self, kind: str) -> Any:
+        def changed(transcoding: bool) -> None:
+            self.emit("MediaTranscodingStateChanged",
+                      state="TRANSCODING" if transcoding else "NOT_TRANSCODING",
+                      binName=f"{self.id}/{kind}", mediaType=kind.upper())
+        return changed
+
+    def _learn_send_codecs(self) -> None:
+        """Each outbound track learns the codec its sender negotiated (the first of its
+        m-line in the local description, which is what aiortc sends)."""
+        for media in SessionDescription.parse(self.pc.localDescription.sdp).media:
+            track = self._outbound.get(media.kind)
+            if track is not None and media.rtp.codecs:
+                track.send_codec = str(media.rtp.codecs[0].mimeType).lower()
 
     async def _process_offer(self, params: dict[str, Any]) -> str:
         offer = require(params, "offer", str, "a string")
@@ -214,6 +276,7 @@ class WebRtcEndpointImpl(Element):
             self._add_outbound()
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
+        self._learn_send_codecs()
         await self._flush_candidates()
         self.emit("MediaSessionStarted")
         self._announce_candidates()
@@ -252,6 +315,7 @@ class WebRtcEndpointImpl(Element):
         except Exception as exc:
             raise KmsError(ErrorCode.SDP_PARSE_ERROR, f"Error parsing SDP: {exc}") from None
         self.negotiated = True
+        self._learn_send_codecs()
         await self._flush_candidates()
         self.emit("MediaSessionStarted")
         return str(self.pc.localDescription.sdp)
@@ -362,6 +426,12 @@ class WebRtcEndpointImpl(Element):
                      if isinstance(v, (int, float, str, bool))}
             entry["timestampMillis"] = int(stat.timestamp.timestamp() * 1000)
             out[key] = entry
+        for kind in ("audio", "video"):
+            fanout, track = self._fanouts.get(kind), self._outbound.get(kind)
+            if fanout is not None:
+                out[f"media-counters_received_{kind}"] = fanout.counters.as_stats(kind)
+            if track is not None:
+                out[f"media-counters_sent_{kind}"] = track.totals().as_stats(kind)
         return out
 
     async def release(self) -> None:
@@ -369,6 +439,8 @@ class WebRtcEndpointImpl(Element):
             monitor.close()
         for track in self._outbound.values():
             track.stop()
+        for forwarding in self._receivers.values():
+            forwarding.close()
         for fanout in self._fanouts.values():
             await fanout.close()
         await super().release()
