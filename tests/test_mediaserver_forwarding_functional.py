@@ -11,13 +11,14 @@ from typing import Any
 
 import aiortc
 import pytest
-from aiortc import rtcrtpreceiver
+from aiortc import RTCRtpReceiver, rtcrtpreceiver
 
 from kurento_ctl.client import KurentoClient
 from kurento_ctl.objects import MediaPipeline
 from mediaserver.forwarding import AIORTC_VERSION, check_aiortc
 from tests.forward_fixtures import Publisher, Viewer
-from tests.media_fixtures import ffprobe, run_mediaserver
+from tests.helpers import within
+from tests.media_fixtures import Peer, ffprobe, run_mediaserver
 
 
 @pytest.fixture
@@ -146,3 +147,31 @@ def test_the_aiortc_internals_the_hooks_use_are_the_pinned_ones(
     monkeypatch.setattr(aiortc, "__version__", "9.9.9")
     with pytest.raises(RuntimeError, match=r"9\.9\.9"):
         check_aiortc()
+
+
+async def test_a_viewer_without_the_publishers_codec_gets_it_transcoded_and_is_told(
+        tmp_path: Path) -> None:
+    """A viewer that negotiated only H.264 from a VP8 publisher: the server decodes and
+    re-encodes for that viewer alone, and raises MediaTranscodingStateChanged."""
+    async with run_mediaserver(recordings_root=tmp_path) as (url, _), KurentoClient(url) as kc:
+        pipeline = await MediaPipeline.create(kc)
+        ep_pub, ep_view = await asyncio.gather(pipeline.create_webrtc_endpoint(),
+                                               pipeline.create_webrtc_endpoint())
+        states: list[tuple[str, str]] = []
+        await ep_view.subscribe("MediaTranscodingStateChanged",
+                                lambda e: states.append((e.raw["mediaType"], e.raw["state"])))
+        publisher, viewer = Publisher(), Peer(audio=False, video=False)
+        transceiver = viewer.pc.addTransceiver("video", direction="recvonly")
+        transceiver.setCodecPreferences([
+            c for c in RTCRtpReceiver.getCapabilities("video").codecs
+            if c.mimeType.lower() in ("video/h264", "video/rtx")])
+        try:
+            await ep_pub.connect(ep_view)
+            for peer, ep in ((publisher, ep_pub), (viewer, ep_view)):
+                await peer.accept(await ep.process_offer(await peer.offer()))
+            assert "H264" in viewer.pc.remoteDescription.sdp
+            await within(viewer.got_media["video"].wait(), 15, "H.264 video at the viewer")
+            assert ("VIDEO", "TRANSCODING") in states
+        finally:
+            await asyncio.gather(publisher.close(), viewer.close())
+            await pipeline.release()
