@@ -34,9 +34,11 @@ LOSS_THRESHOLD = 0.02
 VIEWER_DELAY = {"audio": 0.3, "video": 0.6}
 #: A recorder rides out a slow disk for this long before it drops.
 RECORDER_DELAY = {"audio": 5.0, "video": 5.0}
-#: Seconds a sink's timeline may fall behind arrival before it jumps ahead (a source that
-#: stopped sending without a gap in its own timestamps still leaves one in ours).
-RESYNC = 1.0
+#: Seconds a sink's timeline may fall behind arrival before it jumps ahead. The source's
+#: RTP timestamps are the truth (lost packets leave their gap, a burst after a stall of
+#: ours keeps its place); only a source that stopped sending for this long without its
+#: timestamps moving leaves a gap of our making.
+RESYNC = 10.0
 
 Probe = Callable[[], Awaitable[tuple[int, int]]]
 

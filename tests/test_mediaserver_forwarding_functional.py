@@ -16,6 +16,7 @@ from aiortc import RTCRtpReceiver, rtcrtpreceiver
 from kurento_ctl.client import KurentoClient
 from kurento_ctl.objects import MediaPipeline
 from mediaserver.forwarding import AIORTC_VERSION, check_aiortc
+from recordings import continuity
 from tests.forward_fixtures import Publisher, Viewer
 from tests.helpers import within
 from tests.media_fixtures import Peer, ffprobe, run_mediaserver
@@ -67,6 +68,7 @@ async def test_media_reaches_viewers_and_a_file_without_any_decoder(
     video = next(s for s in info["streams"] if s["codec_type"] == "video")
     assert (video["width"], video["height"]) == (320, 240)
     assert float(info["format"]["duration"]) > 1.5
+    assert await continuity.check(path) is None
 
 
 async def test_a_late_viewer_gets_a_keyframe_it_asked_the_publisher_for(tmp_path: Path) -> None:
