@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 AIORTC_VERSION = "1.16.0"
 _QUEUE = "_RTCRtpReceiver__decoder_queue"
 _THREAD = "_RTCRtpReceiver__decoder_thread"
+# getStats() files every SSRC's inbound-rtp under one id (the RTX stream's can win), so
+# loss is read from the per-SSRC statistics themselves.
+_STREAMS = "_RTCRtpReceiver__remote_streams"
+_RTX = "_RTCRtpReceiver__rtx_ssrc"
 #: Fewest seconds between two keyframe requests to one publisher (a burst of viewers
 #: joining, or every viewer's PLI after one lost packet, costs one keyframe).
 PLI_INTERVAL = 0.3
@@ -81,7 +85,7 @@ def check_aiortc() -> None:
         problems.append(f"aiortc {aiortc.__version__} installed, hooks read from "
                         f"{AIORTC_VERSION}")
     probe = RTCRtpReceiver.__init__.__code__.co_names
-    for name in (_QUEUE, _THREAD):
+    for name in (_QUEUE, _THREAD, _STREAMS, _RTX):
         if name not in probe:
             problems.append(f"RTCRtpReceiver no longer sets {name}")
     for owner, attr in ((RTCRtpReceiver, "_send_rtcp_pli"), (RTCRtpSender, "_send_keyframe"),
@@ -131,6 +135,19 @@ class ForwardingReceiver:
             kind=self.kind, codec=mime, clock_rate=int(codec.clockRate), data=data,
             timestamp=int(jitter_frame.timestamp), keyframe=is_keyframe(mime, data),
             arrival=time.monotonic()))
+
+    def rtp_counts(self) -> tuple[int, int]:
+        """(packets received, packets lost) of the media SSRCs; what came back by RTX
+        (answering our NACKs) is not lost."""
+        rtx = getattr(self.receiver, _RTX)
+        received = lost = recovered = 0
+        for ssrc, stream in getattr(self.receiver, _STREAMS).items():
+            if ssrc in rtx:
+                recovered += stream.packets_received
+                continue
+            received += stream.packets_received
+            lost += max(stream.packets_lost, 0)
+        return received + recovered, max(lost - recovered, 0)
 
     def request_keyframe(self) -> None:
         """Asks the publisher for a keyframe (RTCP PLI), at most once per PLI_INTERVAL:

@@ -247,7 +247,8 @@ class RecorderEndpointImpl(Element):
                         getattr(old.counters, name))
             old.close()
         if fanout is not None and kind in self.kinds:
-            self._taps[kind] = fanout.tap(RECORDER_DELAY[kind], self.id)
+            self._taps[kind] = fanout.tap(RECORDER_DELAY[kind], self.id,
+                                          self._flow[kind].frame)
             self._start_reader(kind)
 
     def _start_reader(self, kind: str) -> None:
@@ -262,7 +263,6 @@ class RecorderEndpointImpl(Element):
             frame = await tap.get()
             if frame is None:
                 return
-            self._flow[kind].frame()
             batch = [frame, *tap.drain()]
             writer = self._writer
             if self.state != "START" or writer is None or self._failed:

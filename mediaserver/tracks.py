@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 FLOW_CHECK_INTERVAL = 2.0
 #: Share of media lost in one check interval above which a flow counts as NOT_FLOWING.
 LOSS_THRESHOLD = 0.02
+#: Check intervals without loss before a flow that lost media is FLOWING again: a loss
+#: stays reported long enough for the hub to report it (it waits 5 s by default).
+CLEAN_CHECKS = 3
 #: What a viewer's tap may hold, in seconds of media, before it drops.
 VIEWER_DELAY = {"audio": 0.3, "video": 0.6}
 #: A recorder rides out a slow disk for this long before it drops.
@@ -73,6 +76,7 @@ class FlowMonitor:
         self._name = name
         self.flowing = False
         self.lossy = False
+        self._clean = 0
         self._seen = False
         self._task: asyncio.Task[None] | None = None
 
@@ -89,11 +93,14 @@ class FlowMonitor:
             await asyncio.sleep(self._interval)
             if self._probe is not None:
                 missing, expected = await self._probe()
-                lossy = expected > 0 and missing / expected > LOSS_THRESHOLD
-                if lossy != self.lossy:
-                    log.warning("! %s: %d of %d frames lost in %.0f s%s", self._name,
-                                missing, expected, self._interval,
-                                "" if lossy else " (back below the threshold)")
+                losing = expected > 0 and missing / expected > LOSS_THRESHOLD
+                if losing:
+                    log.warning("! %s: %d of %d frames lost in %.0f s", self._name, missing,
+                                expected, self._interval)
+                self._clean = 0 if losing else self._clean + 1
+                lossy = losing or (self.lossy and self._clean < CLEAN_CHECKS)
+                if self.lossy and not lossy:
+                    log.info("= %s: no loss for %d checks", self._name, CLEAN_CHECKS)
                 self.lossy = lossy
             flowing = self._seen and not self.lossy
             if flowing != self.flowing:
@@ -124,10 +131,12 @@ def counting_probe(read: Callable[[], Counters]) -> Probe:
 class Tap:
     """One sink's queue on a Fanout, holding at most `max_delay` seconds of media."""
 
-    def __init__(self, fanout: Fanout, max_delay: float, name: str = "") -> None:
+    def __init__(self, fanout: Fanout, max_delay: float, name: str = "",
+                 on_frame: Callable[[], None] | None = None) -> None:
         self.fanout = fanout
         self.max_delay = max_delay
         self.name = name
+        self._on_frame = on_frame
         self.counters = Counters()
         self._frames: deque[EncodedFrame] = deque()
         self._ready = asyncio.Event()
@@ -145,6 +154,8 @@ class Tap:
             self._ready.set()
             return
         self.counters.received += 1
+        if self._on_frame is not None:
+            self._on_frame()
         if self._need_keyframe:
             if not frame.keyframe:
                 if self._recovering:
@@ -220,8 +231,10 @@ class Fanout:
         self._task: asyncio.Task[None] | None = None
         self.ended = False
 
-    def tap(self, max_delay: float, name: str = "") -> Tap:
-        t = Tap(self, max_delay, name)
+    def tap(self, max_delay: float, name: str = "",
+            on_frame: Callable[[], None] | None = None) -> Tap:
+        """A new sink; `on_frame` is called for each frame reaching it (before it waits)."""
+        t = Tap(self, max_delay, name, on_frame)
         self.taps.add(t)
         return t
 

@@ -122,17 +122,12 @@ class WebRtcEndpointImpl(Element):
         return counters
 
     def _rtp_probe(self, kind: str) -> Any:
-        """Packets the publisher sent that never arrived (or arrived too late to count),
-        per the receiver's RTP statistics, since the last probe."""
+        """Packets the publisher sent that never arrived, since the last probe."""
         async def probe() -> tuple[int, int]:
             forwarding = self._receivers.get(kind)
             if forwarding is None:
                 return 0, 0
-            received = lost = 0
-            for stat in (await forwarding.receiver.getStats()).values():
-                if getattr(stat, "type", "") == "inbound-rtp":
-                    received += stat.packetsReceived
-                    lost += max(stat.packetsLost, 0)
+            received, lost = forwarding.rtp_counts()
             fanout = self._fanouts.get(kind)
             if fanout is not None:
                 fanout.counters.lost = lost
