@@ -185,35 +185,49 @@ async def conference(kc: KurentoClient, folder: Path, size: int, source: Path) -
     return room
 
 
+#: What a frame may take from its sender to a receiver or a file: the frames sent in a
+#: window are looked for in the window shifted by this much.
+IN_FLIGHT = 1.0
+
+
 async def window(pid: int, rooms: list[Room], seconds: float) -> dict[str, float]:
     """Server CPU % of one core, this process's too, and delivery ratios over `seconds`."""
-    before = [r.snapshot() for r in rooms]
-    files_before = [await r.written() for r in rooms]
+    sent0 = [r.snapshot()["sent"] for r in rooms]
+    files_sent0 = [(await r.written())[0] for r in rooms]
     c0, own0, t0 = cpu_seconds(pid), time.process_time(), time.monotonic()
-    await asyncio.sleep(seconds)  # the measurement window itself
+    await asyncio.sleep(IN_FLIGHT)  # what was sent before the window arrives meanwhile
+    got0 = [r.snapshot()["got"] for r in rooms]
+    files_got0 = [(await r.written())[1] for r in rooms]
+    await asyncio.sleep(seconds - IN_FLIGHT)  # the measurement window itself
+    sent1 = [r.snapshot()["sent"] for r in rooms]
+    files_sent1 = [(await r.written())[0] for r in rooms]
     elapsed = time.monotonic() - t0
     cpu, own = cpu_seconds(pid) - c0, time.process_time() - own0
-    ratios, file_ratios = [], []
-    for room, b, (fs0, fw0) in zip(rooms, before, files_before, strict=True):
-        a = room.snapshot()
-        for s0, s1, g0, g1 in zip(b["sent"], a["sent"], b["got"], a["got"], strict=True):
-            if s1 > s0:
-                ratios.append(min((g1 - g0) / (s1 - s0), 1.0))
-        fs1, fw1 = await room.written()
-        for s0, s1, w0, w1 in zip(fs0, fs1, fw0, fw1, strict=True):
-            if s1 > s0:
-                file_ratios.append(min((w1 - w0) / (s1 - s0), 1.0))
+    await asyncio.sleep(IN_FLIGHT)  # the window's last frames arrive
+    got1 = [r.snapshot()["got"] for r in rooms]
+    files_got1 = [(await r.written())[1] for r in rooms]
+
+    def ratios(s0: list[list[int]], s1: list[list[int]], g0: list[list[int]],
+               g1: list[list[int]]) -> list[float]:
+        out = []
+        for room in zip(s0, s1, g0, g1, strict=True):
+            for a, b, c, d in zip(*room, strict=True):
+                if b > a:
+                    out.append(min((d - c) / (b - a), 1.0))
+        return out
+    viewers = ratios(sent0, sent1, got0, got1)
+    files = ratios(files_sent0, files_sent1, files_got0, files_got1)
     return {"cpu": 100 * cpu / elapsed, "own_cpu": 100 * own / elapsed,
-            "worst": min(ratios, default=float("nan")),
-            "mean": sum(ratios) / len(ratios) if ratios else float("nan"),
-            "worst_file": min(file_ratios, default=float("nan"))}
+            "worst": min(viewers, default=float("nan")),
+            "mean": sum(viewers) / len(viewers) if viewers else float("nan"),
+            "worst_file": min(files, default=float("nan"))}
 
 
 async def run(url: str, pid: int, folder: Path, opts: Any) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     settle = 1.5 if opts.smoke else 3.0
-    big = clip(640, 480, 30, 20 if opts.smoke else 240)
-    small = clip(320, 240, 15, 20 if opts.smoke else 60)
+    small = clip(320, 240, 15, 10 if opts.smoke else 60)
+    big = small if opts.smoke else clip(640, 480, 30, 240)
     async with KurentoClient(url) as kc:
         idle = await window(pid, [], opts.window)
         figures.update(baseline_idle_cpu_pct=idle["cpu"], baseline_idle_rss_mib=rss_kib(pid) / 1024)
@@ -270,7 +284,7 @@ async def _wait_port(port: int) -> None:
 def main() -> None:
     opts = args(__doc__ or "", window=5.0, max_calls=12, parties=8)
     if opts.smoke:
-        opts.window, opts.max_calls, opts.parties = 1.0, 1, 3
+        opts.window, opts.max_calls, opts.parties = 1.5, 1, 3
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
