@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiortc
-from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 
 __all__ = ["AIORTC_VERSION", "EncodedFrame", "ForwardingReceiver", "check_aiortc",
-           "hook_sender", "is_keyframe"]
+           "hook_sender", "is_keyframe", "prefer_vp8"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ def check_aiortc() -> None:
                         (RTCRtpSender, "_handle_rtcp_packet")):
         if not callable(getattr(owner, attr, None)):
             problems.append(f"{owner.__name__}.{attr} is gone")
+    if "_codecs" not in RTCRtpTransceiver.__init__.__code__.co_names:
+        problems.append("RTCRtpTransceiver no longer keeps _codecs")
     if "_send_keyframe" not in RTCRtpSender._handle_rtcp_packet.__code__.co_names:
         problems.append("RTCRtpSender no longer calls _send_keyframe on PLI/FIR")
     if problems:
@@ -192,3 +194,13 @@ def hook_sender(sender: Any, on_keyframe_request: Callable[[], None]) -> None:
         on_keyframe_request()
 
     sender._send_keyframe = send_keyframe
+
+
+def prefer_vp8(transceiver: Any) -> None:
+    """Puts VP8 first among a negotiated video transceiver's codecs, before the answer is
+    made: the offerer sends, and we send, the answer's first codec. Offers that list H.264
+    first (Safari's) would otherwise publish H.264, which a WEBM file cannot hold, and get
+    H.264 from us only by transcoding every VP8 publisher."""
+    check_aiortc()
+    codecs = transceiver._codecs
+    transceiver._codecs = sorted(codecs, key=lambda c: str(c.mimeType).lower() != "video/vp8")

@@ -28,6 +28,7 @@ import av
 
 from kurento_ctl.jsonrpc import ErrorCode
 from mediaserver.elements import Element, KmsError, MediaPipelineImpl, Method, require
+from mediaserver.filecodec import FileTranscoder
 from mediaserver.forwarding import EncodedFrame
 from mediaserver.tracks import (
     RECORDER_DELAY,
@@ -106,22 +107,35 @@ class WebmWriter:
         self._streams: dict[str, Any] = {}
         self._last_pts: dict[str, int] = {}
         self._pending: list[tuple[str, Chunk]] = []
+        self._transcoders: dict[str, FileTranscoder] = {}
+        #: Called (on the worker thread) when a kind starts being transcoded.
+        self.on_transcoding: Any = None
 
-    async def write(self, kind: str, chunks: list[Chunk]) -> int:
+    async def write(self, kind: str, chunks: list[Chunk], codec: str) -> int:
         """Queues `chunks` for the file; returns how many were written. Until every kind
         has had a frame they wait in memory: the header needs them all (webmmux too)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._mux,
-                                                                kind, chunks)
+                                                                kind, chunks, codec)
 
-    def _mux(self, kind: str, chunks: list[Chunk]) -> int:
+    def _mux(self, kind: str, chunks: list[Chunk], codec: str) -> int:
         if kind not in self._kinds:
             return 0
+        if codec not in MUXABLE[self._format]:
+            transcoder = self._transcoders.get(kind)
+            if transcoder is None or transcoder.codec != codec:
+                transcoder = self._transcoders[kind] = FileTranscoder(kind, codec)
+                if self.on_transcoding is not None:
+                    self.on_transcoding(kind, codec)
+            chunks = [out for data, pts, _ in chunks for out in transcoder.convert(data, pts)]
         self._pending.extend((kind, chunk) for chunk in chunks)
         if self._container is None:
             seen = {k for k, _ in self._pending}
             if seen != set(self._kinds):
                 return 0
             self._open()
+        return self._write_pending()
+
+    def _write_pending(self) -> int:
         pending, self._pending = self._pending, []
         written = 0
         for k, (data, pts, keyframe) in sorted(pending, key=lambda item: item[1][1]):
@@ -155,6 +169,11 @@ class WebmWriter:
             self._streams[kind] = stream
 
     def _finish(self) -> None:
+        if self._container is None and self._pending:
+            # Stopped before every kind came (or a transcoder gave nothing yet): what did
+            # come is not thrown away.
+            self._open()
+            self._write_pending()
         if self._container is None:
             return
         self._container.close()
@@ -222,6 +241,7 @@ class RecorderEndpointImpl(Element):
                       for k in ("audio", "video")}
         self._stop_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
 
     def _counter_reader(self, kind: str) -> Any:
         return lambda: self.totals(kind)
@@ -280,7 +300,7 @@ class RecorderEndpointImpl(Element):
                 self._recording_announced = True
                 self.emit("Recording")
             try:
-                self.counters[kind].sent += await writer.write(kind, chunks)
+                self.counters[kind].sent += await writer.write(kind, chunks, batch[0].codec)
             except (av.FFmpegError, OSError, ValueError) as exc:
                 self.counters[kind].dropped += len(chunks)
                 self._write_failed(kind, exc, writer.started)
@@ -294,17 +314,19 @@ class RecorderEndpointImpl(Element):
                     self.counters[kind].skipped += 1
                     continue
                 self._want_keyframe.discard(kind)
-            if frame.codec not in MUXABLE[self._container_format()]:
-                self.counters[kind].dropped += 1
-                log.error("! %s: %s is not recorded into %s (no transcoding for files)",
-                          self.id, frame.codec, self.profile)
-                continue
             if self._t0 is None:
                 self._t0 = frame.arrival
             retimer = self._retimers.setdefault(kind, Retimer(self._t0))
             stamp = retimer.stamp(frame, tap.fanout)
             out.append((frame.data, stamp * 1000 // frame.clock_rate, frame.keyframe))
         return out
+
+    def _transcoding_from_worker(self, kind: str, codec: str) -> None:
+        log.warning("! %s: transcoding %s %s for %s (the file cannot hold it)", self.id, kind,
+                    codec, self.profile)
+        self._loop.call_soon_threadsafe(lambda: self.emit(
+            "MediaTranscodingStateChanged", state="TRANSCODING",
+            binName=f"{self.id}/{kind}", mediaType=kind.upper()))
 
     def _container_format(self) -> str:
         return "webm" if self.profile.startswith("WEBM") else "matroska"
@@ -348,6 +370,7 @@ class RecorderEndpointImpl(Element):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 check_writable(self.path)
                 self._writer = WebmWriter(self.path, self.kinds, self._container_format())
+                self._writer.on_transcoding = self._transcoding_from_worker
             except (OSError, av.FFmpegError) as exc:
                 code, error_type = write_error(exc, opened=False)
                 log.error("! %s: cannot open %s: %s", self.id, self.path, exc)

@@ -24,7 +24,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp, candidate_to_sdp
 
 from kurento_ctl.jsonrpc import ErrorCode
 from mediaserver.elements import Element, KmsError, MediaPipelineImpl, Method, require
-from mediaserver.forwarding import ForwardingReceiver, hook_sender
+from mediaserver.forwarding import ForwardingReceiver, hook_sender, prefer_vp8
 from mediaserver.outbound import OutboundTrack
 from mediaserver.tracks import Counters, Fanout, FlowMonitor, counting_probe
 
@@ -262,6 +262,9 @@ class WebRtcEndpointImpl(Element):
         except Exception as exc:  # aiortc raises ValueError and others for bad SDP
             raise KmsError(ErrorCode.SDP_PARSE_ERROR, f"Error parsing SDP: {exc}") from None
         self.negotiated = True
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                prefer_vp8(transceiver)
         if not self.recvonly:
             for transceiver in self.pc.getTransceivers():
                 # aiortc keeps the offer's direction as seen from our side.

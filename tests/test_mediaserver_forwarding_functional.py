@@ -16,9 +16,10 @@ from aiortc import RTCRtpReceiver, rtcrtpreceiver
 from kurento_ctl.client import KurentoClient
 from kurento_ctl.objects import MediaPipeline
 from mediaserver.forwarding import AIORTC_VERSION, check_aiortc
+from mediaserver.recorder import RecorderEndpointImpl
 from recordings import continuity
 from tests.forward_fixtures import Publisher, Viewer
-from tests.helpers import within
+from tests.helpers import wait_until, within
 from tests.media_fixtures import Peer, ffprobe, run_mediaserver
 
 
@@ -177,3 +178,48 @@ async def test_a_viewer_without_the_publishers_codec_gets_it_transcoded_and_is_t
         finally:
             await asyncio.gather(publisher.close(), viewer.close())
             await pipeline.release()
+
+
+async def test_an_offer_preferring_h264_is_answered_vp8_first_and_h264_is_still_recorded(
+        tmp_path: Path) -> None:
+    """Safari lists H.264 first: our answer puts VP8 first (browsers then send VP8). This
+    aiortc peer sends H.264 regardless (it keeps its own preference), which a WEBM file
+    cannot hold: the recorder transcodes that one stream to VP8 and says so."""
+    path = tmp_path / "safari.webm"
+    async with run_mediaserver(recordings_root=tmp_path) as (url, server), KurentoClient(url) as kc:
+        pipeline = await MediaPipeline.create(kc)
+        ep = await pipeline.create_webrtc_endpoint()
+        recorder = await pipeline.create_recorder_endpoint(path.as_uri())
+        transcoding: list[str] = []
+        recording = asyncio.Event()
+        await recorder.subscribe("MediaTranscodingStateChanged",
+                                 lambda e: transcoding.append(e.raw["mediaType"]))
+        await recorder.subscribe("Recording", lambda e: recording.set())
+        publisher = Peer()
+        for transceiver in publisher.pc.getTransceivers():
+            if transceiver.kind == "video":
+                codecs = RTCRtpReceiver.getCapabilities("video").codecs
+                transceiver.setCodecPreferences(
+                    sorted(codecs, key=lambda c: c.mimeType.lower() != "video/h264"))
+        try:
+            await ep.connect(recorder)
+            await recorder.record()
+            offer = await publisher.offer()
+            answer = await ep.process_offer(offer)
+            video = answer[answer.index("m=video"):]
+            first = video.split("\r\n")[0].split()[3]
+            assert f"a=rtpmap:{first} VP8/90000" in video, video
+            await publisher.accept(answer)
+            await within(recording.wait(), 15, "Recording")
+            await wait_until(lambda: transcoding == ["VIDEO"], timeout=10,
+                             describe=lambda: transcoding)
+            element = server.objects[recorder.id]
+            assert isinstance(element, RecorderEndpointImpl)
+            await wait_until(lambda: element.totals("video").sent >= 15, timeout=15,
+                             describe=lambda: element.totals("video"))
+            await recorder.stop_and_wait()
+        finally:
+            await publisher.close()
+            await pipeline.release()
+    info = await ffprobe(path)
+    assert sorted(s["codec_name"] for s in info["streams"]) == ["opus", "vp8"]
