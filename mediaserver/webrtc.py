@@ -5,26 +5,24 @@ What a peer sends is taken from its receiver before aiortc would decode it
 is packed by aiortc from those frames (`mediaserver.outbound`). Keyframe requests from a
 viewer, or from a sink that starts or lost frames, reach the publisher as RTCP PLI.
 
-aiortc does not trickle: `setLocalDescription` gathers every local candidate. We return
-them inside the SDP (as KMS does when gatherCandidates precedes the offer) and also raise
-one IceCandidateFound each, then IceGatheringDone, once `gatherCandidates` was invoked.
+Local candidates go inside the SDP (as KMS does when gatherCandidates precedes the offer)
+and are announced as events (`mediaserver.ice`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.sdp import SessionDescription, candidate_from_sdp, candidate_to_sdp
+from aiortc.sdp import SessionDescription
 
 from kurento_ctl.jsonrpc import ErrorCode
 from mediaserver.elements import Element, KmsError, MediaPipelineImpl, Method, require
 from mediaserver.forwarding import ForwardingReceiver, hook_sender, prefer_vp8
+from mediaserver.ice import IceCandidates
 from mediaserver.outbound import OutboundTrack
 from mediaserver.tracks import Counters, Fanout, FlowMonitor, counting_probe
 
@@ -39,18 +37,7 @@ ICE_STATES = {"new": "DISCONNECTED", "checking": "CONNECTING", "completed": "REA
               "failed": "FAILED", "closed": "DISCONNECTED"}
 
 
-def unusable_for_kurento(address: str) -> bool:
-    """What KMS cannot use: mDNS names and link-local IPv6 (no scope in ICE)."""
-    if address.lower().endswith(".local"):
-        return True
-    try:
-        ip = ipaddress.ip_address(address.split("%")[0])
-    except ValueError:
-        return False
-    return ip.version == 6 and ip.is_link_local
-
-
-class WebRtcEndpointImpl(Element):
+class WebRtcEndpointImpl(IceCandidates, Element):
     type_name = "WebRtcEndpoint"
     hierarchy = ("kurento.BaseRtpEndpoint", "kurento.SdpEndpoint", "kurento.SessionEndpoint",
                  "kurento.Endpoint", "kurento.MediaElement", "kurento.MediaObject")
@@ -152,30 +139,6 @@ class WebRtcEndpointImpl(Element):
         if state != self._ice_state:
             self._ice_state = state
             self.emit("IceComponentStateChanged", state=state, streamId=1, componentId=1)
-
-    def _keep_consent(self) -> None:
-        """Stops aioice's consent freshness checks (KMS's libnice agent runs none): six
-        unanswered ones, 0.5 s each, close the connection, and against Chromium on a busy
-        machine they all went unanswered, so both browsers' uploads died ~34 s into the
-        call. Lost media is told by the flow events instead."""
-        for transceiver in self.pc.getTransceivers():
-            connection = transceiver.receiver.transport.transport._connection
-            task = connection._query_consent_task  # aioice keeps no public switch
-            if task is not None:
-                task.cancel()
-                connection._query_consent_task = None
-
-    def _emit_selected_pair(self) -> None:
-        for transceiver in self.pc.getTransceivers()[:1]:
-            transport = transceiver.receiver.transport.transport
-            pair = transport._connection._nominated.get(1)  # aioice keeps no public accessor
-            if pair is None:
-                continue
-            self.emit("NewCandidatePairSelected", candidatePair={
-                "__module__": "kurento", "__type__": "IceCandidatePair", "componentId": 1,
-                "localCandidate": "candidate:" + pair.local_candidate.to_sdp(),
-                "remoteCandidate": "candidate:" + pair.remote_candidate.to_sdp(),
-                "streamId": "1"})
 
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -317,88 +280,6 @@ class WebRtcEndpointImpl(Element):
         await self._flush_candidates()
         self.emit("MediaSessionStarted")
         return str(self.pc.localDescription.sdp)
-
-    def _strict(self, sdp: str) -> str:
-        """In strict mode, the SDP without the `a=candidate` lines KMS could not use: its
-        candidates from SDP take the same path as trickled ones (inferred from kms-elements)."""
-        if not self.server.strict_candidates:
-            return sdp
-        kept = []
-        for line in sdp.splitlines(keepends=True):
-            if line.startswith("a=candidate:"):
-                try:
-                    address = candidate_from_sdp(line[len("a=candidate:"):].strip()).ip
-                except (ValueError, IndexError):
-                    address = ""
-                if not address or unusable_for_kurento(address):
-                    log.info("= strict: candidate %s in SDP ignored", address or "(unparsable)",
-                             extra={"object": self.id})
-                    self.ignored_candidates += 1
-                    continue
-            kept.append(line)
-        return "".join(kept)
-
-    async def _gather_candidates(self, params: dict[str, Any]) -> None:
-        self.gather_requested = True
-        self._announce_candidates()
-
-    def _announce_candidates(self) -> None:
-        if not self.gather_requested or self.gathered or self.pc.localDescription is None:
-            return
-        self.gathered = True
-        self.emit("IceComponentStateChanged", state="GATHERING", streamId=1, componentId=1)
-        for index, transceiver in enumerate(self.pc.getTransceivers()):
-            gatherer = transceiver.sender.transport.transport.iceGatherer
-            for candidate in gatherer.getLocalCandidates():
-                self.emit("IceCandidateFound", candidate={
-                    "__module__": "kurento", "__type__": "IceCandidate",
-                    "candidate": "candidate:" + candidate_to_sdp(candidate),
-                    "sdpMid": transceiver.mid or str(index), "sdpMLineIndex": index})
-            if self.pc.sctp is None and index == 0:
-                # BUNDLE: one transport carries every m-line; announce its candidates once.
-                break
-        self.emit("IceGatheringDone")
-
-    async def _add_ice_candidate(self, params: dict[str, Any]) -> None:
-        candidate = params.get("candidate")
-        if not isinstance(candidate, dict):
-            raise KmsError(ErrorCode.MARSHALL_ERROR,
-                           "'candidate' parameter should be a IceCandidate")
-        for field_name, kind in (("candidate", str), ("sdpMid", str), ("sdpMLineIndex", int)):
-            if not isinstance(candidate.get(field_name), kind):
-                raise KmsError(ErrorCode.MARSHALL_ERROR,
-                               f"'{field_name}' parameter should be a "
-                               f"{'string' if kind is str else 'integer'}")
-        if not self.negotiated:
-            self._pending_candidates.append(candidate)
-            return
-        await self._apply_candidate(candidate)
-
-    async def _flush_candidates(self) -> None:
-        pending, self._pending_candidates = self._pending_candidates, []
-        for candidate in pending:
-            await self._apply_candidate(candidate)
-
-    async def _apply_candidate(self, candidate: dict[str, Any]) -> None:
-        line = str(candidate["candidate"]).strip()
-        if not line:
-            return  # end-of-candidates: KMS ignores it
-        if line.startswith("candidate:"):
-            line = line[len("candidate:"):]
-        try:
-            parsed = candidate_from_sdp(line)
-        except (ValueError, IndexError):
-            log.info("= unparsable candidate ignored", extra={"object": self.id})
-            return
-        if self.server.strict_candidates and unusable_for_kurento(parsed.ip):
-            # KMS >= 6.13.2 silently ignores what it cannot resolve or scope.
-            log.info("= strict: candidate %s ignored", parsed.ip, extra={"object": self.id})
-            self.ignored_candidates += 1
-            return
-        parsed.sdpMid = candidate["sdpMid"]
-        parsed.sdpMLineIndex = candidate["sdpMLineIndex"]
-        with contextlib.suppress(Exception):
-            await self.pc.addIceCandidate(parsed)
 
     async def _local_sdp(self, params: dict[str, Any]) -> str:
         if self.pc.localDescription is None:
