@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -53,6 +54,8 @@ PROFILES = {
     "MKV_AUDIO_ONLY": ("audio",),
     "MKV_VIDEO_ONLY": ("video",),
 }
+#: Seconds of media a recorder gathers before handing them to its writer thread.
+WRITE_INTERVAL = 0.1
 #: GStreamer's GstResourceError codes, which KMS passes on as `errorCode`.
 OPEN_WRITE, WRITE, NO_SPACE_LEFT = 6, 10, 14
 
@@ -170,10 +173,17 @@ class RecorderEndpointImpl(Element):
 
     async def _read(self, kind: str) -> None:
         tap = self._taps.get(kind)
+        last_write = 0.0
         while tap is not None and not self._stopped_for_good:
             frame = await tap.get()
             if frame is None:
                 return
+            # Hand the worker thread batches, not single frames: each hand-over costs the
+            # event loop more than muxing a frame does.
+            pause = last_write + WRITE_INTERVAL - time.monotonic()
+            if pause > 0 and self.state == "START":
+                await asyncio.sleep(pause)
+            last_write = time.monotonic()
             batch = [frame, *tap.drain()]
             writer = self._writer
             if self.state != "START" or writer is None or self._failed:
