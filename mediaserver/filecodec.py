@@ -25,6 +25,8 @@ class FileTranscoder:
 
     def __init__(self, kind: str, codec: str) -> None:
         self.kind, self.codec = kind, codec
+        if codec not in DECODERS:
+            raise ValueError(f"cannot transcode {codec}")  # loud: an Error, not silence
         self._decoder: Any = cast(Any, av.CodecContext.create(DECODERS[codec], "r"))
         self._encoder: Any = None
 

@@ -43,6 +43,8 @@ class Transcoder:
 
     def __init__(self, codec: str) -> None:
         self.codec = codec
+        if codec not in DECODERS:
+            raise ValueError(f"cannot transcode {codec}")  # loud: an Error, not silence
         self._ctx: Any = cast(Any, av.CodecContext.create(DECODERS[codec], "r"))
         if codec == "audio/opus":
             # aiortc's audio encoders take what its own Opus decoder gives: s16 stereo.
