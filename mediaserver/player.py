@@ -1,19 +1,27 @@
-"""PlayerEndpoint: plays a file into the pipeline at its own pace (aiortc's MediaPlayer
-decodes on its thread), then raises EndOfStream. For tests and a "test call" feature."""
+"""PlayerEndpoint: plays a file into the pipeline at its own pace, then raises EndOfStream.
+For tests and a "test call" feature. aiortc's MediaPlayer demuxes without decoding: the
+file's VP8/Opus packets go to the sinks as they are, like a publisher's frames. A file with
+other codecs is refused at `play()`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
+import av
 from aiortc.contrib.media import MediaPlayer
 
 from kurento_ctl.jsonrpc import ErrorCode
 from mediaserver.elements import Element, KmsError, Method, require
+from mediaserver.forwarding import EncodedFrame, is_keyframe
 from mediaserver.recorder import file_path
 from mediaserver.tracks import Fanout, FlowMonitor
+
+#: What a file's streams may carry (FFmpeg's names), as the publishers' mime types.
+CODECS = {"vp8": ("video/vp8", 90000), "opus": ("audio/opus", 48000)}
 
 if TYPE_CHECKING:
     from mediaserver.core import MediaServer
@@ -60,19 +68,22 @@ class PlayerEndpointImpl(Element):
         if not self.path.is_file():
             raise KmsError(ErrorCode.URI_PATH_FILE_NOT_FOUND, f"File not found: {self.uri}")
         try:
-            self._player = MediaPlayer(str(self.path))
+            codecs = _codecs(str(self.path))
+            self._player = MediaPlayer(str(self.path), decode=False)
         except Exception as exc:  # PyAV raises many kinds for unreadable files
             raise KmsError(ErrorCode.MEDIA_OBJECT_ILLEGAL_PARAM_ERROR,
                            f"Cannot play {self.uri}: {exc}") from None
         self.state = "START"
         for kind, track in (("audio", self._player.audio), ("video", self._player.video)):
             if track is not None:
-                self._fanouts[kind] = Fanout(track, self._flow[kind].frame)
+                fanout = Fanout(kind, self._flow[kind].frame)
+                fanout.follow(track, _converter(kind, codecs[kind]))
+                self._fanouts[kind] = fanout
                 self.output_changed(kind)
         self._ended = asyncio.create_task(self._watch_end(), name=f"player-end:{self.id}")
 
     async def _watch_end(self) -> None:
-        await asyncio.gather(*(f._task for f in self._fanouts.values()),
+        await asyncio.gather(*(f.ended_wait() for f in self._fanouts.values()),
                              return_exceptions=True)
         if self.state == "START":
             self.state = "STOP"
@@ -105,3 +116,31 @@ class PlayerEndpointImpl(Element):
         for monitor in self._flow.values():
             monitor.close()
         await super().release()
+
+
+def _codecs(path: str) -> dict[str, tuple[str, int]]:
+    """The mime type and clock of each kind in the file; ValueError for what cannot pass
+    through without transcoding."""
+    out: dict[str, tuple[str, int]] = {}
+    with av.open(path) as container:
+        for stream in container.streams:
+            if stream.type not in ("audio", "video") or stream.type in out:
+                continue
+            name = stream.codec_context.name
+            if name not in CODECS:
+                raise ValueError(f"{stream.type} is {name}; only VP8 and Opus play")
+            out[stream.type] = CODECS[name]
+    return out
+
+
+def _converter(kind: str, codec: tuple[str, int]) -> Any:
+    mime, clock = codec
+
+    def convert(item: object) -> EncodedFrame | None:
+        if not isinstance(item, av.Packet) or item.pts is None or item.time_base is None:
+            return None
+        data = bytes(item)
+        return EncodedFrame(kind=kind, codec=mime, clock_rate=clock, data=data,
+                            timestamp=int(item.pts * item.time_base * clock),
+                            keyframe=is_keyframe(mime, data), arrival=time.monotonic())
+    return convert

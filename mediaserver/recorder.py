@@ -1,10 +1,15 @@
-"""RecorderEndpoint: WEBM files (VP8/Opus) written by PyAV, encoded off the event loop.
+"""RecorderEndpoint: WEBM files (VP8/Opus) muxed by PyAV from the encoded frames as they
+came, off the event loop: no decoding, no encoding, and a gap in the media stays a gap.
 
-Like KMS: `record()` returns at once (a file that cannot be opened for writing raises
-`Error` instead), `Recording` fires once media has reached the recorder and the file holds
-bytes on disk, a failed write raises `Error` and ends the recording, `stopAndWait` returns
-once the file is finalized (trailer, duration, cues), a stopped recorder cannot record again,
-and releasing a recording recorder stops it first.
+Like KMS (docs/kurento.md, KMS-SOURCE-NOTES §5): `record()` returns at once; a file that
+cannot be opened for writing raises `Error` (6, `RESOURCE_ERROR_OPEN`) after the reply and
+never `Recording`. `Recording` fires once every kind of the profile has reached the muxer
+(webmmux prerolls its header then), before anything is known to be on disk; a failed write
+then raises one `Error` (10 `RESOURCE_ERROR_WRITE`, 14 `RESOURCE_ERROR_NO_SPACE_LEFT`) and
+ends the recording. `stopAndWait` returns once the file is finalized (trailer, duration,
+cues), a stopped recorder cannot record again, and releasing a recording recorder stops it
+first. What a recorder receives, writes and drops is counted per kind (`getStats`); losing
+more than LOSS_THRESHOLD of a kind in a check interval turns its `MediaFlowIn` NOT_FLOWING.
 """
 
 from __future__ import annotations
@@ -12,11 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fractions
 import logging
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -25,12 +27,22 @@ import av
 
 from kurento_ctl.jsonrpc import ErrorCode
 from mediaserver.elements import Element, KmsError, MediaPipelineImpl, Method, require
-from mediaserver.tracks import Fanout, FlowMonitor, Frame, Tap
+from mediaserver.forwarding import EncodedFrame
+from mediaserver.tracks import (
+    RECORDER_DELAY,
+    Counters,
+    Fanout,
+    FlowMonitor,
+    Retimer,
+    Tap,
+    counting_probe,
+)
+from mediaserver.webm import Chunk, WebmWriter
 
 if TYPE_CHECKING:
     from mediaserver.core import MediaServer
 
-__all__ = ["RecorderEndpointImpl", "WebmWriter"]
+__all__ = ["RecorderEndpointImpl"]
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +54,8 @@ PROFILES = {
     "MKV_AUDIO_ONLY": ("audio",),
     "MKV_VIDEO_ONLY": ("video",),
 }
-MS = fractions.Fraction(1, 1000)
-#: Seconds audio may lag its arrival time before the file skips ahead (jitter stays below).
-AUDIO_RESYNC = 0.2
+#: Seconds of media a recorder gathers before handing them to its writer thread.
+WRITE_INTERVAL = 0.1
 #: GStreamer's GstResourceError codes, which KMS passes on as `errorCode`.
 OPEN_WRITE, WRITE, NO_SPACE_LEFT = 6, 10, 14
 
@@ -75,90 +86,6 @@ def check_writable(path: Path) -> None:
         pass
     if not existed:
         path.unlink()
-
-
-class WebmWriter:
-    """Encodes and muxes on one worker thread, so muxing needs no lock and never blocks us."""
-
-    def __init__(self, path: Path, kinds: tuple[str, ...], container_format: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
-        self._path = path
-        #: Whether the file holds bytes on disk; set by the worker after a write.
-        self.on_disk = False
-        # flush_packets: what the muxer has written reaches the file at once, so "on disk"
-        # is true of the file and a crash loses less.
-        self._container: Any = av.open(str(path), mode="w", format=container_format,
-                                       container_options={"flush_packets": "1"})
-        self._streams: dict[str, Any] = {}
-        self._t0: float | None = None
-        self._last_pts: dict[str, int] = {}
-        self._audio_next: int | None = None
-        stream: Any
-        for kind in kinds:
-            if kind == "audio":
-                stream = self._container.add_stream("libopus", rate=48000)
-            else:
-                stream = self._container.add_stream("libvpx", rate=15)
-                stream.pix_fmt = "yuv420p"
-                stream.bit_rate = 400_000
-                stream.codec_context.time_base = MS
-                stream.codec_context.options = {"deadline": "realtime", "cpu-used": "8",
-                                                "lag-in-frames": "0"}
-            self._streams[kind] = stream
-
-    async def write(self, kind: str, frame: Frame, at: float) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, kind,
-                                                         frame, at)
-
-    def _encode(self, kind: str, frame: Frame, at: float) -> None:
-        if self._container is None or kind not in self._streams:
-            return
-        if self._t0 is None:
-            self._t0 = at
-        stream = self._streams[kind]
-        if isinstance(frame, av.VideoFrame):
-            if not stream.codec_context.is_open:
-                stream.width, stream.height = frame.width, frame.height
-            elif (frame.width, frame.height) != (stream.width, stream.height):
-                frame = frame.reformat(width=stream.width, height=stream.height)
-            pts = max(int((at - self._t0) * 1000), self._last_pts.get(kind, -1) + 1)
-            frame.pts, frame.time_base = pts, MS
-        else:
-            # Audio keeps its own sample clock, anchored where it first arrived and moved
-            # on when it falls behind: audio that never came (a network gap, a starved
-            # decoder) must leave a gap, not pull everything after it earlier than the video.
-            wall = int((at - self._t0) * frame.sample_rate)
-            if self._audio_next is None or wall - self._audio_next > frame.sample_rate * \
-                    AUDIO_RESYNC:
-                self._audio_next = max(wall, self._audio_next or 0)
-            frame.pts = self._audio_next
-            frame.time_base = fractions.Fraction(1, frame.sample_rate)
-            self._audio_next += frame.samples
-            pts = frame.pts
-        self._last_pts[kind] = pts
-        muxed = False
-        for packet in stream.encode(frame):
-            self._container.mux(packet)
-            muxed = True
-        if muxed and not self.on_disk:
-            self.on_disk = os.stat(self._path).st_size > 0
-
-    def _finish(self) -> None:
-        if self._container is None:
-            return
-        for stream in self._streams.values():
-            if stream.codec_context.is_open:
-                with contextlib.suppress(av.FFmpegError):
-                    for packet in stream.encode(None):
-                        self._container.mux(packet)
-        self._container.close()
-        self._container = None
-
-    async def close(self) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._finish)
-        finally:
-            self._executor.shutdown(wait=False)
 
 
 def file_path(uri: str, root: Path | None) -> Path:
@@ -196,11 +123,32 @@ class RecorderEndpointImpl(Element):
         self._writer: WebmWriter | None = None
         self._taps: dict[str, Tap] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
+        self._retimers: dict[str, Retimer] = {}
+        self._t0: float | None = None
+        self._kinds_in: set[str] = set()
+        self._want_keyframe: set[str] = set()
+        self.counters = {k: Counters() for k in ("audio", "video")}
         self._recording_announced = False
         self._failed = False
-        self._flow = {k: FlowMonitor(self.flow_callback("In", k)) for k in ("audio", "video")}
+        self._flow = {k: FlowMonitor(self.flow_callback("In", k), name=f"{self.id} {k}",
+                                     probe=counting_probe(self._counter_reader(k)))
+                      for k in ("audio", "video")}
         self._stop_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+
+    def _counter_reader(self, kind: str) -> Any:
+        return lambda: self.totals(kind)
+
+    def totals(self, kind: str) -> Counters:
+        """What this recorder did with `kind` so far, its current source included."""
+        out = Counters(**vars(self.counters[kind]))
+        tap = self._taps.get(kind)
+        if tap is not None:
+            out.received += tap.counters.received
+            out.dropped += tap.counters.dropped
+            out.skipped += tap.counters.skipped
+        return out
 
     def flowing_in(self, kind: str) -> bool:
         return self._flow[kind].flowing
@@ -208,11 +156,14 @@ class RecorderEndpointImpl(Element):
     def on_source(self, kind: str, fanout: Fanout | None) -> None:
         old = self._taps.pop(kind, None)
         if old is not None:
+            for name in ("received", "dropped", "skipped"):
+                setattr(self.counters[kind], name, getattr(self.counters[kind], name) +
+                        getattr(old.counters, name))
             old.close()
         if fanout is not None and kind in self.kinds:
-            self._taps[kind] = fanout.tap(maxsize=30)
-            if self.state == "START":
-                self._start_reader(kind)
+            self._taps[kind] = fanout.tap(RECORDER_DELAY[kind], self.id,
+                                          self._flow[kind].frame)
+            self._start_reader(kind)
 
     def _start_reader(self, kind: str) -> None:
         task = self._readers.get(kind)
@@ -221,27 +172,65 @@ class RecorderEndpointImpl(Element):
         self._readers[kind] = asyncio.create_task(self._read(kind), name=f"record:{kind}")
 
     async def _read(self, kind: str) -> None:
-        while True:
-            tap = self._taps.get(kind)
-            if tap is None or self._writer is None:
-                return
-            frame = await tap.queue.get()
+        tap = self._taps.get(kind)
+        last_write = 0.0
+        while tap is not None and not self._stopped_for_good:
+            frame = await tap.get()
             if frame is None:
                 return
-            self._flow[kind].frame()
-            if self.state != "START":
-                continue
+            # Hand the worker thread batches, not single frames: each hand-over costs the
+            # event loop more than muxing a frame does.
+            pause = last_write + WRITE_INTERVAL - time.monotonic()
+            if pause > 0 and self.state == "START":
+                await asyncio.sleep(pause)
+            last_write = time.monotonic()
+            batch = [frame, *tap.drain()]
             writer = self._writer
-            if writer is None or self._failed:
-                return
-            try:
-                await writer.write(kind, frame, time.monotonic())
-            except (av.FFmpegError, OSError, ValueError) as exc:
-                self._write_failed(kind, exc, writer.on_disk)
-                return
-            if not self._recording_announced and writer.on_disk:
+            if self.state != "START" or writer is None or self._failed:
+                # Not recording: nothing is lost, and video restarts at a keyframe.
+                self.counters[kind].skipped += len(batch)
+                self._want_keyframe.add(kind)
+                continue
+            chunks = self._chunks(kind, batch, tap)
+            if not chunks:
+                continue
+            self._kinds_in.add(kind)
+            if not self._recording_announced and self._kinds_in >= set(self.kinds):
+                # KMS raises it when its muxing pipeline prerolls the header, which needs
+                # every pad's first buffer, before the sink wrote anything.
                 self._recording_announced = True
                 self.emit("Recording")
+            try:
+                self.counters[kind].sent += await writer.write(kind, chunks, batch[0].codec)
+            except (av.FFmpegError, OSError, ValueError) as exc:
+                self.counters[kind].dropped += len(chunks)
+                self._write_failed(kind, exc, writer.started)
+                return
+
+    def _chunks(self, kind: str, frames: list[EncodedFrame], tap: Tap) -> list[Chunk]:
+        out: list[Chunk] = []
+        for frame in frames:
+            if kind in self._want_keyframe:
+                if not frame.keyframe:
+                    self.counters[kind].skipped += 1
+                    continue
+                self._want_keyframe.discard(kind)
+            if self._t0 is None:
+                self._t0 = frame.arrival
+            retimer = self._retimers.setdefault(kind, Retimer(self._t0))
+            stamp = retimer.stamp(frame, tap.fanout)
+            out.append((frame.data, stamp * 1000 // frame.clock_rate, frame.keyframe))
+        return out
+
+    def _transcoding_from_worker(self, kind: str, codec: str) -> None:
+        log.warning("! %s: transcoding %s %s for %s (the file cannot hold it)", self.id, kind,
+                    codec, self.profile)
+        self._loop.call_soon_threadsafe(lambda: self.emit(
+            "MediaTranscodingStateChanged", state="TRANSCODING",
+            binName=f"{self.id}/{kind}", mediaType=kind.upper()))
+
+    def _container_format(self) -> str:
+        return "webm" if self.profile.startswith("WEBM") else "matroska"
 
     def _write_failed(self, kind: str, exc: Exception, opened: bool) -> None:
         """One `Error` per recorder: both kinds share the file, the second failure is news
@@ -281,18 +270,23 @@ class RecorderEndpointImpl(Element):
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 check_writable(self.path)
-                fmt = "webm" if self.profile.startswith("WEBM") else "matroska"
-                self._writer = WebmWriter(self.path, self.kinds, fmt)
+                self._writer = WebmWriter(self.path, self.kinds, self._container_format())
+                self._writer.on_transcoding = self._transcoding_from_worker
             except (OSError, av.FFmpegError) as exc:
                 code, error_type = write_error(exc, opened=False)
                 log.error("! %s: cannot open %s: %s", self.id, self.path, exc)
-                self.emit("Error", description=f'Could not open file "{self.path}" for '
-                          f"writing: {reason(exc)}", errorCode=code, type=error_type)
+                # KMS's filesink fails inside record(), and the Error reaches the client
+                # after record's reply.
+                description = f'Could not open file "{self.path}" for writing: {reason(exc)}'
+                asyncio.get_running_loop().call_soon(lambda: self.emit(
+                    "Error", description=description, errorCode=code, type=error_type))
                 return
         self.state = "START"
         self.emit("UriEndpointStateChanged", state="START")
-        for kind in self._taps:
-            self._start_reader(kind)
+        self._want_keyframe.add("video")
+        tap = self._taps.get("video")
+        if tap is not None:
+            tap.fanout.request_keyframe()
 
     async def _pause(self, params: dict[str, Any]) -> None:
         if self.state == "START":
@@ -322,6 +316,11 @@ class RecorderEndpointImpl(Element):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             self._readers.clear()
+            for kind in self.kinds:
+                totals = self.totals(kind)
+                if totals.dropped:
+                    log.warning("! %s: %d of %d %s frames dropped", self.id, totals.dropped,
+                                totals.received, kind)
             if self._writer is not None:
                 try:
                     await self._writer.close()
@@ -331,6 +330,10 @@ class RecorderEndpointImpl(Element):
             if was_recording:
                 self.emit("UriEndpointStateChanged", state="STOP")
                 self.emit("Stopped")
+
+    async def _stats(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {f"media-counters_{kind}": self.totals(kind).as_stats(kind)
+                for kind in self.kinds}
 
     async def release(self) -> None:
         await self.finalize()

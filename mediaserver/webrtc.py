@@ -1,25 +1,30 @@
-"""WebRtcEndpoint served by an aiortc RTCPeerConnection.
+"""WebRtcEndpoint served by an aiortc RTCPeerConnection, forwarding encoded media.
 
-aiortc does not trickle: `setLocalDescription` gathers every local candidate. We return
-them inside the SDP (as KMS does when gatherCandidates precedes the offer) and also raise
-one IceCandidateFound each, then IceGatheringDone, once `gatherCandidates` was invoked.
+What a peer sends is taken from its receiver before aiortc would decode it
+(`mediaserver.forwarding`) and goes to the connected sinks as encoded frames; what we send
+is packed by aiortc from those frames (`mediaserver.outbound`). Keyframe requests from a
+viewer, or from a sink that starts or lost frames, reach the publisher as RTCP PLI.
+
+Local candidates go inside the SDP (as KMS does when gatherCandidates precedes the offer)
+and are announced as events (`mediaserver.ice`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
+from aiortc.sdp import SessionDescription
 
 from kurento_ctl.jsonrpc import ErrorCode
 from mediaserver.elements import Element, KmsError, MediaPipelineImpl, Method, require
-from mediaserver.tracks import Fanout, FlowMonitor, OutboundTrack
+from mediaserver.forwarding import ForwardingReceiver, hook_sender, prefer_vp8
+from mediaserver.ice import IceCandidates
+from mediaserver.outbound import OutboundTrack
+from mediaserver.tracks import Counters, Fanout, FlowMonitor, counting_probe
 
 if TYPE_CHECKING:
     from mediaserver.core import MediaServer
@@ -32,18 +37,7 @@ ICE_STATES = {"new": "DISCONNECTED", "checking": "CONNECTING", "completed": "REA
               "failed": "FAILED", "closed": "DISCONNECTED"}
 
 
-def unusable_for_kurento(address: str) -> bool:
-    """What KMS cannot use: mDNS names and link-local IPv6 (no scope in ICE)."""
-    if address.lower().endswith(".local"):
-        return True
-    try:
-        ip = ipaddress.ip_address(address.split("%")[0])
-    except ValueError:
-        return False
-    return ip.version == 6 and ip.is_link_local
-
-
-class WebRtcEndpointImpl(Element):
+class WebRtcEndpointImpl(IceCandidates, Element):
     type_name = "WebRtcEndpoint"
     hierarchy = ("kurento.BaseRtpEndpoint", "kurento.SdpEndpoint", "kurento.SessionEndpoint",
                  "kurento.Endpoint", "kurento.MediaElement", "kurento.MediaObject")
@@ -70,9 +64,14 @@ class WebRtcEndpointImpl(Element):
         self._pending_candidates: list[dict[str, Any]] = []
         self.ignored_candidates = 0
         self._fanouts: dict[str, Fanout] = {}
+        self._receivers: dict[str, ForwardingReceiver] = {}
         self._outbound: dict[str, OutboundTrack] = {}
-        self._in_flow = {k: FlowMonitor(self.flow_callback("In", k)) for k in ("audio", "video")}
-        self._out_flow = {k: FlowMonitor(self.flow_callback("Out", k))
+        self._rtp_seen: dict[str, tuple[int, int]] = {}
+        self._in_flow = {k: FlowMonitor(self.flow_callback("In", k), name=f"{self.id} in {k}",
+                                        probe=counting_probe(self._out_counters(k)))
+                         for k in ("audio", "video")}
+        self._out_flow = {k: FlowMonitor(self.flow_callback("Out", k), probe=self._rtp_probe(k),
+                                         name=f"{self.id} out {k}")
                           for k in ("audio", "video")}
         self._ice_state = "DISCONNECTED"
         self._media_connected = False
@@ -94,8 +93,36 @@ class WebRtcEndpointImpl(Element):
         kind = track.kind
         if kind not in ("audio", "video") or kind in self._fanouts:
             return
-        self._fanouts[kind] = Fanout(track, self._out_flow[kind].frame)
+        receiver = next(t.receiver for t in self.pc.getTransceivers()
+                        if t.receiver.track is track)
+        fanout = Fanout(kind, self._out_flow[kind].frame,
+                        lambda: forwarding.request_keyframe())
+        forwarding = ForwardingReceiver(receiver, fanout.push)
+        fanout.follow(track)
+        self._fanouts[kind], self._receivers[kind] = fanout, forwarding
         self.output_changed(kind)
+
+    def _out_counters(self, kind: str) -> Any:
+        def counters() -> Counters:
+            track = self._outbound.get(kind)
+            return track.totals() if track is not None else Counters()
+        return counters
+
+    def _rtp_probe(self, kind: str) -> Any:
+        """Packets the publisher sent that never arrived, since the last probe."""
+        async def probe() -> tuple[int, int]:
+            forwarding = self._receivers.get(kind)
+            if forwarding is None:
+                return 0, 0
+            received, lost = forwarding.rtp_counts()
+            fanout = self._fanouts.get(kind)
+            if fanout is not None:
+                fanout.counters.lost = lost
+            last_received, last_lost = self._rtp_seen.get(kind, (0, 0))
+            self._rtp_seen[kind] = (received, lost)
+            missing = max(lost - last_lost, 0)
+            return missing, missing + max(received - last_received, 0)
+        return probe
 
     def flowing_in(self, kind: str) -> bool:
         return self._in_flow[kind].flowing
@@ -112,30 +139,6 @@ class WebRtcEndpointImpl(Element):
         if state != self._ice_state:
             self._ice_state = state
             self.emit("IceComponentStateChanged", state=state, streamId=1, componentId=1)
-
-    def _keep_consent(self) -> None:
-        """Stops aioice's consent freshness checks (KMS's libnice agent runs none): six
-        unanswered ones, 0.5 s each, close the connection, and against Chromium on a busy
-        machine they all went unanswered, so both browsers' uploads died ~34 s into the
-        call. Lost media is told by the flow events instead."""
-        for transceiver in self.pc.getTransceivers():
-            connection = transceiver.receiver.transport.transport._connection
-            task = connection._query_consent_task  # aioice keeps no public switch
-            if task is not None:
-                task.cancel()
-                connection._query_consent_task = None
-
-    def _emit_selected_pair(self) -> None:
-        for transceiver in self.pc.getTransceivers()[:1]:
-            transport = transceiver.receiver.transport.transport
-            pair = transport._connection._nominated.get(1)  # aioice keeps no public accessor
-            if pair is None:
-                continue
-            self.emit("NewCandidatePairSelected", candidatePair={
-                "__module__": "kurento", "__type__": "IceCandidatePair", "componentId": 1,
-                "localCandidate": "candidate:" + pair.local_candidate.to_sdp(),
-                "remoteCandidate": "candidate:" + pair.remote_candidate.to_sdp(),
-                "streamId": "1"})
 
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -186,12 +189,29 @@ class WebRtcEndpointImpl(Element):
             if kind not in ("audio", "video") or kind in self._outbound \
                     or "send" not in transceiver.direction:
                 continue
-            track = OutboundTrack(kind, self._in_flow[kind].frame)
+            track = OutboundTrack(kind, self._in_flow[kind].frame, name=f"{self.id} {kind}",
+                                  on_transcoding=self._transcoding_callback(kind))
             self._outbound[kind] = track
             transceiver.sender.replaceTrack(track)
+            hook_sender(transceiver.sender, track.request_keyframe)
             source = self.sources.get(kind)
             track.attach(source.output(kind) if source is not None else None,
                          connected=source is not None)
+
+    def _transcoding_callback(self, kind: str) -> Any:
+        def changed(transcoding: bool) -> None:
+            self.emit("MediaTranscodingStateChanged",
+                      state="TRANSCODING" if transcoding else "NOT_TRANSCODING",
+                      binName=f"{self.id}/{kind}", mediaType=kind.upper())
+        return changed
+
+    def _learn_send_codecs(self) -> None:
+        """Each outbound track learns the codec its sender negotiated (the first of its
+        m-line in the local description, which is what aiortc sends)."""
+        for media in SessionDescription.parse(self.pc.localDescription.sdp).media:
+            track = self._outbound.get(media.kind)
+            if track is not None and media.rtp.codecs:
+                track.send_codec = str(media.rtp.codecs[0].mimeType).lower()
 
     async def _process_offer(self, params: dict[str, Any]) -> str:
         offer = require(params, "offer", str, "a string")
@@ -205,6 +225,9 @@ class WebRtcEndpointImpl(Element):
         except Exception as exc:  # aiortc raises ValueError and others for bad SDP
             raise KmsError(ErrorCode.SDP_PARSE_ERROR, f"Error parsing SDP: {exc}") from None
         self.negotiated = True
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                prefer_vp8(transceiver)
         if not self.recvonly:
             for transceiver in self.pc.getTransceivers():
                 # aiortc keeps the offer's direction as seen from our side.
@@ -214,6 +237,7 @@ class WebRtcEndpointImpl(Element):
             self._add_outbound()
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
+        self._learn_send_codecs()
         await self._flush_candidates()
         self.emit("MediaSessionStarted")
         self._announce_candidates()
@@ -252,91 +276,10 @@ class WebRtcEndpointImpl(Element):
         except Exception as exc:
             raise KmsError(ErrorCode.SDP_PARSE_ERROR, f"Error parsing SDP: {exc}") from None
         self.negotiated = True
+        self._learn_send_codecs()
         await self._flush_candidates()
         self.emit("MediaSessionStarted")
         return str(self.pc.localDescription.sdp)
-
-    def _strict(self, sdp: str) -> str:
-        """In strict mode, the SDP without the `a=candidate` lines KMS could not use: its
-        candidates from SDP take the same path as trickled ones (inferred from kms-elements)."""
-        if not self.server.strict_candidates:
-            return sdp
-        kept = []
-        for line in sdp.splitlines(keepends=True):
-            if line.startswith("a=candidate:"):
-                try:
-                    address = candidate_from_sdp(line[len("a=candidate:"):].strip()).ip
-                except (ValueError, IndexError):
-                    address = ""
-                if not address or unusable_for_kurento(address):
-                    log.info("= strict: candidate %s in SDP ignored", address or "(unparsable)",
-                             extra={"object": self.id})
-                    self.ignored_candidates += 1
-                    continue
-            kept.append(line)
-        return "".join(kept)
-
-    async def _gather_candidates(self, params: dict[str, Any]) -> None:
-        self.gather_requested = True
-        self._announce_candidates()
-
-    def _announce_candidates(self) -> None:
-        if not self.gather_requested or self.gathered or self.pc.localDescription is None:
-            return
-        self.gathered = True
-        self.emit("IceComponentStateChanged", state="GATHERING", streamId=1, componentId=1)
-        for index, transceiver in enumerate(self.pc.getTransceivers()):
-            gatherer = transceiver.sender.transport.transport.iceGatherer
-            for candidate in gatherer.getLocalCandidates():
-                self.emit("IceCandidateFound", candidate={
-                    "__module__": "kurento", "__type__": "IceCandidate",
-                    "candidate": "candidate:" + candidate_to_sdp(candidate),
-                    "sdpMid": transceiver.mid or str(index), "sdpMLineIndex": index})
-            if self.pc.sctp is None and index == 0:
-                # BUNDLE: one transport carries every m-line; announce its candidates once.
-                break
-        self.emit("IceGatheringDone")
-
-    async def _add_ice_candidate(self, params: dict[str, Any]) -> None:
-        candidate = params.get("candidate")
-        if not isinstance(candidate, dict):
-            raise KmsError(ErrorCode.MARSHALL_ERROR,
-                           "'candidate' parameter should be a IceCandidate")
-        for field_name, kind in (("candidate", str), ("sdpMid", str), ("sdpMLineIndex", int)):
-            if not isinstance(candidate.get(field_name), kind):
-                raise KmsError(ErrorCode.MARSHALL_ERROR,
-                               f"'{field_name}' parameter should be a "
-                               f"{'string' if kind is str else 'integer'}")
-        if not self.negotiated:
-            self._pending_candidates.append(candidate)
-            return
-        await self._apply_candidate(candidate)
-
-    async def _flush_candidates(self) -> None:
-        pending, self._pending_candidates = self._pending_candidates, []
-        for candidate in pending:
-            await self._apply_candidate(candidate)
-
-    async def _apply_candidate(self, candidate: dict[str, Any]) -> None:
-        line = str(candidate["candidate"]).strip()
-        if not line:
-            return  # end-of-candidates: KMS ignores it
-        if line.startswith("candidate:"):
-            line = line[len("candidate:"):]
-        try:
-            parsed = candidate_from_sdp(line)
-        except (ValueError, IndexError):
-            log.info("= unparsable candidate ignored", extra={"object": self.id})
-            return
-        if self.server.strict_candidates and unusable_for_kurento(parsed.ip):
-            # KMS >= 6.13.2 silently ignores what it cannot resolve or scope.
-            log.info("= strict: candidate %s ignored", parsed.ip, extra={"object": self.id})
-            self.ignored_candidates += 1
-            return
-        parsed.sdpMid = candidate["sdpMid"]
-        parsed.sdpMLineIndex = candidate["sdpMLineIndex"]
-        with contextlib.suppress(Exception):
-            await self.pc.addIceCandidate(parsed)
 
     async def _local_sdp(self, params: dict[str, Any]) -> str:
         if self.pc.localDescription is None:
@@ -362,6 +305,12 @@ class WebRtcEndpointImpl(Element):
                      if isinstance(v, (int, float, str, bool))}
             entry["timestampMillis"] = int(stat.timestamp.timestamp() * 1000)
             out[key] = entry
+        for kind in ("audio", "video"):
+            fanout, track = self._fanouts.get(kind), self._outbound.get(kind)
+            if fanout is not None:
+                out[f"media-counters_received_{kind}"] = fanout.counters.as_stats(kind)
+            if track is not None:
+                out[f"media-counters_sent_{kind}"] = track.totals().as_stats(kind)
         return out
 
     async def release(self) -> None:
@@ -369,6 +318,8 @@ class WebRtcEndpointImpl(Element):
             monitor.close()
         for track in self._outbound.values():
             track.stop()
+        for forwarding in self._receivers.values():
+            forwarding.close()
         for fanout in self._fanouts.values():
             await fanout.close()
         await super().release()

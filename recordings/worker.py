@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from recordings import continuity
 from recordings.catalog import COMPOSED, Catalog, probe, sha256_of
 from recordings.compose import Stream, compose
 
@@ -171,6 +172,8 @@ class RecordingWorker:
                 entry["problem"] = "no streams"
             if entry["problem"] is None and started and entry["duration"]:
                 entry["problem"] = implausible(entry["duration"], started, stopped)
+            if entry["problem"] is None:
+                entry["problem"] = await continuity.check(path)
             if entry["problem"]:
                 problems.append(f"{name}: {entry['problem']}")
             files.append(entry)

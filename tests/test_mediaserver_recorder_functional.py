@@ -1,5 +1,7 @@
-"""RecorderEndpoint and its file: `Recording` means media is on disk, a file that cannot be
-written raises Kurento's `Error` instead (the hub keeps such a call from going live)."""
+"""RecorderEndpoint and its file, timed as KMS 7.3 does (KMS-SOURCE-NOTES §5): `Recording`
+means every kind reached the muxer, before bytes are known to be on disk; a file that
+cannot be opened raises `Error` 6 and never `Recording`; a full
+disk raises `Recording`, then `Error` 14 at the write (the hub fails such a call)."""
 
 from __future__ import annotations
 
@@ -14,12 +16,12 @@ from tests.media_fixtures import Peer, ffprobe, run_mediaserver
 
 
 class RecorderEvents:
-    """What one recorder raised, and how big its file was when `Recording` arrived."""
+    """What one recorder raised, in order."""
 
     def __init__(self, recorder: RecorderEndpoint, path: Path) -> None:
         self.recorder, self.path = recorder, path
         self.errors: list[Error] = []
-        self.size_at_recording: int | None = None
+        self.order: list[str] = []
         self.recording = asyncio.Event()
         self.errored = asyncio.Event()
         self.flowing = asyncio.Event()
@@ -30,15 +32,15 @@ class RecorderEvents:
                              self.recorder.subscribe(MediaFlowInStateChanged, self._flow))
 
     def _recording(self, _: KurentoEvent) -> None:
-        # Same machine, so the file is as the server left it when it raised the event
-        # (or further on, never behind).
-        self.size_at_recording = self.path.stat().st_size if self.path.is_file() else 0
+        self.order.append("Recording")
         self.recording.set()
 
     def _error(self, event: KurentoEvent) -> None:
         assert isinstance(event, Error)
+        self.order.append("Error")
         self.errors.append(event)
         self.errored.set()
+
 
     def _flow(self, event: KurentoEvent) -> None:
         assert isinstance(event, MediaFlowInStateChanged)
@@ -46,9 +48,11 @@ class RecorderEvents:
             self.flowing.set()
 
 
-async def test_an_unwritable_recording_raises_error_and_never_recording(tmp_path: Path) -> None:
-    """Running as root, permissions do not stop a write; a directory in the file's place,
-    a regular file in a folder's place and a full disk (/dev/full) do."""
+async def test_unwritable_recordings_raise_kurentos_errors_at_kurentos_moments(
+        tmp_path: Path) -> None:
+    """Running as root, permissions do not stop a write; a directory in the file's place
+    and a regular file in a folder's place fail the open (Error 6, never
+    Recording), a full disk (/dev/full) fails the first write (Recording, then Error 14)."""
     (tmp_path / "taken.webm").mkdir()
     (tmp_path / "not-a-folder").write_bytes(b"x")
     targets = {"directory": tmp_path / "taken.webm",
@@ -78,17 +82,16 @@ async def test_an_unwritable_recording_raises_error_and_never_recording(tmp_path
             for name, (code, error_type) in expected.items():
                 events = seen[name]
                 await within(events.errored.wait(), 10, f"Error on the {name} recorder")
-                assert not events.recording.is_set(), name
                 [error] = events.errors  # one Error, not one per frame
                 assert (error.error_code, error.error_type) == (code, error_type), error
                 assert str(targets[name]) in error.description, error.description
-            # The full disk's recorder was recording and had media: only the failed write
-            # stood between it and `Recording`.
+            for name in ("directory", "parent-is-a-file"):
+                assert seen[name].order == ["Error"], (name, seen[name].order)
+            # The full disk's muxer started (KMS: the header prerolled, nothing written
+            # yet), then its first write failed.
             await within(seen["disk-full"].flowing.wait(), 10, "media at the disk-full recorder")
-            assert not seen["disk-full"].recording.is_set()
-            assert good.errors == []
-            # `Recording` came once the file held bytes, not before its first write.
-            assert good.size_at_recording is not None and good.size_at_recording > 0
+            assert seen["disk-full"].order == ["Recording", "Error"], seen["disk-full"].order
+            assert good.errors == [] and good.order == ["Recording"]
             await asyncio.gather(*(rec.stop_and_wait() for rec in recorders))
         finally:
             await publisher.close()
