@@ -33,7 +33,8 @@ CODES: dict[str, str] = {
     "auth.wrong_call": "token opens another call than the one this connection is in",
     "message.malformed": "not a JSON object, or a binary frame",
     "message.unknown_type": "no such message type",
-    "message.invalid": "a field is missing or has the wrong type; the message names it",
+    "message.invalid": "a field is missing or has the wrong type, or the message breaks a "
+                       "limit (nesting, NaN, lone surrogate, id); the message names it",
     "message.too_large": "message above http.max_frame_bytes",
     "rate.limited": "too many messages; the connection closes if it goes on",
     "call.not_found": "no such call (or not one you are in)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -115,7 +116,15 @@ class ClientSession:
             if self.ws.closed:
                 return
             with contextlib.suppress(ConnectionError):
-                await self.ws.send_str(text)
+                try:
+                    await self.ws.send_str(text)
+                except UnicodeEncodeError:
+                    # A lone surrogate from elsewhere (a name the MIS sent, say): UTF-8
+                    # cannot carry it, JSON's \u escapes can. Rare, so the common path
+                    # keeps ensure_ascii=False and this writer never dies of it.
+                    log.warning("! a message held a lone surrogate; sent escaped",
+                                extra=self.log_extra)
+                    await self.ws.send_str(json.dumps(json.loads(text), separators=(",", ":")))
 
     @property
     def log_extra(self) -> dict[str, Any]:
