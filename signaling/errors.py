@@ -5,7 +5,7 @@
     ├── MessageError          message.*: malformed JSON, unknown type, invalid fields, too large
     ├── CallError             call.* / participant.*: not found, full, ended, not yours
     ├── MediaError            sdp.invalid, candidate.invalid, media.unavailable
-    └── ResourceError         turn.exhausted, rate.limited
+    └── ResourceError         turn.exhausted, rate.limited, candidate.too_many
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ CODES: dict[str, str] = {
     "participant.not_found": "no such participant in this call",
     "participant.offline": "the participant to ring has no connection open",
     "sdp.invalid": "the SDP cannot be parsed, offers no usable media, or was already sent",
-    "candidate.invalid": "the ICE candidate cannot be parsed",
+    "candidate.invalid": "the ICE candidate cannot be parsed (RFC 8445 grammar)",
+    "candidate.too_many": "more early candidates (before their publish/subscribe) than the "
+                          "per-participant cap",
     "media.unavailable": "no media server can take the call, or it failed the request",
     "turn.exhausted": "no TURN credentials are left in the pool",
     "request.invalid": "REST: a field of the request is invalid; `field` names it",

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from signaling.candidates import normalize_candidate
 from signaling.errors import AuthError, ResourceError, SignalingError
 from signaling.hub import HUB, Hub
 from signaling.protocol import (
@@ -282,8 +283,11 @@ class ClientSession:
             case Candidate(target=target, candidate=candidate, sdpMid=mid,
                            sdpMLineIndex=index):
                 claims = self._joined()
+                # Unparsable gets candidate.invalid here; `a=` goes, ::ffff:a.b.c.d is
+                # written as a.b.c.d, so the media server gets what the filter judged.
+                line = normalize_candidate(candidate)
                 await self.hub.candidate(self, claims.call_id, claims.subject, target,
-                                         {"candidate": candidate, "sdpMid": mid,
+                                         {"candidate": line, "sdpMid": mid,
                                           "sdpMLineIndex": index})
                 return None if message.id is None else ("ok", {})
             case ClientEvent(event=event, data=data):
