@@ -5,7 +5,7 @@
     ├── MessageError          message.*: malformed JSON, unknown type, invalid fields, too large
     ├── CallError             call.* / participant.*: not found, full, ended, not yours
     ├── MediaError            sdp.invalid, candidate.invalid, media.unavailable
-    └── ResourceError         turn.exhausted, rate.limited
+    └── ResourceError         turn.exhausted, rate.limited, candidate.too_many
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ CODES: dict[str, str] = {
     "auth.wrong_call": "token opens another call than the one this connection is in",
     "message.malformed": "not a JSON object, or a binary frame",
     "message.unknown_type": "no such message type",
-    "message.invalid": "a field is missing or has the wrong type; the message names it",
+    "message.invalid": "a field is missing or has the wrong type, or the message breaks a "
+                       "limit (nesting, NaN, lone surrogate, id); the message names it",
     "message.too_large": "message above http.max_frame_bytes",
     "rate.limited": "too many messages; the connection closes if it goes on",
     "call.not_found": "no such call (or not one you are in)",
@@ -54,7 +55,9 @@ CODES: dict[str, str] = {
     "participant.not_found": "no such participant in this call",
     "participant.offline": "the participant to ring has no connection open",
     "sdp.invalid": "the SDP cannot be parsed, offers no usable media, or was already sent",
-    "candidate.invalid": "the ICE candidate cannot be parsed",
+    "candidate.invalid": "the ICE candidate cannot be parsed (RFC 8445 grammar)",
+    "candidate.too_many": "more early candidates (before their publish/subscribe) than the "
+                          "per-participant cap",
     "media.unavailable": "no media server can take the call, or it failed the request",
     "turn.exhausted": "no TURN credentials are left in the pool",
     "request.invalid": "REST: a field of the request is invalid; `field` names it",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -167,7 +168,17 @@ MESSAGES: dict[str, type[Any]] = {
     cls.TYPE: cls for cls in typing.get_args(ClientMessage)
 }
 
-MAX_FIELD = {"sdp": 32768, "candidate": 1024, "token": 4096}
+MAX_FIELD = {"sdp": 32768, "candidate": 1024, "token": 4096, "id": 128, "sdpMid": 64,
+             "event": 64}
+#: Objects and arrays nest at most this deep, the message itself counting as one. Deeper
+#: input is refused here: the history journal, the webhooks and Redis all serialize it
+#: again, recursively, and Python's recursion limit (~1,000) must never be reached there.
+MAX_DEPTH = 16
+#: A clientEvent carries a few diagnostics; it is kept on the call's timeline, so it is
+#: held to far less than other messages.
+MAX_CLIENT_EVENT = 8192
+#: Integer request ids are echoed back: keep them exact in a browser's JavaScript numbers.
+MAX_SAFE_INTEGER = 2**53 - 1
 
 
 def _check(value: Any, tp: Any) -> bool:
@@ -196,18 +207,79 @@ def parse_client_message(text: str | bytes, *, max_size: int = 65536) -> ClientM
         raise MessageError(f"message of {len(text)} bytes exceeds {max_size}",
                            code="message.too_large")
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_NonFinite, parse_float=_finite_float)
+    except RecursionError:
+        raise MessageError(f"nested deeper than {MAX_DEPTH}") from None
     except (ValueError, UnicodeDecodeError):
         raise MessageError("not valid JSON", code="message.malformed") from None
     if not isinstance(obj, dict):
         raise MessageError("a message is a JSON object", code="message.malformed")
     rid = obj.get("id")
     try:
+        _check_tree(obj)
+        if obj.get("type") == ClientEvent.TYPE and len(text) > MAX_CLIENT_EVENT:
+            raise MessageError(f"clientEvent: above {MAX_CLIENT_EVENT} bytes")
         return _build(obj)
     except MessageError as exc:
-        if isinstance(rid, (str, int)) and not isinstance(rid, bool):
+        if _valid_id(rid):
             exc.request_id = rid
         raise
+
+
+class _NonFinite:
+    """NaN, ±Infinity or a float beyond double range, kept as a marker until the message's
+    id is known, so the refusal names the request. They are not JSON: echoed into the REST
+    API or a webhook they would make the MIS's parser fail."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text[:20]
+
+
+def _finite_float(text: str) -> float | _NonFinite:
+    value = float(text)  # 1e400 parses as inf without passing parse_constant
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _valid_id(rid: object) -> bool:
+    """Whether `rid` may be echoed in `re`: a short, encodable string or a safe integer."""
+    if isinstance(rid, bool):
+        return False
+    if isinstance(rid, int):
+        return -MAX_SAFE_INTEGER <= rid <= MAX_SAFE_INTEGER
+    return isinstance(rid, str) and len(rid) <= MAX_FIELD["id"] and _encodable(rid)
+
+
+def _encodable(text: str) -> bool:
+    """False for strings holding lone surrogates (`"\\ud800"` is valid JSON): UTF-8 cannot
+    carry them, so neither the socket's writer, Redis nor a webhook could send them on."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_tree(obj: dict[str, Any]) -> None:
+    """Container depth (objects and arrays) and string encodability of the whole message,
+    without recursion."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH and isinstance(node, (dict, list)):
+            raise MessageError(f"nested deeper than {MAX_DEPTH}")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not _encodable(key):
+                    raise MessageError("a key holds a lone surrogate (not UTF-8)")
+                stack.append((value, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((value, depth + 1) for value in node)
+        elif isinstance(node, str) and not _encodable(node):
+            raise MessageError("a string holds a lone surrogate (not UTF-8)")
+        elif isinstance(node, _NonFinite):
+            raise MessageError(f"{node.text} is not a JSON number")
 
 
 _SHAPES: dict[type[Any], tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]] = {}
@@ -236,6 +308,8 @@ def _build(obj: dict[str, Any]) -> ClientMessage:
             raise MessageError(f"{kind}.{key}: wrong type")
         if isinstance(value, str) and len(value) > MAX_FIELD.get(key, 4096):
             raise MessageError(f"{kind}.{key}: too long")
+        if key == "id" and not _valid_id(value):
+            raise MessageError(f"{kind}.id: an integer within ±(2**53 - 1) or a string")
         kwargs[key] = value
     for name, f in fields.items():
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \

@@ -13,8 +13,12 @@ def offer_kinds(sdp: str, wanted: str = "send") -> frozenset[str]:
     """Media kinds an offer sends (or receives), from aiortc's SDP parser."""
     try:
         parsed = SessionDescription.parse(sdp)
-    except (ValueError, IndexError, AttributeError, TypeError) as exc:
-        raise MediaError(f"invalid SDP: {exc}"[:200], code="sdp.invalid") from None
+    except Exception as exc:
+        # The parser takes untrusted text and fails on it in any way it likes: truncated
+        # lines raise AssertionError ("m=audio"), StopIteration ("a=rtpm"), KeyError
+        # ("a=setup:"), besides ValueError and IndexError. Each is the offer's fault.
+        raise MediaError(f"invalid SDP: {type(exc).__name__} {exc}"[:200],
+                         code="sdp.invalid") from None
     kinds = {m.kind for m in parsed.media
              if m.kind in ("audio", "video") and m.port != 0
              and wanted in (m.direction or "sendrecv")}

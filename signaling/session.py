@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from signaling.candidates import normalize_candidate
 from signaling.errors import AuthError, ResourceError, SignalingError
 from signaling.hub import HUB, Hub
 from signaling.protocol import (
@@ -115,7 +117,15 @@ class ClientSession:
             if self.ws.closed:
                 return
             with contextlib.suppress(ConnectionError):
-                await self.ws.send_str(text)
+                try:
+                    await self.ws.send_str(text)
+                except UnicodeEncodeError:
+                    # A lone surrogate from elsewhere (a name the MIS sent, say): UTF-8
+                    # cannot carry it, JSON's \u escapes can. Rare, so the common path
+                    # keeps ensure_ascii=False and this writer never dies of it.
+                    log.warning("! a message held a lone surrogate; sent escaped",
+                                extra=self.log_extra)
+                    await self.ws.send_str(json.dumps(json.loads(text), separators=(",", ":")))
 
     @property
     def log_extra(self) -> dict[str, Any]:
@@ -273,8 +283,11 @@ class ClientSession:
             case Candidate(target=target, candidate=candidate, sdpMid=mid,
                            sdpMLineIndex=index):
                 claims = self._joined()
+                # Unparsable gets candidate.invalid here; `a=` goes, ::ffff:a.b.c.d is
+                # written as a.b.c.d, so the media server gets what the filter judged.
+                line = normalize_candidate(candidate)
                 await self.hub.candidate(self, claims.call_id, claims.subject, target,
-                                         {"candidate": candidate, "sdpMid": mid,
+                                         {"candidate": line, "sdpMid": mid,
                                           "sdpMLineIndex": index})
                 return None if message.id is None else ("ok", {})
             case ClientEvent(event=event, data=data):

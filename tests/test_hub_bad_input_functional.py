@@ -19,58 +19,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signaling.call import Call, CallKind, CallState
+from signaling.call import Call, CallKind
 from signaling.errors import CODES
 from signaling.protocol import MESSAGES, SUBPROTOCOL
 from tests.helpers import scaled
-from tests.hub_fixtures import (
-    CallClient,
-    ProtocolError,
-    Service,
-    joined_consultation,
-    run_service,
-)
-from tests.media_fixtures import run_mediaserver
+from tests.hub_fixtures import CallClient, ProtocolError, Service
+from tests.live_call import LiveCall, embedded_service, live_call, other_call
 from tests.services import RedisServer
-
-
-class LiveCall:
-    def __init__(self, call: Call, patient: CallClient, doctor: CallClient) -> None:
-        self.call, self.patient, self.doctor = call, patient, doctor
-
-    async def still_fine(self) -> None:
-        """Media still arrives on both sides, after whatever happened next to it."""
-        assert self.call.state is CallState.LIVE
-        before = dict(self.doctor.received["pat-1"])
-        await self.doctor.request("ping")
-        await self.patient.request("ping")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while self.doctor.received["pat-1"]["video"] <= before["video"] + 3:
-            assert loop.time() < deadline, "media stopped flowing"
-            await asyncio.sleep(0.1)  # frame counters have no event; checked ten times a second
 
 
 @pytest.fixture
 async def service(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Service]:
-    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
-            run_service(tmp_path, redis_server.url, (kms_url,)) as svc:
+    async with embedded_service(tmp_path, redis_server.url) as svc:
         yield svc
 
 
 @pytest.fixture
 async def live(service: Service) -> AsyncIterator[LiveCall]:
-    async with joined_consultation(service) as (call, patient, doctor):
-        await asyncio.gather(patient.publish(), doctor.publish())
-        await asyncio.gather(patient.subscribe("doc-1"), doctor.subscribe("pat-1"))
-        await doctor.wait_event("callLive")
-        yield LiveCall(call, patient, doctor)
-        await doctor.request("end")
-
-
-def other_call(service: Service) -> Call:
-    return service.hub.create_call(CallKind.CONSULTATION, [("pat-9", "P", "patient"),
-                                                          ("doc-9", "D", "doctor")])
+    async with live_call(service) as call:
+        yield call
 
 
 async def hello_error(service: Service, token: str) -> str:

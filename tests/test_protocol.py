@@ -98,3 +98,50 @@ def test_arbitrary_objects_parse_or_fail_with_a_code(obj: dict[str, object]) -> 
         parse_client_message(json.dumps(obj))
     except MessageError as exc:
         assert exc.code in ("message.invalid", "message.unknown_type", "message.malformed")
+
+
+@pytest.mark.parametrize(("text", "rid"), [
+    ("[" * 2000 + "]" * 2000, None),  # beyond Python's own decoder: no id to name
+    ('{"type":"ping","id":5,"x":' + "[" * 16 + "]" * 16 + "}", 5),
+    ('{"type":"clientEvent","id":"a","event":"e","data":{"k":' + "{\"k\":" * 15 + "1"
+     + "}" * 16 + "}", "a"),
+    ('{"type":"ping","id":6,"x":NaN}', 6),
+    ('{"type":"ping","id":7,"x":[-Infinity]}', 7),
+    ('{"type":"ping","id":8,"x":1e309}', 8),
+    ('{"type":"ping","id":"\\ud800"}', None),
+    ('{"type":"ping","id":9,"\\udfff":1}', 9),
+    ('{"type":"ping","id":' + str(2**53) + "}", None),
+    ('{"type":"ping","id":"' + "i" * 129 + '"}', None),
+    ('{"type":"clientEvent","id":10,"event":"e","data":{"p":"' + "x" * 8200 + '"}}', 10),
+])
+def test_deep_non_finite_unencodable_or_oversized_input_is_message_invalid(
+    text: str, rid: object
+) -> None:
+    """Nesting beyond 16, NaN/Infinity, lone surrogates, unsafe ids and big client events
+    are refused with message.invalid, naming the id when it is itself fine."""
+    with pytest.raises(MessageError) as info:
+        parse_client_message(text)
+    assert (info.value.code, info.value.request_id) == ("message.invalid", rid)
+
+
+def test_input_at_the_limits_is_accepted() -> None:
+    """16 levels, a surrogate pair, the largest safe id and finite floats all pass."""
+    deep = '{"type":"clientEvent","id":' + str(2**53 - 1) + ',"event":"e","data":{"k":' \
+        + "[" * 14 + "1.5e308" + "]" * 14 + "}}"
+    msg = parse_client_message(deep)
+    assert isinstance(msg, ClientEvent) and msg.id == 2**53 - 1
+    assert parse_client_message('{"type":"ping","id":"\\ud83d\\ude00"}').id == "\U0001F600"
+
+
+@given(st.recursive(st.none() | st.floats() | st.text(), lambda inner: st.lists(inner)
+                    | st.dictionaries(st.text(), inner), max_leaves=30))
+def test_whatever_is_accepted_encodes_back_to_strict_utf8_json(data: object) -> None:
+    """Anything the parser lets through re-serializes as RFC 8259 JSON in UTF-8."""
+    text = json.dumps({"type": "clientEvent", "id": 1, "event": "e", "data": {"d": data}})
+    try:
+        msg = parse_client_message(text)
+    except MessageError as exc:
+        assert exc.code in ("message.invalid", "message.too_large")
+        return
+    assert isinstance(msg, ClientEvent)
+    json.dumps(msg.data, allow_nan=False, ensure_ascii=False).encode("utf-8")
