@@ -17,11 +17,13 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp_jinja2
 import jwt
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from recordings.catalog import Catalog
 from recordings.retention import purge
@@ -109,12 +111,24 @@ async def _file(request: web.Request, meta: dict[str, Any], name: str) -> web.St
     if verdict == "unsatisfiable":
         return web.Response(status=416, headers={"Content-Range": f"bytes */{size}",
                                                  "Accept-Ranges": "bytes"})
-    plain = {k: v for k, v in request.headers.items() if k.lower() != "range"}
-    judged = request.clone(headers={**plain, **({"Range": verdict} if verdict else {})})
-    response = web.FileResponse(path, headers=headers)
-    # Prepared here against the judged request; aiohttp sends a prepared response as is.
-    await response.prepare(judged)
-    return response
+    return JudgedFile(path, verdict, headers=headers)
+
+
+class JudgedFile(web.FileResponse):
+    """A FileResponse that serves the Range judged above instead of the request's own.
+
+    aiohttp prepares a handler's response itself; preparing it in the handler too sends the
+    file, then fails the second time and drops the keep-alive connection. So the judged
+    Range is put in when aiohttp prepares it, once."""
+
+    def __init__(self, path: Path, judged: str | None, *, headers: dict[str, str]) -> None:
+        super().__init__(path, headers=headers)
+        self._judged = judged
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        plain = {k: v for k, v in request.headers.items() if k.lower() != "range"}
+        judged = {**plain, **({"Range": self._judged} if self._judged else {})}
+        return await super().prepare(request.clone(headers=judged))
 
 
 async def list_recordings(request: web.Request) -> web.Response:
@@ -166,10 +180,13 @@ async def run_purge(request: web.Request) -> web.Response:
 def _link_call(request: web.Request) -> str:
     try:
         claims = jwt.decode(request.match_info["token"], _secret(request),
-                            algorithms=["HS256"], audience=AUDIENCE)
+                            algorithms=["HS256"], audience=AUDIENCE,
+                            options={"require": ["exp", "aud", "call"]})
     except jwt.PyJWTError:
         raise web.HTTPForbidden(text="this link is invalid or has expired") from None
-    return str(claims["call"])
+    if not isinstance(claims["call"], str):
+        raise web.HTTPForbidden(text="this link is invalid or has expired")
+    return claims["call"]
 
 
 async def player(request: web.Request) -> web.Response:

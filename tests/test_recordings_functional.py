@@ -13,12 +13,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt as pyjwt
 import pytest
 
 from mis.history import STORE
@@ -28,7 +30,15 @@ from recordings.http import judge_range
 from recordings.worker import implausible
 from signaling.call import CallKind
 from telemed.app import RECORDINGS
-from tests.hub_fixtures import API_KEY, CallClient, Service, clients_for, go_live, run_service
+from tests.hub_fixtures import (
+    API_KEY,
+    JWT_SECRET,
+    CallClient,
+    Service,
+    clients_for,
+    go_live,
+    run_service,
+)
 from tests.media_fixtures import ffprobe, mediaserver_process, run_mediaserver
 from tests.services import RedisServer, free_port
 from tests.test_cli_functional import poll_ready
@@ -510,3 +520,47 @@ async def test_a_killed_media_server_leaves_recordings_finalized_or_flagged(
                              else "verified")
     assert told, receiver.events()
     assert ("recording.failed" in told) == bool(meta["problems"])
+
+
+async def test_downloads_keep_the_connection_for_the_next_request(
+    recorded: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ranged and a whole download leave the keep-alive connection usable by a POST."""
+    service, call_id = recorded
+    url = f"{service.url}/api/v1/recordings/{call_id}/files/pat-1.webm"
+    opened: list[object] = []
+
+    async def on_create(*_: object) -> None:
+        opened.append(object())
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_create)
+    # One connection, and a POST: aiohttp's client retries idempotent requests on a
+    # dropped keep-alive connection, never a POST.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1),
+                                     trace_configs=[trace]) as http:
+        async with http.get(url, headers={**AUTH, "Range": "bytes=0-99"}) as r:
+            assert r.status == 206 and len(await r.read()) == 100
+        async with http.get(url, headers=AUTH) as r:
+            assert r.status == 200 and await r.read()
+        async with http.post(f"{service.url}/api/v1/recordings/{call_id}/links",
+                             headers=AUTH) as r:
+            assert r.status == 200 and "url" in await r.json()
+    assert len(opened) == 1
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+async def test_a_player_link_without_an_expiry_is_refused(recorded: Any) -> None:
+    """A validly signed recordings token lacking `exp` (or with a bad one) opens nothing."""
+    service, call_id = recorded
+    async with aiohttp.ClientSession() as http:
+        for claims in ({}, {"exp": "never"}, {"exp": int(time.time()) - 60}):
+            token = pyjwt.encode({"call": call_id, "aud": "telemed-recordings", **claims},
+                                 JWT_SECRET, algorithm="HS256")
+            for path in ("", "/pat-1.webm"):
+                async with http.get(f"{service.url}/recordings/{token}{path}") as r:
+                    assert r.status == 403, (claims, path)
+        good = pyjwt.encode({"call": call_id, "aud": "telemed-recordings",
+                             "exp": int(time.time()) + 60}, JWT_SECRET, algorithm="HS256")
+        async with http.get(f"{service.url}/recordings/{good}/pat-1.webm") as r:
+            assert r.status == 200  # the same signature with an expiry does open it
