@@ -18,7 +18,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -126,6 +126,14 @@ class CallStore:
 Item = tuple[str, dict[str, Any], dict[str, Any], str, float]
 
 
+def _private_append(path: Path) -> TextIO:
+    """The journal holds patients' names and the MIS's metadata: its owner's alone, even
+    when an earlier version left it readable to others."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 class EventSink:
     """Hub hook: snapshots and webhook events, journalled, then written in order by one task."""
 
@@ -140,7 +148,7 @@ class EventSink:
         self._queued = 0
         self._written = 0
         self._progress = asyncio.Condition()
-        self._file = None if journal is None else open(journal, "a", encoding="utf-8")  # noqa: SIM115
+        self._file = None if journal is None else _private_append(journal)
 
     def __call__(self, event: str, call: Call, data: dict[str, Any]) -> None:
         snap = snapshot(call)

@@ -220,6 +220,8 @@ class RecordingWorker:
         if error is not None:
             meta["problems"].append(f"{COMPOSED}: {error}")
             return
+        # ffmpeg creates it with the umask's mode; it is a consultation, its owner's alone.
+        await asyncio.to_thread(out.chmod, 0o600)
         info = await probe(out)
         meta["composed"] = {"name": COMPOSED, "size": out.stat().st_size,
                             "sha256": await asyncio.to_thread(sha256_of, out),

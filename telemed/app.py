@@ -203,6 +203,7 @@ def create_app(
                 claim_timeout=hooks.claim_timeout)
             outbox.start()
         settings.data_path.mkdir(parents=True, exist_ok=True)
+        settings.data_path.chmod(0o700)  # secrets and the call-events journal
         sink = app[SINK] = EventSink(store, outbox,
                                      journal=settings.data_path / "call-events.journal")
         # What a previous run journalled but never got into Redis goes first, so that the

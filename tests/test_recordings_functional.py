@@ -152,6 +152,9 @@ async def test_a_call_leaves_verified_streams_metadata_and_a_composed_file(
                 f"{service.url}/api/v1/recordings/{call_id}", headers=AUTH) as r:
             indexed = await r.json()
     assert meta["state"] == "ready" and meta["problems"] == []
+    # Medical data: what the service itself writes is readable by its own user only.
+    assert (folder / "metadata.json").stat().st_mode & 0o777 == 0o600
+    assert (folder / "consultation.webm").stat().st_mode & 0o777 == 0o600
     assert indexed["files"] == meta["files"]
     assert [f["name"] for f in meta["files"]] == ["doc-1.webm", "pat-1.webm"]
     for f in meta["files"]:
