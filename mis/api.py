@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from mis.history import SINK, STORE, snapshot
+from mis.jsonsafe import JsonRefused, depth_exceeds, dumps, parse
 from mis.openapi import document
 from mis.webhooks import OUTBOX, as_text
 from signaling.call import Call, CallKind, CallState
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 ID = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MAX_BODY = 65536
+#: `metadata` is copied into every snapshot, webhook and recording of the call: kept small.
+METADATA_DEPTH = 8
+METADATA_BYTES = 16384
 IDEMPOTENCY_TTL = 24 * 3600
 #: Failed authentications allowed per client address per minute before 429.
 AUTH_FAILURES_PER_MINUTE = 20
@@ -52,11 +56,16 @@ MAX_SCHEDULE = 7 * 86400
 SCHEDULE_OVERRUN = 3600
 
 
+def _reply(body: Any, status: int = 200) -> web.Response:
+    # What the hub holds may be deeper or odder than strict JSON allows (client data).
+    return web.json_response(body, status=status, dumps=dumps)
+
+
 def problem(status: int, code: str, message: str, field: str | None = None) -> web.Response:
     body: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
         body["field"] = field
-    return web.json_response(body, status=status)
+    return _reply(body, status=status)
 
 
 class TooLarge(Exception):
@@ -245,9 +254,9 @@ class Api:
         if optional and not raw.strip():
             return {}
         try:
-            body = json.loads(raw)
-        except ValueError:
-            raise Invalid("body", "a JSON object") from None
+            body = parse(raw)
+        except JsonRefused as exc:
+            raise Invalid("body", f"a JSON object ({exc})") from None
         if not isinstance(body, dict):
             raise Invalid("body", "a JSON object")
         return body
@@ -265,6 +274,10 @@ class Api:
         metadata = body.get("metadata", {})
         if not isinstance(metadata, dict):
             raise Invalid("metadata", "an object")
+        if depth_exceeds(metadata, METADATA_DEPTH):
+            raise Invalid("metadata", f"nested at most {METADATA_DEPTH} levels deep")
+        if len(json.dumps(metadata, ensure_ascii=False).encode()) > METADATA_BYTES:
+            raise Invalid("metadata", f"at most {METADATA_BYTES} bytes as JSON")
         schedule = _schedule(body.get("schedule"), time.time())
         redis = request.app[REDIS]
         slot: str | None = None
@@ -285,7 +298,7 @@ class Api:
         if slot is not None:
             await redis.set(slot, f"{fingerprint} {call.id}", ex=IDEMPOTENCY_TTL)
         described = call.describe()
-        return web.json_response({**described, "participants": self.tokens(described)},
+        return _reply({**described, "participants": self.tokens(described)},
                                  status=201)
 
     async def _repeat(self, request: web.Request, slot: str, fingerprint: str
@@ -304,7 +317,7 @@ class Api:
                            "the first request with this Idempotency-Key is still being "
                            "processed; retry shortly")
         earlier = {k: v for k, v in earlier.items() if k != "timeline"}
-        return web.json_response({**earlier, "participants": self.tokens(earlier)}, status=200)
+        return _reply({**earlier, "participants": self.tokens(earlier)}, status=200)
 
     async def _call(self, request: web.Request) -> Call:
         call_id = request.match_info["call_id"]
@@ -320,11 +333,11 @@ class Api:
         call_id = request.match_info["call_id"]
         call = request.app[HUB].calls.get(call_id)
         if call is not None:
-            return web.json_response(snapshot(call))
+            return _reply(snapshot(call))
         stored = await request.app[STORE].get(call_id)
         if stored is None:
             raise CallError("no such call", code="call.not_found")
-        return web.json_response(stored)
+        return _reply(stored)
 
     async def list_calls(self, request: web.Request) -> web.Response:
         query = request.query
@@ -346,12 +359,12 @@ class Api:
         items, cursor = await request.app[STORE].find(
             state=state, since=numbers.get("since", 0.0), limit=limit,
             cursor=numbers.get("cursor"))
-        return web.json_response({"calls": items, "nextCursor": cursor})
+        return _reply({"calls": items, "nextCursor": cursor})
 
     async def end_call(self, request: web.Request) -> web.Response:
         call = await self._call(request)
         await request.app[HUB].end(call.id)
-        return web.json_response(call.describe())
+        return _reply(call.describe())
 
     async def new_tokens(self, request: web.Request) -> web.Response:
         call = await self._call(request)
@@ -363,18 +376,18 @@ class Api:
             raise CallError("no such participant", code="participant.not_found")
         if call.finished:
             raise CallError("the call is over", code="call.ended")
-        return web.json_response({"participants": self.tokens(call, only)})
+        return _reply({"participants": self.tokens(call, only)})
 
     async def remove_participant(self, request: web.Request) -> web.Response:
         call = await self._call(request)
         await request.app[HUB].kick(call.id, request.match_info["participant"])
-        return web.json_response(call.describe())
+        return _reply(call.describe())
 
     async def turn_status(self, request: web.Request) -> web.Response:
         turn = request.app[HUB].turn
         if turn is None:
-            return web.json_response({"enabled": False, "size": 0, "inUse": 0, "leases": []})
-        return web.json_response({"enabled": True, "size": turn.size,
+            return _reply({"enabled": False, "size": 0, "inUse": 0, "leases": []})
+        return _reply({"enabled": True, "size": turn.size,
                                   "inUse": await turn.in_use(), "issued": turn.issued,
                                   "exhausted": turn.exhausted, "leases": await turn.active()})
 
@@ -383,21 +396,21 @@ class Api:
         event = await outbox.event(request.match_info["event_id"]) if outbox else None
         if event is None:
             raise CallError("no such webhook event", code="event.not_found")
-        return web.json_response(event)
+        return _reply(event)
 
 
     async def call_webhooks(self, request: web.Request) -> web.Response:
         outbox = request.app.get(OUTBOX)
         call_id = request.match_info["call_id"]
         events = await outbox.events_of(call_id) if outbox else []
-        return web.json_response({"events": events})
+        return _reply({"events": events})
 
 
 def setup_api(app: web.Application) -> Api:
     api = Api(app)
     app.middlewares.append(api.middleware)
     async def openapi(request: web.Request) -> web.Response:
-        return web.json_response(document())
+        return _reply(document())
 
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_post("/api/v1/calls", api.create_call)

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from mis.jsonsafe import sanitize
 from mis.webhooks import Outbox, as_text
 from signaling.call import Call, CallState
 
@@ -154,9 +155,17 @@ class EventSink:
         snap = snapshot(call)
         payload = {"call": {k: v for k, v in snap.items() if k != "timeline"}, **data}
         item: Item = (event, snap, payload, uuid.uuid4().hex, time.time())
+        try:
+            line = json.dumps(item, separators=(",", ":"), allow_nan=False)
+        except (RecursionError, ValueError):
+            # A client's diagnostics nested past the encoder's limit, or a NaN: written in
+            # a strict form rather than lost (this hook raising would drop the event).
+            snap, payload = sanitize(snap), sanitize(payload)
+            item = (event, snap, payload, item[3], item[4])
+            line = json.dumps(item, separators=(",", ":"), allow_nan=False)
         if self._file is not None:
             # A few lines per call: a synchronous fsync costs less than the loss it prevents.
-            self._file.write(json.dumps(item, separators=(",", ":")) + "\n")
+            self._file.write(line + "\n")
             self._file.flush()
             os.fsync(self._file.fileno())
         self._queue.put_nowait(item)
