@@ -8,6 +8,7 @@ its shared secret for audience `telemed-api`, each usable once. Errors are JSON:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -42,6 +43,8 @@ MAX_BODY = 65536
 METADATA_DEPTH = 8
 METADATA_BYTES = 16384
 IDEMPOTENCY_TTL = 24 * 3600
+#: Seconds a 503 (Redis away) asks the MIS to wait before retrying.
+RETRY_AFTER = 5
 #: Failed authentications allowed per client address per minute before 429.
 AUTH_FAILURES_PER_MINUTE = 20
 #: `aud` of the JWTs the MIS signs to call the API; join tokens carry another one, so
@@ -66,6 +69,14 @@ def problem(status: int, code: str, message: str, field: str | None = None) -> w
     if field is not None:
         body["field"] = field
     return _reply(body, status=status)
+
+
+def unavailable() -> web.Response:
+    """Redis (history, idempotency, TURN pool, replay guard) is away or hanging."""
+    response = problem(503, "service.unavailable",
+                       "the service's database is not answering; retry shortly")
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
 
 
 class TooLarge(Exception):
@@ -130,6 +141,8 @@ class ApiConfig:
     jwt_audience: str
     token_ttl: float
     public_url: str
+    #: The Redis client's own command timeout; bounds the wait for history to settle too.
+    redis_timeout: float = 2.0
 
 
 API_CONFIG = web.AppKey("api_config", ApiConfig)
@@ -195,7 +208,7 @@ class Api:
             refused = await self._authenticate(request)
         except (aioredis.RedisError, OSError) as exc:
             log.error("! cannot check an API JWT: %s", type(exc).__name__)
-            return problem(503, "internal", "cannot check the token now; try again shortly")
+            return unavailable()
         if refused is not None:
             self._failures[remote].append(time.monotonic())
             log.warning("! API request refused from %s: %s", remote, refused)
@@ -208,6 +221,10 @@ class Api:
             return too_large
         try:
             return await handler(request)  # type: ignore[no-any-return]
+        except (aioredis.RedisError, OSError) as exc:
+            log.error("! %s %s: Redis: %s", request.method, request.path,
+                      type(exc).__name__)
+            return unavailable()
         except TooLarge:
             return too_large
         except Invalid as exc:
@@ -280,6 +297,9 @@ class Api:
             raise Invalid("metadata", f"at most {METADATA_BYTES} bytes as JSON")
         schedule = _schedule(body.get("schedule"), time.time())
         redis = request.app[REDIS]
+        # Nothing is created while Redis cannot hold it: the call's history and its
+        # call.created webhook are promised by the 201.
+        await redis.ping()
         slot: str | None = None
         fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         if key is not None:
@@ -293,10 +313,22 @@ class Api:
             if slot is not None:
                 await redis.delete(slot)
             raise
-        # The 201 promises the call and its call.created webhook survive a crash from now on.
-        await request.app[SINK].settle()
+        # The 201 promises the call and its call.created webhook survive a crash from now on:
+        # in Redis, or, if Redis stalled since the ping, fsynced in the journal that reaches
+        # Redis when it is back.
+        try:
+            async with asyncio.timeout(request.app[API_CONFIG].redis_timeout):
+                await request.app[SINK].settle()
+        except TimeoutError:
+            log.warning("! call created while Redis stalls; its history is in the journal",
+                        extra={"call_id": call.id})
         if slot is not None:
-            await redis.set(slot, f"{fingerprint} {call.id}", ex=IDEMPOTENCY_TTL)
+            try:
+                await redis.set(slot, f"{fingerprint} {call.id}", ex=IDEMPOTENCY_TTL)
+            except (aioredis.RedisError, OSError) as exc:
+                # The call exists; answering 503 now would invite a retry that makes another.
+                log.error("! idempotency key not bound to its call: %s", type(exc).__name__,
+                          extra={"call_id": call.id})
         described = call.describe()
         return _reply({**described, "participants": self.tokens(described)},
                                  status=201)

@@ -61,6 +61,8 @@ CODES: dict[str, str] = {
     "request.too_large": "REST: the request body is above 64 KiB",
     "request.conflict": "REST: the Idempotency-Key was used with a different request",
     "event.not_found": "REST: no such webhook event",
+    "service.unavailable": "REST: the service's database (Redis) is not answering; retry "
+                           "after the Retry-After header's seconds",
     "internal": "a bug on our side; the call goes on and the log has the details",
 }
 

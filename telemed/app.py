@@ -168,7 +168,8 @@ def create_app(
     app[API_CONFIG] = ApiConfig(
         api_key_hashes=tuple(endpoints.api_key_hashes), jwt_secret=endpoints.jwt_secret,
         jwt_issuer=settings.auth.jwt_issuer, jwt_audience=settings.auth.jwt_audience,
-        token_ttl=settings.auth.token_ttl, public_url=settings.public_url)
+        token_ttl=settings.auth.token_ttl, public_url=settings.public_url,
+        redis_timeout=settings.redis.timeout)
     app[WEB_CONFIG] = WebConfig(language=settings.http.language, host=settings.http.host,
                                 demo=settings.http.demo,
                                 rejoin_grace=settings.calls.rejoin_grace)
@@ -176,7 +177,10 @@ def create_app(
         secret=endpoints.jwt_secret, public_url=settings.public_url,
         retention_days=settings.recordings.retention_days)
     app[PAGE_CONTEXT] = page_context
-    redis = app[REDIS] = aioredis.Redis.from_url(endpoints.redis_url)
+    # Bounded so that a Redis that hangs fails commands instead of holding requests.
+    redis = app[REDIS] = aioredis.Redis.from_url(
+        endpoints.redis_url, socket_timeout=settings.redis.timeout,
+        socket_connect_timeout=settings.redis.timeout)
     turn = build_turn(settings, endpoints, redis)
     pool = KurentoPool(endpoints.kurento_urls, health_interval=settings.media.health_interval,
                        down_after=settings.media.down_after,

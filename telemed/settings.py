@@ -98,6 +98,11 @@ class RedisSettings:
         "Redis URL (redis://, rediss:// or unix://). Empty: start a private redis-server"
         " under the data folder.",
     )
+    timeout: float = setting(
+        2.0, "Longest wait for one Redis command or connection. Past it the command fails:"
+        " the REST API answers 503 service.unavailable with Retry-After instead of hanging,"
+        " and background writers retry.", unit="s", min=0.05, max=60.0,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
