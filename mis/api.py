@@ -16,7 +16,6 @@ import logging
 import math
 import re
 import time
-from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ import jwt
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from mis.clients import Network, client_address, count
 from mis.history import SINK, STORE, snapshot
 from mis.jsonsafe import JsonRefused, depth_exceeds, dumps, parse
 from mis.openapi import document
@@ -45,7 +45,7 @@ METADATA_BYTES = 16384
 IDEMPOTENCY_TTL = 24 * 3600
 #: Seconds a 503 (Redis away) asks the MIS to wait before retrying.
 RETRY_AFTER = 5
-#: Failed authentications allowed per client address per minute before 429.
+#: Failed authentications allowed per client address per minute (all nodes) before 429.
 AUTH_FAILURES_PER_MINUTE = 20
 #: `aud` of the JWTs the MIS signs to call the API; join tokens carry another one, so
 #: neither kind of token can stand in for the other.
@@ -76,6 +76,13 @@ def unavailable() -> web.Response:
     response = problem(503, "service.unavailable",
                        "the service's database is not answering; retry shortly")
     response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
+
+
+def limited(message: str) -> web.Response:
+    response = problem(429, "rate.limited", message)
+    # Counters are per minute, fixed windows: the current one ends within a minute.
+    response.headers["Retry-After"] = "60"
     return response
 
 
@@ -141,6 +148,10 @@ class ApiConfig:
     jwt_audience: str
     token_ttl: float
     public_url: str
+    #: Peers whose X-Forwarded-For names the client (http.trusted_proxies).
+    trusted_proxies: tuple[Network, ...] = ()
+    #: Requests per minute per credential (http.api_rate), all nodes together.
+    rate_per_minute: int = 1200
     #: The Redis client's own command timeout; bounds the wait for history to settle too.
     redis_timeout: float = 2.0
 
@@ -152,20 +163,20 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 class Api:
     def __init__(self, app: web.Application) -> None:
         self.app = app
-        self._failures: defaultdict[str, deque[float]] = defaultdict(deque)
 
-    async def _authenticate(self, request: web.Request) -> str | None:
-        """None when the credential is good, else why not (for the log, never the secret)."""
+    async def _authenticate(self, request: web.Request) -> tuple[str | None, str]:
+        """(None, who) when the credential is good, else (why not, ""); `why` is for the
+        log and never holds the secret; `who` names the credential for its rate limit."""
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
-            return "no bearer credential"
+            return "no bearer credential", ""
         credential = header[7:].strip()
         if credential.count(".") == 2:
-            return await self._jwt_problem(request, credential)
+            return await self._jwt_problem(request, credential), "jwt"
         digest = hashlib.sha256(credential.encode()).hexdigest()
         # Compare against every key so the time taken does not tell which one matched.
         matches = [hmac.compare_digest(digest, h) for h in request.app[API_CONFIG].api_key_hashes]
-        return None if any(matches) else "unknown API key"
+        return (None, "key:" + digest) if any(matches) else ("unknown API key", "")
 
     async def _jwt_problem(self, request: web.Request, token: str) -> str | None:
         try:
@@ -177,6 +188,9 @@ class Api:
             return f"JWT refused: {type(exc).__name__}"
         if not isinstance(claims["jti"], str) or not 0 < len(claims["jti"]) <= 200:
             return "JWT refused: bad jti"
+        if not all(isinstance(claims[c], int | float) and not isinstance(claims[c], bool)
+                   and math.isfinite(claims[c]) for c in ("exp", "iat")):
+            return "JWT refused: exp and iat must be numbers"
         if int(claims["exp"]) - int(claims["iat"]) > API_JWT_LIFETIME:
             return f"JWT refused: lives longer than {API_JWT_LIFETIME}s"
         slot = "telemed:api:jti:" + hashlib.sha256(claims["jti"].encode()).hexdigest()
@@ -185,36 +199,41 @@ class Api:
                                              exat=int(claims["exp"]) + JWT_LEEWAY + 1)
         return None if fresh else "JWT replayed (jti already used)"
 
-    def _too_many_failures(self, remote: str) -> bool:
-        window = self._failures.get(remote)
-        if window is None:
-            return False
-        now = time.monotonic()
-        while window and window[0] < now - 60:
-            window.popleft()
-        if not window:
-            del self._failures[remote]  # so many one-off addresses cannot grow the table
-            return False
-        return len(window) >= AUTH_FAILURES_PER_MINUTE
-
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if not request.path.startswith("/api/v1/") or request.path == "/api/v1/openapi.json":
             return await handler(request)  # type: ignore[no-any-return]
-        remote = request.remote or "?"
-        if self._too_many_failures(remote):
-            return problem(429, "rate.limited", "too many failed authentications; wait a minute")
+        config = request.app[API_CONFIG]
+        remote = client_address(request.remote, request.headers.getall("X-Forwarded-For", []),
+                                config.trusted_proxies)
+        redis = request.app[REDIS]
         try:
-            refused = await self._authenticate(request)
+            refused, who = await self._authenticate(request)
+            # Failures count against the client's own address, so nobody else's guessing
+            # (behind the same proxy, too) locks the MIS out; a good credential is never
+            # refused for them. Keys and secrets are too long to guess either way.
+            if refused is not None:
+                failures = await count(redis, "auth-failures", remote)
+            else:
+                used = await count(redis, "requests", who)
         except (aioredis.RedisError, OSError) as exc:
-            log.error("! cannot check an API JWT: %s", type(exc).__name__)
+            log.error("! cannot check an API credential: %s", type(exc).__name__)
             return unavailable()
         if refused is not None:
-            self._failures[remote].append(time.monotonic())
+            if failures > AUTH_FAILURES_PER_MINUTE:
+                if failures == AUTH_FAILURES_PER_MINUTE + 1:
+                    log.warning("! API client %s rate limited: %d failed authentications "
+                                "in a minute", remote, failures - 1)
+                return limited("too many failed authentications; wait a minute")
             log.warning("! API request refused from %s: %s", remote, refused)
             message = ("this token was already used; sign a new one per request"
                        if "replayed" in refused else "a valid API key or MIS JWT is required")
             return problem(401, "auth.invalid", message)
+        if used > config.rate_per_minute:
+            if used == config.rate_per_minute + 1:
+                log.warning("! API credential %s over %d requests a minute (from %s)",
+                            who[:12], config.rate_per_minute, remote)
+            return limited(f"at most {config.rate_per_minute} requests a minute")
         too_large = problem(413, "request.too_large",
                             f"request bodies are at most {MAX_BODY} bytes")
         if (request.content_length or 0) > MAX_BODY:

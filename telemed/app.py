@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from kurento_ctl.pool import KurentoPool
 from mis.api import API, API_CONFIG, REDIS, ApiConfig, setup_api
+from mis.clients import parse_networks
 from mis.history import SINK, STORE, CallStore, EventSink, snapshot
 from mis.webhooks import OUTBOX, Outbox, parse_endpoint
 from recordings.catalog import Catalog
@@ -169,7 +170,9 @@ def create_app(
         api_key_hashes=tuple(endpoints.api_key_hashes), jwt_secret=endpoints.jwt_secret,
         jwt_issuer=settings.auth.jwt_issuer, jwt_audience=settings.auth.jwt_audience,
         token_ttl=settings.auth.token_ttl, public_url=settings.public_url,
-        redis_timeout=settings.redis.timeout)
+        redis_timeout=settings.redis.timeout,
+        trusted_proxies=parse_networks(settings.http.trusted_proxies),
+        rate_per_minute=settings.http.api_rate)
     app[WEB_CONFIG] = WebConfig(language=settings.http.language, host=settings.http.host,
                                 demo=settings.http.demo,
                                 rejoin_grace=settings.calls.rejoin_grace)
