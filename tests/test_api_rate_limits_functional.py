@@ -51,7 +51,7 @@ def test_trusted_proxies_must_be_addresses_or_networks() -> None:
     """A typo in http.trusted_proxies stops start-up, naming the setting."""
     assert load_settings(env={"TELEMED_HTTP_TRUSTED_PROXIES": "172.16.0.0/12, ::1"}
                          ).http.trusted_proxies == ("172.16.0.0/12", "::1")
-    with pytest.raises(SettingsError, match="http.trusted_proxies"):
+    with pytest.raises(SettingsError, match=r"http\.trusted_proxies"):
         load_settings(env={"TELEMED_HTTP_TRUSTED_PROXIES": "nginx"})
     assert ipaddress.ip_network("172.16.0.0/12") in parse_networks(["172.16.0.0/12"])
 
