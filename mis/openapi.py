@@ -106,7 +106,8 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "call": {"type": "string"},
             "state": {"type": "string",
-                      "enum": ["composing", "verified", "ready", "flagged", "deleted"]},
+                      "enum": ["verifying", "composing", "verified", "ready", "flagged",
+                               "deleted"]},
             "files": {"type": "array", "items": {"type": "object", "properties": {
                 "name": {"type": "string"}, "participant": {"type": "string"},
                 "size": {"type": "integer"}, "sha256": {"type": "string"},

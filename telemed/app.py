@@ -232,9 +232,9 @@ def create_app(
         app[HUB].hooks.append(sink)
         catalog = app[CATALOG] = Catalog(settings.recordings_path, redis)
 
-        async def publish(event: str, data: dict[str, Any]) -> None:
+        async def publish(event: str, data: dict[str, Any], event_id: str) -> None:
             if outbox is not None:
-                await outbox.publish(event, data)
+                await outbox.publish(event, data, event_id=event_id)
 
         rec = settings.recordings
         worker = app[RECORDINGS] = RecordingWorker(catalog, publish, workers=rec.workers,
