@@ -30,6 +30,7 @@ from recordings.http import judge_range
 from recordings.worker import implausible
 from signaling.call import CallKind
 from telemed.app import RECORDINGS
+from tests.helpers import wait_until
 from tests.hub_fixtures import (
     API_KEY,
     JWT_SECRET,
@@ -567,3 +568,52 @@ async def test_a_player_link_without_an_expiry_is_refused(recorded: Any) -> None
                              "exp": int(time.time()) + 60}, JWT_SECRET, algorithm="HS256")
         async with http.get(f"{service.url}/recordings/{good}/pat-1.webm") as r:
             assert r.status == 200  # the same signature with an expiry does open it
+
+
+def fill(volume: Path) -> Path:
+    """Writes a ballast file until the volume is full for real (ENOSPC)."""
+    ballast = volume / "ballast"
+    with ballast.open("wb") as fh:
+        with contextlib.suppress(OSError):
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+    return ballast
+
+
+async def test_a_full_disk_delays_finalizing_and_the_recorders_error_is_kept(
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any
+) -> None:
+    """The volume fills mid-call: the recorder's NO_SPACE error lands in the metadata's
+    problems, and finalizing (which cannot write metadata yet) waits and retries until
+    space is freed, then lists and announces the call, with no restart."""
+    with small_volume(tmp_path / "vol", 16 * 2 ** 20) as vol:
+        env = {"TELEMED_RECORDINGS_DIR": str(vol), "TELEMED_RECORDINGS_MIN_FREE_BYTES": "0"}
+        async with run_receiver(SECRET) as receiver, \
+                run_mediaserver(recordings_root=vol) as (kms_url, _), run_service(
+                tmp_path, redis_server.url, (kms_url,),
+                env={**env, **hooks(receiver.url)}) as service:
+            worker = service.app[RECORDINGS]
+            worker.retry_base, worker.retry_cap = 0.05, 0.2
+            call = service.hub.create_call(CallKind.CONSULTATION, [
+                ("pat-1", "P", "patient"), ("doc-1", "D", "doctor")])
+            clients = clients_for(service, call)
+            try:
+                await go_live(service, call, clients)
+                ballast = await asyncio.to_thread(fill, vol)
+                failed = await clients["pat-1"].wait_event("callFailed", timeout=30)
+            finally:
+                await asyncio.gather(*(c.close() for c in clients.values()))
+            # Metadata cannot be written: the job is retried, not dropped.
+            await wait_until(lambda: call.id in worker._retries, timeout=30)
+            assert not worker.done[call.id].is_set()
+            await asyncio.to_thread(ballast.unlink)
+            await asyncio.wait_for(worker.wait(call.id), 60)
+            meta = await indexed(service, call.id)
+            await receiver.wait_for("recording.failed", call.id)
+            told = [e["data"]["problem"] for e in receiver.received
+                    if e["event"] == "recording.failed" and e["data"]["call"]["id"] == call.id]
+    assert failed["reason"] == "recording-failed"
+    assert meta["state"] == "flagged"
+    assert any("NO_SPACE" in p for p in meta["problems"]), meta["problems"]
+    assert any("NO_SPACE" in p for p in told), told
