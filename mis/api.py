@@ -64,6 +64,13 @@ def _reply(body: Any, status: int = 200) -> web.Response:
     return web.json_response(body, status=status, dumps=dumps)
 
 
+def status_of(code: str) -> int:
+    """The HTTP status of a CallError's code (docs/api.md lists each)."""
+    if code in ("call.not_found", "participant.not_found", "event.not_found"):
+        return 404
+    return 507 if code == "recording.disk_full" else 409
+
+
 def problem(status: int, code: str, message: str, field: str | None = None) -> web.Response:
     body: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
@@ -249,11 +256,7 @@ class Api:
         except Invalid as exc:
             return problem(422, "request.invalid", str(exc), exc.field)
         except CallError as exc:
-            status = 404 if exc.code in ("call.not_found", "participant.not_found",
-                                         "event.not_found") else 409
-            if exc.code == "recording.disk_full":
-                status = 507
-            return problem(status, exc.code, exc.message)
+            return problem(status_of(exc.code), exc.code, exc.message)
 
     def tokens(self, call: Call | dict[str, Any], only: str | None = None
                ) -> list[dict[str, Any]]:

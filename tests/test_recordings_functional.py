@@ -573,11 +573,10 @@ async def test_a_player_link_without_an_expiry_is_refused(recorded: Any) -> None
 def fill(volume: Path) -> Path:
     """Writes a ballast file until the volume is full for real (ENOSPC)."""
     ballast = volume / "ballast"
-    with ballast.open("wb") as fh:
-        with contextlib.suppress(OSError):
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
+    with ballast.open("wb") as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\0" * 65536)
+            fh.flush()
     return ballast
 
 
