@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 Job = tuple[Path, dict[str, Any], bool, int]  # folder, snapshot, recovered, attempt
 #: (event, data, event id): publishing an id already published does nothing.
 Publish = Callable[[str, dict[str, Any], str], Awaitable[Any]]
+#: Finished calls whose `wait` still returns at once (see `_forget_old`).
+DONE_KEPT = 100
 #: A recording may outlast the timeline's view of it by this much and still be plausible.
 SLACK = 5.0
 
@@ -181,7 +183,14 @@ class RecordingWorker:
                 self.busy -= 1
                 if finished:
                     self.done.setdefault(snap["id"], asyncio.Event()).set()
+                    self._forget_old()
                 self.idle.set()
+
+    def _forget_old(self) -> None:
+        """Finished calls are remembered for `wait` up to DONE_KEPT, oldest forgotten
+        first: one Event per call for ever would grow without bound."""
+        for call_id in [c for c, e in self.done.items() if e.is_set()][:-DONE_KEPT]:
+            del self.done[call_id]
 
     def _retry(self, job: Job, exc: BaseException) -> None:
         folder, snap, recovered, attempt = job

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from recordings.catalog import Catalog
-from recordings.worker import RecordingWorker
+from recordings.worker import DONE_KEPT, RecordingWorker
 from tests.helpers import wait_until, within
 from tests.services import RedisServer, require_binary, run_redis
 
@@ -162,3 +162,24 @@ async def test_a_job_run_twice_publishes_its_news_once(
     assert published.calls == 4
     assert sorted(e for e, _ in published.events.values()) == ["recording.failed",
                                                                "recording.ready"]
+
+
+async def test_finished_jobs_are_remembered_up_to_a_bound(
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any
+) -> None:
+    """`wait` works for recent calls, and the worker does not keep one Event per call for
+    ever (the soak found it growing by one a call)."""
+    worker = RecordingWorker(Catalog(tmp_path / "rec", redis_client), Published(),
+                             compose_files=False, queue_size=DONE_KEPT + 20)
+    worker.start()
+    try:
+        ids = [f"call-{i}" for i in range(DONE_KEPT + 10)]
+        for call_id in ids:
+            folder = tmp_path / "rec" / "2027" / "01" / "15" / call_id
+            folder.mkdir(parents=True)
+            worker.submit(folder, {"id": call_id})
+        await within(worker.wait(ids[-1]), 60, "the last job")
+    finally:
+        await worker.close()
+    assert len(worker.done) == DONE_KEPT
+    assert set(worker.done) == set(ids[-DONE_KEPT:])
