@@ -29,11 +29,12 @@ from typing import Any
 
 from bench.common import args, raise_nofile, report, rss_kib
 from kurento_ctl.client import KurentoClient
+from mis.api import REDIS
 from mis.history import SINK
 from recordings.worker import DONE_KEPT
 from signaling.call import CallKind
 from signaling.hub import Hub
-from telemed.app import RECORDINGS, REDIS
+from telemed.app import RECORDINGS
 from tests.hub_fixtures import CallClient, Service, run_service
 from tests.media_fixtures import mediaserver_process
 from tests.services import free_port, run_redis, run_turnserver
