@@ -191,9 +191,13 @@ def _link_call(request: web.Request) -> str:
 
 async def player(request: web.Request) -> web.Response:
     meta = await _meta(request, _link_call(request))
-    return aiohttp_jinja2.render_template(
+    page = aiohttp_jinja2.render_template(
         "recordings.html", request, request.app[PAGE_CONTEXT](request, meta=meta,
                                                  token=request.match_info["token"]))
+    # The link itself is the credential: never in a cache, never sent on as a Referer.
+    page.headers["Cache-Control"] = "no-store"
+    page.headers["Referrer-Policy"] = "no-referrer"
+    return page
 
 
 async def player_file(request: web.Request) -> web.StreamResponse:

@@ -134,6 +134,8 @@ async def test_a_jwt_signed_by_the_mis_authenticates_once(
     pytest.param(lambda: mis_jwt(exp=int(time.time()) - 60), id="expired"),
     pytest.param(lambda: mis_jwt(exp=int(time.time()) + 3600), id="lives-too-long"),
     pytest.param(lambda: mis_jwt(jti=None), id="no-jti"),
+    pytest.param(lambda: mis_jwt(exp=None), id="no-exp"),
+    pytest.param(lambda: mis_jwt(iat=None), id="no-iat"),
     pytest.param(lambda: mis_jwt()[:-3] + "AAA", id="forged-signature"),
     pytest.param(lambda: jwt.encode({"iss": "mis", "aud": "telemed-api", "jti": "x",
                                      "iat": int(time.time()), "exp": int(time.time()) + 60},

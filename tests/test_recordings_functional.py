@@ -555,7 +555,8 @@ async def test_downloads_keep_the_connection_for_the_next_request(
 
 
 async def test_a_player_link_without_an_expiry_is_refused(recorded: Any) -> None:
-    """A validly signed recordings token lacking `exp` (or with a bad one) opens nothing."""
+    """A validly signed recordings token lacking `exp` (or with a bad one) opens nothing;
+    the page a good one opens is neither cached nor named in a Referer."""
     service, call_id = recorded
     async with aiohttp.ClientSession() as http:
         for claims in ({}, {"exp": "never"}, {"exp": int(time.time()) - 60}):
@@ -568,6 +569,11 @@ async def test_a_player_link_without_an_expiry_is_refused(recorded: Any) -> None
                              "exp": int(time.time()) + 60}, JWT_SECRET, algorithm="HS256")
         async with http.get(f"{service.url}/recordings/{good}/pat-1.webm") as r:
             assert r.status == 200  # the same signature with an expiry does open it
+        async with http.get(f"{service.url}/recordings/{good}") as r:
+            # The token in the URL must not reach a cache or another site's Referer.
+            assert r.status == 200
+            assert r.headers["Referrer-Policy"] == "no-referrer"
+            assert "no-store" in r.headers["Cache-Control"]
 
 
 def fill(volume: Path) -> Path:
