@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import aiohttp_jinja2
 import jwt
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
@@ -56,6 +57,8 @@ PAGE_CONTEXT = web.AppKey("page_context", PageContext)
 SPEC = re.compile(r"^(\d*)-(\d*)$")
 NOT_FOUND = json.dumps({"code": "recording.not_found",
                         "message": "no such recording, or no such file of it"})
+UNAVAILABLE = json.dumps({"code": "service.unavailable",
+                          "message": "the service's database is not answering; retry shortly"})
 AUDIENCE = "telemed-recordings"
 LINK_TTL = 3600
 
@@ -65,7 +68,14 @@ def _secret(request: web.Request) -> str:
 
 
 async def _meta(request: web.Request, call_id: str) -> dict[str, Any]:
-    meta = await request.app[CATALOG].get(call_id)
+    try:
+        meta = await request.app[CATALOG].get(call_id)
+    except (aioredis.RedisError, OSError):
+        if request.path.startswith("/api/v1/"):
+            raise  # the API's own middleware answers it, as for every API route
+        # The player page: the same documented answer instead of a plain 500.
+        raise web.HTTPServiceUnavailable(text=UNAVAILABLE, content_type="application/json",
+                                         headers={"Retry-After": "5"}) from None
     if meta is None:
         raise web.HTTPNotFound(text=NOT_FOUND, content_type="application/json")
     return meta

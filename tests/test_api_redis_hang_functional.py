@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import jwt
 
 from tests.helpers import scaled, within
-from tests.hub_fixtures import API_KEY, run_service
+from tests.hub_fixtures import API_KEY, JWT_SECRET, run_service
 from tests.media_fixtures import run_mediaserver
 from tests.services import run_redis
 
@@ -58,6 +59,14 @@ async def test_a_hung_redis_gets_a_fast_503_with_retry_after(tmp_path: Path) -> 
                     # Not a fixed figure: far below the 12 s the issue saw, whatever the load.
                     assert time.monotonic() - started < scaled(5), (method, path)
                 assert service.hub.calls == {}  # nothing created while Redis was away
+                # The doctor's player page, outside the API, answers the same way.
+                link = jwt.encode({"call": "c-1", "aud": "telemed-recordings",
+                                   "exp": int(time.time()) + 60}, JWT_SECRET,
+                                  algorithm="HS256")
+                async with http.get(f"{service.url}/recordings/{link}") as r:
+                    answer = await within(r.json(), 10, "the player page")
+                    assert (r.status, answer["code"]) == (503, "service.unavailable")
+                    assert int(r.headers["Retry-After"]) > 0
             async with http.post(f"{service.url}/api/v1/calls", json=CALL,
                                  headers={**AUTH, "Idempotency-Key": "visit-1"}) as r:
                 assert r.status == 201, await r.text()
