@@ -22,7 +22,12 @@ async def test_fifty_calls_in_a_row_leak_nothing() -> None:
         sys.executable, "-m", "bench.soak", "--calls", "50", "--every", "10",
         "--seconds", "0.2",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), scaled(900))
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), scaled(900))
+    finally:
+        if proc.returncode is None:  # timed out: no soak left running after the test
+            proc.kill()
+            await proc.wait()
     text = out.decode()
     assert proc.returncode == 0, err.decode()[-3000:]
     (line,) = [x for x in text.splitlines() if x.startswith("RESULT ")]
