@@ -14,7 +14,6 @@ import hmac
 import json
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,28 +22,36 @@ import jwt
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from mis.answers import (
+    Invalid,
+    TooLarge,
+    check_participants,
+    check_schedule,
+    limited,
+    problem,
+    reply,
+    status_of,
+    unavailable,
+)
 from mis.clients import Network, client_address, count
 from mis.history import SINK, STORE, snapshot
-from mis.jsonsafe import JsonRefused, depth_exceeds, dumps, parse
+from mis.jsonsafe import JsonRefused, depth_exceeds, parse
 from mis.openapi import document
 from mis.webhooks import OUTBOX, as_text
 from signaling.call import Call, CallKind, CallState
 from signaling.errors import CallError
 from signaling.hub import HUB
-from signaling.tokens import ROLES, mint_join_token
+from signaling.tokens import mint_join_token
 
 __all__ = ["setup_api"]
 
 log = logging.getLogger(__name__)
 
-ID = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MAX_BODY = 65536
 #: `metadata` is copied into every snapshot, webhook and recording of the call: kept small.
 METADATA_DEPTH = 8
 METADATA_BYTES = 16384
 IDEMPOTENCY_TTL = 24 * 3600
-#: Seconds a 503 (Redis away) asks the MIS to wait before retrying.
-RETRY_AFTER = 5
 #: Failed authentications allowed per client address per minute (all nodes) before 429.
 AUTH_FAILURES_PER_MINUTE = 20
 #: `aud` of the JWTs the MIS signs to call the API; join tokens carry another one, so
@@ -53,96 +60,9 @@ API_AUDIENCE = "telemed-api"
 #: Longest `exp - iat` accepted for an API JWT: a leaked one is useless soon.
 API_JWT_LIFETIME = 300
 JWT_LEEWAY = 5
-#: Longest appointment window, and how long past its end join tokens still work (calls
-#: run over; a token's expiry ends its holder's part of the call).
-MAX_SCHEDULE = 7 * 86400
+#: How long past an appointment's end join tokens still work (calls run over; a token's
+#: expiry ends its holder's part of the call).
 SCHEDULE_OVERRUN = 3600
-
-
-def _reply(body: Any, status: int = 200) -> web.Response:
-    # What the hub holds may be deeper or odder than strict JSON allows (client data).
-    return web.json_response(body, status=status, dumps=dumps)
-
-
-def status_of(code: str) -> int:
-    """The HTTP status of a CallError's code (docs/api.md lists each)."""
-    if code in ("call.not_found", "participant.not_found", "event.not_found"):
-        return 404
-    return 507 if code == "recording.disk_full" else 409
-
-
-def problem(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if field is not None:
-        body["field"] = field
-    return _reply(body, status=status)
-
-
-def unavailable() -> web.Response:
-    """Redis (history, idempotency, TURN pool, replay guard) is away or hanging."""
-    response = problem(503, "service.unavailable",
-                       "the service's database is not answering; retry shortly")
-    response.headers["Retry-After"] = str(RETRY_AFTER)
-    return response
-
-
-def limited(message: str) -> web.Response:
-    response = problem(429, "rate.limited", message)
-    # Counters are per minute, fixed windows: the current one ends within a minute.
-    response.headers["Retry-After"] = "60"
-    return response
-
-
-class TooLarge(Exception):
-    pass
-
-
-class Invalid(Exception):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-def _participants(raw: Any, kind: CallKind) -> list[tuple[str, str, str]]:
-    if not isinstance(raw, list) or not raw:
-        raise Invalid("participants", "a non-empty list of participants")
-    out: list[tuple[str, str, str]] = []
-    for i, p in enumerate(raw):
-        where = f"participants[{i}]"
-        if not isinstance(p, dict):
-            raise Invalid(where, "an object with id, name and role")
-        pid, name, role = p.get("id"), p.get("name"), p.get("role")
-        if not isinstance(pid, str) or not ID.match(pid):
-            raise Invalid(f"{where}.id", "1-64 letters, digits or _.@-")
-        if not isinstance(name, str) or not 0 < len(name) <= 200:
-            raise Invalid(f"{where}.name", "a name of 1-200 characters")
-        if role not in ROLES:
-            raise Invalid(f"{where}.role", f"one of {', '.join(ROLES)}")
-        if any(pid == o[0] for o in out):
-            raise Invalid(f"{where}.id", "participant ids must be unique")
-        out.append((pid, name, role))
-    return out
-
-
-def _schedule(raw: Any, now: float) -> dict[str, float] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise Invalid("schedule", "an object with start and end (unix seconds)")
-    times: dict[str, float] = {}
-    for name in ("start", "end"):
-        value = raw.get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or \
-                not 0 < value < 2 ** 40:
-            raise Invalid(f"schedule.{name}", "a time in unix seconds")
-        times[name] = float(value)
-    if times["end"] <= times["start"]:
-        raise Invalid("schedule.end", "after schedule.start")
-    if times["end"] <= now:
-        raise Invalid("schedule.end", "in the future")
-    if times["end"] - times["start"] > MAX_SCHEDULE:
-        raise Invalid("schedule.end", f"at most {MAX_SCHEDULE // 3600} hours after the start")
-    return times
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -309,7 +229,7 @@ class Api:
             kind = CallKind(str(body.get("kind")))
         except ValueError:
             raise Invalid("kind", "consultation, referral or conference") from None
-        participants = _participants(body.get("participants"), kind)
+        participants = check_participants(body.get("participants"), kind)
         metadata = body.get("metadata", {})
         if not isinstance(metadata, dict):
             raise Invalid("metadata", "an object")
@@ -317,7 +237,7 @@ class Api:
             raise Invalid("metadata", f"nested at most {METADATA_DEPTH} levels deep")
         if len(json.dumps(metadata, ensure_ascii=False).encode()) > METADATA_BYTES:
             raise Invalid("metadata", f"at most {METADATA_BYTES} bytes as JSON")
-        schedule = _schedule(body.get("schedule"), time.time())
+        schedule = check_schedule(body.get("schedule"), time.time())
         redis = request.app[REDIS]
         # Nothing is created while Redis cannot hold it: the call's history and its
         # call.created webhook are promised by the 201.
@@ -352,7 +272,7 @@ class Api:
                 log.error("! idempotency key not bound to its call: %s", type(exc).__name__,
                           extra={"call_id": call.id})
         described = call.describe()
-        return _reply({**described, "participants": self.tokens(described)},
+        return reply({**described, "participants": self.tokens(described)},
                                  status=201)
 
     async def _repeat(self, request: web.Request, slot: str, fingerprint: str
@@ -371,7 +291,7 @@ class Api:
                            "the first request with this Idempotency-Key is still being "
                            "processed; retry shortly")
         earlier = {k: v for k, v in earlier.items() if k != "timeline"}
-        return _reply({**earlier, "participants": self.tokens(earlier)}, status=200)
+        return reply({**earlier, "participants": self.tokens(earlier)}, status=200)
 
     async def _call(self, request: web.Request) -> Call:
         call_id = request.match_info["call_id"]
@@ -387,11 +307,11 @@ class Api:
         call_id = request.match_info["call_id"]
         call = request.app[HUB].calls.get(call_id)
         if call is not None:
-            return _reply(snapshot(call))
+            return reply(snapshot(call))
         stored = await request.app[STORE].get(call_id)
         if stored is None:
             raise CallError("no such call", code="call.not_found")
-        return _reply(stored)
+        return reply(stored)
 
     async def list_calls(self, request: web.Request) -> web.Response:
         query = request.query
@@ -413,12 +333,12 @@ class Api:
         items, cursor = await request.app[STORE].find(
             state=state, since=numbers.get("since", 0.0), limit=limit,
             cursor=numbers.get("cursor"))
-        return _reply({"calls": items, "nextCursor": cursor})
+        return reply({"calls": items, "nextCursor": cursor})
 
     async def end_call(self, request: web.Request) -> web.Response:
         call = await self._call(request)
         await request.app[HUB].end(call.id)
-        return _reply(call.describe())
+        return reply(call.describe())
 
     async def new_tokens(self, request: web.Request) -> web.Response:
         call = await self._call(request)
@@ -430,18 +350,18 @@ class Api:
             raise CallError("no such participant", code="participant.not_found")
         if call.finished:
             raise CallError("the call is over", code="call.ended")
-        return _reply({"participants": self.tokens(call, only)})
+        return reply({"participants": self.tokens(call, only)})
 
     async def remove_participant(self, request: web.Request) -> web.Response:
         call = await self._call(request)
         await request.app[HUB].kick(call.id, request.match_info["participant"])
-        return _reply(call.describe())
+        return reply(call.describe())
 
     async def turn_status(self, request: web.Request) -> web.Response:
         turn = request.app[HUB].turn
         if turn is None:
-            return _reply({"enabled": False, "size": 0, "inUse": 0, "leases": []})
-        return _reply({"enabled": True, "size": turn.size,
+            return reply({"enabled": False, "size": 0, "inUse": 0, "leases": []})
+        return reply({"enabled": True, "size": turn.size,
                                   "inUse": await turn.in_use(), "issued": turn.issued,
                                   "exhausted": turn.exhausted, "leases": await turn.active()})
 
@@ -450,21 +370,21 @@ class Api:
         event = await outbox.event(request.match_info["event_id"]) if outbox else None
         if event is None:
             raise CallError("no such webhook event", code="event.not_found")
-        return _reply(event)
+        return reply(event)
 
 
     async def call_webhooks(self, request: web.Request) -> web.Response:
         outbox = request.app.get(OUTBOX)
         call_id = request.match_info["call_id"]
         events = await outbox.events_of(call_id) if outbox else []
-        return _reply({"events": events})
+        return reply({"events": events})
 
 
 def setup_api(app: web.Application) -> Api:
     api = Api(app)
     app.middlewares.append(api.middleware)
     async def openapi(request: web.Request) -> web.Response:
-        return _reply(document())
+        return reply(document())
 
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_post("/api/v1/calls", api.create_call)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mis.api import status_of
+from mis.answers import status_of
 from mis.openapi import document
 from mis.webhooks import EVENTS
 from signaling.call import CallState, FailureReason
