@@ -8,14 +8,13 @@ its shared secret for audience `telemed-api`, each usable once. Errors are JSON:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
 import math
-import re
 import time
-from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,22 +22,37 @@ import jwt
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from mis.answers import (
+    Invalid,
+    TooLarge,
+    check_participants,
+    check_schedule,
+    limited,
+    problem,
+    reply,
+    status_of,
+    unavailable,
+)
+from mis.clients import Network, client_address, count
 from mis.history import SINK, STORE, snapshot
+from mis.jsonsafe import JsonRefused, depth_exceeds, parse
 from mis.openapi import document
 from mis.webhooks import OUTBOX, as_text
 from signaling.call import Call, CallKind, CallState
 from signaling.errors import CallError
 from signaling.hub import HUB
-from signaling.tokens import ROLES, mint_join_token
+from signaling.tokens import mint_join_token
 
 __all__ = ["setup_api"]
 
 log = logging.getLogger(__name__)
 
-ID = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MAX_BODY = 65536
+#: `metadata` is copied into every snapshot, webhook and recording of the call: kept small.
+METADATA_DEPTH = 8
+METADATA_BYTES = 16384
 IDEMPOTENCY_TTL = 24 * 3600
-#: Failed authentications allowed per client address per minute before 429.
+#: Failed authentications allowed per client address per minute (all nodes) before 429.
 AUTH_FAILURES_PER_MINUTE = 20
 #: `aud` of the JWTs the MIS signs to call the API; join tokens carry another one, so
 #: neither kind of token can stand in for the other.
@@ -48,65 +62,6 @@ API_JWT_LIFETIME = 300
 JWT_LEEWAY = 5
 #: Longest appointment window.
 MAX_SCHEDULE = 7 * 86400
-
-
-def problem(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if field is not None:
-        body["field"] = field
-    return web.json_response(body, status=status)
-
-
-class TooLarge(Exception):
-    pass
-
-
-class Invalid(Exception):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-def _participants(raw: Any, kind: CallKind) -> list[tuple[str, str, str]]:
-    if not isinstance(raw, list) or not raw:
-        raise Invalid("participants", "a non-empty list of participants")
-    out: list[tuple[str, str, str]] = []
-    for i, p in enumerate(raw):
-        where = f"participants[{i}]"
-        if not isinstance(p, dict):
-            raise Invalid(where, "an object with id, name and role")
-        pid, name, role = p.get("id"), p.get("name"), p.get("role")
-        if not isinstance(pid, str) or not ID.match(pid):
-            raise Invalid(f"{where}.id", "1-64 letters, digits or _.@-")
-        if not isinstance(name, str) or not 0 < len(name) <= 200:
-            raise Invalid(f"{where}.name", "a name of 1-200 characters")
-        if role not in ROLES:
-            raise Invalid(f"{where}.role", f"one of {', '.join(ROLES)}")
-        if any(pid == o[0] for o in out):
-            raise Invalid(f"{where}.id", "participant ids must be unique")
-        out.append((pid, name, role))
-    return out
-
-
-def _schedule(raw: Any, now: float) -> dict[str, float] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise Invalid("schedule", "an object with start and end (unix seconds)")
-    times: dict[str, float] = {}
-    for name in ("start", "end"):
-        value = raw.get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or \
-                not 0 < value < 2 ** 40:
-            raise Invalid(f"schedule.{name}", "a time in unix seconds")
-        times[name] = float(value)
-    if times["end"] <= times["start"]:
-        raise Invalid("schedule.end", "after schedule.start")
-    if times["end"] <= now:
-        raise Invalid("schedule.end", "in the future")
-    if times["end"] - times["start"] > MAX_SCHEDULE:
-        raise Invalid("schedule.end", f"at most {MAX_SCHEDULE // 3600} hours after the start")
-    return times
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +76,12 @@ class ApiConfig:
     public_url: str
     #: Links of a scheduled call stay valid this long after its window (calls.schedule_overrun).
     schedule_overrun: float = 3600.0
+    #: Peers whose X-Forwarded-For names the client (http.trusted_proxies).
+    trusted_proxies: tuple[Network, ...] = ()
+    #: Requests per minute per credential (http.api_rate), all nodes together.
+    rate_per_minute: int = 1200
+    #: The Redis client's own command timeout; bounds the wait for history to settle too.
+    redis_timeout: float = 2.0
 
 
 API_CONFIG = web.AppKey("api_config", ApiConfig)
@@ -130,20 +91,20 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 class Api:
     def __init__(self, app: web.Application) -> None:
         self.app = app
-        self._failures: defaultdict[str, deque[float]] = defaultdict(deque)
 
-    async def _authenticate(self, request: web.Request) -> str | None:
-        """None when the credential is good, else why not (for the log, never the secret)."""
+    async def _authenticate(self, request: web.Request) -> tuple[str | None, str]:
+        """(None, who) when the credential is good, else (why not, ""); `why` is for the
+        log and never holds the secret; `who` names the credential for its rate limit."""
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
-            return "no bearer credential"
+            return "no bearer credential", ""
         credential = header[7:].strip()
         if credential.count(".") == 2:
-            return await self._jwt_problem(request, credential)
+            return await self._jwt_problem(request, credential), "jwt"
         digest = hashlib.sha256(credential.encode()).hexdigest()
         # Compare against every key so the time taken does not tell which one matched.
         matches = [hmac.compare_digest(digest, h) for h in request.app[API_CONFIG].api_key_hashes]
-        return None if any(matches) else "unknown API key"
+        return (None, "key:" + digest) if any(matches) else ("unknown API key", "")
 
     async def _jwt_problem(self, request: web.Request, token: str) -> str | None:
         try:
@@ -155,6 +116,9 @@ class Api:
             return f"JWT refused: {type(exc).__name__}"
         if not isinstance(claims["jti"], str) or not 0 < len(claims["jti"]) <= 200:
             return "JWT refused: bad jti"
+        if not all(isinstance(claims[c], int | float) and not isinstance(claims[c], bool)
+                   and math.isfinite(claims[c]) for c in ("exp", "iat")):
+            return "JWT refused: exp and iat must be numbers"
         if int(claims["exp"]) - int(claims["iat"]) > API_JWT_LIFETIME:
             return f"JWT refused: lives longer than {API_JWT_LIFETIME}s"
         slot = "telemed:api:jti:" + hashlib.sha256(claims["jti"].encode()).hexdigest()
@@ -163,52 +127,57 @@ class Api:
                                              exat=int(claims["exp"]) + JWT_LEEWAY + 1)
         return None if fresh else "JWT replayed (jti already used)"
 
-    def _too_many_failures(self, remote: str) -> bool:
-        window = self._failures.get(remote)
-        if window is None:
-            return False
-        now = time.monotonic()
-        while window and window[0] < now - 60:
-            window.popleft()
-        if not window:
-            del self._failures[remote]  # so many one-off addresses cannot grow the table
-            return False
-        return len(window) >= AUTH_FAILURES_PER_MINUTE
-
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if not request.path.startswith("/api/v1/") or request.path == "/api/v1/openapi.json":
             return await handler(request)  # type: ignore[no-any-return]
-        remote = request.remote or "?"
-        if self._too_many_failures(remote):
-            return problem(429, "rate.limited", "too many failed authentications; wait a minute")
+        config = request.app[API_CONFIG]
+        remote = client_address(request.remote, request.headers.getall("X-Forwarded-For", []),
+                                config.trusted_proxies)
+        redis = request.app[REDIS]
         try:
-            refused = await self._authenticate(request)
+            refused, who = await self._authenticate(request)
+            # Failures count against the client's own address, so nobody else's guessing
+            # (behind the same proxy, too) locks the MIS out; a good credential is never
+            # refused for them. Keys and secrets are too long to guess either way.
+            if refused is not None:
+                failures = await count(redis, "auth-failures", remote)
+            else:
+                used = await count(redis, "requests", who)
         except (aioredis.RedisError, OSError) as exc:
-            log.error("! cannot check an API JWT: %s", type(exc).__name__)
-            return problem(503, "internal", "cannot check the token now; try again shortly")
+            log.error("! cannot check an API credential: %s", type(exc).__name__)
+            return unavailable()
         if refused is not None:
-            self._failures[remote].append(time.monotonic())
+            if failures > AUTH_FAILURES_PER_MINUTE:
+                if failures == AUTH_FAILURES_PER_MINUTE + 1:
+                    log.warning("! API client %s rate limited: %d failed authentications "
+                                "in a minute", remote, failures - 1)
+                return limited("too many failed authentications; wait a minute")
             log.warning("! API request refused from %s: %s", remote, refused)
             message = ("this token was already used; sign a new one per request"
                        if "replayed" in refused else "a valid API key or MIS JWT is required")
             return problem(401, "auth.invalid", message)
+        if used > config.rate_per_minute:
+            if used == config.rate_per_minute + 1:
+                log.warning("! API credential %s over %d requests a minute (from %s)",
+                            who[:12], config.rate_per_minute, remote)
+            return limited(f"at most {config.rate_per_minute} requests a minute")
         too_large = problem(413, "request.too_large",
                             f"request bodies are at most {MAX_BODY} bytes")
         if (request.content_length or 0) > MAX_BODY:
             return too_large
         try:
             return await handler(request)  # type: ignore[no-any-return]
+        except (aioredis.RedisError, OSError) as exc:
+            log.error("! %s %s: Redis: %s", request.method, request.path,
+                      type(exc).__name__)
+            return unavailable()
         except TooLarge:
             return too_large
         except Invalid as exc:
             return problem(422, "request.invalid", str(exc), exc.field)
         except CallError as exc:
-            status = 404 if exc.code in ("call.not_found", "participant.not_found",
-                                         "event.not_found") else 409
-            if exc.code == "recording.disk_full":
-                status = 507
-            return problem(status, exc.code, exc.message)
+            return problem(status_of(exc.code), exc.code, exc.message)
 
     def tokens(self, call: Call | dict[str, Any], only: str | None = None
                ) -> list[dict[str, Any]]:
@@ -245,9 +214,9 @@ class Api:
         if optional and not raw.strip():
             return {}
         try:
-            body = json.loads(raw)
-        except ValueError:
-            raise Invalid("body", "a JSON object") from None
+            body = parse(raw)
+        except JsonRefused as exc:
+            raise Invalid("body", f"a JSON object ({exc})") from None
         if not isinstance(body, dict):
             raise Invalid("body", "a JSON object")
         return body
@@ -261,12 +230,19 @@ class Api:
             kind = CallKind(str(body.get("kind")))
         except ValueError:
             raise Invalid("kind", "consultation, referral or conference") from None
-        participants = _participants(body.get("participants"), kind)
+        participants = check_participants(body.get("participants"), kind)
         metadata = body.get("metadata", {})
         if not isinstance(metadata, dict):
             raise Invalid("metadata", "an object")
-        schedule = _schedule(body.get("schedule"), time.time())
+        if depth_exceeds(metadata, METADATA_DEPTH):
+            raise Invalid("metadata", f"nested at most {METADATA_DEPTH} levels deep")
+        if len(json.dumps(metadata, ensure_ascii=False).encode()) > METADATA_BYTES:
+            raise Invalid("metadata", f"at most {METADATA_BYTES} bytes as JSON")
+        schedule = check_schedule(body.get("schedule"), time.time())
         redis = request.app[REDIS]
+        # Nothing is created while Redis cannot hold it: the call's history and its
+        # call.created webhook are promised by the 201.
+        await redis.ping()
         slot: str | None = None
         fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         if key is not None:
@@ -280,12 +256,24 @@ class Api:
             if slot is not None:
                 await redis.delete(slot)
             raise
-        # The 201 promises the call and its call.created webhook survive a crash from now on.
-        await request.app[SINK].settle()
+        # The 201 promises the call and its call.created webhook survive a crash from now on:
+        # in Redis, or, if Redis stalled since the ping, fsynced in the journal that reaches
+        # Redis when it is back.
+        try:
+            async with asyncio.timeout(request.app[API_CONFIG].redis_timeout):
+                await request.app[SINK].settle()
+        except TimeoutError:
+            log.warning("! call created while Redis stalls; its history is in the journal",
+                        extra={"call_id": call.id})
         if slot is not None:
-            await redis.set(slot, f"{fingerprint} {call.id}", ex=IDEMPOTENCY_TTL)
+            try:
+                await redis.set(slot, f"{fingerprint} {call.id}", ex=IDEMPOTENCY_TTL)
+            except (aioredis.RedisError, OSError) as exc:
+                # The call exists; answering 503 now would invite a retry that makes another.
+                log.error("! idempotency key not bound to its call: %s", type(exc).__name__,
+                          extra={"call_id": call.id})
         described = call.describe()
-        return web.json_response({**described, "participants": self.tokens(described)},
+        return reply({**described, "participants": self.tokens(described)},
                                  status=201)
 
     async def _repeat(self, request: web.Request, slot: str, fingerprint: str
@@ -304,7 +292,7 @@ class Api:
                            "the first request with this Idempotency-Key is still being "
                            "processed; retry shortly")
         earlier = {k: v for k, v in earlier.items() if k != "timeline"}
-        return web.json_response({**earlier, "participants": self.tokens(earlier)}, status=200)
+        return reply({**earlier, "participants": self.tokens(earlier)}, status=200)
 
     async def _call(self, request: web.Request) -> Call:
         call_id = request.match_info["call_id"]
@@ -320,11 +308,11 @@ class Api:
         call_id = request.match_info["call_id"]
         call = request.app[HUB].calls.get(call_id)
         if call is not None:
-            return web.json_response(snapshot(call))
+            return reply(snapshot(call))
         stored = await request.app[STORE].get(call_id)
         if stored is None:
             raise CallError("no such call", code="call.not_found")
-        return web.json_response(stored)
+        return reply(stored)
 
     async def list_calls(self, request: web.Request) -> web.Response:
         query = request.query
@@ -346,12 +334,12 @@ class Api:
         items, cursor = await request.app[STORE].find(
             state=state, since=numbers.get("since", 0.0), limit=limit,
             cursor=numbers.get("cursor"))
-        return web.json_response({"calls": items, "nextCursor": cursor})
+        return reply({"calls": items, "nextCursor": cursor})
 
     async def end_call(self, request: web.Request) -> web.Response:
         call = await self._call(request)
         await request.app[HUB].end(call.id)
-        return web.json_response(call.describe())
+        return reply(call.describe())
 
     async def new_tokens(self, request: web.Request) -> web.Response:
         call = await self._call(request)
@@ -363,18 +351,18 @@ class Api:
             raise CallError("no such participant", code="participant.not_found")
         if call.finished:
             raise CallError("the call is over", code="call.ended")
-        return web.json_response({"participants": self.tokens(call, only)})
+        return reply({"participants": self.tokens(call, only)})
 
     async def remove_participant(self, request: web.Request) -> web.Response:
         call = await self._call(request)
         await request.app[HUB].kick(call.id, request.match_info["participant"])
-        return web.json_response(call.describe())
+        return reply(call.describe())
 
     async def turn_status(self, request: web.Request) -> web.Response:
         turn = request.app[HUB].turn
         if turn is None:
-            return web.json_response({"enabled": False, "size": 0, "inUse": 0, "leases": []})
-        return web.json_response({"enabled": True, "size": turn.size,
+            return reply({"enabled": False, "size": 0, "inUse": 0, "leases": []})
+        return reply({"enabled": True, "size": turn.size,
                                   "inUse": await turn.in_use(), "issued": turn.issued,
                                   "exhausted": turn.exhausted, "leases": await turn.active()})
 
@@ -383,21 +371,21 @@ class Api:
         event = await outbox.event(request.match_info["event_id"]) if outbox else None
         if event is None:
             raise CallError("no such webhook event", code="event.not_found")
-        return web.json_response(event)
+        return reply(event)
 
 
     async def call_webhooks(self, request: web.Request) -> web.Response:
         outbox = request.app.get(OUTBOX)
         call_id = request.match_info["call_id"]
         events = await outbox.events_of(call_id) if outbox else []
-        return web.json_response({"events": events})
+        return reply({"events": events})
 
 
 def setup_api(app: web.Application) -> Api:
     api = Api(app)
     app.middlewares.append(api.middleware)
     async def openapi(request: web.Request) -> web.Response:
-        return web.json_response(document())
+        return reply(document())
 
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_post("/api/v1/calls", api.create_call)

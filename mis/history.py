@@ -18,11 +18,12 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from mis.jsonsafe import sanitize
 from mis.webhooks import Outbox, as_text
 from signaling.call import Call, CallState
 
@@ -130,6 +131,14 @@ class CallStore:
 Item = tuple[str, dict[str, Any], dict[str, Any], str, float]
 
 
+def _private_append(path: Path) -> TextIO:
+    """The journal holds patients' names and the MIS's metadata: its owner's alone, even
+    when an earlier version left it readable to others."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 class EventSink:
     """Hub hook: snapshots and webhook events, journalled, then written in order by one task."""
 
@@ -144,15 +153,23 @@ class EventSink:
         self._queued = 0
         self._written = 0
         self._progress = asyncio.Condition()
-        self._file = None if journal is None else open(journal, "a", encoding="utf-8")  # noqa: SIM115
+        self._file = None if journal is None else _private_append(journal)
 
     def __call__(self, event: str, call: Call, data: dict[str, Any]) -> None:
         snap = snapshot(call)
         payload = {"call": {k: v for k, v in snap.items() if k != "timeline"}, **data}
         item: Item = (event, snap, payload, uuid.uuid4().hex, time.time())
+        try:
+            line = json.dumps(item, separators=(",", ":"), allow_nan=False)
+        except (RecursionError, ValueError):
+            # A client's diagnostics nested past the encoder's limit, or a NaN: written in
+            # a strict form rather than lost (this hook raising would drop the event).
+            snap, payload = sanitize(snap), sanitize(payload)
+            item = (event, snap, payload, item[3], item[4])
+            line = json.dumps(item, separators=(",", ":"), allow_nan=False)
         if self._file is not None:
             # A few lines per call: a synchronous fsync costs less than the loss it prevents.
-            self._file.write(json.dumps(item, separators=(",", ":")) + "\n")
+            self._file.write(line + "\n")
             self._file.flush()
             os.fsync(self._file.fileno())
         self._queue.put_nowait(item)

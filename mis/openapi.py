@@ -29,10 +29,13 @@ ERRORS = {
     "401": _json(_ref("Error"), "missing or wrong API key (`auth.invalid`)"),
     "413": _json(_ref("Error"), "body above 64 KiB (`request.too_large`)"),
     "422": _json(_ref("Error"), "a field is invalid (`request.invalid`, `field` names it)"),
-    "429": _json(_ref("Error"), "too many failed authentications (`rate.limited`)"),
+    "429": _json(_ref("Error"), "too many failed authentications from this client, or "
+                 "requests with this credential (`rate.limited`, with Retry-After)"),
+    "503": _json(_ref("Error"), "Redis is not answering (`service.unavailable`, with "
+                 "Retry-After)"),
 }
 NOT_FOUND = {"404": _json(_ref("Error"), "`call.not_found` / `participant.not_found`")}
-CONFLICT = {"409": _json(_ref("Error"), "`call.ended`, `request.conflict`")}
+CONFLICT = {"409": _json(_ref("Error"), "`call.ended`, `call.full`, `request.conflict`")}
 CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 SCHEMAS: dict[str, Any] = {
@@ -106,7 +109,8 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "call": {"type": "string"},
             "state": {"type": "string",
-                      "enum": ["composing", "verified", "ready", "flagged", "deleted"]},
+                      "enum": ["verifying", "composing", "verified", "ready", "flagged",
+                               "deleted"]},
             "files": {"type": "array", "items": {"type": "object", "properties": {
                 "name": {"type": "string"}, "participant": {"type": "string"},
                 "size": {"type": "integer"}, "sha256": {"type": "string"},
@@ -165,6 +169,8 @@ def document() -> dict[str, Any]:
                         "201": _json(_ref("CreatedCall"), "created"),
                         "200": _json(_ref("CreatedCall"),
                                      "an earlier request with the same Idempotency-Key"),
+                        "507": _json(_ref("Error"), "the recordings volume is full "
+                                     "(`recording.disk_full`); no call was created"),
                         **ERRORS, **CONFLICT},
                 },
                 "get": {
@@ -193,7 +199,7 @@ def document() -> dict[str, Any]:
                     "summary": "End the call for everyone",
                     "parameters": [CALL_ID],
                     "responses": {"200": _json(_ref("Call"), "the ended call"), **ERRORS,
-                                  **NOT_FOUND},
+                                  **NOT_FOUND, **CONFLICT},
                 },
             },
             "/api/v1/calls/{call_id}/tokens": {

@@ -17,11 +17,14 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp_jinja2
 import jwt
+import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from recordings.catalog import Catalog
 from recordings.retention import purge
@@ -54,6 +57,8 @@ PAGE_CONTEXT = web.AppKey("page_context", PageContext)
 SPEC = re.compile(r"^(\d*)-(\d*)$")
 NOT_FOUND = json.dumps({"code": "recording.not_found",
                         "message": "no such recording, or no such file of it"})
+UNAVAILABLE = json.dumps({"code": "service.unavailable",
+                          "message": "the service's database is not answering; retry shortly"})
 AUDIENCE = "telemed-recordings"
 LINK_TTL = 3600
 
@@ -63,7 +68,14 @@ def _secret(request: web.Request) -> str:
 
 
 async def _meta(request: web.Request, call_id: str) -> dict[str, Any]:
-    meta = await request.app[CATALOG].get(call_id)
+    try:
+        meta = await request.app[CATALOG].get(call_id)
+    except (aioredis.RedisError, OSError):
+        if request.path.startswith("/api/v1/"):
+            raise  # the API's own middleware answers it, as for every API route
+        # The player page: the same documented answer instead of a plain 500.
+        raise web.HTTPServiceUnavailable(text=UNAVAILABLE, content_type="application/json",
+                                         headers={"Retry-After": "5"}) from None
     if meta is None:
         raise web.HTTPNotFound(text=NOT_FOUND, content_type="application/json")
     return meta
@@ -109,12 +121,24 @@ async def _file(request: web.Request, meta: dict[str, Any], name: str) -> web.St
     if verdict == "unsatisfiable":
         return web.Response(status=416, headers={"Content-Range": f"bytes */{size}",
                                                  "Accept-Ranges": "bytes"})
-    plain = {k: v for k, v in request.headers.items() if k.lower() != "range"}
-    judged = request.clone(headers={**plain, **({"Range": verdict} if verdict else {})})
-    response = web.FileResponse(path, headers=headers)
-    # Prepared here against the judged request; aiohttp sends a prepared response as is.
-    await response.prepare(judged)
-    return response
+    return JudgedFile(path, verdict, headers=headers)
+
+
+class JudgedFile(web.FileResponse):
+    """A FileResponse that serves the Range judged above instead of the request's own.
+
+    aiohttp prepares a handler's response itself; preparing it in the handler too sends the
+    file, then fails the second time and drops the keep-alive connection. So the judged
+    Range is put in when aiohttp prepares it, once."""
+
+    def __init__(self, path: Path, judged: str | None, *, headers: dict[str, str]) -> None:
+        super().__init__(path, headers=headers)
+        self._judged = judged
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        plain = {k: v for k, v in request.headers.items() if k.lower() != "range"}
+        judged = {**plain, **({"Range": self._judged} if self._judged else {})}
+        return await super().prepare(request.clone(headers=judged))
 
 
 async def list_recordings(request: web.Request) -> web.Response:
@@ -166,17 +190,24 @@ async def run_purge(request: web.Request) -> web.Response:
 def _link_call(request: web.Request) -> str:
     try:
         claims = jwt.decode(request.match_info["token"], _secret(request),
-                            algorithms=["HS256"], audience=AUDIENCE)
+                            algorithms=["HS256"], audience=AUDIENCE,
+                            options={"require": ["exp", "aud", "call"]})
     except jwt.PyJWTError:
         raise web.HTTPForbidden(text="this link is invalid or has expired") from None
-    return str(claims["call"])
+    if not isinstance(claims["call"], str):
+        raise web.HTTPForbidden(text="this link is invalid or has expired")
+    return claims["call"]
 
 
 async def player(request: web.Request) -> web.Response:
     meta = await _meta(request, _link_call(request))
-    return aiohttp_jinja2.render_template(
+    page = aiohttp_jinja2.render_template(
         "recordings.html", request, request.app[PAGE_CONTEXT](request, meta=meta,
                                                  token=request.match_info["token"]))
+    # The link itself is the credential: never in a cache, never sent on as a Referer.
+    page.headers["Cache-Control"] = "no-store"
+    page.headers["Referrer-Policy"] = "no-referrer"
+    return page
 
 
 async def player_file(request: web.Request) -> web.StreamResponse:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import redis.asyncio as aioredis
 
 from recordings import continuity
 from recordings.catalog import COMPOSED, Catalog, probe, sha256_of
@@ -20,7 +23,11 @@ __all__ = ["RecordingWorker"]
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, dict[str, Any]], Awaitable[Any]]
+Job = tuple[Path, dict[str, Any], bool, int]  # folder, snapshot, recovered, attempt
+#: (event, data, event id): publishing an id already published does nothing.
+Publish = Callable[[str, dict[str, Any], str], Awaitable[Any]]
+#: Finished calls whose `wait` still returns at once (see `_forget_old`).
+DONE_KEPT = 100
 #: A recording may outlast the timeline's view of it by this much and still be plausible.
 SLACK = 5.0
 
@@ -41,6 +48,38 @@ def _stops(snap: dict[str, Any]) -> dict[str, list[float]]:
         if e.get("event") in ("left", "disconnected"):
             stops.setdefault(e["participant"], []).append(e["at"])
     return stops
+
+
+def _recorder_errors(snap: dict[str, Any]) -> dict[str, list[tuple[float, str]]]:
+    """The recorder's own failures (NO_SPACE, write errors) per participant, from the
+    timeline: a file cut off by them may still probe as whole."""
+    errors: dict[str, list[tuple[float, str]]] = {}
+    for e in snap.get("timeline", []):
+        what = e.get("error")
+        if e.get("event") == "media-error" and isinstance(what, str) \
+                and what.startswith("recorder:"):
+            errors.setdefault(e["participant"], []).append((e["at"], what))
+    return errors
+
+
+def media_end(snap: dict[str, Any], owner: str, started: float, stopped: float) -> float:
+    """When `owner`'s media last reached the server before `stopped`: a browser frozen
+    with its socket open stays in the call, but its recording ends when its media did.
+    The time every kind it sent stopped flowing in, if none came back; else `stopped`."""
+    last: dict[str, tuple[float, bool]] = {}
+    for e in snap.get("timeline", []):
+        if e.get("event") == "flow" and e.get("participant") == owner \
+                and e.get("target") == "publish" and e.get("direction") == "in" \
+                and started <= e["at"] <= stopped:
+            last[e["kind"]] = (e["at"], bool(e["flowing"]))
+    if not last or any(flowing for _, flowing in last.values()):
+        return stopped
+    return max(at for at, _ in last.values())
+
+
+def event_id(call_id: str, event: str, detail: str) -> str:
+    """The same id for the same news: a retried or recovered job publishes it once."""
+    return hashlib.sha256(f"{call_id}\0{event}\0{detail}".encode()).hexdigest()[:32]
 
 
 def implausible(duration: float, started: float, stopped: float) -> str | None:
@@ -64,12 +103,15 @@ def _owner(name: str) -> tuple[str, int]:
 
 class RecordingWorker:
     def __init__(self, catalog: Catalog, publish: Publish, *, workers: int = 1,
-                 queue_size: int = 100, compose_files: bool = True) -> None:
+                 queue_size: int = 100, compose_files: bool = True,
+                 retry_base: float = 1.0, retry_cap: float = 60.0) -> None:
         self.catalog = catalog
         self.publish = publish
         self.compose_files = compose_files
-        self.queue: asyncio.Queue[tuple[Path, dict[str, Any], bool]] = asyncio.Queue(
-            queue_size)
+        self.queue: asyncio.Queue[Job] = asyncio.Queue(queue_size)
+        self.retry_base, self.retry_cap = retry_base, retry_cap
+        #: Jobs waiting out a backoff after a full disk or an unreachable Redis.
+        self._retries: dict[str, asyncio.TimerHandle] = {}
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
         self.done: dict[str, asyncio.Event] = {}
@@ -83,6 +125,9 @@ class RecordingWorker:
 
     async def close(self) -> None:
         """Lets queued work finish (bounded by the caller's timeout), then stops."""
+        for handle in self._retries.values():
+            handle.cancel()  # the next start-up's scan picks these folders up
+        self._retries.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -92,7 +137,7 @@ class RecordingWorker:
     def submit(self, folder: Path, snap: dict[str, Any], *, recovered: bool = False) -> bool:
         self.done.setdefault(snap["id"], asyncio.Event())
         try:
-            self.queue.put_nowait((folder, snap, recovered))
+            self.queue.put_nowait((folder, snap, recovered, 0))
             return True
         except asyncio.QueueFull:
             log.error("! recordings queue full; the next start-up will finalize this call",
@@ -121,22 +166,54 @@ class RecordingWorker:
 
     async def _run(self) -> None:
         while True:
-            folder, snap, recovered = await self.queue.get()
+            job = await self.queue.get()
+            folder, snap, recovered, _ = job
             self.busy += 1
             self.idle.clear()
+            finished = True
             try:
                 await self.finalize(folder, snap, recovered=recovered)
+            except (OSError, aioredis.RedisError) as exc:
+                # A full disk, Redis away or hanging: it passes, so the job waits and runs
+                # again (its folder stays unfinished on disk, which a restart resumes).
+                finished = False
+                self._retry(job, exc)
             except Exception:
                 log.exception("! finalizing recordings failed", extra={"call_id": snap["id"]})
             finally:
                 self.busy -= 1
-                self.done.setdefault(snap["id"], asyncio.Event()).set()
+                if finished:
+                    self.done.setdefault(snap["id"], asyncio.Event()).set()
+                    self._forget_old()
                 self.idle.set()
+
+    def _forget_old(self) -> None:
+        """Finished calls are remembered for `wait` up to DONE_KEPT, oldest forgotten
+        first: one Event per call for ever would grow without bound."""
+        for call_id in [c for c, e in self.done.items() if e.is_set()][:-DONE_KEPT]:
+            del self.done[call_id]
+
+    def _retry(self, job: Job, exc: BaseException) -> None:
+        folder, snap, recovered, attempt = job
+        delay = min(self.retry_cap, self.retry_base * 2 ** min(attempt, 20))
+        log.error("! finalizing recordings failed (attempt %d), again in %.1f s: %s",
+                  attempt + 1, delay, exc, extra={"call_id": snap["id"]})
+
+        def again() -> None:
+            self._retries.pop(snap["id"], None)
+            try:
+                self.queue.put_nowait((folder, snap, recovered, attempt + 1))
+            except asyncio.QueueFull:
+                self._retry((folder, snap, recovered, attempt + 1), exc)
+
+        self._retries[snap["id"]] = asyncio.get_running_loop().call_later(delay, again)
 
     async def finalize(self, folder: Path, snap: dict[str, Any], *,
                        recovered: bool = False) -> dict[str, Any]:
+        """Safe to run again after any failure: the final state is written last, after
+        every webhook, and webhooks carry ids derived from what they say."""
         call_id = snap["id"]
-        starts, stops = _starts(snap), _stops(snap)
+        starts, stops, errors = _starts(snap), _stops(snap), _recorder_errors(snap)
         ended = snap.get("endedAt")
         files: list[dict[str, Any]] = []
         problems: list[str] = []
@@ -158,6 +235,7 @@ class RecordingWorker:
             info = await probe(path) if stat.st_size else {"error": "empty file"}
             start_list = starts.get(owner, [])
             started = start_list[segment] if segment < len(start_list) else None
+            following = start_list[segment + 1] if segment + 1 < len(start_list) else None
             # A call that died with its process has no real end (its history has only the
             # last thing heard of it): the recorder's last write stands for it.
             stopped = min((t for t in stops.get(owner, []) if started and t > started),
@@ -168,10 +246,22 @@ class RecordingWorker:
                 "streams": info.get("streams", []), "duration": info.get("duration"),
                 "startedAt": started, "endedAt": stopped if started else None,
                 "problem": info.get("error")}
+            # The recorder's own error (a full disk, a failed write) flags its file even
+            # when what was written before it probes as whole: the rest is missing.
+            own = [what for at, what in errors.get(owner, [])
+                   if (started is None or at >= started) and (following is None
+                                                              or at < following)]
+            if own:
+                entry["problem"] = "; ".join(own)
             if entry["problem"] is None and not entry["streams"]:
                 entry["problem"] = "no streams"
-            if entry["problem"] is None and started and entry["duration"]:
-                entry["problem"] = implausible(entry["duration"], started, stopped)
+            if entry["problem"] is None and entry["duration"] is None:
+                # WebM gets its duration when the recorder closes it: one without was cut
+                # off (media server or service killed) and has no index to seek with.
+                entry["problem"] = "no duration: the recorder never finished the file"
+            if entry["problem"] is None and started:
+                entry["problem"] = implausible(entry["duration"], started,
+                                               media_end(snap, owner, started, stopped))
             if entry["problem"] is None:
                 entry["problem"] = await continuity.check(path)
             if entry["problem"]:
@@ -184,31 +274,36 @@ class RecordingWorker:
             "participants": [{k: p[k] for k in ("id", "name", "role")}
                              for p in snap.get("participants", [])],
             "files": files, "problems": problems, "recovered": recovered,
-            "state": "composing" if self.compose_files else "verified", "composed": None,
+            "state": "composing" if self.compose_files else "verifying", "composed": None,
         }
         await self.catalog.write(folder, meta)
+
+        async def publish(event: str, data: dict[str, Any], detail: str) -> None:
+            await self.publish(event, {"call": {"id": call_id}, **data},
+                               event_id(call_id, event, detail))
+
         for problem in problems:
             log.error("! recording flagged: %s", problem, extra={"call_id": call_id})
-            await self.publish("recording.failed", {"call": {"id": call_id}, "problem": problem,
-                                                    "recovered": recovered})
+            await publish("recording.failed", {"problem": problem, "recovered": recovered},
+                          problem)
         good = [f for f in files if not f["problem"]]
         if self.compose_files and good:
             await self._compose(folder, meta, good)
             if meta["composed"] is None:
-                await self.publish("recording.failed", {
-                    "call": {"id": call_id}, "problem": meta["problems"][-1],
-                    "recovered": recovered})
-        meta["state"] = "flagged" if problems else ("ready" if meta["composed"] else "verified")
-        await self.catalog.write(folder, meta)
+                await publish("recording.failed", {"problem": meta["problems"][-1],
+                                                   "recovered": recovered},
+                              meta["problems"][-1])
         if not files:
-            await self.publish("recording.failed", {"call": {"id": call_id}, "problem": "no files",
-                                                    "recovered": recovered})
+            await publish("recording.failed", {"problem": "no files", "recovered": recovered},
+                          "no files")
         elif good:
             # Something can be watched; what cannot was reported above, one event each.
-            await self.publish("recording.ready", {
-                "call": {"id": call_id}, "files": [f["name"] for f in files],
+            await publish("recording.ready", {
+                "files": [f["name"] for f in files],
                 "composed": meta["composed"]["name"] if meta["composed"] else None,
-                "problems": problems})
+                "problems": problems}, "ready")
+        meta["state"] = "flagged" if problems else ("ready" if meta["composed"] else "verified")
+        await self.catalog.write(folder, meta)
         return meta
 
     async def _compose(self, folder: Path, meta: dict[str, Any],
@@ -223,6 +318,8 @@ class RecordingWorker:
         if error is not None:
             meta["problems"].append(f"{COMPOSED}: {error}")
             return
+        # ffmpeg creates it with the umask's mode; it is a consultation, its owner's alone.
+        await asyncio.to_thread(out.chmod, 0o600)
         info = await probe(out)
         meta["composed"] = {"name": COMPOSED, "size": out.stat().st_size,
                             "sha256": await asyncio.to_thread(sha256_of, out),

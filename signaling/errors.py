@@ -64,7 +64,8 @@ CODES: dict[str, str] = {
     "request.too_large": "REST: the request body is above 64 KiB",
     "request.conflict": "REST: the Idempotency-Key was used with a different request",
     "event.not_found": "REST: no such webhook event",
-    "service.unavailable": "the shared call store (Redis) cannot be reached; retry shortly",
+    "service.unavailable": "the service's shared state (Redis) is not answering; retry "
+                           "shortly (REST: after the Retry-After header's seconds)",
     "internal": "a bug on our side; the call goes on and the log has the details",
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,7 +98,11 @@ def verify_join_token(token: str, *, keys: Sequence[Any], issuer: str, audience:
             raise AuthError(f"invalid token: {type(exc).__name__}", code="auth.invalid") from None
     else:
         raise AuthError("bad signature", code="auth.invalid") from last
-    if now is not None and int(claims["exp"]) + LEEWAY < now:
+    exp = claims["exp"]
+    # PyJWT checks the type of `exp` only when it checks the expiry itself.
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        raise AuthError("token has no usable expiry", code="auth.invalid")
+    if now is not None and int(exp) + LEEWAY < now:
         raise AuthError("token expired", code="auth.expired")
     role, call, name = claims.get("role"), claims.get("call"), claims.get("name", "")
     if role not in ROLES or not isinstance(call, str) or not call or not isinstance(name, str):

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from kurento_ctl.pool import KurentoPool
 from mis.api import API, API_CONFIG, REDIS, ApiConfig, setup_api
+from mis.clients import parse_networks
 from mis.history import SINK, STORE, CallStore, EventSink, snapshot
 from mis.webhooks import OUTBOX, Outbox, parse_endpoint
 from recordings.catalog import Catalog
@@ -170,7 +171,10 @@ def create_app(
         api_key_hashes=tuple(endpoints.api_key_hashes), jwt_secret=endpoints.jwt_secret,
         jwt_issuer=settings.auth.jwt_issuer, jwt_audience=settings.auth.jwt_audience,
         token_ttl=settings.auth.token_ttl, public_url=settings.public_url,
-        schedule_overrun=settings.calls.schedule_overrun)
+        schedule_overrun=settings.calls.schedule_overrun,
+        redis_timeout=settings.redis.timeout,
+        trusted_proxies=parse_networks(settings.http.trusted_proxies),
+        rate_per_minute=settings.http.api_rate)
     app[WEB_CONFIG] = WebConfig(language=settings.http.language, host=settings.http.host,
                                 demo=settings.http.demo,
                                 rejoin_grace=settings.calls.rejoin_grace)
@@ -178,7 +182,10 @@ def create_app(
         secret=endpoints.jwt_secret, public_url=settings.public_url,
         retention_days=settings.recordings.retention_days)
     app[PAGE_CONTEXT] = page_context
-    redis = app[REDIS] = aioredis.Redis.from_url(endpoints.redis_url)
+    # Bounded so that a Redis that hangs fails commands instead of holding requests.
+    redis = app[REDIS] = aioredis.Redis.from_url(
+        endpoints.redis_url, socket_timeout=settings.redis.timeout,
+        socket_connect_timeout=settings.redis.timeout)
     turn = build_turn(settings, endpoints, redis)
     pool = KurentoPool(endpoints.kurento_urls, health_interval=settings.media.health_interval,
                        down_after=settings.media.down_after,
@@ -206,6 +213,7 @@ def create_app(
                 claim_timeout=hooks.claim_timeout)
             outbox.start()
         settings.data_path.mkdir(parents=True, exist_ok=True)
+        settings.data_path.chmod(0o700)  # secrets and the call-events journal
         sink = app[SINK] = EventSink(store, outbox,
                                      journal=settings.data_path / "call-events.journal")
         # What a previous run journalled but never got into Redis goes first, so that the
@@ -220,9 +228,9 @@ def create_app(
         app[HUB].hooks.append(sink)
         catalog = app[CATALOG] = Catalog(settings.recordings_path, redis)
 
-        async def publish(event: str, data: dict[str, Any]) -> None:
+        async def publish(event: str, data: dict[str, Any], event_id: str) -> None:
             if outbox is not None:
-                await outbox.publish(event, data)
+                await outbox.publish(event, data, event_id=event_id)
 
         rec = settings.recordings
         worker = app[RECORDINGS] = RecordingWorker(catalog, publish, workers=rec.workers,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mis.clients import parse_networks
 from mis.webhooks import parse_endpoint
 from signaling.tokens import load_public_key
 
@@ -78,6 +79,16 @@ class HttpSettings:
         " service binds to a loopback address.",
     )
     language: Literal["ru", "en"] = setting("ru", "Default language of the pages.")
+    trusted_proxies: tuple[str, ...] = setting(
+        (), "Addresses or CIDR blocks of reverse proxies (compose's nginx) whose"
+        " X-Forwarded-For names the client. From anyone else it is ignored. The API's rate"
+        " limits and failed-authentication counters are keyed on that client address.",
+    )
+    api_rate: int = setting(
+        1200, "REST API requests per minute one credential (an API key, or the MIS's JWTs)"
+        " may make, all signalling nodes together; more get 429 rate.limited.", unit="1/min",
+        min=1,
+    )
     ws_heartbeat: float = setting(
         15.0, "WebSocket ping interval; a client that misses a pong for this long is dropped "
         "(and may rejoin within calls.rejoin_grace).", unit="s", min=0.5,
@@ -97,6 +108,11 @@ class RedisSettings:
         "",
         "Redis URL (redis://, rediss:// or unix://). Empty: start a private redis-server"
         " under the data folder.",
+    )
+    timeout: float = setting(
+        2.0, "Longest wait for one Redis command or connection. Past it the command fails:"
+        " the REST API answers 503 service.unavailable with Retry-After instead of hanging,"
+        " and background writers retry.", unit="s", min=0.05, max=60.0,
     )
 
 
@@ -504,6 +520,10 @@ def _check_together(settings: Settings) -> None:
             read_public_key(path)
         except (OSError, ValueError, TypeError) as exc:
             raise SettingsError(f"auth.jwt_public_keys: {path}: {exc}") from None
+    try:
+        parse_networks(settings.http.trusted_proxies)
+    except ValueError as exc:
+        raise SettingsError(f"http.trusted_proxies: {exc}") from None
     hooks = settings.webhooks
     if hooks.endpoints and not hooks.secret:
         raise SettingsError("webhooks.secret: required when webhooks.endpoints is set")

@@ -134,6 +134,8 @@ async def test_a_jwt_signed_by_the_mis_authenticates_once(
     pytest.param(lambda: mis_jwt(exp=int(time.time()) - 60), id="expired"),
     pytest.param(lambda: mis_jwt(exp=int(time.time()) + 3600), id="lives-too-long"),
     pytest.param(lambda: mis_jwt(jti=None), id="no-jti"),
+    pytest.param(lambda: mis_jwt(exp=None), id="no-exp"),
+    pytest.param(lambda: mis_jwt(iat=None), id="no-iat"),
     pytest.param(lambda: mis_jwt()[:-3] + "AAA", id="forged-signature"),
     pytest.param(lambda: jwt.encode({"iss": "mis", "aud": "telemed-api", "jti": "x",
                                      "iat": int(time.time()), "exp": int(time.time()) + 60},
@@ -514,3 +516,14 @@ parameters = {{ "path.call_id" = "{created['id']}" }}
         warnings = text.partition(" WARNINGS ")[2].partition(" SUMMARY ")[0]
         assert not regex.findall(r"- \w+ /api/v1/(?!calls/\{call_id\}/tokens)\S+",
                                  warnings.partition("Schema validation mismatch")[0]), warnings
+
+
+async def test_the_call_events_journal_is_private(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    """The journal of call events (names, metadata) is 0600 in a 0700 data folder."""
+    status, _ = await post(http, f"{service.url}/api/v1/calls", CONSULTATION)
+    assert status == 201
+    data = service.settings.data_path
+    assert (data / "call-events.journal").stat().st_mode & 0o777 == 0o600
+    assert data.stat().st_mode & 0o777 == 0o700

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import os
 import re
 import shutil
@@ -161,9 +162,10 @@ def test_ports_agree_and_nothing_is_published_beyond_public_ip() -> None:
                          f"turns:{env['TURN_HOST']}:443?transport=tcp"]
     # nginx passes TLS for TURN_HOST on 443 to coturn's TLS port, the rest to itself.
     assert "listen 443;" in nginx_conf and "ssl_preread on;" in nginx_conf
-    assert re.search(r"\$\{TURN_HOST\}\s+coturn_tls;", nginx_conf)
+    assert re.search(r"\$\{TURN_HOST\}\s+turn_hop;", nginx_conf)
     assert f"server ${{PUBLIC_IP}}:{conf['tls-listening-port']};" in nginx_conf
-    assert "listen 127.0.0.1:8443 ssl;" in nginx_conf and "server 127.0.0.1:8443;" in nginx_conf
+    assert "listen 127.0.0.1:8443 ssl proxy_protocol;" in nginx_conf
+    assert "server 127.0.0.1:8443;" in nginx_conf
     # Relay and media ranges do not overlap.
     assert int(conf["max-port"]) < lo or int(conf["min-port"]) > hi
 
@@ -400,3 +402,46 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
                              str(COMPOSE / "docker-compose.yml"), "config", "--quiet"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def nginx_blocks(text: str) -> dict[str, str]:
+    """Each `server { ... }` block of the template, keyed by its first `listen` line."""
+    blocks = {}
+    for match in re.finditer(r"server \{(.*?)\n  \}", text, flags=re.S):
+        body = match[1]
+        listen = re.search(r"listen ([^;]+);", body)
+        if listen:
+            blocks[listen[1]] = body
+    return blocks
+
+
+def test_nginx_hands_the_service_the_real_client_address_and_nothing_else() -> None:
+    """The TLS split passes the client's address on (PROXY protocol) to the web server,
+    which sets X-Forwarded-For to it, replacing any the client sent; coturn gets its
+    stream without the header; the service trusts nginx's fixed address alone."""
+    template = (COMPOSE / "nginx" / "nginx.conf.template").read_text()
+    blocks = nginx_blocks(template)
+    split = blocks["443"]
+    assert "ssl_preread on;" in split and "proxy_protocol on;" in split
+    web = blocks["127.0.0.1:8443 ssl proxy_protocol"]
+    assert "set_real_ip_from 127.0.0.1;" in web and "real_ip_header proxy_protocol;" in web
+    forwarded = re.findall(r"proxy_set_header X-Forwarded-For ([^;]+);", template)
+    assert forwarded and set(forwarded) == {"$remote_addr"}
+    assert len(forwarded) == template.count("proxy_pass http://telemed;")
+    hop = blocks["127.0.0.1:8444 proxy_protocol"]
+    assert "proxy_pass coturn_tls;" in hop and "proxy_protocol on;" not in hop
+    assert re.search(r"upstream turn_hop \{ server 127\.0\.0\.1:8444; \}", template)
+    env = example_env()
+    services = compose()
+    address = interpolate(services["services"]["nginx"]["networks"]["default"]
+                          ["ipv4_address"], env)
+    subnet = interpolate(services["networks"]["default"]["ipam"]["config"][0]["subnet"], env)
+    trusted = service_env(env)["TELEMED_HTTP_TRUSTED_PROXIES"]
+    assert trusted == address == env["NGINX_ADDRESS"]
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(subnet)
+    settings = load_settings(env=service_env(env))
+    assert settings.http.trusted_proxies == (address,)
+    # Without compose/.env's values the defaults still agree with each other.
+    defaults = {k: v for k, v in env.items() if k not in ("NGINX_ADDRESS", "COMPOSE_SUBNET")}
+    assert service_env(defaults)["TELEMED_HTTP_TRUSTED_PROXIES"] == interpolate(
+        services["services"]["nginx"]["networks"]["default"]["ipv4_address"], defaults)

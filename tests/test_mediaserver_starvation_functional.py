@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 from signaling.app import RECORDINGS
+
 from signaling.call import CallKind
 from tests.hub_fixtures import clients_for, go_live, run_service
 from tests.media_fixtures import mediaserver_process

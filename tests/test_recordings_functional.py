@@ -13,12 +13,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt as pyjwt
 import pytest
 
 from mis.history import STORE
@@ -28,7 +30,16 @@ from recordings.http import judge_range
 from recordings.worker import implausible
 from signaling.call import CallKind
 from telemed.app import RECORDINGS
-from tests.hub_fixtures import API_KEY, CallClient, Service, clients_for, go_live, run_service
+from tests.helpers import wait_until
+from tests.hub_fixtures import (
+    API_KEY,
+    JWT_SECRET,
+    CallClient,
+    Service,
+    clients_for,
+    go_live,
+    run_service,
+)
 from tests.media_fixtures import ffprobe, mediaserver_process, run_mediaserver
 from tests.services import RedisServer, free_port
 from tests.test_cli_functional import poll_ready
@@ -142,6 +153,9 @@ async def test_a_call_leaves_verified_streams_metadata_and_a_composed_file(
                 f"{service.url}/api/v1/recordings/{call_id}", headers=AUTH) as r:
             indexed = await r.json()
     assert meta["state"] == "ready" and meta["problems"] == []
+    # Medical data: what the service itself writes is readable by its own user only.
+    assert (folder / "metadata.json").stat().st_mode & 0o777 == 0o600
+    assert (folder / "consultation.webm").stat().st_mode & 0o777 == 0o600
     assert indexed["files"] == meta["files"]
     assert [f["name"] for f in meta["files"]] == ["doc-1.webm", "pat-1.webm"]
     for f in meta["files"]:
@@ -510,3 +524,101 @@ async def test_a_killed_media_server_leaves_recordings_finalized_or_flagged(
                              else "verified")
     assert told, receiver.events()
     assert ("recording.failed" in told) == bool(meta["problems"])
+
+
+async def test_downloads_keep_the_connection_for_the_next_request(
+    recorded: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ranged and a whole download leave the keep-alive connection usable by a POST."""
+    service, call_id = recorded
+    url = f"{service.url}/api/v1/recordings/{call_id}/files/pat-1.webm"
+    opened: list[object] = []
+
+    async def on_create(*_: object) -> None:
+        opened.append(object())
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_create)
+    # One connection, and a POST: aiohttp's client retries idempotent requests on a
+    # dropped keep-alive connection, never a POST.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1),
+                                     trace_configs=[trace]) as http:
+        async with http.get(url, headers={**AUTH, "Range": "bytes=0-99"}) as r:
+            assert r.status == 206 and len(await r.read()) == 100
+        async with http.get(url, headers=AUTH) as r:
+            assert r.status == 200 and await r.read()
+        async with http.post(f"{service.url}/api/v1/recordings/{call_id}/links",
+                             headers=AUTH) as r:
+            assert r.status == 200 and "url" in await r.json()
+    assert len(opened) == 1
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+async def test_a_player_link_without_an_expiry_is_refused(recorded: Any) -> None:
+    """A validly signed recordings token lacking `exp` (or with a bad one) opens nothing;
+    the page a good one opens is neither cached nor named in a Referer."""
+    service, call_id = recorded
+    async with aiohttp.ClientSession() as http:
+        for claims in ({}, {"exp": "never"}, {"exp": int(time.time()) - 60}):
+            token = pyjwt.encode({"call": call_id, "aud": "telemed-recordings", **claims},
+                                 JWT_SECRET, algorithm="HS256")
+            for path in ("", "/pat-1.webm"):
+                async with http.get(f"{service.url}/recordings/{token}{path}") as r:
+                    assert r.status == 403, (claims, path)
+        good = pyjwt.encode({"call": call_id, "aud": "telemed-recordings",
+                             "exp": int(time.time()) + 60}, JWT_SECRET, algorithm="HS256")
+        async with http.get(f"{service.url}/recordings/{good}/pat-1.webm") as r:
+            assert r.status == 200  # the same signature with an expiry does open it
+        async with http.get(f"{service.url}/recordings/{good}") as r:
+            # The token in the URL must not reach a cache or another site's Referer.
+            assert r.status == 200
+            assert r.headers["Referrer-Policy"] == "no-referrer"
+            assert "no-store" in r.headers["Cache-Control"]
+
+
+def fill(volume: Path) -> Path:
+    """Writes a ballast file until the volume is full for real (ENOSPC)."""
+    ballast = volume / "ballast"
+    with ballast.open("wb") as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\0" * 65536)
+            fh.flush()
+    return ballast
+
+
+async def test_a_full_disk_delays_finalizing_and_the_recorders_error_is_kept(
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any
+) -> None:
+    """The volume fills mid-call: the recorder's NO_SPACE error lands in the metadata's
+    problems, and finalizing (which cannot write metadata yet) waits and retries until
+    space is freed, then lists and announces the call, with no restart."""
+    with small_volume(tmp_path / "vol", 16 * 2 ** 20) as vol:
+        env = {"TELEMED_RECORDINGS_DIR": str(vol), "TELEMED_RECORDINGS_MIN_FREE_BYTES": "0"}
+        async with run_receiver(SECRET) as receiver, \
+                run_mediaserver(recordings_root=vol) as (kms_url, _), run_service(
+                tmp_path, redis_server.url, (kms_url,),
+                env={**env, **hooks(receiver.url)}) as service:
+            worker = service.app[RECORDINGS]
+            worker.retry_base, worker.retry_cap = 0.05, 0.2
+            call = service.hub.create_call(CallKind.CONSULTATION, [
+                ("pat-1", "P", "patient"), ("doc-1", "D", "doctor")])
+            clients = clients_for(service, call)
+            try:
+                await go_live(service, call, clients)
+                ballast = await asyncio.to_thread(fill, vol)
+                failed = await clients["pat-1"].wait_event("callFailed", timeout=30)
+            finally:
+                await asyncio.gather(*(c.close() for c in clients.values()))
+            # Metadata cannot be written: the job is retried, not dropped.
+            await wait_until(lambda: call.id in worker._retries, timeout=30)
+            assert not worker.done[call.id].is_set()
+            await asyncio.to_thread(ballast.unlink)
+            await asyncio.wait_for(worker.wait(call.id), 60)
+            meta = await indexed(service, call.id)
+            await receiver.wait_for("recording.failed", call.id)
+            told = [e["data"]["problem"] for e in receiver.received
+                    if e["event"] == "recording.failed" and e["data"]["call"]["id"] == call.id]
+    assert failed["reason"] == "recording-failed"
+    assert meta["state"] == "flagged"
+    assert any("NO_SPACE" in p for p in meta["problems"]), meta["problems"]
+    assert any("NO_SPACE" in p for p in told), told

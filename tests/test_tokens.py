@@ -125,3 +125,19 @@ def test_a_token_signed_with_the_public_key_as_an_hmac_secret_is_refused() -> No
     with pytest.raises(AuthError) as info:
         verify(forged, keys=[public])
     assert info.value.code == "auth.invalid"
+
+
+@pytest.mark.parametrize("claims", [
+    {"exp": None}, {"exp": "soon"}, {"exp": [1]}, {"exp": 1e400},
+], ids=["no-exp", "text-exp", "list-exp", "infinite-exp"])
+@pytest.mark.parametrize("now", [None, 1000.0], ids=["clock", "given-now"])
+def test_a_token_without_a_usable_expiry_is_refused(claims: dict[str, object],
+                                                    now: float | None) -> None:
+    """`exp` is required and must be a number, whichever clock judges it."""
+    body: dict[str, object] = {"sub": "x", "aud": "telemed", "iss": "mis", "role": "patient",
+                               "call": "call-1", "name": "A", **claims}
+    if body["exp"] is None:
+        del body["exp"]
+    with pytest.raises(AuthError) as info:
+        verify(jwt.encode(body, KEY, algorithm="HS256"), now=now)
+    assert info.value.code == "auth.invalid"
