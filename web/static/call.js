@@ -3,8 +3,9 @@
 import { checkNetwork, explain, listDevices, openDevices, startMeter, unsupportedReason } from "./precheck.js";
 import { selectedPair, totals } from "./stats.js";
 
-const T = window.TELEMED_STRINGS;
 const app = document.getElementById("app");
+// Strings come in a data attribute: the page's policy runs no inline script.
+const T = JSON.parse(app.dataset.strings);
 const token = app.dataset.token;
 const role = app.dataset.role;
 const $ = (id) => document.getElementById(id);
