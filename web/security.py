@@ -56,10 +56,14 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
         # For browsers too old for frame-ancestors.
         headers.setdefault("X-Frame-Options", "DENY")
     headers["X-Content-Type-Options"] = "nosniff"
-    # Tokens travel in our URLs: no Referer ever leaves a page of ours.
-    headers["Referrer-Policy"] = "no-referrer"
     if request.path.startswith(TOKEN_PATHS):
         headers["Cache-Control"] = "no-store"
+        # The token is in the URL: no Referer leaves these pages at all.
+        headers["Referrer-Policy"] = "no-referrer"
+    else:
+        # Never to other sites; kept for our own, because under no-referrer Chromium sends
+        # `Origin: null` with a form post, and the demo button's origin check needs it.
+        headers["Referrer-Policy"] = "same-origin"
 
 
 def setup_security(app: web.Application) -> None:
