@@ -177,7 +177,8 @@ def create_app(
         rate_per_minute=settings.http.api_rate)
     app[WEB_CONFIG] = WebConfig(language=settings.http.language, host=settings.http.host,
                                 demo=settings.http.demo,
-                                rejoin_grace=settings.calls.rejoin_grace)
+                                rejoin_grace=settings.calls.rejoin_grace,
+                                frame_ancestors=settings.http.frame_ancestors)
     app[RECORDINGS_CONFIG] = RecordingsConfig(
         secret=endpoints.jwt_secret, public_url=settings.public_url,
         retention_days=settings.recordings.retention_days)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from mis.clients import parse_networks
 from mis.webhooks import parse_endpoint
 from signaling.tokens import load_public_key
+from web.security import check_origin
 
 __all__ = [
     "AuthSettings",
@@ -69,6 +70,11 @@ class HttpSettings:
     )
     allowed_origins: tuple[str, ...] = setting(
         (), "WebSocket Origins accepted. Empty: the origin of public_url only."
+    )
+    frame_ancestors: tuple[str, ...] = setting(
+        (), "Origins (scheme://host[:port]) allowed to embed the pages in an iframe, e.g. the"
+        " MIS's patient cabinet; they also receive the embedded page's postMessage events."
+        " Empty: no site may frame the pages (docs/web.md, Embedding)."
     )
     max_frame_bytes: int = setting(
         65536, "Largest WebSocket frame accepted from a client.", unit="bytes", min=1024
@@ -524,6 +530,11 @@ def _check_together(settings: Settings) -> None:
         parse_networks(settings.http.trusted_proxies)
     except ValueError as exc:
         raise SettingsError(f"http.trusted_proxies: {exc}") from None
+    for origin in settings.http.frame_ancestors:
+        try:
+            check_origin(origin)
+        except ValueError as exc:
+            raise SettingsError(f"http.frame_ancestors: {exc}") from None
     hooks = settings.webhooks
     if hooks.endpoints and not hooks.secret:
         raise SettingsError("webhooks.secret: required when webhooks.endpoints is set")

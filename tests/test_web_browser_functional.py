@@ -13,6 +13,7 @@ from signaling.call import CallKind, CallState
 from tests.helpers import scaled
 from tests.hub_fixtures import API_KEY, Service, run_service
 from tests.media_fixtures import ffprobe, run_mediaserver
+from tests.page_checks import wait_js
 from tests.services import RedisServer, TurnServer, free_port
 from web.i18n import STRINGS
 
@@ -61,9 +62,9 @@ async def open_call(browser: Any, link: str, name: str, width: int = 1280,
 
 async def assert_video_advances(page: Any) -> None:
     """The other participant's picture has a size and new frames keep arriving."""
-    await page.wait_for_function(VIDEO_PLAYING, timeout=scaled(30) * 1000)
+    await wait_js(page, VIDEO_PLAYING, timeout=scaled(30) * 1000)
     first = await page.evaluate(FRAMES_SHOWN)
-    await page.wait_for_function(f"({FRAMES_SHOWN})() > {first} + 10",
+    await wait_js(page, f"({FRAMES_SHOWN})() > {first} + 10",
                                  timeout=scaled(10) * 1000)
 
 
@@ -100,7 +101,7 @@ async def test_patient_and_doctor_pages_complete_a_recorded_consultation(
                                          timeout=scaled(10) * 1000)
             assert await page.inner_text("#network-text") == RU["net_relay_ok"]
             assert await page.locator("#camera-select option").count() >= 1
-            await page.wait_for_function(
+            await wait_js(page,
                 "Number(document.getElementById('mic-level').dataset.peak) > 0",
                 timeout=scaled(5) * 1000)
         await patient.screenshot(path=str(ARTIFACTS / "join-phone.png"))
@@ -112,7 +113,7 @@ async def test_patient_and_doctor_pages_complete_a_recorded_consultation(
             await page.wait_for_selector("#recording:not([hidden])", timeout=scaled(15) * 1000)
         for page in (patient, doctor):
             await page.wait_for_selector("body[data-call-state=live]", timeout=scaled(15) * 1000)
-            await page.wait_for_function(
+            await wait_js(page,
                 "Number(document.getElementById('quality').dataset.kbps) > 0 && "
                 "document.getElementById('quality').dataset.rtt !== ''",
                 timeout=scaled(10) * 1000)
@@ -239,12 +240,13 @@ async def test_a_dropped_connection_rejoins_within_the_grace_and_pictures_come_b
         for page in (patient, doctor):
             await page.wait_for_selector("body[data-call-state=live]", timeout=scaled(30) * 1000)
         await patient.evaluate("window.sockets[window.sockets.length - 1].close()")
-        await patient.wait_for_function("window.sockets.length === 2", timeout=scaled(10) * 1000)
+        await wait_js(patient, "window.sockets.length === 2", timeout=scaled(10) * 1000)
         for page in (patient, doctor):
             await assert_video_advances(page)
             await page.wait_for_selector("body[data-call-state=live]", timeout=scaled(30) * 1000)
+        # Alone until the doctor's join (the patient clicked first).
         assert await patient.evaluate("window.callStates") == [
-            "connecting", "live", "reconnecting", "connecting", "live"]
+            "alone", "connecting", "live", "reconnecting", "connecting", "live"]
         events = [e["event"] for e in await timeline(service, call.id)
                   if e.get("participant") == "pat-5"]
         assert "disconnected" in events and "rejoined" in events
@@ -318,7 +320,7 @@ async def test_chromium_mdns_candidates_are_dropped_and_media_still_arrives(
             await doctor.publish()
             await page.goto(f"{service.url}/healthz")  # any page of ours: the right Origin
             await page.evaluate(RECEIVE_ONLY, [service.token(call.id, "pat-8"), "doc-8"])
-            await page.wait_for_function(f"({FRAMES_DECODED})().then(n => n > 5)",
+            await wait_js(page, f"({FRAMES_DECODED})().then(n => n > 5)",
                                          timeout=scaled(30) * 1000, polling=200)
             sent = await page.evaluate("window.sentCandidates")
         finally:
@@ -467,6 +469,8 @@ async def test_a_call_whose_media_is_blocked_shows_the_watchdog_failure(
 async def test_a_conference_grid_holds_everyone_and_highlights_who_speaks(
     tmp_path: Path, redis_server: RedisServer, browser: Any
 ) -> None:
+    """Three in a conference: two columns on a desktop, one on a phone; the talker's tile
+    is highlighted."""
     from tests.hub_fixtures import CallClient
 
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
@@ -490,11 +494,11 @@ async def test_a_conference_grid_holds_everyone_and_highlights_who_speaks(
             await page.click("#join-button")
             await page.wait_for_selector("#grid[data-count='3']", timeout=scaled(15) * 1000)
             for pid in ("doc-b", "doc-c"):
-                await page.wait_for_function(
+                await wait_js(page,
                     f"(() => {{ const v = document.querySelector("
                     f"'.tile[data-participant={pid}] video');"
                     f" return !!v && v.videoWidth > 0; }})()", timeout=scaled(30) * 1000)
-            await page.wait_for_function(
+            await wait_js(page,
                 "document.querySelectorAll('.tile.speaking').length === 1 && "
                 "!!document.querySelector('.tile[data-participant=doc-b].speaking')",
                 timeout=scaled(15) * 1000)
@@ -503,6 +507,13 @@ async def test_a_conference_grid_holds_everyone_and_highlights_who_speaks(
                 ".gridTemplateColumns.split(' ').length")
             assert columns == 2
             await page.screenshot(path=str(ARTIFACTS / "conference-desktop.png"))
+            # On a phone the same grid is one column (docs/web.md), scrolled, not shrunk.
+            await page.set_viewport_size({"width": 390, "height": 844})
+            columns = await page.evaluate(
+                "getComputedStyle(document.getElementById('grid'))"
+                ".gridTemplateColumns.split(' ').length")
+            assert columns == 1
+            await page.screenshot(path=str(ARTIFACTS / "conference-phone.png"), full_page=True)
         finally:
             await page.context.close()
             await talker.close()

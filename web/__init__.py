@@ -21,6 +21,7 @@ from signaling.tokens import JoinClaims, verify_join_token
 from web.config import WEB_CONFIG
 from web.context import language, page_context
 from web.i18n import strings
+from web.security import setup_security
 from web.workstation import setup_workstation
 
 __all__ = ["language", "page_context", "setup_web"]
@@ -45,6 +46,8 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def demo_call(request: web.Request) -> web.Response:
+    """Creates a test consultation, then redirects to its page (post, redirect, get): a
+    reload or a language switch shows the same call instead of making another."""
     if not demo_allowed(request):
         raise web.HTTPNotFound()
     # A form post from another site must not start calls on a doctor's machine.
@@ -56,6 +59,17 @@ async def demo_call(request: web.Request) -> web.Response:
         ("demo-patient", t["demo_patient_name"], "patient"),
         ("demo-doctor", t["demo_doctor_name"], "doctor"),
     ], {"demo": True})
+    raise web.HTTPSeeOther(f"/demo/call/{call.id}?lang={language(request)}")
+
+
+async def demo_links(request: web.Request) -> web.Response:
+    """The two links of a test consultation made by the demo button (fresh tokens)."""
+    if not demo_allowed(request):
+        raise web.HTTPNotFound()
+    call = request.app[HUB].calls.get(request.match_info.get("call_id", ""))
+    if call is None or call.finished or not call.metadata.get("demo"):
+        # The old GET target of the language switch, or a call that is over: start again.
+        raise web.HTTPSeeOther(f"/?lang={language(request)}")
     links = [{"role": p["role"], "href": p["link"]} for p in request.app[API].tokens(call)]
     return aiohttp_jinja2.render_template(
         "index.html", request, page_context(request, demo=True, links=links))
@@ -74,14 +88,12 @@ async def join_page(request: web.Request) -> web.Response:
         role = _claims(request, token).role
     except AuthError:
         role = "patient"  # the page shows the token error once the socket refuses it
-    lang = language(request)
-    grace = request.app[WEB_CONFIG].rejoin_grace
-    response = aiohttp_jinja2.render_template(
-        "join.html", request, page_context(request, token=token, role=role, grace=grace,
-                                           strings_json=json.dumps(strings(lang))))
-    # The token is in the URL: keep it out of other sites' Referer headers.
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    config = request.app[WEB_CONFIG]
+    return aiohttp_jinja2.render_template(
+        "join.html", request, page_context(
+            request, token=token, role=role, grace=config.rejoin_grace,
+            strings_json=json.dumps(strings(language(request))),
+            embedders_json=json.dumps(list(config.frame_ancestors))))
 
 
 async def precheck_ice(request: web.Request) -> web.Response:
@@ -112,7 +124,10 @@ def setup_web(app: web.Application) -> None:
                          autoescape=jinja2.select_autoescape(["html"]))
     app.router.add_get("/", index)
     app.router.add_post("/demo/call", demo_call)
+    app.router.add_get("/demo/call", demo_links)
+    app.router.add_get("/demo/call/{call_id}", demo_links)
     app.router.add_get("/join/{token}", join_page)
     app.router.add_post("/precheck/ice", precheck_ice)
     app.router.add_static("/static", HERE / "static")
     setup_workstation(app)
+    setup_security(app)

@@ -18,6 +18,9 @@ class WebConfig:
     demo: bool
     #: Seconds a page may take to reconnect before the others are told it left.
     rejoin_grace: float
+    #: Origins (the MIS) allowed to embed the pages in an iframe, and to hear their
+    #: postMessage events. Empty: no embedding.
+    frame_ancestors: tuple[str, ...] = ()
 
 
 WEB_CONFIG = web.AppKey("web_config", WebConfig)

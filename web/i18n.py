@@ -27,6 +27,20 @@ STRINGS: dict[str, dict[str, str]] = {
         "join": "Подключиться",
         "joining": "Подключение…",
         "waiting": "Ожидаем второго участника…",
+        "waiting_doctor": "Вы в приёме. Ожидаем врача…",
+        "waiting_patient": "Вы в приёме. Ожидаем пациента…",
+        "audio_only": "Камера недоступна, поэтому вы подключитесь только со звуком: врач "
+                      "услышит вас и увидит ваше имя. Чтобы включить видео, разрешите "
+                      "доступ к камере в настройках браузера и обновите страницу.",
+        "failed_no_media_other": "Не удалось установить соединение: видео и звук "
+                                 "собеседника ({name}) не доходят из-за его сети. Вам ничего "
+                                 "делать не нужно: войдите снова по той же ссылке чуть позже.",
+        "failed_no_media_patient": "Не удалось установить соединение: сеть участника {name} "
+                                   "не пропускает видео и звук. Ему предложено подключиться "
+                                   "через другую сеть (например, мобильную) по той же ссылке.",
+        "quality_none": "Видео и звук пока не идут",
+        "tile_muted": "Микрофон выключен",
+        "tile_camera_off": "Камера выключена",
         "connecting": "Устанавливаем соединение…",
         "live": "Приём идёт",
         "recording": "Идёт запись",
@@ -118,7 +132,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "ws_open_connecting": "Присоединиться",
         "ws_wait_ring": "Ожидает вызова врача",
         "kind_consultation": "Консультация",
-        "kind_referral": "Консилиум",
+        "kind_referral": "Консультация специалиста",
         "kind_conference": "Конференция",
         "state_created": "Назначен",
         "state_ringing": "Вызов",
@@ -145,6 +159,22 @@ STRINGS: dict[str, dict[str, str]] = {
         "join": "Join",
         "joining": "Joining…",
         "waiting": "Waiting for the other participant…",
+        "waiting_doctor": "You are in the consultation. Waiting for the doctor…",
+        "waiting_patient": "You are in the consultation. Waiting for the patient…",
+        "audio_only": "No camera is available, so you will join with sound only: the doctor "
+                      "will hear you and see your name. To turn video on, allow the camera in "
+                      "the browser settings and reload the page.",
+        "failed_no_media_other": "The connection could not be established: the other "
+                                 "participant's ({name}) network lets no video or sound "
+                                 "through. Nothing to do on your side: open the same link "
+                                 "again a little later.",
+        "failed_no_media_patient": "The connection could not be established: {name}'s "
+                                   "network lets no video or sound through. They were asked "
+                                   "to try another network (for example mobile data) with "
+                                   "the same link.",
+        "quality_none": "No video or sound flowing yet",
+        "tile_muted": "Microphone off",
+        "tile_camera_off": "Camera off",
         "connecting": "Connecting…",
         "live": "In consultation",
         "recording": "Recording",

@@ -80,9 +80,7 @@ async def workstation_page(request: web.Request) -> web.Response:
                 request, refused=False, calls=calls, me=claims.name,
                 rings_json=json.dumps(rings),
                 strings_json=json.dumps(strings(language(request)))))
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return response  # web.security adds no-store and no-referrer
 
 
 def setup_workstation(app: web.Application) -> None:

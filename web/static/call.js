@@ -1,10 +1,13 @@
 // The call page: pre-call check, then one publishing RTCPeerConnection and one receiving
 // RTCPeerConnection per other participant, driven over the telemed.v1 WebSocket protocol.
-import { checkNetwork, explain, listDevices, openDevices, startMeter, unsupportedReason } from "./precheck.js";
+import { checkNetwork, codeText, explain, listDevices, openDevices, startMeter, unsupportedReason } from "./precheck.js";
 import { selectedPair, totals } from "./stats.js";
+import { failureText, makeNotifier } from "./outcome.js";
+import { looksBlack, showMedia, tileParts } from "./tiles.js";
 
-const T = window.TELEMED_STRINGS;
 const app = document.getElementById("app");
+// Strings come in a data attribute: the page's policy runs no inline script.
+const T = JSON.parse(app.dataset.strings);
 const token = app.dataset.token;
 const role = app.dataset.role;
 const $ = (id) => document.getElementById(id);
@@ -16,7 +19,12 @@ const state = {
   reconnecting: false, serverLive: false, cancelled: false, stopMeter: () => {},
   statsTimer: null, ringWired: false, ringer: null, countdown: null, last: new Map(),
   grace: Number(app.dataset.grace) || 20, network: null, speaker: null, serverErrors: 0,
+  me: null, present: new Map(), audioOnly: false, silentSince: new Map(), told: new Set(),
 };
+// The embedding page (if the MIS framed us) hears joined, live, ended and failed.
+const notify = makeNotifier(JSON.parse(app.dataset.embedders || "[]"));
+// Participant states in which someone is (or is about to be) in the call with us.
+const PRESENT = new Set(["connecting", "connected", "reconnecting"]);
 
 // ---------------------------------------------------------------- pre-call check
 
@@ -27,12 +35,34 @@ function showPrecheckError(text) {
 }
 
 async function useDevices() {
-  state.local = await openDevices(state.local);
+  try {
+    state.local = await openDevices(state.local);
+    state.audioOnly = false;
+  } catch (err) {
+    // No camera, or the camera refused: the microphone alone still makes a consultation.
+    if (!["NotAllowedError", "NotFoundError", "OverconstrainedError", "NotReadableError",
+          "SecurityError"].includes(err && err.name)) throw err;
+    state.local = await openDevices(null, { video: false }).catch(() => { throw err; });
+    state.audioOnly = true;
+    report("mediaError", { name: err.name, message: String(err.message), audioOnly: true });
+  }
+  setAudioOnly(state.audioOnly);
   $("preview").srcObject = state.local;
   $("local").srcObject = state.local;
   state.stopMeter();
   state.stopMeter = startMeter(state.local, $("mic-level"));
   $("precheck-error").hidden = true;
+}
+
+// Joining with the microphone only: said above the preview, the camera button off.
+function setAudioOnly(on) {
+  const note = $("audio-only");
+  note.hidden = !on;
+  $("preview-wrap").classList.toggle("no-picture", on);
+  const camera = $("camera");
+  camera.disabled = on;
+  camera.setAttribute("aria-pressed", String(on));
+  showMedia($("self-tile"), T, { video: !on });
 }
 
 async function precheck() {
@@ -105,22 +135,21 @@ function finish(text, { retry = false } = {}) {
   $("outcome").hidden = false;
   $("outcome-text").textContent = text;
   $("retry").hidden = !retry;
+  // The keyboard (and a screen reader) land on what happened, not on a vanished button.
+  $("outcome-text").focus();
   document.body.dataset.callState = "over";
   const ws = state.ws;
   state.ws = null;
   if (ws) ws.close();
 }
 
-function failureText(reason) {
-  if (role === "consultant" && reason === "declined") return T.declined_by_you;
-  if (role === "consultant" && reason === "ring-timeout") return T.ring_missed;
-  const key = {
-    "no-media": "failed_no_media", "media-server-lost": "failed_media_server",
-    "recording-failed": "failed_recording", "declined": "failed_declined",
-    "ring-timeout": "failed_ring_timeout", "turn-exhausted": "failed_turn",
-    "shutdown": "failed_shutdown",
-  }[reason];
-  return T[key || "failed_other"];
+// The status while the call is not live: who we wait for, if nobody else is here.
+function waitingStatus() {
+  const others = [...state.present.values()].filter((p) => PRESENT.has(p.state));
+  if (others.length) { setStatus(T.connecting, "connecting"); return; }
+  const key = role === "patient" ? "waiting_doctor" : role === "doctor" ? "waiting_patient"
+    : "waiting";
+  setStatus(T[key], "alone");
 }
 
 function onEvent(msg) {
@@ -130,16 +159,29 @@ function onEvent(msg) {
       // A rejoin (even one so quick that no participantReconnecting came first) means
       // the server dropped their old media: the next participantPublished starts afresh.
       state.names.set(msg.participant.id, msg.participant.name);
+      state.present.set(msg.participant.id, msg.participant);
       closePc(msg.participant.id);
       markTile(msg.participant.id, "");
+      peerState(msg.participant.id, "connected");
+      if (!state.serverLive) waitingStatus();
       break;
     case "participantPublished": subscribe(msg.participant, msg.kinds); break;
     case "participantReconnecting":
       closePc(msg.participant);
       markTile(msg.participant, T.peer_reconnecting);
-      setStatus(T.peer_reconnecting);
+      peerState(msg.participant, "reconnecting");
+      // Not live while someone is missing; their pictures coming back make it live again.
+      setStatus(T.peer_reconnecting, "peer-reconnecting");
       break;
-    case "participantLeft": removeTile(msg.participant); setStatus(T.participant_left); break;
+    case "participantLeft":
+      removeTile(msg.participant);
+      state.present.delete(msg.participant);
+      setStatus(T.participant_left);
+      break;
+    case "participantMedia":
+      state.told.add(msg.participant);
+      showMedia(state.tiles.get(msg.participant), T, { audio: msg.audio, video: msg.video });
+      break;
     case "mediaInterrupted": if (msg.viewer) markTile(msg.participant, T.media_interrupted); break;
     case "mediaRestored": if (msg.viewer) markTile(msg.participant, ""); break;
     case "recording": $("recording").hidden = msg.state !== "on"; break;
@@ -147,12 +189,19 @@ function onEvent(msg) {
       state.serverLive = true;
       setStatus(T.live, "live");
       $("recording").hidden = false;
+      notify("live");
       break;
     case "callFailed":
       report("shown", { reason: msg.reason });
-      finish(failureText(msg.reason), { retry: !["declined", "ring-timeout"].includes(msg.reason) });
+      notify("failed", { reason: msg.reason });
+      finish(failureText(T, { role, me: state.me, names: state.names, reason: msg.reason,
+                              detail: msg.detail }),
+             { retry: !["declined", "ring-timeout"].includes(msg.reason) });
       break;
-    case "callEnded": finish(state.cancelled ? T.ring_cancelled : T.ended); break;
+    case "callEnded":
+      notify("ended");
+      finish(state.cancelled ? T.ring_cancelled : T.ended);
+      break;
     case "replaced": finish(T.replaced); break;
     case "incomingCall": showRing(msg.caller, msg.timeout); break;
     case "ringAccepted": setStatus(T.ring_accepted); break;
@@ -212,6 +261,7 @@ function connectSocket() {
 async function hello() {
   const welcome = await request("hello", { token });
   state.authed = true;
+  state.me = welcome.participant;
   return welcome;
 }
 
@@ -243,6 +293,7 @@ async function reconnect() {
       state.ws = null;
       if (ws) ws.close();
       if (err.code && TERMINAL.test(err.code)) {
+        if (err.code === "call.ended") notify("ended");
         finish(err.code === "call.ended" ? T.ended : T.reconnect_failed, { retry: err.code !== "call.ended" });
         return;
       }
@@ -325,6 +376,7 @@ function newPc(target) {
 }
 
 function closePc(target) {
+  state.silentSince.delete(target);
   const pc = state.pcs.get(target);
   if (pc) pc.close();
   state.pcs.delete(target);
@@ -351,13 +403,13 @@ function tile(participant) {
     const video = document.createElement("video");
     video.autoplay = true;
     video.playsInline = true;
-    const caption = document.createElement("figcaption");
-    caption.textContent = state.names.get(participant) || participant;
+    const name = state.names.get(participant) || participant;
+    tileParts(fig, name, video);
     const note = document.createElement("span");
     note.className = "tile-note";
     note.hidden = true;
-    fig.append(video, caption, note);
-    video.setAttribute("aria-label", caption.textContent);
+    fig.append(note);
+    video.setAttribute("aria-label", name);
     $("grid").appendChild(fig);
     state.tiles.set(participant, fig);
     updateGrid();
@@ -374,6 +426,12 @@ function markTile(participant, text) {
   fig.classList.toggle("troubled", Boolean(text));
 }
 
+// A participant's connection state on their tile (reconnecting, or back).
+function peerState(participant, value) {
+  const fig = state.tiles.get(participant);
+  if (fig) fig.dataset.state = value;
+}
+
 function removeTile(participant) {
   closePc(participant);
   const fig = state.tiles.get(participant);
@@ -387,6 +445,11 @@ async function subscribe(participant, kinds) {
   const pc = newPc(participant);
   pc.addTransceiver("audio", { direction: "recvonly" });
   pc.addTransceiver("video", { direction: "recvonly" });
+  // Audio only (no camera, or refused): the tile shows the name instead of a picture.
+  const fig = tile(participant);
+  if (!kinds.includes("audio")) fig.dataset.sends = "video";
+  showMedia(fig, T, { video: kinds.includes("video"),
+                      audio: kinds.includes("audio") ? undefined : false });
   const stream = new MediaStream();
   pc.addEventListener("track", (e) => {
     stream.addTrack(e.track);
@@ -403,6 +466,13 @@ async function subscribe(participant, kinds) {
 
 function quality(kbps, loss, rtt) {
   const el = $("quality");
+  if (kbps === 0) {
+    // Nothing flows (yet): no grade to give, and certainly not "good".
+    el.dataset.grade = "none";
+    el.dataset.kbps = "0";
+    $("quality-text").textContent = T.quality_none;
+    return;
+  }
   const grade = loss > 5 || (rtt !== null && rtt > 0.4) ? "poor"
     : loss > 1 || (rtt !== null && rtt > 0.2) ? "fair" : "good";
   el.dataset.grade = grade;
@@ -433,6 +503,7 @@ async function pollStats() {
       markTile(target, "");
     }
     if (now.level > loudestLevel) { loudest = target; loudestLevel = now.level; }
+    guessMedia(target, now);
   }
   // Held for a moment, so the highlight does not flicker between words.
   if (loudest) state.speaker = { id: loudest, at: Date.now() };
@@ -448,6 +519,28 @@ async function pollStats() {
   quality(Math.round(bits / 1000), loss, rtt);
 }
 
+// Camera off and microphone off as they arrive (black frames; no audio energy for a
+// while), unless the server told us (participantMedia).
+function guessMedia(target, now) {
+  const fig = state.tiles.get(target);
+  if (!fig || state.told.has(target) || !state.reported.has(target)) return;
+  const update = {};
+  // Two black seconds in a row: a decoder's first frames may be black too.
+  const black = looksBlack(fig.querySelector("video"));
+  const wasBlack = fig.dataset.black === "1";
+  fig.dataset.black = black ? "1" : "0";
+  if (black === false) update.video = true;
+  else if (black && wasBlack) update.video = false;
+  if (fig.dataset.sends !== "video") {
+    const heard = state.silentSince.get(target) || { energy: -1, at: Date.now() };
+    // A disabled microphone sends digital silence; codecs may add a trace of noise.
+    const sound = now.energy - heard.energy > 1e-7;
+    if (sound) state.silentSince.set(target, { energy: now.energy, at: Date.now() });
+    update.audio = sound || Date.now() - heard.at < 2500;
+  }
+  showMedia(fig, T, update);
+}
+
 async function enterCall() {
   const joined = await request("join");
   state.inCall = true;
@@ -458,8 +551,15 @@ async function enterCall() {
   $("precheck").hidden = true;
   stopRinging();
   $("call").hidden = false;
-  setStatus(joined.participants.length ? T.connecting : T.waiting, "connecting");
-  for (const p of joined.participants) state.names.set(p.id, p.name);
+  for (const p of joined.participants) {
+    state.names.set(p.id, p.name);
+    state.present.set(p.id, p);
+  }
+  // Connecting (or waiting, when alone) even in a live call we rejoin: its pictures have
+  // to come back before it is live for us.
+  waitingStatus();
+  $("self-initial").textContent = (joined.you.name || "?").trim().charAt(0).toUpperCase();
+  notify("joined", { call: joined.call.id, participant: joined.you.id });
   for (const message of state.queued.splice(0)) send(message);
   await publish();
   for (const p of joined.participants) subscribe(p.id, p.published);
@@ -555,9 +655,8 @@ async function join() {
   } catch (err) {
     $("join-button").textContent = T.join;
     $("join-button").disabled = false;
-    const tokenBad = err.code && (err.code.startsWith("auth.") || err.code.startsWith("call.not_"));
-    const text = tokenBad ? T.err_token : err.code === "call.ended" ? T.ended
-      : err.code === "turn.exhausted" ? T.failed_turn : `${T.err_generic} ${err.message}`;
+    const text = codeText(T, err.code) || (err.code === "turn.exhausted" ? T.failed_turn
+      : `${T.err_generic} ${err.message}`);
     report("joinFailed", { code: err.code || null });
     showPrecheckError(text);
     state.inCall = false;
@@ -565,6 +664,11 @@ async function join() {
     state.ws = null;
     if (ws) ws.close();
   }
+}
+
+function mediaState() {
+  const on = (tracks) => tracks.length > 0 && tracks.some((t) => t.enabled);
+  return { audio: on(state.local.getAudioTracks()), video: on(state.local.getVideoTracks()) };
 }
 
 function toggle(kind, button, offLabel, onLabel) {
@@ -575,8 +679,10 @@ function toggle(kind, button, offLabel, onLabel) {
   const label = enabled ? offLabel : onLabel;
   button.setAttribute("aria-label", label);
   button.title = label;
-  if (kind === "video") $("local").closest(".tile").classList.toggle("camera-off", !enabled);
+  showMedia($("self-tile"), T, kind === "audio" ? { audio: enabled } : { video: enabled });
   report(kind === "audio" ? "micToggled" : "cameraToggled", { enabled });
+  // For the others' tiles; a server that relays it sends participantMedia (docs/web.md).
+  report("mediaState", mediaState());
 }
 
 $("accept").addEventListener("click", async () => {

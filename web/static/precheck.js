@@ -26,13 +26,14 @@ export function explain(T, err) {
   }
 }
 
-export async function openDevices(previous) {
+// The chosen camera and microphone; `{video: false}` for the microphone alone.
+export async function openDevices(previous, { video = true } = {}) {
   const camera = $("camera-select").value;
   const mic = $("mic-select").value;
   const size = { width: { ideal: 640 }, height: { ideal: 480 } };
   const constraints = {
     audio: mic ? { deviceId: { exact: mic } } : true,
-    video: camera ? { deviceId: { exact: camera }, ...size } : size,
+    video: !video ? false : camera ? { deviceId: { exact: camera }, ...size } : size,
   };
   if (previous) previous.getTracks().forEach((t) => t.stop());
   return navigator.mediaDevices.getUserMedia(constraints);
@@ -102,6 +103,19 @@ export async function relayWorks(iceServers, timeoutMs) {
   }
 }
 
+// What an error code from the service means to the person holding the link, or null when
+// it says nothing about the link (the caller then shows its own text). Only a link that
+// can never work is "invalid or expired"; a call that is over or a removal says so.
+export function codeText(T, code) {
+  if (!code) return null;
+  if (code.startsWith("auth.") || code === "call.not_found" || code === "call.not_yours") {
+    return T.err_token;
+  }
+  if (code === "call.ended") return T.ended;
+  if (code === "call.removed") return T.removed;
+  return null;
+}
+
 // Runs the network check and shows its verdict; returns it for the call's timeline.
 export async function checkNetwork(T, token) {
   const box = $("network");
@@ -118,9 +132,9 @@ export async function checkNetwork(T, token) {
     });
     const body = await reply.json();
     if (!reply.ok) {
-      const tokenBad = body.code && (body.code.startsWith("auth.") || body.code.startsWith("call."));
-      show("error", tokenBad ? T.err_token : T.net_unavailable);
-      return { result: tokenBad ? "token" : "error", code: body.code };
+      const text = codeText(T, body.code);
+      show(text ? "token" : "error", text || T.net_unavailable);
+      return { result: text ? "token" : "error", code: body.code };
     }
     servers = body.iceServers;
   } catch (err) {

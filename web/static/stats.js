@@ -26,15 +26,19 @@ export function selectedPair(stats) {
 }
 
 // Totals of one connection: bytes in and out, packets received and lost, round trip (s),
-// the loudest inbound audio level and the number of decoded video frames.
+// the loudest inbound audio level, the number of decoded video frames and the inbound
+// audio energy so far.
 export function totals(stats) {
-  const t = { bytesIn: 0, bytesOut: 0, received: 0, lost: 0, rtt: null, level: 0, frames: 0 };
+  const t = { bytesIn: 0, bytesOut: 0, received: 0, lost: 0, rtt: null, level: 0, frames: 0,
+              energy: 0 };
   stats.forEach((s) => {
     if (s.type === "inbound-rtp") {
       t.bytesIn += s.bytesReceived || 0;
       t.received += s.packetsReceived || 0;
       t.lost += Math.max(0, s.packetsLost || 0);
       if (s.kind === "audio" && typeof s.audioLevel === "number") t.level = Math.max(t.level, s.audioLevel);
+      // Grows with every audible sample: a muted sender's silence adds nothing.
+      if (s.kind === "audio" && typeof s.totalAudioEnergy === "number") t.energy += s.totalAudioEnergy;
       if (s.kind === "video") t.frames += s.framesDecoded || 0;
     } else if (s.type === "outbound-rtp") {
       t.bytesOut += s.bytesSent || 0;

@@ -1,7 +1,9 @@
 // The workstation: lists the calls (rendered by the server), refreshes the list, and for a
 // consultant keeps one socket per referral so that the doctor's ring reaches this page.
-const T = window.TELEMED_STRINGS;
 const $ = (id) => document.getElementById(id);
+// Strings and rings come in data attributes: the page's policy runs no inline script.
+const T = JSON.parse($("workstation").dataset.strings);
+const RINGS = JSON.parse($("workstation").dataset.rings);
 const REFRESH_MS = 20000;
 let ringing = null;
 let countdown = null;
@@ -75,7 +77,7 @@ $("decline").addEventListener("click", async () => {
   stop(T.declined_by_you);
 });
 
-for (const entry of window.TELEMED_RINGS) listen(entry);
+for (const entry of RINGS) listen(entry);
 document.body.dataset.callState = "waiting";
 // New calls from the MIS appear without a click; never while a ring is on screen.
 setInterval(() => { if (!ringing) location.reload(); }, REFRESH_MS);
