@@ -71,7 +71,7 @@ async def test_local_addresses_in_every_disguise_are_dropped_and_a_prefix_stripp
     """::ffff:127.0.0.1, 169.254/16, component 3, port 0 and broadcast never reach the
     media server (each is in the timeline as dropped); `a=candidate:` goes on without
     its `a=`, and ::ffff:a.b.c.d as a.b.c.d."""
-    call_id = next(c for c, people in service.hub.online.items() if "pat-9" in people)
+    call_id = next(c for c, people in service.hub.presence.online.items() if "pat-9" in people)
     bad = {
         "::ffff:127.0.0.1": "loopback", "::ffff:169.254.0.9": "link-local",
         "169.254.169.254": "link-local", "255.255.255.255": "broadcast",
@@ -86,7 +86,7 @@ async def test_local_addresses_in_every_disguise_are_dropped_and_a_prefix_stripp
     dropped = [r for e in call.timeline.as_list() if e["event"] == "candidates-dropped"
                for r in e["reasons"]]
     assert dropped == [*bad.values(), "component", "port-zero"]
-    held = service.hub.runtime[call_id].media.buffer.take("pat-9/publish")
+    held = service.hub.sessions[call_id].media.buffer.take("pat-9/publish")
     assert [c["candidate"] for c in held] == [
         PUBLIC, PUBLIC.replace("81.2.69.160", "81.2.69.161")]
 

@@ -9,7 +9,7 @@ import json
 import signal
 from pathlib import Path
 
-from signaling.app import RECORDINGS
+from telemed.app import RECORDINGS
 
 from signaling.call import CallKind
 from tests.hub_fixtures import clients_for, go_live, run_service
