@@ -105,8 +105,8 @@ async def sample(service: Service, kms_pid: int, kurento: KurentoClient, done: i
         "turn_leases": await hub.turn.in_use(),
         "redis_keys_history": per_call, "redis_keys_other": other,
         "tasks": len(asyncio.all_tasks()), "timers_other": timers - lingering,
-        "lingering_calls": lingering, "hub_runtime": len(hub.runtime),
-        "hub_online": len(hub.online), "hub_rings": len(hub.rings),
+        "lingering_calls": lingering, "hub_runtime": len(hub.sessions),
+        "hub_online": len(hub.presence.online), "hub_rings": len(hub.referrals.ringing.rings),
         "recording_jobs_remembered": len(service.app[RECORDINGS].done),
     }
 
