@@ -9,9 +9,8 @@ import json
 import signal
 from pathlib import Path
 
-from telemed.app import RECORDINGS
-
 from signaling.call import CallKind
+from telemed.app import RECORDINGS
 from tests.hub_fixtures import clients_for, go_live, run_service
 from tests.media_fixtures import mediaserver_process
 from tests.services import RedisServer, free_port
