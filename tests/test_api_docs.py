@@ -14,6 +14,7 @@ from mis.answers import status_of
 from mis.openapi import document
 from mis.webhooks import EVENTS
 from signaling.call import CallState, FailureReason
+from signaling.events import CallEvent
 from signaling.hub import Hub
 from signaling.participant import ParticipantState
 from signaling.watchdog import Expectation, MediaWatchdog
@@ -153,10 +154,14 @@ def test_the_webhook_events_documented_are_the_events_sent() -> None:
     documented = re.findall(r"`((?:call|participant|recording)\.[a-z_]+)`", events)
     assert sorted(set(documented)) == sorted(EVENTS)
     senders = "".join(p.read_text() for p in (
-        ROOT / "signaling" / "hub.py", ROOT / "recordings" / "worker.py",
-        ROOT / "telemed" / "app.py"))
+        ROOT / "signaling" / "hub.py", ROOT / "signaling" / "call_session.py",
+        ROOT / "recordings" / "worker.py", ROOT / "telemed" / "app.py"))
+    by_value = {e.value: e.name for e in CallEvent}
     for event in EVENTS:
-        assert f'"{event}"' in senders, f"{event} is documented but never sent"
+        # Call events are sent as `CallEvent.<NAME>`, the recordings' as strings.
+        sent = f"CallEvent.{by_value[event]}" in senders if event in by_value \
+            else f'"{event}"' in senders
+        assert sent, f"{event} is documented but never sent"
 
 
 #: Documented failure reasons no code fails a call with: the hub's owner sends or drops them.

@@ -219,6 +219,7 @@ def test_describe_gives_the_call_and_its_participants_as_the_api_shows_them() ->
             {"id": "pat", "name": "P", "role": "patient", "state": "invited",
              "published": []}],
         "createdAt": 100.0, "metadata": {"room": "4"}, "schedule": {"start": 1.0, "end": 2.0},
+        "maxParticipants": 2,
     }
     call.transition(CallState.FAILED, reason=FailureReason.INTERNAL, detail="boom")
     described = call.describe()
