@@ -101,8 +101,6 @@ async def test_offers_only_the_media_layer_refuses_are_sdp_invalid(
         await client.close()
 
 
-@pytest.mark.xfail(strict=True, reason="needs media: CallMedia.publish keeps the publisher "
-                   "endpoint of an offer the media server refused")
 async def test_after_a_media_layer_refusal_the_participant_can_publish(
     service: Service
 ) -> None:
