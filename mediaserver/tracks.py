@@ -42,6 +42,10 @@ RECORDER_DELAY = {"audio": 5.0, "video": 5.0}
 #: ours keeps its place); only a source that stopped sending for this long without its
 #: timestamps moving leaves a gap of our making.
 RESYNC = 10.0
+#: A video sink still waiting for a keyframe this long after asking asks again: the
+#: request (RTCP PLI) or the keyframe itself may have been lost, and a publisher's encoder
+#: sends none on its own for minutes.
+KEYFRAME_RETRY = 1.0
 
 Probe = Callable[[], Awaitable[tuple[int, int]]]
 
@@ -145,6 +149,9 @@ class Tap:
         # from the first wait (none).
         self._need_keyframe = fanout.kind == "video"
         self._recovering = False
+        #: Arrival time of the frame at which a keyframe was last asked for (None: not
+        #: asked since one came, or asked before any frame came).
+        self._asked_at: float | None = None
         if self._need_keyframe:
             fanout.request_keyframe()
 
@@ -162,8 +169,14 @@ class Tap:
                     self.counters.dropped += 1
                 else:
                     self.counters.skipped += 1
+                if self._asked_at is None:
+                    self._asked_at = frame.arrival
+                elif frame.arrival - self._asked_at >= KEYFRAME_RETRY:
+                    self._asked_at = frame.arrival
+                    self.fanout.request_keyframe()
                 return
             self._need_keyframe = self._recovering = False
+            self._asked_at = None
         self._frames.append(frame)
         self._ready.set()
         if frame.arrival - self._frames[0].arrival > self.max_delay:
@@ -183,6 +196,7 @@ class Tap:
                 # Nothing to restart from: drop it all and wait for a fresh keyframe.
                 self._frames.clear()
                 self._need_keyframe = self._recovering = True
+                self._asked_at = now
                 self.fanout.request_keyframe()
         dropped = before - len(self._frames)
         if dropped and not self.counters.dropped:

@@ -148,8 +148,9 @@ class RecordingWorker:
         await self.done.setdefault(call_id, asyncio.Event()).wait()
 
     async def scan(self, snapshots: Callable[[str], Awaitable[dict[str, Any] | None]]) -> int:
-        """Folders with no final metadata (calls that ended with a process that died) are
-        queued; final ones missing from the index (Redis lost or restored) are listed again."""
+        """Folders with no final metadata of calls that are over (they ended with a process
+        that died) are queued; those of calls still going are left to their end; final ones
+        missing from the index (Redis lost or restored) are listed again."""
         found = 0
         for folder in await asyncio.to_thread(self.catalog.folders):
             meta = await asyncio.to_thread(self.catalog.read, folder)
@@ -161,6 +162,10 @@ class RecordingWorker:
                     await self.catalog.index(folder, meta)
                 continue
             snap = await snapshots(folder.name) or {"id": folder.name}
+            if snap.get("state") not in (None, "ended", "failed"):
+                # Still going: on another node, or being taken over by this one. Its end
+                # queues it like any other call's.
+                continue
             found += self.submit(folder, snap, recovered=True)
         return found
 

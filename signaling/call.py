@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from signaling.participant import IllegalTransition, Participant
+from signaling.participant import IllegalTransition, Participant, ParticipantState
 
 __all__ = ["Call", "CallKind", "CallState", "FailureReason", "IllegalTransition", "Timeline"]
 
@@ -85,12 +85,16 @@ class Call:
     failure: FailureReason | None = None
     failure_detail: str = ""
     media_server: str | None = None
+    #: The call's pipeline on `media_server`: what a process taking the call over claims.
+    pipeline: str | None = None
     max_participants: int = 2
     metadata: dict[str, Any] = field(default_factory=dict)
     #: The appointment window the MIS gave, {"start", "end"} in unix seconds.
     schedule: dict[str, float] | None = None
     created_at: float = field(default_factory=time.time)
     timeline: Timeline = field(default_factory=Timeline)
+    #: Rebuilt by a process that took the call over from one that died.
+    taken_over_from_record: bool = False
 
     def __post_init__(self) -> None:
         self.timeline.add("state", state=self.state.value, kind=self.kind.value)
@@ -146,6 +150,38 @@ class Call:
         call.timeline.add("restored", was=state.value)
         return call
 
+    @classmethod
+    def taken_over(cls, snap: dict[str, Any]) -> Call:
+        """A call that had begun (`connecting`, `live`) when the process running it died,
+        as the history stored it: everyone who was in is `reconnecting`, what they
+        published still published (their media runs on in the media server)."""
+        state = CallState(snap["state"])
+        if state not in (CallState.CONNECTING, CallState.LIVE):
+            raise ValueError(f"a {state.value} call cannot be taken over")
+        call = cls(kind=CallKind(snap["kind"]), id=snap["id"], state=state,
+                   metadata=dict(snap.get("metadata") or {}), schedule=snap.get("schedule"),
+                   created_at=float(snap["createdAt"]), media_server=snap.get("mediaServer"),
+                   pipeline=snap.get("mediaPipeline"),
+                   max_participants=int(snap.get("maxParticipants")
+                                        or len(snap["participants"])))
+        call.timeline.events.clear()
+        call.timeline.events.extend(snap.get("timeline") or [])
+        was_in = {ParticipantState.CONNECTING.value, ParticipantState.CONNECTED.value,
+                  ParticipantState.RECONNECTING.value}
+        for p in snap["participants"]:
+            participant = call.add_participant(p["id"], p["name"], p["role"])
+            if p.get("removed"):
+                participant.extra["removed"] = True
+            # Restored, not lived through: set without a transition (none happened).
+            if p.get("state") in was_in:
+                participant.state = ParticipantState.RECONNECTING
+                participant.published = frozenset(p.get("published") or ())
+            elif p.get("state") == ParticipantState.LEFT.value:
+                participant.state = ParticipantState.LEFT
+        call.timeline.add("taken-over", was=state.value)
+        call.taken_over_from_record = True
+        return call
+
     def finish(self, reason: FailureReason | None, detail: str = "") -> None:
         """Ended, or failed when there is a reason."""
         if reason is None:
@@ -158,6 +194,7 @@ class Call:
             "id": self.id, "kind": self.kind.value, "state": self.state.value,
             "failure": self.failure.value if self.failure else None,
             "failureDetail": self.failure_detail or None, "mediaServer": self.media_server,
+            "mediaPipeline": self.pipeline,
             "participants": [p.describe() for p in self.participants.values()],
             "createdAt": self.created_at, "metadata": self.metadata,
             "schedule": self.schedule, "maxParticipants": self.max_participants,

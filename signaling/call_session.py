@@ -151,7 +151,8 @@ class CallSession:
 
     # ---------------------------------------------------------------- joining
 
-    async def join(self, conn: Connection, pid: str) -> dict[str, Any]:
+    async def join(self, conn: Connection, pid: str, *, resume: bool = False
+                   ) -> dict[str, Any]:
         call = self.call
         # First, so that an exhausted pool refuses the join before anything changed.
         lease = await self.lease_turn(pid)
@@ -165,26 +166,40 @@ class CallSession:
         # Everything below runs without an await: decided on the state as it is now, after
         # the lease, so two joins in one loop turn cannot both move the call.
         participant = m.participant
+        entry = self.media.participants.get(pid)
+        # Media kept for this participant while nobody held their place: endpoints a
+        # takeover adopted. The browser keeps them only if it still holds its side.
+        kept = m.grace is not None and m.conn is None and entry is not None \
+            and entry.publisher is not None
+        resumed = resume and kept
         if m.stop_grace():
-            call.timeline.add("rejoined", participant=pid)
+            call.timeline.add("resumed" if resumed else "rejoined", participant=pid)
         old = m.conn
         replaced = old is not None and old is not conn
+        stale = replaced or (kept and not resumed)
         if old is not None and replaced:
             # The same person on a new device or a new socket: the newest wins.
-            self._forget_media_of(pid)
             old.send(encode("replaced"))
+        if stale:
+            self._forget_media_of(pid)
         if participant.state is not ParticipantState.CONNECTING:
             participant.transition(ParticipantState.CONNECTING)
         participant.joins += 1
-        participant.published = frozenset()
+        if not resumed:
+            participant.published = frozenset()
+        elif call.state is CallState.LIVE:
+            participant.transition(ParticipantState.CONNECTED)
         m.conn = conn
         # A referral connects when the consultant accepts the ring, not when the doctor joins.
         if call.state in (CallState.CREATED, CallState.RINGING) \
                 and call.kind is not CallKind.REFERRAL:
             call.transition(CallState.CONNECTING)
         call.timeline.add("joined", participant=pid)
-        self.broadcast(encode("participantJoined", participant=participant.describe()), but=pid)
-        self.services.emit(CallEvent.PARTICIPANT_JOINED, call, {"participant": pid})
+        if not resumed:
+            self.broadcast(encode("participantJoined", participant=participant.describe()),
+                           but=pid)
+        self.services.emit(CallEvent.PARTICIPANT_JOINED, call,
+                           {"participant": pid, **({"resumed": True} if resumed else {})})
         joined = {
             "call": {"id": call.id, "kind": call.kind.value, "state": call.state.value},
             "you": participant.describe(),
@@ -192,10 +207,37 @@ class CallSession:
             "iceServers": ice_servers_for(lease),
             "recording": True,
             "watchdogTimeout": self.services.watchdog_timeout,
+            "resumed": resumed,
         }
-        if replaced:
-            await self.media.remove(pid)  # the old socket's endpoints
+        if resumed:
+            assert entry is not None
+            joined["media"] = {"publish": True, "subscriptions": sorted(entry.subscriptions)}
+            self._check_live()
+        if stale:
+            await self.media.remove(pid)  # the old socket's (or the dead process's) endpoints
         return joined
+
+    def resume(self) -> None:
+        """Taken over from a process that died: whoever was in gets the rejoin grace to
+        come back, their media running meanwhile; a call not live yet is timed again."""
+        loop = asyncio.get_running_loop()
+        now = self.timer.now()
+        for p in self.call.participants.values():
+            if p.state is not ParticipantState.RECONNECTING:
+                continue
+            m = self.member(p.id)
+            m.grace = loop.call_later(self.services.rejoin_grace, self._grace_timer, p.id)
+            if self.call.state is CallState.CONNECTING and p.published:
+                # Armed before the media is re-read, so that what the re-read proves
+                # satisfies them; browsers report what they receive again on resuming.
+                for kind in p.published:
+                    self.watchdog.expect(Expectation(p.id, "from-browser", kind), now)
+                self.watchdog.expect(Expectation(p.id, "recording", "file"), now)
+                for other in self.call.participants.values():
+                    if other.id != p.id and other.published:
+                        self.watchdog.expect(
+                            Expectation(p.id, "browser-report", "media", other.id), now)
+        self.timer.rearm()
 
     async def publish(self, conn: Connection, pid: str, sdp: str) -> str:
         self.check_member(conn, pid)
@@ -210,6 +252,7 @@ class CallSession:
         participant = self.call.participants[pid]
         participant.published = kinds
         self.call.media_server = self.media.server.url if self.media.server else None
+        self.call.pipeline = self.media.pipeline_id
         now = self.timer.now()
         for kind in kinds:
             self.watchdog.expect(Expectation(pid, "from-browser", kind), now)
@@ -277,6 +320,9 @@ class CallSession:
             grace, lambda: self.services.spawn(self._grace_over(pid), self.call.id))
         self.broadcast(encode("participantReconnecting", participant=pid, grace=grace))
         await self._drop_media(pid)
+
+    def _grace_timer(self, pid: str) -> None:
+        self.services.spawn(self._grace_over(pid), self.call.id)
 
     async def _grace_over(self, pid: str) -> None:
         m = self.members.get(pid)

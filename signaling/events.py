@@ -24,6 +24,8 @@ class CallEvent(enum.StrEnum):
     ENDED = "call.ended"
     MEDIA_INTERRUPTED = "call.media_interrupted"
     MEDIA_RESTORED = "call.media_restored"
+    #: A process took the call over after the one running it died; its media never stopped.
+    RESUMED = "call.resumed"
 
     @property
     def over(self) -> bool:

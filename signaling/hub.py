@@ -267,12 +267,13 @@ class Hub:
     async def cancel(self, claims: JoinClaims) -> None:
         await self.referrals.cancel(claims)
 
-    async def join(self, conn: Connection, claims: JoinClaims) -> dict[str, Any]:
+    async def join(self, conn: Connection, claims: JoinClaims, *,
+                   resume: bool = False) -> dict[str, Any]:
         call, participant = await self.find(claims)
         if call.kind is CallKind.REFERRAL and participant.role != "doctor" \
                 and call.state in (CallState.CREATED, CallState.RINGING):
             raise CallError("answer the ring before joining", code="call.not_accepted")
-        joined = await self.session(call).join(conn, participant.id)
+        joined = await self.session(call).join(conn, participant.id, resume=resume)
         self.presence.attach(call.id, participant.id, conn)
         return joined
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -419,6 +420,27 @@ class CallMedia:
         args = candidate_args(candidate)
         if args is not None:
             await ep.add_ice_candidate(*args)
+
+    # ---------------------------------------------------------------- takeover
+
+    def adopted(self, server: PooledServer, pipeline: MediaPipeline,
+                entries: dict[str, Endpoints]) -> None:
+        """The objects a dead process made (`media_adopt.adopt`) are this call's now."""
+        self.pool.adopt(server, pipeline)
+        self.server, self.pipeline = server, pipeline
+        self.participants = entries
+        self._unwatch_resume = pipeline.client.on_resumed(self._resumed)
+        paths = [e.recorder_path for e in entries.values() if e.recorder_path is not None]
+        if paths:
+            # The folder is named after the day the call began, not today.
+            self.recordings_dir = paths[0].parent
+        # Every file of the call, earlier segments included, and the next segment's number.
+        self.recordings = sorted(self.recordings_dir.glob("*.webm"))
+        for path in self.recordings:
+            named = re.fullmatch(r"(.+?)(?:\.part(\d+))?", path.stem)
+            if named is not None:
+                owner, segment = named[1], int(named[2] or 1)
+                self._segments[owner] = max(self._segments.get(owner, 0), segment)
 
     # ---------------------------------------------------------------- resumed sessions
 

@@ -55,10 +55,13 @@ class Hello:
 
 @dataclass(frozen=True, kw_only=True)
 class Join:
-    """Enters the call the token opens; the reply is `joined`."""
+    """Enters the call the token opens; the reply is `joined`. `resume`: this browser still
+    holds its peer connections (its socket dropped, or the service restarted) and would
+    keep them if the media server still has their endpoints."""
 
     TYPE: ClassVar[str] = "join"
     id: RequestId = None
+    resume: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -341,6 +344,8 @@ def _schema(tp: Any) -> dict[str, Any]:
         return {"type": "string"}
     if tp is int:
         return {"type": "integer"}
+    if tp is bool:
+        return {"type": "boolean"}
     if tp is dict or origin is dict:
         return {"type": "object"}
     raise TypeError(tp)

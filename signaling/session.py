@@ -264,11 +264,11 @@ class ClientSession:
                          extra=self.log_extra)
                 return "welcome", {"participant": claims.subject, "call": claims.call_id,
                                    "kind": call.kind.value, "state": call.state.value}
-            case Join():
+            case Join(resume=resume):
                 claims = self._claims()
                 if self.joined:
                     raise SignalingError("already joined", code="call.already_joined")
-                joined = await self.hub.join(self, claims)
+                joined = await self.hub.join(self, claims, resume=resume)
                 self.joined = True
                 return "joined", joined
             case Publish(sdp=sdp):

@@ -33,11 +33,11 @@ from recordings.http import (
 )
 from recordings.retention import purge
 from recordings.worker import RecordingWorker
-from signaling.call import Call
+from signaling.call import Call, FailureReason
 from signaling.hub import HUB, Hub
 from signaling.session import SESSION_CONFIG, SessionConfig, websocket_handler
 from telemed.embedded import Endpoints
-from telemed.recovery import recover_unfinished, run_expiry
+from telemed.recovery import recover_unfinished, run_expiry, take_over_unfinished
 from telemed.settings import Settings, read_public_key
 from telemed.supervisor import Supervisor
 from turn.lease import TurnProvider
@@ -225,7 +225,7 @@ def create_app(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sink.settle(), 10.0)
         with contextlib.suppress(aioredis.RedisError, OSError):
-            await recover_unfinished(store, outbox, turn)
+            await recover_unfinished(store, outbox, turn, take_over=settings.calls.take_over)
         app[HUB].hooks.append(sink)
         catalog = app[CATALOG] = Catalog(settings.recordings_path, redis)
 
@@ -244,7 +244,11 @@ def create_app(
             if event in ("call.ended", "call.failed") and paths:
                 snap = snapshot(call)
                 snap["recordings"] = [Path(p).name for p in paths]
-                worker.submit(Path(paths[0]).parent, snap)
+                # Taken over but its media gone: the media server, not a stop, ended the
+                # files, as after any crash.
+                recovered = call.taken_over_from_record \
+                    and call.failure is FailureReason.MEDIA_SERVER_LOST
+                worker.submit(Path(paths[0]).parent, snap, recovered=recovered)
 
         app[HUB].hooks.append(on_call_over)
         with contextlib.suppress(aioredis.RedisError, OSError):
@@ -258,6 +262,13 @@ def create_app(
             app[HUB], store, turn, interval=calls.expiry_interval,
             overrun=calls.schedule_overrun, idle=calls.idle_expiry, clock=time.time))
         await pool.start()
+        if settings.calls.take_over:
+            # Before the sockets open: a browser coming back must find its call running.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pool.wait_up(), settings.media.down_after)
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                if taken := await take_over_unfinished(app[HUB], store):
+                    log.warning("! took over %d calls a previous run left live", len(taken))
         yield
         try:
             await app[HUB].shutdown()

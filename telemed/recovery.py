@@ -2,7 +2,8 @@
 
 - `recover_unfinished`: what a previous run of this service left behind. Booked calls
   (`created`, `ringing`) are kept: the hub loads them from the history when someone opens
-  their link. Calls that had begun (`connecting`, `live`) cannot be adopted yet and are
+  their link. Calls that had begun (`connecting`, `live`) are kept too when this process
+  takes them over (`take_over_unfinished`, once the media servers are reachable), else
   failed `shutdown`, with their TURN leases returned.
 - `expire_booked`: a booked call nobody joined ends `failed/expired` (with its webhook)
   once its window plus `calls.schedule_overrun` has passed, or `calls.idle_expiry` after
@@ -23,20 +24,26 @@ from mis.history import CallStore
 from mis.webhooks import Outbox, as_text
 from signaling.call import CallState, FailureReason
 from signaling.hub import Hub
+from signaling.takeover import take_over
 from turn.pool import TurnPool
 
-__all__ = ["expire_booked", "expiry_due", "recover_unfinished", "run_expiry"]
+__all__ = ["expire_booked", "expiry_due", "recover_unfinished", "run_expiry",
+           "take_over_unfinished"]
 
 log = logging.getLogger(__name__)
 
 BOOKED = (CallState.CREATED.value, CallState.RINGING.value)
+BEGUN = (CallState.CONNECTING.value, CallState.LIVE.value)
 EXPIRY_LOCK = "telemed:lock:expiry"
 
 
 async def recover_unfinished(store: CallStore, outbox: Outbox | None,
-                             turn: TurnPool | None) -> list[dict[str, Any]]:
-    """Fails the calls a previous run left connecting or live; keeps booked ones."""
-    closed = await store.close_unfinished("the service restarted", keep=BOOKED)
+                             turn: TurnPool | None, *, take_over: bool = False
+                             ) -> list[dict[str, Any]]:
+    """Fails the calls a previous run left connecting or live, unless this process takes
+    them over; keeps booked ones."""
+    keep = BOOKED + BEGUN if take_over else BOOKED
+    closed = await store.close_unfinished("the service restarted", keep=keep)
     for snap in closed:
         log.warning("! call left unfinished by the previous run marked failed",
                     extra={"call_id": snap["id"]})
@@ -47,6 +54,24 @@ async def recover_unfinished(store: CallStore, outbox: Outbox | None,
                 "call": {k: v for k, v in snap.items() if k != "timeline"},
                 "reason": "shutdown", "detail": snap["failureDetail"]})
     return closed
+
+
+async def take_over_unfinished(hub: Hub, store: CallStore) -> list[str]:
+    """Adopts the calls a previous run left connecting or live (their media still runs on
+    the media server); those whose media is gone fail `media-server-lost`. Their ids."""
+    taken = []
+    for raw_id in await store.redis.smembers(f"{store.prefix}open"):
+        snap = await store.get(as_text(raw_id))
+        if snap is None or snap["state"] not in BEGUN:
+            continue
+        try:
+            call = await take_over(hub, snap)
+        except Exception:
+            log.exception("! taking the call over failed", extra={"call_id": snap["id"]})
+            continue
+        if not call.finished:
+            taken.append(call.id)
+    return taken
 
 
 def expiry_due(snap: dict[str, Any], *, overrun: float, idle: float) -> float:

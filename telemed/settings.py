@@ -241,6 +241,11 @@ class CallSettings:
     ring_timeout: float = setting(
         30.0, "A referral not answered by then fails with ring-timeout.", unit="s", min=0.01,
     )
+    take_over: bool = setting(
+        True, "At start-up, adopt the calls a previous run of this service left connecting "
+        "or live (their media runs on in the media server) instead of failing them; the "
+        "participants have the rejoin grace to come back.",
+    )
     rejoin_grace: float = setting(
         20.0, "A participant whose connection dropped may rejoin within this time and keep "
         "its place; after it, it has left.", unit="s", min=0.0,

@@ -117,6 +117,8 @@ class CallClient:
         self.pcs: dict[str, RTCPeerConnection] = {}
         self.received: dict[str, dict[str, int]] = {}
         self.got_media: dict[str, asyncio.Event] = {}
+        #: (source, kind) → the longest wait between two frames so far (s).
+        self.max_gap: dict[tuple[str, str], float] = {}
         self.expected: dict[str, tuple[str, ...]] = {}
         self._readers: list[asyncio.Task[None]] = []
         self.strip_remote_candidates = False
@@ -270,9 +272,16 @@ class CallClient:
 
     async def _read_track(self, source: str, track: MediaStreamTrack) -> None:
         counts = self.received[source]
+        loop = asyncio.get_running_loop()
+        last: float | None = None
         with contextlib.suppress(MediaStreamError):
             while True:
                 await track.recv()
+                now = loop.time()
+                if last is not None:
+                    key = (source, track.kind)
+                    self.max_gap[key] = max(self.max_gap.get(key, 0.0), now - last)
+                last = now
                 counts[track.kind] += 1
                 if all(counts[kind] >= 5 for kind in self.expected[source]) \
                         and not self.got_media[source].is_set():

@@ -51,3 +51,22 @@ async def test_a_video_sink_with_no_keyframe_to_restart_from_waits_for_one_and_a
     assert tap.counters.dropped == before + 1
     video.push(_frame("video", 41, 41 / 30, keyframe=True))
     assert [f.keyframe for f in tap.drain()] == [True]
+
+
+async def test_a_video_sink_still_waiting_for_a_keyframe_asks_again_each_second() -> None:
+    """The first keyframe request (or the keyframe) was lost: the new viewer asks again
+    a second after the first frame it could not use, and each second after, until a
+    keyframe comes; then it stops asking. Without this a viewer stays black for minutes."""
+    requests: list[float] = []
+    video = Fanout("video", lambda: None, lambda: requests.append(-1.0))
+    tap = video.tap(VIEWER_DELAY["video"])
+    assert len(requests) == 1
+    for i in range(1, 76):  # 2.5 s of deltas at 30 fps, from t=1/30
+        video.push(_frame("video", i, i / 30))
+    assert len(requests) == 3  # at the start, then 1 s and 2 s after the first delta
+    assert tap.drain() == [] and tap.counters.skipped == 75
+    video.push(_frame("video", 76, 76 / 30, keyframe=True))
+    for i in range(77, 92):  # 0.5 s more, within what the sink holds
+        video.push(_frame("video", i, i / 30))
+    assert len(requests) == 3  # no more once a keyframe came
+    assert len(tap.drain()) == 16 and tap.counters.dropped == 0

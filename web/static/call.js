@@ -16,7 +16,7 @@ const state = {
   ws: null, nextId: 1, pending: new Map(), local: null, iceServers: [], authed: false,
   queued: [], pcs: new Map(), tiles: new Map(), reported: new Set(), names: new Map(),
   pendingCandidates: new Map(), over: false, inCall: false, waiting: false,
-  reconnecting: false, serverLive: false, cancelled: false, stopMeter: () => {},
+  reconnecting: false, freshMedia: false, serverLive: false, cancelled: false, stopMeter: () => {},
   statsTimer: null, ringWired: false, ringer: null, countdown: null, last: new Map(),
   grace: Number(app.dataset.grace) || 20, network: null, speaker: null, serverErrors: 0,
   me: null, present: new Map(), audioOnly: false, silentSince: new Map(), told: new Set(),
@@ -275,15 +275,15 @@ async function reconnect() {
   state.reconnecting = true;
   const wasInCall = state.inCall;
   setStatus(T.reconnecting, "reconnecting");
-  for (const id of [...state.pcs.keys()]) closePc(id);
-  state.pendingCandidates.clear();
+  // Peer connections are kept until the server says whether their endpoints still exist
+  // (it restarted and took the call over) or not (they were released with the socket).
   const deadline = Date.now() + state.grace * 1000;
   let delay = 300;
   while (!state.over) {
     try {
       await connectSocket();
       await hello();
-      if (wasInCall) await enterCall();
+      if (wasInCall) await enterCall({ resume: !state.freshMedia });
       else setWaiting();
       state.reconnecting = false;
       report("reconnected", {});
@@ -311,6 +311,7 @@ async function reconnect() {
 function restartSession(target) {
   if (state.over || state.reconnecting || !state.ws) return;
   report("restart", { target });
+  state.freshMedia = true;  // these peer connections failed: never resume them
   state.ws.close();
 }
 
@@ -541,8 +542,9 @@ function guessMedia(target, now) {
   showMedia(fig, T, update);
 }
 
-async function enterCall() {
-  const joined = await request("join");
+async function enterCall({ resume = false } = {}) {
+  const joined = await request("join", resume && state.pcs.has("publish") ? { resume: true } : {});
+  state.freshMedia = false;
   state.inCall = true;
   state.waiting = false;
   state.iceServers = joined.iceServers || [];
@@ -561,8 +563,20 @@ async function enterCall() {
   $("self-initial").textContent = (joined.you.name || "?").trim().charAt(0).toUpperCase();
   notify("joined", { call: joined.call.id, participant: joined.you.id });
   for (const message of state.queued.splice(0)) send(message);
-  await publish();
-  for (const p of joined.participants) subscribe(p.id, p.published);
+  if (joined.resumed) {
+    // Our media never stopped: keep what the server still has, report arrival again.
+    const kept = new Set(["publish", ...joined.media.subscriptions]);
+    for (const id of [...state.pcs.keys()]) if (!kept.has(id)) closePc(id);
+    state.reported.clear();
+    for (const p of joined.participants) {
+      if (p.published.length && !state.pcs.has(p.id)) subscribe(p.id, p.published);
+    }
+  } else {
+    for (const id of [...state.pcs.keys()]) closePc(id);
+    state.pendingCandidates.clear();
+    await publish();
+    for (const p of joined.participants) subscribe(p.id, p.published);
+  }
   if (!state.statsTimer) state.statsTimer = setInterval(() => pollStats().catch(() => {}), 1000);
   wireRingOut(joined);
 }
