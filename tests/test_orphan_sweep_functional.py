@@ -189,3 +189,45 @@ async def test_a_sigkilled_nodes_pipeline_is_released_by_another_nodes_sweep_onc
             assert sorted(f["name"] for f in meta["files"]) == ["doc-1.webm", "pat-1.webm"]
             assert all(f["duration"] for f in meta["files"]), meta["files"]
         await redis.aclose()
+
+
+@pytest.mark.timeout(scaled(180))  # two service nodes, a media server, aiortc peers
+async def test_a_restarted_node_releases_its_dead_predecessors_pipeline_at_start_up(
+    tmp_path: Path,
+) -> None:
+    """The node that comes back after a SIGKILL releases the orphan in its start-up sweep,
+    before it serves, and its recordings scan catalogues whole files. (The app runs that
+    sweep before the scan; the worker's probes come late enough that this test passes
+    with the opposite order too, so it does not pin the order.)"""
+    recordings = tmp_path / "recordings"
+    with run_redis(tmp_path / "redis") as redis_server:
+        redis = aioredis.Redis.from_url(redis_server.url)
+        port = free_port()
+        kms_url = f"ws://127.0.0.1:{port}/kurento"
+        async with mediaserver_process(port, tmp_path):
+            async with dying_node(redis_server.url, kms_url, tmp_path / "node",
+                                  recordings) as (proc, found):
+                call_id, pipeline_id = found["call"], found["pipeline"]
+                proc.send_signal(signal.SIGKILL)
+                await within(proc.wait(), 10, "the SIGKILLed node to exit")
+            files = sorted(recordings.rglob("*.webm"))
+            assert [await probe_duration(f) for f in files] == [None, None]
+            # Finished as a restart without takeover leaves it (done here, so that the
+            # test does not depend on what recovery decides at start).
+            await CallStore(redis).close_unfinished("its node died", keep=BOOKED)
+            async with run_service(tmp_path / "node", redis_server.url, (kms_url,), env={
+                    "TELEMED_RECORDINGS_DIR": str(recordings),
+                    "TELEMED_MEDIA_SWEEP_INTERVAL": "3600",
+                    "TELEMED_MEDIA_SWEEP_GRACE": "0"}) as restarted:
+                sweeper = restarted.app[SWEEPER]
+                assert sweeper.runs == 1  # the start-up sweep, done before serving
+                assert [r.released for r in sweeper.reports] == [[pipeline_id]]
+                assert await gone(kms_url, pipeline_id)
+                await within(restarted.app[RECORDINGS].wait(call_id), 30,
+                             "the scan's finalization")
+                meta = Catalog.read(files[0].parent)
+                assert meta is not None and meta["recovered"]
+                assert [(f["name"], bool(f["duration"])) for f in meta["files"]] == [
+                    ("doc-1.webm", True), ("pat-1.webm", True)], meta["problems"]
+                assert not any("no duration" in p for p in meta["problems"]), meta["problems"]
+        await redis.aclose()
