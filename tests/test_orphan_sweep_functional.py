@@ -30,9 +30,9 @@ from kurento_ctl.errors import ObjectNotFound
 from kurento_ctl.objects import MediaObject
 from mis.history import CallStore
 from recordings.catalog import Catalog
-from telemed.app import RECORDINGS, SWEEPER
+from telemed.app import POOL, RECORDINGS, SWEEPER
 from telemed.recovery import BOOKED
-from tests.helpers import scaled, within
+from tests.helpers import scaled, wait_until, within
 from tests.hub_fixtures import Service, run_service
 from tests.media_fixtures import mediaserver_process
 from tests.services import free_port, run_redis
@@ -231,3 +231,62 @@ async def test_a_restarted_node_releases_its_dead_predecessors_pipeline_at_start
                     ("doc-1.webm", True), ("pat-1.webm", True)], meta["problems"]
                 assert not any("no duration" in p for p in meta["problems"]), meta["problems"]
         await redis.aclose()
+
+
+#: Another application's process on the same media server: one untagged pipeline, which no
+#: sweep of ours ever touches. Prints its id, then waits to be killed.
+FOREIGN = textwrap.dedent("""
+    import asyncio, sys
+    from kurento_ctl.client import KurentoClient
+    from kurento_ctl.transaction import Transaction
+
+    async def main(url):
+        client = KurentoClient(url)
+        await client.connect()
+        tx = Transaction(client)
+        pipeline = tx.create_pipeline()
+        await tx.commit()
+        print(pipeline.id, flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main(sys.argv[1]))
+""")
+#: s; the media server's garbage-collector period (KMS: 240)
+PERIOD = 1.0
+
+
+async def test_the_media_server_collects_a_dead_processs_objects_while_the_service_probes_it(
+    tmp_path: Path,
+) -> None:
+    """The service's health probe (every 0.1 s) does not co-own the media server's
+    objects: a SIGKILLed client's pipeline is collected by the server itself within two
+    collector periods, as on KMS, with no sweep involved."""
+    port = free_port()
+    kms_url = f"ws://127.0.0.1:{port}/kurento"
+    with run_redis(tmp_path / "redis") as redis_server:
+        async with mediaserver_process(port, tmp_path, gc_grace=scaled(PERIOD)), \
+                run_service(tmp_path / "svc", redis_server.url, (kms_url,), env={
+                    "TELEMED_MEDIA_HEALTH_INTERVAL": "0.1",
+                    "TELEMED_MEDIA_SWEEP_INTERVAL": "3600"}) as service:
+            server = service.app[POOL].servers[0]
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", FOREIGN, kms_url, stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(ROOT)})
+            try:
+                assert proc.stdout is not None
+                line = await within(proc.stdout.readline(), 20, "the foreign pipeline")
+                pipeline_id = line.decode().strip()
+                # The probe socket hears of it (ObjectCreated), as of every creation.
+                await wait_until(lambda: pipeline_id in server.seen_pipelines)
+                proc.send_signal(signal.SIGKILL)
+                await within(proc.wait(), 10, "the SIGKILLed client to exit")
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            # ObjectDestroyed reaches the probe socket when the collector frees it: 0.75
+            # to 2 periods after the socket closed, plus a period of slack.
+            await wait_until(lambda: pipeline_id not in server.seen_pipelines,
+                             timeout=3 * PERIOD + 5,
+                             describe=lambda: sorted(server.seen_pipelines))
+            assert server.up and service.app[SWEEPER].runs == 1  # the start-up one only
