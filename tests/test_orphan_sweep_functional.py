@@ -30,8 +30,11 @@ from kurento_ctl.errors import ObjectNotFound
 from kurento_ctl.objects import MediaObject
 from mis.history import CallStore
 from recordings.catalog import Catalog
+from signaling.call import CallKind
 from telemed.app import POOL, RECORDINGS, SWEEPER
+from telemed.orphans import live_calls
 from telemed.recovery import BOOKED
+from tests.call_fakes import make_hub
 from tests.helpers import scaled, wait_until, within
 from tests.hub_fixtures import Service, run_service
 from tests.media_fixtures import mediaserver_process
@@ -127,6 +130,31 @@ async def gone(kms_url: str, object_id: str) -> bool:
     return False
 
 
+async def test_a_call_is_live_while_unfinished_in_redis_or_held_by_this_node(
+    tmp_path: Path, redis_client: aioredis.Redis
+) -> None:
+    """The sweep's question, answered by real Redis: unfinished anywhere (booked, live, a
+    dead node's) is live; finished or unknown is not, unless this node holds the call;
+    a Redis that does not answer raises (the sweep then releases nothing)."""
+    store = CallStore(redis_client)
+    for call_id, state in (("booked", "created"), ("dead-nodes", "live"),
+                           ("over", "ended"), ("failed", "failed")):
+        await store.save({"id": call_id, "createdAt": time.time(), "state": state})
+    hub, _ = make_hub(tmp_path)  # a real Hub; its media layer is never used here
+    held = hub.create_call(CallKind.CONSULTATION, [("p", "P", "patient"),
+                                                   ("d", "D", "doctor")])
+    live = live_calls(store, hub)
+    asked = {"booked", "dead-nodes", "over", "failed", "unknown", held.id}
+    assert await live(asked) == {"booked", "dead-nodes", held.id}
+    await hub.end(held.id)
+    assert await live(asked) == {"booked", "dead-nodes"}
+    away = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0",
+                                   socket_connect_timeout=1)
+    with pytest.raises((aioredis.ConnectionError, OSError)):
+        await live_calls(CallStore(away), hub)({"booked"})
+    await away.aclose()
+
+
 @pytest.mark.timeout(scaled(180))  # two service nodes, a media server, aiortc peers
 async def test_a_sigkilled_nodes_pipeline_is_released_by_another_nodes_sweep_once_finished(
     tmp_path: Path,
@@ -148,9 +176,10 @@ async def test_a_sigkilled_nodes_pipeline_is_released_by_another_nodes_sweep_onc
                                   recordings) as (proc, found):
                 call_id, pipeline_id = found["call"], found["pipeline"]
                 await within(sweeps(survivor, 2), INTERVAL * 2 + 10, "two sweeps")
-                tagged = {p: c for r in survivor.app[SWEEPER].reports
-                          for p, (c, _) in r.tagged.items()}
-                assert tagged.get(pipeline_id) == call_id  # seen, and left alone: live
+                tagged = {p: t for r in survivor.app[SWEEPER].reports
+                          for p, t in r.tagged.items()}
+                # Seen, and left alone: live. Tagged with the dying node's node.id.
+                assert tagged.get(pipeline_id) == (call_id, "dying-node")
                 proc.send_signal(signal.SIGKILL)
                 await within(proc.wait(), 10, "the SIGKILLed node to exit")
 
