@@ -75,7 +75,7 @@ DYING_NODE = textwrap.dedent("""
 
 #: s; the surviving node's sweep period and grace (settings media.sweep_interval/_grace)
 INTERVAL = 1.0
-GRACE = 3.0
+GRACE = 1.0
 
 
 async def probe_duration(path: Path) -> float | None:
@@ -178,13 +178,17 @@ async def test_a_sigkilled_nodes_pipeline_is_released_by_another_nodes_sweep_onc
                 await within(sweeps(survivor, 2), INTERVAL * 2 + 10, "two sweeps")
                 tagged = {p: t for r in survivor.app[SWEEPER].reports
                           for p, t in r.tagged.items()}
-                # Seen, and left alone: live. Tagged with the dying node's node.id.
+                # Seen, and left alone because live (not merely young). Tagged with the
+                # dying node's node.id.
                 assert tagged.get(pipeline_id) == (call_id, "dying-node")
+                assert pipeline_id not in survivor.app[SWEEPER].reports[-1].kept_young
                 proc.send_signal(signal.SIGKILL)
                 await within(proc.wait(), 10, "the SIGKILLed node to exit")
 
             # Unfinished in Redis, owned by nobody: kept, as a node taking it over needs.
             await within(sweeps(survivor, 2), INTERVAL * 2 + 10, "two sweeps")
+            last = survivor.app[SWEEPER].reports[-1]
+            assert pipeline_id in last.tagged and pipeline_id not in last.kept_young
             assert all(pipeline_id not in r.released for r in survivor.app[SWEEPER].reports)
             files = sorted(recordings.rglob("*.webm"))
             assert [f.name for f in files] == ["doc-1.webm", "pat-1.webm"]
