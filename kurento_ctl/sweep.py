@@ -45,7 +45,8 @@ TAG_NODE = "telemed.node"
 #: "alice/recorder"), so that a takeover can tell the objects of a pipeline apart.
 TAG_ENDPOINT = "telemed.endpoint"
 
-#: Given call ids, the subset still live anywhere (the lead wires it to Redis).
+#: Given call ids, the subset still live anywhere (telemed.app: unfinished in Redis, or
+#: held by this node). Raising means "cannot tell": nothing is released.
 LiveCalls = Callable[[set[str]], Awaitable[set[str]] | set[str]]
 
 
@@ -58,6 +59,8 @@ class SweepReport:
     kept_young: list[str] = field(default_factory=list)
     untagged: int = 0
     census: set[str] = field(default_factory=set)
+    #: The liveness question failed (Redis away): nothing was released.
+    undecided: bool = False
 
 
 async def _tags(obj: MediaObject) -> dict[str, str]:
@@ -100,8 +103,15 @@ async def sweep_server(url: str, live: LiveCalls, *, min_age: float = 60.0,
             doomed = [p for p, (call, _) in report.tagged.items()
                       if call == only_call and p not in keep]
         else:
-            answer = live({call for call, _ in report.tagged.values()})
-            alive = await answer if inspect.isawaitable(answer) else answer
+            try:
+                answer = live({call for call, _ in report.tagged.values()})
+                alive = await answer if inspect.isawaitable(answer) else answer
+            except Exception as exc:
+                # Not knowing which calls are live must never read as "none is".
+                log.error("! cannot tell which calls are live (%s): nothing released on %s",
+                          type(exc).__name__, url)
+                report.undecided = True
+                return report
             doomed = [p for p, (call, _) in report.tagged.items() if call not in alive]
         for pipeline_id in doomed:
             if only_call is None and ages[pipeline_id] < min_age:
@@ -122,14 +132,22 @@ class OrphanSweeper:
 
     def __init__(self, pool: KurentoPool, live: LiveCalls, *, interval: float = 600.0,
                  min_age: float = 60.0,
-                 client_factory: Callable[[str], KurentoClient] | None = None) -> None:
+                 client_factory: Callable[[str], KurentoClient] | None = None,
+                 on_released: Callable[[SweepReport], Awaitable[None]] | None = None,
+                 ) -> None:
         self.pool = pool
+        #: Told of every server's run that released something (the service finalizes the
+        #: released calls' recordings then: their recorders have just closed the files).
+        self.on_released = on_released
         self.live = live
         self.interval = interval
         self.min_age = min_age
         self._factory = client_factory
         self._task: asyncio.Task[None] | None = None
         self.reports: list[SweepReport] = []
+        #: Sweeps done so far, and an event set after each (tests and callers await runs).
+        self.runs = 0
+        self.ran = asyncio.Event()
 
     async def sweep(self) -> list[SweepReport]:
         """One sweep over every server that is up; a failing server is logged, skipped."""
@@ -145,7 +163,15 @@ class OrphanSweeper:
                 self.pool.forget_pipeline(server, pipeline_id)
             server.seen_pipelines = set(report.census) - set(report.released)
             reports.append(report)
+            if report.released and self.on_released is not None:
+                try:
+                    await self.on_released(report)
+                except Exception:
+                    log.exception("! after releasing orphans on %s", server.url)
         self.reports = reports
+        self.runs += 1
+        self.ran.set()
+        self.ran = asyncio.Event()
         return reports
 
     async def start(self) -> None:
@@ -153,10 +179,18 @@ class OrphanSweeper:
         await self.sweep()
         self._task = asyncio.create_task(self._loop(), name="kurento-orphan-sweep")
 
+    def start_periodic(self) -> None:
+        """Only the periodic sweeps, for a caller that ran (or bounded) the first itself."""
+        self._task = asyncio.create_task(self._loop(), name="kurento-orphan-sweep")
+
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            await self.sweep()
+            try:
+                await self.sweep()
+            except Exception:
+                # A bug in one run must not end the sweeping for the process's life.
+                log.exception("! orphan sweep failed")
 
     async def close(self) -> None:
         if self._task is not None:

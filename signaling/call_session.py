@@ -39,7 +39,13 @@ from signaling.participant_session import Connection, ParticipantSession
 from signaling.protocol import encode
 from signaling.sdp import offer_kinds
 from signaling.watchdog import Expectation, Expired, MediaWatchdog, WatchdogTimer
-from turn.lease import TurnExhausted, TurnLease, ice_servers_for, kurento_turn_url
+from turn.lease import (
+    KurentoTurnUrlError,
+    TurnExhausted,
+    TurnLease,
+    ice_servers_for,
+    kurento_turn_url,
+)
 from turn.pool import TurnPool
 
 __all__ = ["CallServices", "CallSession"]
@@ -147,7 +153,18 @@ class CallSession:
 
     def _kurento_turn(self, pid: str) -> str | None:
         lease = self.member(pid).lease
-        return kurento_turn_url(lease) if lease is not None else None
+        if lease is None:
+            return None
+        try:
+            return kurento_turn_url(lease)
+        except KurentoTurnUrlError as exc:
+            # Kurento would take the URL and silently run without TURN: refused here, before
+            # the media layer is touched, so the call and the others' media are unharmed.
+            log.error("! %s", exc, extra={"call_id": self.call.id})
+            self.call.timeline.add("turn-unusable", participant=pid)
+            raise MediaError("the media server cannot be given your TURN credentials "
+                             "(a configuration problem on our side)",
+                             code="turn.unusable") from None
 
     # ---------------------------------------------------------------- joining
 

@@ -4,7 +4,8 @@
     ├── AuthError             auth.*: token missing, forged, expired, wrong audience/call
     ├── MessageError          message.*: malformed JSON, unknown type, invalid fields, too large
     ├── CallError             call.* / participant.*: not found, full, ended, not yours
-    ├── MediaError            sdp.invalid, candidate.invalid, media.unavailable
+    ├── MediaError            sdp.invalid, candidate.invalid, media.unavailable,
+    │                         turn.unusable
     └── ResourceError         turn.exhausted, rate.limited, candidate.too_many
 """
 
@@ -60,6 +61,10 @@ CODES: dict[str, str] = {
                           "per-participant cap",
     "media.unavailable": "no media server can take the call, or it failed the request",
     "turn.exhausted": "no TURN credentials are left in the pool",
+    "turn.unusable": "`publish`/`subscribe` refused: your TURN credentials cannot be handed "
+                     "to the media server (Kurento would mis-read them: a ':' in the "
+                     "password); a configuration problem, the log says which; the call goes "
+                     "on",
     "request.invalid": "REST: a field of the request is invalid; `field` names it",
     "request.too_large": "REST: the request body is above 64 KiB",
     "request.conflict": "REST: the Idempotency-Key was used with a different request",

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kurento_ctl.pool import KurentoPool
+from kurento_ctl.sweep import OrphanSweeper
 from mis.api import API, API_CONFIG, REDIS, ApiConfig, setup_api
 from mis.clients import parse_networks
 from mis.history import SINK, STORE, CallStore, EventSink, snapshot
@@ -37,6 +38,7 @@ from signaling.call import Call, FailureReason
 from signaling.hub import HUB, Hub
 from signaling.session import SESSION_CONFIG, SessionConfig, websocket_handler
 from telemed.embedded import Endpoints
+from telemed.orphans import finalize_released, live_calls
 from telemed.recovery import recover_unfinished, run_expiry, take_over_unfinished
 from telemed.settings import Settings, read_public_key
 from telemed.supervisor import Supervisor
@@ -57,9 +59,13 @@ ENDPOINTS = web.AppKey("endpoints", Endpoints)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 POOL = web.AppKey("pool", KurentoPool)
+SWEEPER = web.AppKey("sweeper", OrphanSweeper)
 RECORDINGS = web.AppKey("recordings", RecordingWorker)
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
+#: s; a media server slower than this to list its pipelines leaves its orphans to the
+#: periodic sweep rather than hold up the start.
+STARTUP_SWEEP_BOUND = 30.0
 
 
 async def probe_redis(client: aioredis.Redis, timeout: float = 1.0) -> dict[str, Any]:
@@ -190,10 +196,11 @@ def create_app(
     turn = build_turn(settings, endpoints, redis)
     pool = KurentoPool(endpoints.kurento_urls, health_interval=settings.media.health_interval,
                        down_after=settings.media.down_after,
-                       sockets=settings.media.sockets_per_server)
+                       sockets=settings.media.sockets_per_server,
+                       node_id=settings.node_id)
     app[POOL] = pool
     store = CallStore(redis)
-    app[HUB] = Hub(repository=store, pool=pool, recordings_root=settings.recordings_path,
+    hub = app[HUB] = Hub(repository=store, pool=pool, recordings_root=settings.recordings_path,
                    watchdog_timeout=settings.calls.watchdog_timeout,
                    turn=turn,
                    max_conference_size=settings.calls.max_conference_size,
@@ -201,6 +208,9 @@ def create_app(
                    rejoin_grace=settings.calls.rejoin_grace,
                    media_loss_report=settings.calls.media_loss_report,
                    min_free_bytes=settings.recordings.min_free_bytes)
+    sweeper = app[SWEEPER] = OrphanSweeper(pool, live_calls(store, hub),
+                                           interval=settings.media.sweep_interval,
+                                           min_age=settings.media.sweep_grace)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         app[HTTP] = aiohttp.ClientSession()
@@ -251,6 +261,23 @@ def create_app(
                 worker.submit(Path(paths[0]).parent, snap, recovered=recovered)
 
         app[HUB].hooks.append(on_call_over)
+        await pool.start()
+        if settings.calls.take_over:
+            # Before the sockets open: a browser coming back must find its call running.
+            # Before the sweep: a call whose takeover fails is finished, its pipeline an
+            # orphan the sweep then releases.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pool.wait_up(), settings.media.down_after)
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                if taken := await take_over_unfinished(app[HUB], store):
+                    log.warning("! took over %d calls a previous run left live", len(taken))
+        # After recover_unfinished (the calls it failed are finished: their pipelines are
+        # orphans) and before the scan: released recorders close their files, which the
+        # scan then finds whole instead of cut off.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sweeper.sweep(), STARTUP_SWEEP_BOUND)
+        sweeper.on_released = finalize_released(worker, catalog, store)
+        sweeper.start_periodic()
         with contextlib.suppress(aioredis.RedisError, OSError):
             if found := await worker.scan(store.get):
                 log.warning("! %d calls' recordings left unfinalized by a previous run "
@@ -261,14 +288,6 @@ def create_app(
         expiry = asyncio.create_task(run_expiry(
             app[HUB], store, turn, interval=calls.expiry_interval,
             overrun=calls.schedule_overrun, idle=calls.idle_expiry, clock=time.time))
-        await pool.start()
-        if settings.calls.take_over:
-            # Before the sockets open: a browser coming back must find its call running.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(pool.wait_up(), settings.media.down_after)
-            with contextlib.suppress(aioredis.RedisError, OSError):
-                if taken := await take_over_unfinished(app[HUB], store):
-                    log.warning("! took over %d calls a previous run left live", len(taken))
         yield
         try:
             await app[HUB].shutdown()
@@ -282,6 +301,7 @@ def create_app(
             await worker.close()
             if outbox is not None:
                 await outbox.close()
+            await sweeper.close()
             await pool.close()
             await app[HTTP].close()
             with contextlib.suppress(aioredis.RedisError, OSError):

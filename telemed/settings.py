@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import sys
 import tomllib
 import types
@@ -31,6 +32,7 @@ __all__ = [
     "HttpSettings",
     "LogSettings",
     "MediaSettings",
+    "NodeSettings",
     "RecordingSettings",
     "RedisSettings",
     "Settings",
@@ -123,6 +125,15 @@ class RedisSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NodeSettings:
+    id: str = setting(
+        "", "This signalling node's name, written into the `telemed.node` tag of every media "
+        "object it creates (who made an orphan). Stable across restarts; unique per node "
+        "when several share a Redis. Empty: the host name and http.port, host:port.",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class MediaSettings:
     kurento_urls: tuple[str, ...] = setting(
         (), "Kurento media server WebSocket URLs. Empty: start the embedded media server."
@@ -142,9 +153,27 @@ class MediaSettings:
         "media-server-lost.", unit="s", min=0.05,
     )
     embedded_gc_grace: float = setting(
-        240.0, "Embedded media server: objects of a session whose socket went away without "
-        "reconnecting within this time are released (Kurento's garbage collection).",
+        240.0, "Embedded media server: period of its garbage collector, as Kurento's "
+        "garbageCollectorPeriod. Objects no live session owns any more (their owners' sockets "
+        "closed without reconnecting) are released 0.75 to 2 periods after the last owner "
+        "went (180-480 s by default). A session that touched an object co-owns it, and "
+        "ServerManager.getPipelines makes an internal session co-own everything: each orphan "
+        "sweep delays collection by that window again.",
         unit="s", min=0.1,
+    )
+    sweep_interval: float = setting(
+        600.0, "How often this node looks on every media server for pipelines of calls that "
+        "are finished in Redis (their signalling process died) and releases them, recorders "
+        "finalized; also once at start-up. An orphan is released at most this long after "
+        "its call is finished, or after sweep_grace if it is younger. Keep it above 480 s "
+        "on a Kurento shared with other applications: each sweep pauses Kurento's own "
+        "collector for 3 to 8 minutes.", unit="s", min=0.05,
+    )
+    sweep_grace: float = setting(
+        60.0, "The orphan sweep leaves pipelines younger than this alone, whatever Redis "
+        "says: a call being set up may not be in Redis yet. Pipelines of calls unfinished "
+        "in Redis (any node's, booked or being taken over) are never released.",
+        unit="s", min=0.0,
     )
     embedded_strict_candidates: bool = setting(
         False, "Embedded media server: refuse `.local` and link-local candidates as Kurento "
@@ -324,6 +353,7 @@ class Settings:
     data_dir: str = setting("var", "Folder for state of embedded services, secrets and recordings.")
     http: HttpSettings = field(default_factory=HttpSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     turn: TurnSettings = field(default_factory=TurnSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -337,6 +367,12 @@ class Settings:
         """Where reTurn's users file is (`turn.users_file`, or under the data folder)."""
         configured = self.turn.users_file
         return Path(configured) if configured else self.data_path / "turn" / "users.txt"
+
+    @property
+    def node_id(self) -> str:
+        """`node.id`, or host:port: the same after a restart, different for two nodes on
+        one host (not the pid, which a restart changes)."""
+        return self.node.id or f"{socket.gethostname()}:{self.http.port}"
 
     @property
     def data_path(self) -> Path:

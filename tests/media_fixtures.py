@@ -53,12 +53,15 @@ async def run_mediaserver(
 
 
 @contextlib.asynccontextmanager
-async def mediaserver_process(port: int, recordings_root: Path) -> AsyncIterator[
+async def mediaserver_process(port: int, recordings_root: Path, *,
+                              gc_grace: float = 240.0) -> AsyncIterator[
         asyncio.subprocess.Process]:
-    """`python -m mediaserver` as its own process, so a test can kill it like a crash."""
+    """`python -m mediaserver` as its own process, so a test can kill it like a crash;
+    `gc_grace` is its garbage collector's period."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mediaserver", "--port", str(port),
-        "--recordings-root", str(recordings_root), "--log-level", "WARNING")
+        "--recordings-root", str(recordings_root), "--log-level", "WARNING",
+        "--gc-grace", str(gc_grace))
     try:
         async with asyncio.timeout(scaled(15)):
             while True:

@@ -10,7 +10,7 @@ import pytest
 
 from signaling.call import Call, CallKind, CallState, FailureReason, IllegalTransition
 from signaling.call_session import CallSession
-from signaling.errors import CallError
+from signaling.errors import CallError, MediaError
 from signaling.hub import Hub
 from signaling.liveness import MediaLoss
 from signaling.participant import ParticipantState
@@ -159,6 +159,43 @@ async def test_the_same_person_joining_twice_at_once_ends_with_one_socket(
     assert member.conn in (a, b)
     loser = a if member.conn is b else b
     assert loser.types()[-1] == "replaced"
+
+
+class ColonPasswordTurn(FakeTurn):
+    """pat's lease has a ':' in its password, which Kurento's turnUrl regex mis-splits.
+    (A fake: none of our real providers issues such a password; a reTurn users file or a
+    coturn user database someone filled by hand could.)"""
+
+    async def lease(self, call_id: str, pid: str) -> TurnLease:
+        lease = await super().lease(call_id, pid)
+        if pid == "pat":
+            lease = self.out[lease.key] = TurnLease(
+                call_id=call_id, participant=pid, username="u-pat", credential="se:cret",
+                urls=lease.urls, expires=lease.expires)
+        return lease
+
+
+async def test_turn_credentials_kurento_would_misread_refuse_only_that_negotiation(
+    tmp_path: Path,
+) -> None:
+    """A lease KMS's turnUrl regex would mis-split refuses that participant's publish and
+    subscribe with turn.unusable before the media layer is asked; the call goes on."""
+    hub, media = make_hub(tmp_path, turn=ColonPasswordTurn())
+    call = consultation(hub)
+    sockets = await joined(hub, call, "pat", "doc")
+    for attempt in (hub.publish(sockets["pat"], call.id, "pat", SEND_OFFER),
+                    hub.subscribe(sockets["pat"], call.id, "pat", "doc", RECV_OFFER)):
+        with pytest.raises(MediaError) as refused:
+            await attempt
+        assert refused.value.code == "turn.unusable"
+        assert "se:cret" not in refused.value.message
+    assert "pat" not in media[call.id].participants  # the media layer was never asked
+    await hub.publish(sockets["doc"], call.id, "doc", SEND_OFFER)
+    assert "doc" in media[call.id].participants
+    assert call.state is CallState.CONNECTING and not call.finished
+    assert [e["participant"] for e in call.timeline.as_list()
+            if e["event"] == "turn-unusable"] == ["pat", "pat"]
+    assert "participantPublished" in sockets["pat"].types()
 
 
 async def test_ending_releases_media_leases_members_and_timers(tmp_path: Path) -> None:

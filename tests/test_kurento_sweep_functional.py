@@ -146,3 +146,33 @@ async def test_the_periodic_sweep_releases_what_dies_after_start_up(tmp_path: Pa
         finally:
             await sweeper.close()
             await pool.close()
+
+
+async def test_a_liveness_question_that_fails_releases_nothing(tmp_path: Path) -> None:
+    """Redis away (the question raises): the sweep cannot tell, so it keeps everything;
+    the periodic loop goes on and releases once the answer comes back."""
+    async with run_kms_like(tmp_path) as (url, server), KurentoClient(url) as client:
+        pipeline = await tagged(client, "maybe-over")
+        answers: list[Exception | None] = [ConnectionError("redis away"),
+                                           ConnectionError("redis away"), None]
+
+        async def live(ids: set[str]) -> set[str]:
+            answer = answers.pop(0) if len(answers) > 1 else answers[0]
+            if answer is not None:
+                raise answer
+            return set()
+
+        report = await sweep_server(url, live, min_age=0)
+        assert report.undecided and report.released == []
+        assert pipeline in server.objects
+        pool = KurentoPool([url], health_interval=scaled(60))
+        await pool.start()
+        sweeper = OrphanSweeper(pool, live, min_age=0, interval=scaled(0.05))
+        try:
+            await sweeper.start()
+            assert sweeper.reports[0].undecided and pipeline in server.objects
+            await wait_until(lambda: pipeline not in server.objects,
+                             describe=lambda: [r.released for r in sweeper.reports])
+        finally:
+            await sweeper.close()
+            await pool.close()

@@ -191,3 +191,14 @@ def test_the_embedded_media_server_gets_its_gc_grace_and_strictness(tmp_path: Pa
     lax = load_settings(env={"TELEMED_DATA_DIR": str(tmp_path), "TELEMED_TURN_PROVIDER": "none"})
     assert "--strict-candidates" not in next(
         c.argv for c in plan(lax)[0] if c.name == "mediaserver")
+
+
+def test_the_node_id_is_the_same_after_a_restart_and_apart_per_port() -> None:
+    """node.id, empty, is host:port (not the pid: a restart keeps it); set, it wins."""
+    first, again = load_settings(env={}), load_settings(env={})
+    assert first.node_id == again.node_id and first.node_id.endswith(":8080")
+    assert load_settings(env={"TELEMED_HTTP_PORT": "9000"}).node_id != first.node_id
+    assert load_settings(env={"TELEMED_NODE_ID": "ward-3"}).node_id == "ward-3"
+    s = load_settings(env={"TELEMED_MEDIA_SWEEP_INTERVAL": "30",
+                           "TELEMED_MEDIA_SWEEP_GRACE": "5"})
+    assert (s.media.sweep_interval, s.media.sweep_grace) == (30.0, 5.0)
