@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -101,11 +102,12 @@ class CallStore:
         return out, next_cursor
 
     async def close_unfinished(self, detail: str, now: float | None = None, *,
-                               keep: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+                               keep: tuple[str, ...] = (),
+                               orphaned: Callable[[dict[str, Any]], Awaitable[bool]] | None
+                               = None) -> list[dict[str, Any]]:
         """At start-up: calls a previous process left unfinished can no longer go on;
-        those in a `keep` state (booked calls) are left as they are.
-
-        Assumes one signalling process per Redis (the supported deployment)."""
+        those in a `keep` state (booked calls) are left as they are, and so are those
+        `orphaned` says another, living node runs."""
         closed = []
         for raw_id in await self.redis.smembers(f"{PREFIX}open"):
             snap = await self.get(as_text(raw_id))
@@ -113,6 +115,8 @@ class CallStore:
                 await self.redis.srem(f"{PREFIX}open", raw_id)
                 continue
             if snap["state"] in keep:
+                continue
+            if orphaned is not None and not await orphaned(snap):
                 continue
             # The call ended, as far as anyone can tell, with the last thing heard of it.
             timeline = snap.setdefault("timeline", [])

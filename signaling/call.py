@@ -87,6 +87,8 @@ class Call:
     media_server: str | None = None
     #: The call's pipeline on `media_server`: what a process taking the call over claims.
     pipeline: str | None = None
+    #: The signalling node running the call once someone is in it (`node.id`).
+    node: str | None = None
     max_participants: int = 2
     metadata: dict[str, Any] = field(default_factory=dict)
     #: The appointment window the MIS gave, {"start", "end"} in unix seconds.
@@ -161,7 +163,7 @@ class Call:
         call = cls(kind=CallKind(snap["kind"]), id=snap["id"], state=state,
                    metadata=dict(snap.get("metadata") or {}), schedule=snap.get("schedule"),
                    created_at=float(snap["createdAt"]), media_server=snap.get("mediaServer"),
-                   pipeline=snap.get("mediaPipeline"),
+                   pipeline=snap.get("mediaPipeline"), node=snap.get("node"),
                    max_participants=int(snap.get("maxParticipants")
                                         or len(snap["participants"])))
         call.timeline.events.clear()
@@ -194,7 +196,7 @@ class Call:
             "id": self.id, "kind": self.kind.value, "state": self.state.value,
             "failure": self.failure.value if self.failure else None,
             "failureDetail": self.failure_detail or None, "mediaServer": self.media_server,
-            "mediaPipeline": self.pipeline,
+            "mediaPipeline": self.pipeline, "node": self.node,
             "participants": [p.describe() for p in self.participants.values()],
             "createdAt": self.created_at, "metadata": self.metadata,
             "schedule": self.schedule, "maxParticipants": self.max_participants,

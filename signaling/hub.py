@@ -58,8 +58,12 @@ class Hub:
                  free_bytes: Callable[[Path], int] | None = None,
                  finished_linger: float = 300.0,
                  media_factory: Callable[[Call, Path, Any], CallMedia] | None = None,
-                 repository: CallRepository | None = None) -> None:
+                 repository: CallRepository | None = None,
+                 node_id: str | None = None) -> None:
         self.pool = pool
+        #: Named on each call this node runs, so that another node adopts it only once
+        #: this one is gone.
+        self.node_id = node_id or pool.node_id
         self.recordings_root = recordings_root
         self.watchdog_timeout = watchdog_timeout
         self.candidate_policy = candidate_policy or CandidatePolicy()
@@ -154,6 +158,7 @@ class Hub:
                 emit=self.emit, spawn=self.spawn, end=self.end, revoke=self._revoke))
             holder.append(session)
             self.sessions[call.id] = session
+            call.node = self.node_id
         return session
 
     def _lease_renewed(self, fresh: TurnLease) -> None:

@@ -38,6 +38,7 @@ from signaling.call import Call, FailureReason
 from signaling.hub import HUB, Hub
 from signaling.session import SESSION_CONFIG, SessionConfig, websocket_handler
 from telemed.embedded import Endpoints
+from telemed.nodes import NodeHeartbeat
 from telemed.orphans import finalize_released, live_calls
 from telemed.recovery import recover_unfinished, run_expiry, take_over_unfinished
 from telemed.settings import Settings, read_public_key
@@ -223,6 +224,7 @@ def create_app(
                 timeout=hooks.timeout, retry_base=hooks.retry_base, retry_cap=hooks.retry_cap,
                 claim_timeout=hooks.claim_timeout)
             outbox.start()
+        heartbeat = NodeHeartbeat(redis, settings.node_id, ttl=settings.node.heartbeat_ttl)
         settings.data_path.mkdir(parents=True, exist_ok=True)
         settings.data_path.chmod(0o700)  # secrets and the call-events journal
         sink = app[SINK] = EventSink(store, outbox,
@@ -235,7 +237,10 @@ def create_app(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sink.settle(), 10.0)
         with contextlib.suppress(aioredis.RedisError, OSError):
-            await recover_unfinished(store, outbox, turn, take_over=settings.calls.take_over)
+            await heartbeat.beat()  # before judging others: we are alive too
+            await recover_unfinished(store, outbox, turn, take_over=settings.calls.take_over,
+                                     orphaned=heartbeat.orphaned)
+        heartbeat.start()
         app[HUB].hooks.append(sink)
         catalog = app[CATALOG] = Catalog(settings.recordings_path, redis)
 
@@ -269,7 +274,7 @@ def create_app(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pool.wait_up(), settings.media.down_after)
             with contextlib.suppress(aioredis.RedisError, OSError):
-                if taken := await take_over_unfinished(app[HUB], store):
+                if taken := await take_over_unfinished(app[HUB], store, heartbeat.orphaned):
                     log.warning("! took over %d calls a previous run left live", len(taken))
         # After recover_unfinished (the calls it failed are finished: their pipelines are
         # orphans) and before the scan: released recorders close their files, which the
@@ -291,6 +296,7 @@ def create_app(
         yield
         try:
             await app[HUB].shutdown()
+            await heartbeat.stop()
             await sink.flush(timeout=10.0)  # Redis away: the journal keeps the rest
             await _drain(worker, settings.recordings.drain_timeout)
         finally:

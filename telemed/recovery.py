@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -34,16 +35,19 @@ log = logging.getLogger(__name__)
 
 BOOKED = (CallState.CREATED.value, CallState.RINGING.value)
 BEGUN = (CallState.CONNECTING.value, CallState.LIVE.value)
+#: Whether a begun call's node is gone (or is this one), so this node may adopt it.
+Orphaned = Callable[[dict[str, Any]], Awaitable[bool]]
 EXPIRY_LOCK = "telemed:lock:expiry"
 
 
 async def recover_unfinished(store: CallStore, outbox: Outbox | None,
-                             turn: TurnPool | None, *, take_over: bool = False
-                             ) -> list[dict[str, Any]]:
+                             turn: TurnPool | None, *, take_over: bool = False,
+                             orphaned: Orphaned | None = None) -> list[dict[str, Any]]:
     """Fails the calls a previous run left connecting or live, unless this process takes
-    them over; keeps booked ones."""
+    them over; keeps booked ones, and those `orphaned` says a living node runs."""
     keep = BOOKED + BEGUN if take_over else BOOKED
-    closed = await store.close_unfinished("the service restarted", keep=keep)
+    closed = await store.close_unfinished("the service restarted", keep=keep,
+                                          orphaned=orphaned)
     for snap in closed:
         log.warning("! call left unfinished by the previous run marked failed",
                     extra={"call_id": snap["id"]})
@@ -56,13 +60,17 @@ async def recover_unfinished(store: CallStore, outbox: Outbox | None,
     return closed
 
 
-async def take_over_unfinished(hub: Hub, store: CallStore) -> list[str]:
+async def take_over_unfinished(hub: Hub, store: CallStore,
+                               orphaned: Orphaned | None = None) -> list[str]:
     """Adopts the calls a previous run left connecting or live (their media still runs on
-    the media server); those whose media is gone fail `media-server-lost`. Their ids."""
+    the media server), except those `orphaned` says a living node runs; those whose media
+    is gone fail `media-server-lost`. Their ids."""
     taken = []
     for raw_id in await store.redis.smembers(f"{store.prefix}open"):
         snap = await store.get(as_text(raw_id))
         if snap is None or snap["state"] not in BEGUN:
+            continue
+        if orphaned is not None and not await orphaned(snap):
             continue
         try:
             call = await take_over(hub, snap)

@@ -131,6 +131,11 @@ class NodeSettings:
         "object it creates (who made an orphan). Stable across restarts; unique per node "
         "when several share a Redis. Empty: the host name and http.port, host:port.",
     )
+    heartbeat_ttl: float = setting(
+        5.0, "A node refreshes its liveness key in Redis every third of this; a node not "
+        "heard of for this long is gone, and its calls may be taken over by a node that "
+        "starts.", unit="s", min=0.3,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

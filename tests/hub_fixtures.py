@@ -119,6 +119,8 @@ class CallClient:
         self.got_media: dict[str, asyncio.Event] = {}
         #: (source, kind) → the longest wait between two frames so far (s).
         self.max_gap: dict[tuple[str, str], float] = {}
+        #: (source, kind) → when (loop time) that longest wait ended.
+        self.max_gap_at: dict[tuple[str, str], float] = {}
         self.expected: dict[str, tuple[str, ...]] = {}
         self._readers: list[asyncio.Task[None]] = []
         self.strip_remote_candidates = False
@@ -280,7 +282,8 @@ class CallClient:
                 now = loop.time()
                 if last is not None:
                     key = (source, track.kind)
-                    self.max_gap[key] = max(self.max_gap.get(key, 0.0), now - last)
+                    if now - last > self.max_gap.get(key, 0.0):
+                        self.max_gap[key], self.max_gap_at[key] = now - last, now
                 last = now
                 counts[track.kind] += 1
                 if all(counts[kind] >= 5 for kind in self.expected[source]) \

@@ -11,10 +11,11 @@ from typing import Any
 
 import aiohttp
 
-from mis.history import STORE
+from mis.history import STORE, CallStore
 from signaling.call import CallState, FailureReason
 from signaling.events import CallEvent
-from telemed.recovery import expire_booked, expiry_due
+from telemed.nodes import NodeHeartbeat
+from telemed.recovery import expire_booked, expiry_due, recover_unfinished
 from tests.helpers import scaled
 from tests.hub_fixtures import API_KEY, CallClient, Service, run_service
 from tests.media_fixtures import run_mediaserver
@@ -106,3 +107,34 @@ def test_expiry_is_due_after_the_window_plus_overrun_or_after_the_idle_time() ->
     scheduled = {"createdAt": 100.0, "schedule": {"start": 200.0, "end": 300.0}}
     assert expiry_due(scheduled, overrun=50, idle=1000) == 350.0
     assert expiry_due({"createdAt": 100.0, "schedule": None}, overrun=50, idle=1000) == 1100.0
+
+
+async def test_a_starting_node_leaves_the_begun_calls_of_a_living_node_alone(
+    redis_client: Any,
+) -> None:
+    """Three live calls in Redis: one of this node (restarted), one of a node whose
+    heartbeat is fresh, one of a node not heard of. Start-up recovery (takeover off) fails
+    this node's and the dead node's, never the living node's; with takeover on it keeps
+    them all, and `orphaned` picks the same two for adoption."""
+    store = CallStore(redis_client)
+    me = NodeHeartbeat(redis_client, "node-a", ttl=5)
+    other = NodeHeartbeat(redis_client, "node-b", ttl=5)
+    await me.beat()
+    await other.beat()
+    now = time.time()
+    snaps = {owner: {"id": f"call-{owner}", "kind": "consultation", "state": "live",
+                     "node": owner, "createdAt": now, "liveAt": now, "participants": [],
+                     "timeline": []}
+             for owner in ("node-a", "node-b", "node-c")}
+    for snap in snaps.values():
+        await store.save(snap)
+
+    adoptable = [o for o, snap in snaps.items() if await me.orphaned(snap)]
+    assert adoptable == ["node-a", "node-c"]
+    kept = await recover_unfinished(store, None, None, take_over=True, orphaned=me.orphaned)
+    assert kept == []
+    closed = await recover_unfinished(store, None, None, orphaned=me.orphaned)
+    assert sorted(s["id"] for s in closed) == ["call-node-a", "call-node-c"]
+    assert (await store.get("call-node-b"))["state"] == "live"
+    await other.stop()  # a clean stop frees its calls at once
+    assert await me.orphaned(snaps["node-b"])

@@ -183,6 +183,7 @@ async def test_a_live_recorded_call_survives_a_sigkill_of_the_service(
             await more_frames(clients["pat"], "doc")
 
             await n.kill()
+            killed_at = loop.time()
             # The media server streams on without anyone to drive it.
             await more_frames(clients["pat"], "doc")
             await more_frames(clients["doc"], "pat")
@@ -208,7 +209,11 @@ async def test_a_live_recorded_call_survives_a_sigkill_of_the_service(
             await receiver.wait_for("call.ended", call_id)
             for viewer, source in (("pat", "doc"), ("doc", "pat")):
                 gap = clients[viewer].max_gap[(source, "video")]
-                assert gap < 1.0, f"{viewer} waited {gap:.2f} s for a frame of {source}"
+                at = clients[viewer].max_gap_at[(source, "video")]
+                assert gap < 1.0, (
+                    f"{viewer} waited {gap:.2f} s for a frame of {source}, until "
+                    f"{at - killed_at:.2f} s after the kill (ready after "
+                    f"{ready_at - killed_at:.2f} s)")
         finally:
             for c in clients.values():
                 await c.close()
