@@ -542,6 +542,13 @@ class CallSession:
             self._loss_timer.cancel()
             self._loss_timer = None
 
+    def freeze(self) -> None:
+        """The service stops and leaves this call to the next start: no timer fires and
+        no event counts any more, and nothing is released."""
+        self.begin_close()
+        for m in self.members.values():
+            m.stop_grace()
+
     async def close(self, *, server_lost: bool) -> None:
         """Releases the media (recorders finalized) and closes every participant; their
         leases go back. Idempotent after `begin_close`."""

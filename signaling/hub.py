@@ -80,6 +80,8 @@ class Hub:
         self.repository = repository
         #: A store that does not answer within this long counts as unreachable (s).
         self.store_timeout = 5.0
+        #: Stopping, its calls left to the next start: sockets closing change nothing.
+        self.suspended = False
         self._evictions: dict[str, asyncio.TimerHandle] = {}
         self.calls: dict[str, Call] = {}
         self.sessions: dict[str, CallSession] = {}
@@ -323,6 +325,8 @@ class Hub:
         call.timeline.add(f"client.{event}"[:64], participant=pid, data=kept, joined=False)
 
     async def disconnected(self, conn: Connection, call_id: str, pid: str) -> None:
+        if self.suspended:
+            return  # the sockets close because the service stops; the calls go on
         if (session := self.sessions.get(call_id)) is not None:
             await session.disconnected(conn, pid, self.rejoin_grace)
 
@@ -378,6 +382,29 @@ class Hub:
         self._evictions.pop(call_id, None)
         self.calls.pop(call_id, None)
         self.presence.pop_call(call_id)
+
+    async def suspend(self) -> None:
+        """A clean stop that leaves every call to the next start (takeover): whoever is
+        connected is told `serviceRestarting` and their socket closed at once; media,
+        recorders and TURN leases are left running, and no call ends."""
+        self.suspended = True
+        message = encode("serviceRestarting")
+        audience: list[Connection] = []
+        for session in self.sessions.values():
+            session.freeze()
+            audience += session.connected().values()
+        for call_id in list(self.presence.calls()):
+            audience += self.presence.pop_call(call_id).values()
+        for conn in {id(c): c for c in audience}.values():
+            conn.send(message)
+            conn.close_soon()
+        for call_id in list(self.referrals.ringing.rings):
+            self.referrals.ringing.stop(call_id)  # a ring does not outlive its socket
+        for handle in self._evictions.values():
+            handle.cancel()
+        self._evictions.clear()
+        log.warning("! stopping with %d calls left running for the next start",
+                    sum(not s.call.finished for s in self.sessions.values()))
 
     async def shutdown(self) -> None:
         """Fails every call someone is connected to (joined, rung or waiting to be rung)."""

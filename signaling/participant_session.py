@@ -21,6 +21,9 @@ __all__ = ["Connection", "ParticipantSession"]
 class Connection(Protocol):
     def send(self, text: str) -> None: ...
 
+    def close_soon(self) -> None:
+        """Closes the socket once what was sent before has gone out."""
+
 
 @dataclass(eq=False)
 class ParticipantSession:

@@ -215,6 +215,15 @@ class ClientSession:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def close_soon(self) -> None:
+        self._spawn(self._hang_up(WSCloseCode.SERVICE_RESTART, b"service.restarting"))
+
+    async def _hang_up(self, code: int, reason: bytes) -> None:
+        self._out.put_nowait(None)
+        if self._writer_task is not None:
+            await self._writer_task  # what was queued goes out before the close frame
+        await self.ws.close(code=code, message=reason)
+
     async def _expired(self, claims: JoinClaims) -> None:
         if self.claims is not claims:
             return
@@ -223,10 +232,7 @@ class ClientSession:
         if self.joined:
             self.joined = False
             await self.hub.leave(self, claims.call_id, claims.subject, why="token-expired")
-        self._out.put_nowait(None)
-        if self._writer_task is not None:
-            await self._writer_task  # the error goes out before the close frame
-        await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"auth.expired")
+        await self._hang_up(WSCloseCode.POLICY_VIOLATION, b"auth.expired")
 
     def _claims(self) -> JoinClaims:
         if self.claims is None:

@@ -295,7 +295,8 @@ def create_app(
             overrun=calls.schedule_overrun, idle=calls.idle_expiry, clock=time.time))
         yield
         try:
-            await app[HUB].shutdown()
+            if not app[HUB].suspended:
+                await app[HUB].shutdown()
             await heartbeat.stop()
             await sink.flush(timeout=10.0)  # Redis away: the journal keeps the rest
             await _drain(worker, settings.recordings.drain_timeout)
@@ -318,6 +319,16 @@ def create_app(
                     await turn.provider.redis.aclose()
 
     app.cleanup_ctx.append(clients)
+
+    async def stopping(app: web.Application) -> None:
+        # Before aiohttp waits for open sockets to finish: the participants hear it now,
+        # not when the sockets time out.
+        if settings.calls.take_over:
+            await app[HUB].suspend()
+        else:
+            await app[HUB].shutdown()
+
+    app.on_shutdown.append(stopping)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

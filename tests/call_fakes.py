@@ -128,6 +128,9 @@ class Socket:
     def send(self, text: str) -> None:
         self.sent.append(json.loads(text))
 
+    def close_soon(self) -> None:
+        self.sent.append({"type": "(closed)"})
+
     def types(self) -> list[str]:
         return [m["type"] for m in self.sent]
 

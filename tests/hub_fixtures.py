@@ -75,7 +75,11 @@ async def run_service(tmp_path: Path, redis_url: str, kurento_urls: tuple[str, .
         "TELEMED_HTTP_PORT": str(port), "TELEMED_DATA_DIR": str(tmp_path / "data"),
         "TELEMED_CALLS_WATCHDOG_TIMEOUT": str(watchdog_timeout),
         # Composing costs seconds of ffmpeg per call: only the recordings tests ask for it.
-        "TELEMED_RECORDINGS_COMPOSE": "false", **(env or {})})
+        "TELEMED_RECORDINGS_COMPOSE": "false",
+        # The in-process service stops by failing its calls (`shutdown`), as these tests
+        # expect; takeover across a restart is tested with the service as its own process
+        # (test_takeover_functional).
+        "TELEMED_CALLS_TAKE_OVER": "false", **(env or {})})
     endpoints = Endpoints(redis_url=redis_url, kurento_urls=kurento_urls, turn_urls=turn_urls,
                           turn_secrets=turn_secrets, jwt_secret=JWT_SECRET,
                           api_key_hashes=(hash_api_key(API_KEY),))

@@ -416,3 +416,26 @@ def test_forgetting_media_keeps_the_socket_and_the_lease() -> None:
     assert session.loss.stopped == {}
     assert session.conn is not None and session.lease is not None and session.present
     assert session.id == "pat"
+
+
+async def test_a_clean_stop_with_takeover_tells_everyone_and_ends_nothing(
+        tmp_path: Path) -> None:
+    """`suspend`: each connected participant hears serviceRestarting and its socket is
+    closed; the call stays live, its media is neither removed nor closed, no event goes to
+    the MIS, and the sockets closing afterwards change nothing."""
+    hub, media = make_hub(tmp_path, grace=30.0)
+    call = consultation(hub)
+    sockets, _ = await negotiated(hub, call)
+    for fact in FACTS:
+        prove(hub, call, media[call.id], sockets, fact)
+    assert call.state is CallState.LIVE
+    heard: list[str] = []
+    hub.hooks.append(lambda event, c, data: heard.append(event))
+    await hub.suspend()
+    for sock in sockets.values():
+        assert sock.types()[-2:] == ["serviceRestarting", "(closed)"]
+    for pid, sock in sockets.items():
+        await hub.disconnected(sock, call.id, pid)
+    assert call.state is CallState.LIVE and not call.finished
+    assert media[call.id].removed == [] and media[call.id].closed == []
+    assert heard == []

@@ -64,6 +64,13 @@ class Node:
         await self.proc.wait()
         self.proc = None
 
+    async def terminate(self) -> None:
+        """SIGTERM, as a deploy stops the service."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        await self.proc.wait()
+        self.proc = None
+
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -275,3 +282,46 @@ async def test_a_browser_that_lost_its_peers_publishes_afresh_after_a_takeover(
         ended = await receiver.wait_for("call.ended", call_id)
         names = sorted(Path(p).name for p in ended["data"]["recordings"])
         assert names == ["doc.webm", "pat.part2.webm", "pat.webm"]
+
+
+@HEAVY
+async def test_a_clean_stop_tells_the_participants_at_once_and_the_next_start_resumes_the_call(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """SIGTERM mid-call: each participant hears `serviceRestarting` and its socket closes
+    within 2 s, the process exits without ending the call (no call.failed); the next start
+    takes it over and it ends normally, with one call.resumed."""
+    api_key = uuid.uuid4().hex
+    async with run_mediaserver(recordings_root=tmp_path / "recordings") as (kms_url, _), \
+            run_receiver(SECRET) as receiver, \
+            node(tmp_path, redis_server.url, kms_url, receiver.url, api_key) as n:
+        await n.start()
+        created = await create_call(n, api_key)
+        call_id = created["id"]
+        tokens = {p["id"]: p["token"] for p in created["participants"]}
+        target = cast(Service, n)
+        clients = {pid: CallClient(target, tokens[pid]) for pid in ("pat", "doc")}
+        try:
+            await live_pair(clients)
+            loop = asyncio.get_running_loop()
+            asked = loop.time()
+            stopping = asyncio.ensure_future(n.terminate())
+            for c in clients.values():
+                await c.wait_event("serviceRestarting", timeout=2)
+                assert c._reader is not None
+                await asyncio.wait_for(c._reader, scaled(2))  # the server closed it
+            assert loop.time() - asked < scaled(2)
+            await asyncio.wait_for(stopping, scaled(15))
+            await more_frames(clients["doc"], "pat")
+            await n.start()
+            for c in clients.values():
+                assert (await reconnect(c, resume=True))["resumed"] is True
+            assert (await call_state(n, api_key, call_id))["state"] == "live"
+            await clients["doc"].request("end")
+            await clients["pat"].wait_event("callEnded")
+        finally:
+            for c in clients.values():
+                await c.close()
+        await receiver.wait_for("call.ended", call_id)
+    events = receiver.events(call_id)
+    assert events.count("call.resumed") == 1 and "call.failed" not in events
