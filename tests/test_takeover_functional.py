@@ -325,3 +325,40 @@ async def test_a_clean_stop_tells_the_participants_at_once_and_the_next_start_re
         await receiver.wait_for("call.ended", call_id)
     events = receiver.events(call_id)
     assert events.count("call.resumed") == 1 and "call.failed" not in events
+
+
+@HEAVY
+async def test_a_booked_call_survives_a_clean_stop_and_a_kill_then_is_joined_and_recorded(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A consultation booked through the API outlives a SIGTERM restart and a SIGKILL
+    restart (still `created`, its links open it, no call.failed), then goes live, is
+    recorded and ends like any other."""
+    api_key = uuid.uuid4().hex
+    async with run_mediaserver(recordings_root=tmp_path / "recordings") as (kms_url, _), \
+            run_receiver(SECRET) as receiver, \
+            node(tmp_path, redis_server.url, kms_url, receiver.url, api_key) as n:
+        await n.start()
+        created = await create_call(n, api_key)
+        call_id = created["id"]
+        await n.terminate()
+        await n.start()
+        await n.kill()
+        await n.start()
+        assert (await call_state(n, api_key, call_id))["state"] == "created"
+        tokens = {p["id"]: p["token"] for p in created["participants"]}
+        target = cast(Service, n)
+        clients = {pid: CallClient(target, tokens[pid]) for pid in ("pat", "doc")}
+        try:
+            await live_pair(clients)
+            await more_frames(clients["pat"], "doc")
+            await clients["doc"].request("end")
+            await clients["pat"].wait_event("callEnded")
+        finally:
+            for c in clients.values():
+                await c.close()
+        ended = await receiver.wait_for("call.ended", call_id)
+        for path in (Path(p) for p in ended["data"]["recordings"]):
+            assert await duration(path) > 0.5, path
+    events = receiver.events(call_id)
+    assert "call.failed" not in events and events.count("call.created") == 1
