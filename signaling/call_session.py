@@ -22,23 +22,15 @@ from signaling.call import Call, CallKind, CallState, FailureReason
 from signaling.errors import CallError, MediaError
 from signaling.events import (
     CallEvent,
-    CandidatesDropped,
-    FailedPart,
-    FlowChanged,
-    IcePairSelected,
-    IceStateChanged,
-    MediaEvent,
-    MediaFailed,
-    RecordingStarted,
-    timeline_fields,
 )
-from signaling.liveness import FlowKey, MediaLoss, ready_for_live
+from signaling.liveness import MediaLoss
 from signaling.media import CallMedia
+from signaling.media_verdicts import MediaVerdicts
 from signaling.participant import ParticipantState
 from signaling.participant_session import Connection, ParticipantSession
 from signaling.protocol import encode
 from signaling.sdp import offer_kinds
-from signaling.watchdog import Expectation, Expired, MediaWatchdog, WatchdogTimer
+from signaling.watchdog import Expectation, MediaWatchdog, WatchdogTimer
 from turn.lease import (
     KurentoTurnUrlError,
     TurnExhausted,
@@ -70,7 +62,7 @@ class CallServices:
     revoke: Callable[[TurnLease, bool], Awaitable[None]]
 
 
-class CallSession:
+class CallSession(MediaVerdicts):
     def __init__(self, call: Call, media: CallMedia, services: CallServices) -> None:
         self.call = call
         self.media = media
@@ -395,141 +387,6 @@ class CallSession:
     async def _drop_media(self, pid: str) -> None:
         self._forget_media_of(pid)
         await self.media.remove(pid)
-
-    # ---------------------------------------------------------------- media events
-
-    def on_media(self, event: MediaEvent) -> None:
-        name, fields = timeline_fields(event)
-        self.call.timeline.add(name, **fields)
-        match event:
-            case FlowChanged():
-                self._on_flow(event)
-            case RecordingStarted():
-                self._on_recording(event.participant)
-            case MediaFailed():
-                self._on_failure(event)
-            case CandidatesDropped():
-                log.info("= dropped %d %s candidates of %s: %s", len(event.reasons),
-                         event.direction, event.participant,
-                         ",".join(sorted(set(event.reasons))), extra={"call_id": self.call.id})
-            case IceStateChanged() | IcePairSelected():
-                pass
-
-    def _satisfy(self, expectation: Expectation) -> None:
-        if self.closing:
-            return  # teardown cancelled the watchdog; re-arming it would outlive the call
-        if self.watchdog.satisfy(expectation):
-            self.timer.rearm()
-            self.call.timeline.add("media", participant=expectation.participant,
-                                   proven=expectation.direction, kind=expectation.kind,
-                                   source=expectation.source)
-        self._check_live()
-
-    def _on_flow(self, event: FlowChanged) -> None:
-        if self.closing or event.owner not in self.call.participants:
-            return  # events of a pipeline being torn down: on the timeline, nothing more
-        key: FlowKey = (event.owner, event.target, event.kind)
-        loss = self.member(event.owner).loss
-        if not event.flowing:
-            if self.call.state is CallState.LIVE:
-                loss.stop(key, self.timer.now())
-                self._rearm_loss()
-            return
-        if loss.resume(key):
-            self._loss_changed(key, "mediaRestored", CallEvent.MEDIA_RESTORED)
-        self._rearm_loss()
-        if event.target == "publish" and event.direction == "out":
-            self._satisfy(Expectation(event.owner, "from-browser", event.kind))
-            self.send(event.owner, encode("mediaFlowing", direction="sending",
-                                          kind=event.kind))
-        elif event.target != "publish" and event.direction == "in":
-            self._satisfy(Expectation(event.owner, "to-browser", event.kind, event.target))
-
-    def _rearm_loss(self) -> None:
-        if self._loss_timer is not None:
-            self._loss_timer.cancel()
-            self._loss_timer = None
-        deadlines = [d for m in self.members.values()
-                     if (d := m.loss.next_deadline()) is not None]
-        if deadlines and not self.closing:
-            self._loss_timer = asyncio.get_running_loop().call_at(min(deadlines),
-                                                                  self._report_losses)
-
-    def _report_losses(self) -> None:
-        self._loss_timer = None
-        if self.closing:
-            return
-        now = self.timer.now()
-        for m in list(self.members.values()):
-            for key in m.loss.due(now):
-                self._loss_changed(key, "mediaInterrupted", CallEvent.MEDIA_INTERRUPTED)
-        self._rearm_loss()
-
-    def _loss_changed(self, key: FlowKey, message: str, event: CallEvent) -> None:
-        """Media that stopped (or came back) mid-call: told to everyone, the call goes on."""
-        owner, target, kind = key
-        # A publisher's endpoint stops receiving from its browser; a subscriber's endpoint
-        # stops sending to its browser: either way name whose media and who misses it.
-        source = owner if target == "publish" else target
-        fields: dict[str, Any] = {"participant": source, "kind": kind,
-                                  **({} if target == "publish" else {"viewer": owner})}
-        self.call.timeline.add(message, **fields)
-        log.warning("! %s %s", message, fields, extra={"call_id": self.call.id})
-        self.broadcast(encode(message, **fields))
-        self.services.emit(event, self.call, fields)
-
-    def _on_recording(self, pid: str) -> None:
-        if self.closing or pid not in self.call.participants:
-            return
-        self.member(pid).recording = True
-        self.send(pid, encode("recording", state="on"))
-        self._satisfy(Expectation(pid, "recording", "file"))
-
-    def _on_failure(self, event: MediaFailed) -> None:
-        if event.part is FailedPart.RECORDER:
-            # The media server's description names the file on the server: it stays on
-            # the timeline and in the log, and the participants read only what happened.
-            log.error("! %s's recorder: %s", event.participant, event.description,
-                      extra={"call_id": self.call.id})
-            self.services.spawn(self.services.end(
-                self.call.id, FailureReason.RECORDING_FAILED,
-                f"the recording of {event.participant} could not be written"), self.call.id)
-
-    def _check_live(self) -> None:
-        call = self.call
-        if call.state is not CallState.CONNECTING:
-            return
-        connected = self.connected()
-        publishers = [p for p in call.participants.values() if p.published and p.id in connected]
-        if not ready_for_live(
-                publishers=[p.id for p in publishers],
-                recording=[pid for pid, m in self.members.items() if m.recording],
-                watchdog_pending=self.watchdog.pending,
-                subscribed=[(viewer, source) for viewer, e in self.media.participants.items()
-                            for source in e.subscriptions],
-                reported=[(pid, source) for pid, m in self.members.items()
-                          for source in m.reported]):
-            return
-        for p in publishers:
-            if p.state is ParticipantState.CONNECTING:
-                p.transition(ParticipantState.CONNECTED)
-        call.transition(CallState.LIVE)
-        self.broadcast(encode("callLive", recording=True))
-        self.services.emit(CallEvent.LIVE, call, {})
-
-    def _ice_detail(self, expectation: Expectation) -> str:
-        # Whose endpoint's ICE explains it: the publisher's for its own upload and recording,
-        # the viewer's receiving endpoint for media towards the browser.
-        target = expectation.source or "publish"
-        state = self.media.ice_states.get((expectation.participant, target), "no ICE activity")
-        return f"ICE {state}"
-
-    def _on_watchdog(self, expired: Expired) -> None:
-        reason = FailureReason.RECORDING_FAILED if expired.expectation.direction == "recording" \
-            else FailureReason.NO_MEDIA
-        log.warning("! watchdog: %s", expired.detail, extra={"call_id": self.call.id})
-        self.services.spawn(self.services.end(self.call.id, reason, expired.detail),
-                            self.call.id)
 
     # ---------------------------------------------------------------- teardown
 

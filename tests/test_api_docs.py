@@ -155,7 +155,7 @@ def test_the_webhook_events_documented_are_the_events_sent() -> None:
     assert sorted(set(documented)) == sorted(EVENTS)
     senders = "".join(p.read_text() for p in (
         ROOT / "signaling" / "hub.py", ROOT / "signaling" / "call_session.py",
-        ROOT / "signaling" / "takeover.py",
+        ROOT / "signaling" / "takeover.py", ROOT / "signaling" / "media_verdicts.py",
         ROOT / "recordings" / "worker.py", ROOT / "telemed" / "app.py"))
     by_value = {e.value: e.name for e in CallEvent}
     for event in EVENTS:
