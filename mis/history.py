@@ -1,11 +1,12 @@
 """Durable call history in Redis, and the one ordered path from hub events to it and to
 the webhook outbox.
 
-The hub reports events synchronously; `EventSink` snapshots the call at that moment and
-writes snapshots and webhook events one at a time, in the order they happened. Before an
-event is queued it is appended (and fsynced) to a journal file, so neither a crash before
-Redis has it nor a Redis outage loses it: the next start replays the journal, and event
-ids make the replay idempotent.
+The hub reports events synchronously; `EventSink` takes the call's summary and its new
+timeline entries at that moment and writes them and webhook events in the order they
+happened. Before an event is queued it is appended to a journal file (fsynced by a
+background thread, `mis.journal`), so neither a crash before Redis has it nor a Redis
+outage loses it: the next start replays the journal, and event ids and entry numbers make
+the replay idempotent.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from mis.journal import Journal
 from mis.jsonsafe import sanitize
 from mis.webhooks import Outbox, as_text
 from signaling.call import Call, CallState
@@ -215,14 +216,6 @@ SNAPSHOT = "call.snapshot"
 BATCH = 256
 
 
-def _private_append(path: Path) -> TextIO:
-    """The journal holds patients' names and the MIS's metadata: its owner's alone, even
-    when an earlier version left it readable to others."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.fchmod(fd, 0o600)
-    return os.fdopen(fd, "a", encoding="utf-8")
-
-
 class EventSink:
     """Hub hook: each call's new timeline entries, its summary and its webhook events,
     journalled, then written in order by one task.
@@ -242,7 +235,7 @@ class EventSink:
         self._queued = 0
         self._written = 0
         self._progress = asyncio.Condition()
-        self._file = None if journal is None else _private_append(journal)
+        self._file = None if journal is None else Journal(journal)
         self._dirty: dict[str, Call] = {}
         self._flush_soon: asyncio.Handle | None = None
 
@@ -287,12 +280,8 @@ class EventSink:
                     sanitize(entries))
             line = json.dumps(item, separators=(",", ":"), allow_nan=False)
         if self._file is not None:
-            self._file.write(line + "\n")
-            self._file.flush()
-            if event != SNAPSHOT:
-                # A few lines per call: a synchronous fsync costs less than the loss it
-                # prevents. Entries between events are flushed to the OS, not synced.
-                os.fsync(self._file.fileno())
+            # Entries between the call's events are flushed to the OS, not fsynced.
+            self._file.append(line, durable=event != SNAPSHOT)
         self._queue.put_nowait(item)
         self._queued += 1
 
@@ -323,9 +312,12 @@ class EventSink:
         return count
 
     async def settle(self) -> None:
-        """Returns once everything reported so far is in Redis (the API answers after it)."""
+        """Returns once everything reported so far is fsynced in the journal, then once it
+        is in Redis (the API answers after it)."""
         self._take_dirty_now()
         target = self._queued
+        if self._file is not None:
+            await self._file.synced()
         async with self._progress:
             await self._progress.wait_for(lambda: self._written >= target or self._task is None)
 
@@ -378,7 +370,7 @@ class EventSink:
                 self._progress.notify_all()
             if self._file is not None and self._written >= self._queued:
                 # Everything journalled is in Redis: start the journal afresh.
-                self._file.truncate(0)
+                self._file.truncate()
 
     async def flush(self, timeout: float | None = None) -> None:
         """Writes what is queued, then stops; past `timeout` (Redis away) what is left
@@ -396,7 +388,7 @@ class EventSink:
                     await self._task
             self._task = None
         if self._file is not None:
-            self._file.close()
+            await self._file.close()
             self._file = None
 
 
