@@ -138,13 +138,22 @@ async def hub(opts: argparse.Namespace) -> None:
                                watchdog_timeout=opts.watchdog_timeout, env=env) as service:
             if opts.kurento[0] != "ws://127.0.0.1:9/kurento":
                 await asyncio.wait_for(service.hub.pool.wait_up(), 10)
-            tokens = []
+            tokens, ids = [], []
             for i in range(opts.calls):
                 call = service.hub.create_call(CallKind.CONSULTATION, [
                     (f"p{i}", "P", "patient"), (f"d{i}", "D", "doctor")])
+                ids.append(call.id)
                 tokens.append([service.token(call.id, f"p{i}"),
                                service.token(call.id, f"d{i}", role="doctor")])
             write_json(opts.tokens, tokens)
+
+            async def deadlines(_: dict[str, Any]) -> dict[str, Any]:
+                """Each call's next watchdog deadline (CLOCK_MONOTONIC, as the load's)."""
+                sessions = [service.hub.sessions.get(i) for i in ids]
+                return {"deadlines": [s.watchdog.next_deadline() if s else None
+                                      for s in sessions]}
+
+            handlers["watchdog_deadlines"] = deadlines
             await serve_commands({"url": service.ws_url, "origin": service.url,
                                   "pid": os.getpid()}, handlers)
 

@@ -109,6 +109,9 @@ class KurentoClient:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._futures: dict[int, asyncio.Future[Any]] = {}
         self._handlers: dict[tuple[str, str], list[EventHandler]] = {}
+        #: The keys of `_handlers` by the pipeline their object is in (the id's part before
+        #: "/"), so releasing a pipeline does not scan every call's handlers.
+        self._by_root: dict[str, set[tuple[str, str]]] = {}
         self._session_lost: list[SessionLostHandler] = []
         self._resumed: list[ResumedHandler] = []
         self._sent_at: dict[int, float] = {}
@@ -210,6 +213,7 @@ class KurentoClient:
 
     def _lose_session(self, loss: SessionLoss) -> None:
         self._handlers.clear()
+        self._by_root.clear()
         for handler in list(self._session_lost):
             safe_call(handler, loss)
 
@@ -380,19 +384,29 @@ class KurentoClient:
 
     def add_handler(self, object_id: str, event_type: str, handler: EventHandler) -> None:
         self._handlers.setdefault((object_id, event_type), []).append(handler)
+        self._by_root.setdefault(object_id.split("/", 1)[0], set()).add((object_id, event_type))
 
     def remove_handler(self, object_id: str, event_type: str, handler: EventHandler) -> None:
         handlers = self._handlers.get((object_id, event_type), [])
         if handler in handlers:
             handlers.remove(handler)
         if not handlers:
-            self._handlers.pop((object_id, event_type), None)
+            self._forget((object_id, event_type))
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self._handlers.pop(key, None)
+        root = key[0].split("/", 1)[0]
+        keys = self._by_root.get(root)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_root[root]
 
     def drop_object(self, object_id: str) -> None:
         """Forgets every handler of an object and of its children (after release)."""
-        for key in [k for k in self._handlers if k[0] == object_id
-                    or k[0].startswith(object_id + "/")]:
-            del self._handlers[key]
+        for key in [k for k in self._by_root.get(object_id.split("/", 1)[0], ())
+                    if k[0] == object_id or k[0].startswith(object_id + "/")]:
+            self._forget(key)
 
     def on_session_lost(self, handler: SessionLostHandler) -> Callable[[], None]:
         """Registers `handler(SessionLoss)`; returns a function that unregisters it."""
