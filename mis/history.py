@@ -325,17 +325,19 @@ class EventSink:
         self._task = asyncio.create_task(self._run(), name="call-events")
 
     async def _write(self, batch: list[Item]) -> None:
-        """Summaries and entries of the batch in one transaction, then the webhook event
-        that closes it (only its last item may have one)."""
-        event, meta, payload, event_id, at, _, _ = batch[-1]
+        """Summaries and entries of the batch in one transaction, then its webhook events
+        in order."""
         saves = [(m, first, [_dumps(e) for e in entries])
                  for _, m, _, _, _, first, entries in batch]
+        event, meta = batch[-1][0], batch[-1][1]
         attempt = 0
         while True:
             try:
                 await self.store.save_many(saves)
-                if self.outbox is not None and event != SNAPSHOT:
-                    await self.outbox.publish(event, payload, event_id=event_id, at=at)
+                for name, _, payload, event_id, at, _, _ in batch:
+                    if self.outbox is not None and name != SNAPSHOT:
+                        # Idempotent by event id: a retry after a failure midway is safe.
+                        await self.outbox.publish(name, payload, event_id=event_id, at=at)
                 return
             except (aioredis.RedisError, OSError) as exc:
                 # Never dropped: the queue waits (in order) for Redis, the journal holds it.
@@ -350,10 +352,9 @@ class EventSink:
                 return
 
     def _batch(self, item: Item) -> tuple[list[Item], bool]:
-        """`item` and the snapshot items queued right behind it, up to the next event;
-        True when the stop sentinel was met."""
+        """`item` and those queued right behind it; True when the stop sentinel was met."""
         batch = [item]
-        while batch[-1][0] == SNAPSHOT and len(batch) < BATCH and not self._queue.empty():
+        while len(batch) < BATCH and not self._queue.empty():
             following = self._queue.get_nowait()
             if following is None:
                 return batch, True

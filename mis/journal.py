@@ -1,6 +1,7 @@
-"""The call-events journal: a private append-only file whose lines are fsynced by a
-background thread, one fsync for every line written meanwhile (group commit), so the
-event loop never waits for the disk; `synced()` waits for what was written so far."""
+"""The call-events journal: a private append-only file whose lines are written to the OS
+at once and fsynced by a background thread, one fsync for every line written meanwhile
+(group commit), so the event loop never waits for the disk; `synced()` waits for what
+was written so far."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ class Journal:
 
     def append(self, line: str, *, durable: bool) -> None:
         """Written and flushed to the OS at once (a crash of the process loses nothing);
-        `durable` lines are fsynced too, soon (a crash of the machine loses nothing once
-        `synced()` returned)."""
+        `durable` lines are fsynced too, soon after, by the background thread (a crash of
+        the machine loses nothing once `synced()` returned)."""
         self._file.write(line + "\n")
         self._file.flush()
         if not durable:
