@@ -232,12 +232,18 @@ def measure(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
         if opts.profile:
             hub.ask("profile_start")
         real = load.ask("collect", deadlines=deadlines)
+        ending = hub.ask("ending")["ending"]
+        hub_late = [(e - d) * 1000 for e, d in zip(ending, deadlines, strict=True)
+                    if e is not None and d is not None]
+        real |= {"hub_end_late_p50_ms": pct(hub_late, 50) if hub_late else float("nan"),
+                 "hub_end_late_max_ms": max(hub_late, default=float("nan"))}
         if opts.profile:
             found = hub.ask("profile_stop", top=30)
             print(f"hub profile, from the watchdogs' arming to the last release "
                   f"({found['total_s']:.2f} s of CPU), by own time:")
             for row in found["top"]:
-                print(f"  {row['own_s']:7.3f} {row['cum_s']:7.3f}  {row['where']}")
+                print(f"  {row['own_s']:7.3f} {row['cum_s']:7.3f} {row['calls']:8d}  "
+                      f"{row['where']}  <- {', '.join(row['callers'])}")
     timers = asyncio.run(watchdogs(opts.calls, opts.timeout))
     base = asyncio.run(bare(opts.calls, opts.timeout))
     reasons = real.pop("reasons")
