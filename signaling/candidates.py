@@ -17,6 +17,7 @@ what `int()` does ("+5", "٣", "1_0"), never checks `typ` and takes any port or 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 from collections import Counter
@@ -168,6 +169,41 @@ def _normalize(line: str) -> tuple[str, _Parsed | None]:
     return result
 
 
+@functools.lru_cache(maxsize=4096)
+def _judge_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, bool]:
+    """Why an address is no peer ("" if it is one), and whether it is a private IPv4 one.
+    Cached: a browser trickles many candidates from few addresses, and `ipaddress`'s
+    checks were a good part of the hub's time per candidate (bench.signalling)."""
+    if ip.version == 6:
+        if ip.is_loopback:
+            return "loopback", False
+        if ip.is_unspecified:
+            return "unspecified", False
+        if ip in _RESERVED6 and not any(ip in net for net in _NAT64):
+            # IPv4-compatible and -translated forms among them
+            return "reserved", False
+        if ip.is_link_local:
+            return "link-local", False
+        if ip.is_multicast:
+            return "multicast", False
+        return "", False
+    if ip.is_loopback:
+        return "loopback", False
+    if ip == ipaddress.IPv4Address(0):
+        return "unspecified", False
+    if ip in _THIS_NETWORK:
+        return "this-network", False
+    if ip in _LINK_LOCAL4:
+        return "link-local", False
+    if ip.is_multicast:
+        return "multicast", False
+    if ip == _BROADCAST:
+        return "broadcast", False
+    if ip in _RESERVED4:
+        return "reserved", False
+    return "", ip.is_private
+
+
 @dataclass
 class CandidateFilter:
     policy: CandidatePolicy = field(default_factory=CandidatePolicy)
@@ -199,37 +235,13 @@ class CandidateFilter:
         ip = cand.ip
         if isinstance(ip, str):
             return "mdns" if ip.lower().endswith(".local") else "hostname"
-        if ip.version == 6:
-            if ip.is_loopback:
-                return "loopback"
-            if ip.is_unspecified:
-                return "unspecified"
-            if ip in _RESERVED6 and not any(ip in net for net in _NAT64):
-                # IPv4-compatible and -translated forms among them
-                return "reserved"
-            if ip.is_link_local:
-                return "link-local"
-            if ip.is_multicast:
-                return "multicast"
-            if self.policy.drop_ipv6:
-                return "ipv6"
-        else:
-            if ip.is_loopback:
-                return "loopback"
-            if ip == ipaddress.IPv4Address(0):
-                return "unspecified"
-            if ip in _THIS_NETWORK:
-                return "this-network"
-            if ip in _LINK_LOCAL4:
-                return "link-local"
-            if ip.is_multicast:
-                return "multicast"
-            if ip == _BROADCAST:
-                return "broadcast"
-            if ip in _RESERVED4:
-                return "reserved"
-            if ip.is_private and self.policy.drop_private_ipv4:
-                return "private-ipv4"
+        reason, private = _judge_address(ip)
+        if reason:
+            return reason
+        if ip.version == 6 and self.policy.drop_ipv6:
+            return "ipv6"
+        if private and self.policy.drop_private_ipv4:
+            return "private-ipv4"
         if cand.transport == "tcp" and self.policy.drop_tcp:
             return "tcp"
         return ""
