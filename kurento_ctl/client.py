@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from kurento_ctl.coalesce import coalesce
 from kurento_ctl.errors import (
     ConnectionLost,
     InvalidSession,
@@ -174,6 +175,7 @@ class KurentoClient:
             self._http.ws_connect(self.url, autoping=True, heartbeat=None, max_msg_size=0),
             self.connect_timeout,
         )
+        coalesce(ws)
         self._ws = ws
         self._last_received = time.monotonic()
         self._spawn(self._read(ws), "reader")

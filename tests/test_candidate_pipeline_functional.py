@@ -10,12 +10,13 @@ from typing import Any
 
 import aiohttp
 
+from kurento_ctl.jsonrpc import ErrorCode
 from signaling.call import CallKind
 from signaling.protocol import SUBPROTOCOL
 from tests.call_fakes import FINGERPRINT, OFFER, SEND_OFFER
 from tests.helpers import wait_until, within
 from tests.hub_fixtures import run_service
-from tests.kurento_fixtures import ErrorCode, ScriptedKms, _Fail, _serve_kurento_path
+from tests.kurento_fixtures import ScriptedKms, _Fail, _serve_kurento_path
 from tests.services import RedisServer
 
 BURST = 12

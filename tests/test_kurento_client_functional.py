@@ -121,6 +121,29 @@ async def test_releasing_a_pipeline_drops_its_handlers_and_only_its(
         assert client.handler_count == 0
 
 
+async def test_requests_made_in_one_loop_turn_leave_in_one_write(
+    kms: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty requests made together reach the socket's transport as one write (a spy
+    counts the real transport's writes) and are each answered."""
+    url, _ = kms
+    async with KurentoClient(url) as client:
+        buffer = client._ws._writer.transport  # type: ignore[union-attr]
+        assert type(buffer).__name__ == "_TurnBuffer"
+        writes: list[int] = []
+        real = buffer._transport.write
+
+        def counted(data: bytes) -> None:
+            writes.append(len(data))
+            real(data)
+
+        monkeypatch.setattr(buffer._transport, "write", counted)
+        manager = ServerManager(client)
+        answers = await asyncio.gather(*(manager.get_pipelines() for _ in range(20)))
+        assert answers == [[]] * 20
+        assert len(writes) == 1
+
+
 async def test_close_leaves_no_task_or_handler_behind(kms: tuple[str, Any]) -> None:
     url, _ = kms
     before = {t for t in asyncio.all_tasks() if not t.done()}
