@@ -258,7 +258,7 @@ def measure(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    bench_main("watchdog", __doc__ or "", measure, load_main, {"calls": 10, "timeout": 0.5},
+    bench_main("watchdog", __doc__ or "", measure, load_main, {"calls": 10, "timeout": 1.5},
                calls=200, timeout=3.0, profile=False)
 
 
