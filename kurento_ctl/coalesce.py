@@ -1,7 +1,7 @@
-"""Frames written to the media server's socket in one event-loop turn leave in one
-`send`: under load every participant's trickled candidate is a request on that one
-socket, and one syscall per frame was the largest single cost of the hub's hot path
-(bench.signalling --profile).
+"""Frames written to one WebSocket in one event-loop turn leave in one `send`: under load
+every participant's trickled candidate is a request on the media server's one socket,
+and one syscall per frame was the largest single cost of the hub's hot path
+(bench.signalling --profile). The hub's browser sockets use it too.
 
 aiohttp writes each WebSocket frame with its own `transport.write`; `coalesce` puts a
 buffer between its frame writer and the socket's transport, flushed at the end of the
@@ -17,10 +17,15 @@ import logging
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 __all__ = ["coalesce"]
 
 log = logging.getLogger(__name__)
+
+
+#: The first byte of an unfragmented close frame (FIN + opcode 8).
+_CLOSE = b"\x88"
 
 
 class _TurnBuffer:
@@ -34,7 +39,11 @@ class _TurnBuffer:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._parts.append(bytes(data))
-        if self._flush_soon is None:
+        if self._parts[-1][:1] == _CLOSE:
+            # A close frame leaves at once, with what came before it: aiohttp may close
+            # the transport right after writing it, before the end of this turn.
+            self.flush()
+        elif self._flush_soon is None:
             self._flush_soon = self._loop.call_soon(self.flush)
 
     def writelines(self, chunks: Any) -> None:
@@ -56,7 +65,7 @@ class _TurnBuffer:
         return getattr(self._transport, name)
 
 
-def coalesce(ws: aiohttp.ClientWebSocketResponse) -> bool:
+def coalesce(ws: aiohttp.ClientWebSocketResponse | web.WebSocketResponse) -> bool:
     """Buffers `ws`'s frames per loop turn; False (and nothing changed) when aiohttp's
     writer is not as expected."""
     writer = getattr(ws, "_writer", None)

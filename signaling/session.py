@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from kurento_ctl.coalesce import coalesce
 from signaling.candidates import normalize_candidate
 from signaling.errors import AuthError, ResourceError, SignalingError
 from signaling.hub import HUB, Hub
@@ -368,6 +369,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), max_msg_size=HARD_FRAME_LIMIT,
                                heartbeat=config.heartbeat, compress=False)
     await ws.prepare(request)
+    # What the writer sends in one loop turn (a reply and the events behind it) leaves in
+    # one write.
+    coalesce(ws)
     session = ClientSession(ws, hub, config, request.remote or "?")
     await session.run()
     return ws
