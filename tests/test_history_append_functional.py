@@ -107,3 +107,28 @@ async def test_a_history_written_before_timelines_were_lists_is_read_and_carried
     assert [e["event"] for e in after["timeline"]] == ["state", "client.x", "restored"]
     assert after["timeline"][:2] == old["timeline"] and after["timelineSeq"] == 3
     assert "timeline" not in json.loads(await redis_client.get("telemed:calls:c0ffee"))
+
+
+async def test_a_call_left_live_by_a_dead_process_is_closed_with_one_more_entry(
+    redis_client: Any
+) -> None:
+    """At start-up a call a previous process left live gets one `failed` entry after its
+    stored ones, numbered on; the summary says failed/shutdown; nothing internal leaks."""
+    sink = EventSink(CallStore(redis_client), None)
+    sink.start()
+    call = Call(kind=CallKind.CONSULTATION)
+    call.add_participant("p", "P", "patient")
+    sink("call.created", call, {})
+    call.timeline.add("client.x", participant="p")
+    await sink.flush()
+    store = CallStore(redis_client)
+    (closed,) = await store.close_unfinished("the service restarted", now=99.0)
+    assert closed["state"] == "failed" and closed["failure"] == "shutdown"
+    assert not {"timelineSeq", "timelineFrom", "timelineEnd"} & closed.keys()
+    stored = await store.get(call.id)
+    assert stored is not None and stored["state"] == "failed"
+    assert [e["event"] for e in stored["timeline"]] == ["state", "client.x", "state"]
+    assert stored["timeline"][-1] == {"at": 99.0, "event": "state", "state": "failed",
+                                      "reason": "shutdown", "detail": "the service restarted"}
+    assert stored["timelineSeq"] == 3
+    assert await store.close_unfinished("again") == []  # no longer open
