@@ -37,6 +37,7 @@ from kurento_ctl.errors import (
     RequestTimeout,
     rpc_error,
 )
+from kurento_ctl.handlers import EventHandler, Handlers
 from kurento_ctl.jsonrpc import (
     ClientProtocol,
     Notification,
@@ -49,7 +50,6 @@ __all__ = ["EventHandler", "KurentoClient", "SessionLoss"]
 
 log = logging.getLogger(__name__)
 
-EventHandler = Callable[[Notification], None]
 #: Events for ids without a handler kept while a transaction that subscribes to `newref:`
 #: objects is in flight; a bound so that a flood cannot grow memory without end.
 MAX_HELD_EVENTS = 10_000
@@ -109,10 +109,7 @@ class KurentoClient:
         self._protocol = ClientProtocol()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._futures: dict[int, asyncio.Future[Any]] = {}
-        self._handlers: dict[tuple[str, str], list[EventHandler]] = {}
-        #: The keys of `_handlers` by the pipeline their object is in (the id's part before
-        #: "/"), so releasing a pipeline does not scan every call's handlers.
-        self._by_root: dict[str, set[tuple[str, str]]] = {}
+        self._handlers = Handlers()
         self._session_lost: list[SessionLostHandler] = []
         self._resumed: list[ResumedHandler] = []
         self._sent_at: dict[int, float] = {}
@@ -215,7 +212,6 @@ class KurentoClient:
 
     def _lose_session(self, loss: SessionLoss) -> None:
         self._handlers.clear()
-        self._by_root.clear()
         for handler in list(self._session_lost):
             safe_call(handler, loss)
 
@@ -248,7 +244,7 @@ class KurentoClient:
                 else:
                     future.set_result(item.result)
             else:
-                handlers = self._handlers.get((item.object_id, item.type))
+                handlers = self._handlers.get(item.object_id, item.type)
                 if handlers:
                     for handler in list(handlers):
                         safe_call(handler, item)
@@ -269,7 +265,7 @@ class KurentoClient:
         self._holds.discard(token)
         held, self._held = self._held, []
         for item in held:
-            handlers = self._handlers.get((item.object_id, item.type))
+            handlers = self._handlers.get(item.object_id, item.type)
             if handlers:
                 for handler in list(handlers):
                     safe_call(handler, item)
@@ -394,30 +390,14 @@ class KurentoClient:
     # ---------------------------------------------------------------- events
 
     def add_handler(self, object_id: str, event_type: str, handler: EventHandler) -> None:
-        self._handlers.setdefault((object_id, event_type), []).append(handler)
-        self._by_root.setdefault(object_id.split("/", 1)[0], set()).add((object_id, event_type))
+        self._handlers.add(object_id, event_type, handler)
 
     def remove_handler(self, object_id: str, event_type: str, handler: EventHandler) -> None:
-        handlers = self._handlers.get((object_id, event_type), [])
-        if handler in handlers:
-            handlers.remove(handler)
-        if not handlers:
-            self._forget((object_id, event_type))
-
-    def _forget(self, key: tuple[str, str]) -> None:
-        self._handlers.pop(key, None)
-        root = key[0].split("/", 1)[0]
-        keys = self._by_root.get(root)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._by_root[root]
+        self._handlers.remove(object_id, event_type, handler)
 
     def drop_object(self, object_id: str) -> None:
         """Forgets every handler of an object and of its children (after release)."""
-        for key in [k for k in self._by_root.get(object_id.split("/", 1)[0], ())
-                    if k[0] == object_id or k[0].startswith(object_id + "/")]:
-            self._forget(key)
+        self._handlers.drop_object(object_id)
 
     def on_session_lost(self, handler: SessionLostHandler) -> Callable[[], None]:
         """Registers `handler(SessionLoss)`; returns a function that unregisters it."""
@@ -433,7 +413,7 @@ class KurentoClient:
 
     @property
     def handler_count(self) -> int:
-        return sum(len(v) for v in self._handlers.values())
+        return self._handlers.count()
 
     @property
     def task_count(self) -> int:
