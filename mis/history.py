@@ -25,6 +25,7 @@ from aiohttp import web
 
 from mis.journal import Journal
 from mis.jsonsafe import sanitize
+from mis.redis_scripts import APPEND, READ
 from mis.webhooks import Outbox, as_text
 from signaling.call import Call, CallState
 from signaling.timeline import TIMELINE_LIMIT
@@ -41,25 +42,6 @@ FINAL = {CallState.ENDED.value, CallState.FAILED.value}
 BOOKKEEPING = ("timelineSeq", "clientEventsDropped")
 #: Where a page read from the history starts and where its timeline ends (never stored).
 PAGING = ("timelineFrom", "timelineEnd")
-
-#: Appends numbered timeline entries once each, whoever sends them and however often (a
-#: journal replayed after a crash sends some again), and keeps the last ARGV[1].
-#: KEYS: the call's entry list, its next-number counter. ARGV: limit, first number, entries.
-APPEND = """
-local have = tonumber(redis.call('GET', KEYS[2]) or '0')
-local first = tonumber(ARGV[2])
-for i = 3, #ARGV do
-  local n = first + i - 3
-  if n >= have then
-    redis.call('RPUSH', KEYS[1], ARGV[i])
-    have = n + 1
-  end
-end
-redis.call('SET', KEYS[2], have)
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
-return have
-"""
-
 
 def summary(call: Call) -> dict[str, Any]:
     """What the MIS may read about a call, now and after a restart, but its timeline."""
@@ -125,13 +107,13 @@ class CallStore:
         """The summary with its timeline: every entry kept, or a page of up to `limit` from
         number `start` (the oldest kept when None); `timelineFrom` numbers the first."""
         key = f"{PREFIX}{call_id}"
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.get(key)
-            tx.get(f"{key}:seq")
-            tx.llen(f"{key}:timeline")
-            raw, seq_raw, length = await tx.execute()
-        if raw is None:
+        # One script: another process appending meanwhile cannot shift the page.
+        found = await self.redis.eval(
+            READ, 3, key, f"{key}:timeline", f"{key}:seq",
+            -1 if start is None else start, -1 if limit is None else max(1, limit))
+        if found is None:
             return None
+        raw, length, stored, first, listed = found
         snap: dict[str, Any] = json.loads(raw)
         legacy = snap.pop("timeline", None)
         if legacy is not None and not length:
@@ -142,12 +124,8 @@ class CallStore:
             first = 0 if start is None else min(max(start, 0), end)
             entries = legacy[first:end if limit is None else first + limit]
         else:
-            stored = end = int(seq_raw or 0)
-            oldest = end - length
-            first = oldest if start is None else min(max(start, oldest), end)
-            stop = -1 if limit is None else first - oldest + max(1, limit) - 1
-            entries = [json.loads(e) for e in
-                       await self.redis.lrange(f"{key}:timeline", first - oldest, stop)]
+            end = stored
+            entries = [json.loads(e) for e in listed]
         snap.update(timelineSeq=stored, timelineFrom=first, timelineEnd=end, timeline=entries)
         return snap
 
