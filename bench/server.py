@@ -112,8 +112,14 @@ class Profiler:
         stats = pstats.Stats(self.profile)
         total = sum(row[2] for row in stats.stats.values())  # type: ignore[attr-defined]
         rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])  # type: ignore[attr-defined]
+        def callers(v: Any) -> list[str]:
+            # pstats keeps, per function, its callers with their (calls, ..., time) figures.
+            by = sorted(v[4].items(), key=lambda kv: -kv[1][3])[:3]
+            return [f"{_short(f)}:{line}({name})" for (f, line, name), _ in by]
+
         return {"total_s": total, "top": [
-            {"where": f"{_short(f)}:{line}({name})", "own_s": v[2], "cum_s": v[3]}
+            {"where": f"{_short(f)}:{line}({name})", "own_s": v[2], "cum_s": v[3],
+             "calls": v[1], "callers": callers(v)}
             for (f, line, name), v in rows[:int(body.get("top", 20))]]}
 
 
@@ -138,13 +144,38 @@ async def hub(opts: argparse.Namespace) -> None:
                                watchdog_timeout=opts.watchdog_timeout, env=env) as service:
             if opts.kurento[0] != "ws://127.0.0.1:9/kurento":
                 await asyncio.wait_for(service.hub.pool.wait_up(), 10)
-            tokens = []
+            tokens, ids = [], []
             for i in range(opts.calls):
                 call = service.hub.create_call(CallKind.CONSULTATION, [
                     (f"p{i}", "P", "patient"), (f"d{i}", "D", "doctor")])
+                ids.append(call.id)
                 tokens.append([service.token(call.id, f"p{i}"),
                                service.token(call.id, f"d{i}", role="doctor")])
             write_json(opts.tokens, tokens)
+
+            async def deadlines(_: dict[str, Any]) -> dict[str, Any]:
+                """Each call's next watchdog deadline (CLOCK_MONOTONIC, as the load's)."""
+                sessions = [service.hub.sessions.get(i) for i in ids]
+                return {"deadlines": [s.watchdog.next_deadline() if s else None
+                                      for s in sessions]}
+
+            # When the hub set out to end each call (its participants are told in that
+            # step, before any await): the hub's own share of the lateness, without the
+            # load process's. Wrapped here, in the benchmark's process only.
+            ending: dict[str, float] = {}
+            real_end = service.hub.end
+
+            async def timed_end(call_id: str, *args: Any, **kwargs: Any) -> None:
+                ending.setdefault(call_id, time.monotonic())
+                await real_end(call_id, *args, **kwargs)
+
+            service.hub.end = timed_end  # type: ignore[method-assign]
+
+            async def ended(_: dict[str, Any]) -> dict[str, Any]:
+                return {"ending": [ending.get(i) for i in ids]}
+
+            handlers["watchdog_deadlines"] = deadlines
+            handlers["ending"] = ended
             await serve_commands({"url": service.ws_url, "origin": service.url,
                                   "pid": os.getpid()}, handlers)
 

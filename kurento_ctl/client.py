@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from kurento_ctl.coalesce import coalesce
 from kurento_ctl.errors import (
     ConnectionLost,
     InvalidSession,
@@ -36,6 +37,7 @@ from kurento_ctl.errors import (
     RequestTimeout,
     rpc_error,
 )
+from kurento_ctl.handlers import EventHandler, Handlers
 from kurento_ctl.jsonrpc import (
     ClientProtocol,
     Notification,
@@ -48,7 +50,6 @@ __all__ = ["EventHandler", "KurentoClient", "SessionLoss"]
 
 log = logging.getLogger(__name__)
 
-EventHandler = Callable[[Notification], None]
 #: Events for ids without a handler kept while a transaction that subscribes to `newref:`
 #: objects is in flight; a bound so that a flood cannot grow memory without end.
 MAX_HELD_EVENTS = 10_000
@@ -108,7 +109,7 @@ class KurentoClient:
         self._protocol = ClientProtocol()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._futures: dict[int, asyncio.Future[Any]] = {}
-        self._handlers: dict[tuple[str, str], list[EventHandler]] = {}
+        self._handlers = Handlers()
         self._session_lost: list[SessionLostHandler] = []
         self._resumed: list[ResumedHandler] = []
         self._sent_at: dict[int, float] = {}
@@ -171,6 +172,7 @@ class KurentoClient:
             self._http.ws_connect(self.url, autoping=True, heartbeat=None, max_msg_size=0),
             self.connect_timeout,
         )
+        coalesce(ws)
         self._ws = ws
         self._last_received = time.monotonic()
         self._spawn(self._read(ws), "reader")
@@ -242,7 +244,7 @@ class KurentoClient:
                 else:
                     future.set_result(item.result)
             else:
-                handlers = self._handlers.get((item.object_id, item.type))
+                handlers = self._handlers.get(item.object_id, item.type)
                 if handlers:
                     for handler in list(handlers):
                         safe_call(handler, item)
@@ -263,7 +265,7 @@ class KurentoClient:
         self._holds.discard(token)
         held, self._held = self._held, []
         for item in held:
-            handlers = self._handlers.get((item.object_id, item.type))
+            handlers = self._handlers.get(item.object_id, item.type)
             if handlers:
                 for handler in list(handlers):
                     safe_call(handler, item)
@@ -340,20 +342,29 @@ class KurentoClient:
         if ws is None or ws.closed:
             raise ConnectionLost(f"not connected to {self.url}")
         request_id = self._protocol.send_request(method, params, with_session=with_session)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._futures[request_id] = future
         self._sent_at[request_id] = time.monotonic()
         for text in self._protocol.data_to_send():
             log.debug("> %s", text[:300])
             await ws.send_str(text)
+        limit = timeout or self.request_timeout
+        # One timer per request rather than asyncio.wait_for, which wraps every request in
+        # a task-like waiter: the Kurento client's share of the hot path (bench.signalling).
+        expiry = loop.call_later(limit, self._expire, request_id, method, limit)
         try:
-            return await asyncio.wait_for(future, timeout or self.request_timeout)
-        except TimeoutError:
-            self._futures.pop(request_id, None)
-            self._sent_at.pop(request_id, None)
-            self._protocol.forget(request_id)
-            raise RequestTimeout(f"{method} to {self.url}: no reply in "
-                                 f"{timeout or self.request_timeout}s") from None
+            return await future
+        finally:
+            expiry.cancel()
+
+    def _expire(self, request_id: int, method: str, limit: float) -> None:
+        future = self._futures.pop(request_id, None)
+        self._sent_at.pop(request_id, None)
+        self._protocol.forget(request_id)
+        if future is not None and not future.done():
+            future.set_exception(RequestTimeout(f"{method} to {self.url}: no reply in "
+                                                f"{limit}s"))
 
     async def request(self, method: str, params: dict[str, Any] | None = None, *,
                       timeout: float | None = None) -> Any:
@@ -379,20 +390,14 @@ class KurentoClient:
     # ---------------------------------------------------------------- events
 
     def add_handler(self, object_id: str, event_type: str, handler: EventHandler) -> None:
-        self._handlers.setdefault((object_id, event_type), []).append(handler)
+        self._handlers.add(object_id, event_type, handler)
 
     def remove_handler(self, object_id: str, event_type: str, handler: EventHandler) -> None:
-        handlers = self._handlers.get((object_id, event_type), [])
-        if handler in handlers:
-            handlers.remove(handler)
-        if not handlers:
-            self._handlers.pop((object_id, event_type), None)
+        self._handlers.remove(object_id, event_type, handler)
 
     def drop_object(self, object_id: str) -> None:
         """Forgets every handler of an object and of its children (after release)."""
-        for key in [k for k in self._handlers if k[0] == object_id
-                    or k[0].startswith(object_id + "/")]:
-            del self._handlers[key]
+        self._handlers.drop_object(object_id)
 
     def on_session_lost(self, handler: SessionLostHandler) -> Callable[[], None]:
         """Registers `handler(SessionLoss)`; returns a function that unregisters it."""
@@ -408,7 +413,7 @@ class KurentoClient:
 
     @property
     def handler_count(self) -> int:
-        return sum(len(v) for v in self._handlers.values())
+        return self._handlers.count()
 
     @property
     def task_count(self) -> int:

@@ -34,9 +34,10 @@ from mis.answers import (
     unavailable,
 )
 from mis.clients import Network, client_address, count
-from mis.history import SINK, STORE, snapshot
+from mis.history import SINK, STORE, summary
 from mis.jsonsafe import JsonRefused, depth_exceeds, parse
 from mis.openapi import document
+from mis.paging import paged, timeline_window
 from mis.webhooks import OUTBOX, as_text
 from signaling.call import Call, CallKind, CallState
 from signaling.errors import CallError
@@ -306,13 +307,16 @@ class Api:
 
     async def get_call(self, request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]
+        start, size = timeline_window(request.query)
         call = request.app[HUB].calls.get(call_id)
         if call is not None:
-            return reply(snapshot(call))
-        stored = await request.app[STORE].get(call_id)
+            first, entries = call.timeline.page(start, size)
+            return reply(paged(summary(call), first, entries, call.timeline.seq))
+        stored = await request.app[STORE].get(call_id, start=start, limit=size)
         if stored is None:
             raise CallError("no such call", code="call.not_found")
-        return reply(stored)
+        return reply(paged(stored, stored["timelineFrom"], stored["timeline"],
+                           stored["timelineEnd"]))
 
     async def list_calls(self, request: web.Request) -> web.Response:
         query = request.query

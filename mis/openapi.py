@@ -91,6 +91,16 @@ SCHEMAS: dict[str, Any] = {
                          "additionalProperties": {"type": "array",
                                                   "items": {"type": "string"}}},
             "timeline": {"type": "array", "items": {"type": "object"}},
+            "timelinePage": {
+                "type": "object", "description": "GET /calls/{id} only: where this page of "
+                "the timeline starts (`from`), the `timelineFrom` of the next page (null: "
+                "none), the entries recorded in all (`total`), and the client diagnostics "
+                "not kept past the per-call cap",
+                "required": ["from", "next", "total", "clientEventsDropped"],
+                "properties": {"from": {"type": "integer"},
+                               "next": {"type": ["integer", "null"]},
+                               "total": {"type": "integer"},
+                               "clientEventsDropped": {"type": "integer"}}},
         },
     },
     "JoinToken": {
@@ -188,8 +198,13 @@ def document() -> dict[str, Any]:
             },
             "/api/v1/calls/{call_id}": {
                 "get": {
-                    "summary": "A call, with its timeline (live or from history)",
-                    "parameters": [CALL_ID],
+                    "summary": "A call, with a page of its timeline (live or from history)",
+                    "parameters": [
+                        CALL_ID,
+                        {"name": "timelineFrom", "in": "query",
+                         "schema": {"type": "integer", "minimum": 0}},
+                        {"name": "timelineLimit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
                     "responses": {"200": _json(_ref("Call"), "the call"), **ERRORS,
                                   **NOT_FOUND},
                 },

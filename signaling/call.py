@@ -6,11 +6,11 @@ import enum
 import logging
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from signaling.participant import IllegalTransition, Participant, ParticipantState
+from signaling.timeline import Timeline
 
 __all__ = ["Call", "CallKind", "CallState", "FailureReason", "IllegalTransition", "Timeline"]
 
@@ -55,25 +55,6 @@ TRANSITIONS: dict[CallState, frozenset[CallState]] = {
     CallState.ENDED: frozenset(),
     CallState.FAILED: frozenset(),
 }
-
-
-@dataclass
-class Timeline:
-    """What happened to a call, in order; bounded so a chatty client cannot grow it forever."""
-
-    limit: int = 2000
-    events: deque[dict[str, Any]] = field(default_factory=deque)
-    dropped: int = 0
-
-    def add(self, what: str, now: float | None = None, **data: Any) -> None:
-        if len(self.events) >= self.limit:
-            self.events.popleft()
-            self.dropped += 1
-        self.events.append({"at": now if now is not None else time.time(), "event": what,
-                            **data})
-
-    def as_list(self) -> list[dict[str, Any]]:
-        return list(self.events)
 
 
 @dataclass
@@ -143,8 +124,9 @@ class Call:
                    created_at=float(snap["createdAt"]),
                    max_participants=int(snap.get("maxParticipants")
                                         or len(snap["participants"])))
-        call.timeline.events.clear()  # its history goes on where the stored one stopped
-        call.timeline.events.extend(snap.get("timeline") or [])
+        # Its history goes on where the stored one stopped, numbered on from there.
+        call.timeline.restore(snap.get("timeline") or [], int(snap.get("timelineSeq") or 0),
+                              int(snap.get("clientEventsDropped") or 0))
         for p in snap["participants"]:
             participant = call.add_participant(p["id"], p["name"], p["role"])
             if p.get("removed"):
@@ -166,8 +148,8 @@ class Call:
                    pipeline=snap.get("mediaPipeline"), node=snap.get("node"),
                    max_participants=int(snap.get("maxParticipants")
                                         or len(snap["participants"])))
-        call.timeline.events.clear()
-        call.timeline.events.extend(snap.get("timeline") or [])
+        call.timeline.restore(snap.get("timeline") or [], int(snap.get("timelineSeq") or 0),
+                              int(snap.get("clientEventsDropped") or 0))
         was_in = {ParticipantState.CONNECTING.value, ParticipantState.CONNECTED.value,
                   ParticipantState.RECONNECTING.value}
         for p in snap["participants"]:

@@ -16,6 +16,8 @@ what `int()` does ("+5", "٣", "1_0"), never checks `typ` and takes any port or 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import ipaddress
 import re
 from collections import Counter
@@ -53,6 +55,13 @@ _RESERVED4 = ipaddress.ip_network("240.0.0.0/4")  # 255.255.255.255 included
 _BROADCAST = ipaddress.ip_address("255.255.255.255")
 
 
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address | str
+#: Lines normalized lately, by what was given and by what came out: a trickled candidate
+#: is normalized by the socket and judged by the call's filter, one parse for both.
+_SEEN: dict[str, tuple[str, _Parsed | None]] = {}
+_SEEN_MAX = 4096
+
+
 class CandidateInvalid(MediaError):
     """The candidate line breaks the ICE grammar: the sender gets `candidate.invalid`."""
 
@@ -83,6 +92,8 @@ class _Parsed:
     host: str
     port: int
     type: str
+    #: The address, parsed once (an IPv4-mapped one as its IPv4), or the host name.
+    ip: _Address
 
 
 def _number(text: str, what: str, digits: int, low: int, high: int) -> int:
@@ -105,7 +116,8 @@ def _parse(text: str) -> _Parsed:
     component = _number(fields[1], "component", 5, 0, 99999)
     _number(fields[3], "priority", 10, 1, 2**31 - 1)
     port = _number(fields[5], "port", 5, 0, 65535)
-    if _address(fields[4]) is None:
+    ip = _address(fields[4])
+    if ip is None:
         raise CandidateInvalid(f"candidate: bad address {fields[4][:40]!r}")
     for name, value in zip(fields[8::2], fields[9::2], strict=True):
         if not (_VISIBLE.fullmatch(name) and _VISIBLE.fullmatch(value)):
@@ -114,10 +126,7 @@ def _parse(text: str) -> _Parsed:
             _number(value, "rport", 5, 0, 65535)
         elif name == "raddr" and _address(value) is None:
             raise CandidateInvalid("candidate: bad raddr")
-    return _Parsed(fields, component, fields[2].lower(), fields[4], port, fields[7].lower())
-
-
-_Address = ipaddress.IPv4Address | ipaddress.IPv6Address | str
+    return _Parsed(fields, component, fields[2].lower(), fields[4], port, fields[7].lower(), ip)
 
 
 def _address(text: str) -> _Address | None:
@@ -142,15 +151,57 @@ def normalize_candidate(line: str) -> str:
 
 
 def _normalize(line: str) -> tuple[str, _Parsed | None]:
+    if (seen := _SEEN.get(line)) is not None:
+        return seen
     text = _strip(line)
     if not text:
         return "", None
     parsed = _parse(text)
-    ip = _address(parsed.host)
+    ip = parsed.ip
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         # Judged, and reached, as the IPv4 address it is.
         parsed.fields[4] = str(ip.ipv4_mapped)
-    return "candidate:" + " ".join(parsed.fields), parsed
+        parsed = dataclasses.replace(parsed, ip=ip.ipv4_mapped)
+    result = "candidate:" + " ".join(parsed.fields), parsed
+    while len(_SEEN) >= _SEEN_MAX:
+        del _SEEN[next(iter(_SEEN))]  # the oldest: dicts keep insertion order
+    _SEEN[line] = _SEEN[result[0]] = result
+    return result
+
+
+@functools.lru_cache(maxsize=4096)
+def _judge_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, bool]:
+    """Why an address is no peer ("" if it is one), and whether it is a private IPv4 one.
+    Cached: a browser trickles many candidates from few addresses, and `ipaddress`'s
+    checks were a good part of the hub's time per candidate (bench.signalling)."""
+    if ip.version == 6:
+        if ip.is_loopback:
+            return "loopback", False
+        if ip.is_unspecified:
+            return "unspecified", False
+        if ip in _RESERVED6 and not any(ip in net for net in _NAT64):
+            # IPv4-compatible and -translated forms among them
+            return "reserved", False
+        if ip.is_link_local:
+            return "link-local", False
+        if ip.is_multicast:
+            return "multicast", False
+        return "", False
+    if ip.is_loopback:
+        return "loopback", False
+    if ip == ipaddress.IPv4Address(0):
+        return "unspecified", False
+    if ip in _THIS_NETWORK:
+        return "this-network", False
+    if ip in _LINK_LOCAL4:
+        return "link-local", False
+    if ip.is_multicast:
+        return "multicast", False
+    if ip == _BROADCAST:
+        return "broadcast", False
+    if ip in _RESERVED4:
+        return "reserved", False
+    return "", ip.is_private
 
 
 @dataclass
@@ -181,41 +232,16 @@ class CandidateFilter:
             return "transport"
         if cand.type not in _TYPES:
             return "type"
-        ip = _address(cand.fields[4])
+        ip = cand.ip
         if isinstance(ip, str):
             return "mdns" if ip.lower().endswith(".local") else "hostname"
-        assert ip is not None  # _parse checked it
-        if ip.version == 6:
-            if ip.is_loopback:
-                return "loopback"
-            if ip.is_unspecified:
-                return "unspecified"
-            if ip in _RESERVED6 and not any(ip in net for net in _NAT64):
-                # IPv4-compatible and -translated forms among them
-                return "reserved"
-            if ip.is_link_local:
-                return "link-local"
-            if ip.is_multicast:
-                return "multicast"
-            if self.policy.drop_ipv6:
-                return "ipv6"
-        else:
-            if ip.is_loopback:
-                return "loopback"
-            if ip == ipaddress.IPv4Address(0):
-                return "unspecified"
-            if ip in _THIS_NETWORK:
-                return "this-network"
-            if ip in _LINK_LOCAL4:
-                return "link-local"
-            if ip.is_multicast:
-                return "multicast"
-            if ip == _BROADCAST:
-                return "broadcast"
-            if ip in _RESERVED4:
-                return "reserved"
-            if ip.is_private and self.policy.drop_private_ipv4:
-                return "private-ipv4"
+        reason, private = _judge_address(ip)
+        if reason:
+            return reason
+        if ip.version == 6 and self.policy.drop_ipv6:
+            return "ipv6"
+        if private and self.policy.drop_private_ipv4:
+            return "private-ipv4"
         if cand.transport == "tcp" and self.policy.drop_tcp:
             return "tcp"
         return ""

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from kurento_ctl.coalesce import coalesce
 from signaling.candidates import normalize_candidate
 from signaling.errors import AuthError, ResourceError, SignalingError
 from signaling.hub import HUB, Hub
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Frames above this close the socket (1009); below it but above max_message, an error reply.
 HARD_FRAME_LIMIT = 1024 * 1024
+#: Candidates of one socket awaiting the media server's reply at once; more wait.
+MAX_IN_FLIGHT = 64
 
 
 class RateLimit:
@@ -108,6 +111,8 @@ class ClientSession:
         self.violations = 0
         self._out: asyncio.Queue[str | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Candidates sent to the media server and not yet answered.
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     def send(self, text: str) -> None:
         self._out.put_nowait(text)
@@ -177,11 +182,28 @@ class ClientSession:
             return
         if isinstance(message, (Publish, Subscribe)):
             # Negotiations take media-server round trips; run them side by side.
-            task = asyncio.create_task(self._handle(message))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._handle_aside(message)
+        elif isinstance(message, Candidate):
+            # Pipelined: its request leaves for the media server in the task's first step
+            # (nothing on that path suspends before sending), and tasks start in the order
+            # made, so candidates arrive in the order sent while this socket reads on
+            # instead of waiting for each reply; each task answers its own request.
+            if len(self._in_flight) >= MAX_IN_FLIGHT:
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            self._in_flight.add(self._handle_aside(message))
         else:
+            if self._in_flight:
+                # What follows candidates (a leave, a hello) acts after them, as sent.
+                await asyncio.wait(self._in_flight)
             await self._handle(message)
+
+    def _handle_aside(self, message: ClientMessage) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._handle(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if isinstance(message, Candidate):
+            task.add_done_callback(self._in_flight.discard)
+        return task
 
     async def _handle(self, message: ClientMessage) -> None:
         try:
@@ -353,6 +375,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), max_msg_size=HARD_FRAME_LIMIT,
                                heartbeat=config.heartbeat, compress=False)
     await ws.prepare(request)
+    # What the writer sends in one loop turn (a reply and the events behind it) leaves in
+    # one write.
+    coalesce(ws)
     session = ClientSession(ws, hub, config, request.remote or "?")
     await session.run()
     return ws

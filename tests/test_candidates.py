@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
@@ -198,3 +199,30 @@ def test_the_filter_agrees_with_an_oracle_written_from_the_rfcs(line: str) -> No
             assert not verdict.line.startswith("a=")
             ipaddress.ip_address(address.split("%")[0])
     assert got == expected, line
+
+
+def test_a_trickled_candidate_is_parsed_once_for_the_socket_and_the_filter(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Normalizing a line (the socket) then judging what came out (the call's filter)
+    parses it once; the verdict is the same as a fresh parse's (a spy counts, nothing is
+    faked)."""
+    from signaling import candidates
+
+    calls: list[str] = []
+    real = candidates._parse
+
+    def counted(text: str) -> Any:
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(candidates, "_parse", counted)
+    line = "a=candidate:77 1 udp 2122260223 ::ffff:10.1.2.3 50000 typ host"
+    normalized = normalize_candidate(line)
+    verdict = CandidateFilter().judge(normalized)
+    assert len(calls) == 1
+    assert (verdict.keep, verdict.line) == (
+        True, "candidate:77 1 udp 2122260223 10.1.2.3 50000 typ host")
+    dropped = CandidateFilter().judge(
+        normalize_candidate("candidate:78 1 udp 2122260223 ::ffff:127.0.0.1 50000 typ host"))
+    assert (dropped.keep, dropped.reason, len(calls)) == (False, "loopback", 2)

@@ -103,6 +103,47 @@ async def test_pipeline_scope_releases_on_every_exit_path(kms: tuple[str, Any]) 
         assert await ServerManager(client).get_pipelines() == []
 
 
+async def test_releasing_a_pipeline_drops_its_handlers_and_only_its(
+    kms: tuple[str, Any]
+) -> None:
+    """A released pipeline's handlers (its own and its elements') go; another's stay."""
+    url, _ = kms
+    async with KurentoClient(url) as client:
+        gone, kept = await MediaPipeline.create(client), await MediaPipeline.create(client)
+        for pipeline in (gone, kept):
+            endpoint = await pipeline.create_webrtc_endpoint()
+            await endpoint.subscribe(MediaFlowInStateChanged, lambda e: None)
+            await endpoint.subscribe(IceGatheringDone, lambda e: None)
+        assert client.handler_count == 4
+        await gone.release()
+        assert client.handler_count == 2
+        await kept.release()
+        assert client.handler_count == 0
+
+
+async def test_requests_made_in_one_loop_turn_leave_in_one_write(
+    kms: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty requests made together reach the socket's transport as one write (a spy
+    counts the real transport's writes) and are each answered."""
+    url, _ = kms
+    async with KurentoClient(url) as client:
+        buffer = client._ws._writer.transport  # type: ignore[union-attr]
+        assert type(buffer).__name__ == "_TurnBuffer"
+        writes: list[int] = []
+        real = buffer._transport.write
+
+        def counted(data: bytes) -> None:
+            writes.append(len(data))
+            real(data)
+
+        monkeypatch.setattr(buffer._transport, "write", counted)
+        manager = ServerManager(client)
+        answers = await asyncio.gather(*(manager.get_pipelines() for _ in range(20)))
+        assert answers == [[]] * 20
+        assert len(writes) == 1
+
+
 async def test_close_leaves_no_task_or_handler_behind(kms: tuple[str, Any]) -> None:
     url, _ = kms
     before = {t for t in asyncio.all_tasks() if not t.done()}
