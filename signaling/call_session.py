@@ -44,6 +44,9 @@ __all__ = ["CallServices", "CallSession"]
 
 log = logging.getLogger(__name__)
 
+IN_CALL = (ParticipantState.CONNECTING, ParticipantState.CONNECTED,
+           ParticipantState.RECONNECTING)
+
 
 @dataclass(frozen=True, kw_only=True)
 class CallServices:
@@ -412,5 +415,12 @@ class CallSession(MediaVerdicts):
         try:
             await self.media.close(server_lost=server_lost)
         finally:
+            # Those still in it leave with the call, and the MIS hears it of each of them,
+            # before the call's own end (the hub sends that after this).
+            still_in = [pid for pid, m in self.members.items()
+                        if m.participant.state in IN_CALL]
             leases = [lease for m in self.members.values() if (lease := m.close()) is not None]
+            for pid in still_in:
+                self.services.emit(CallEvent.PARTICIPANT_LEFT, self.call,
+                                   {"participant": pid, "why": "call-ended"})
             await asyncio.gather(*(self.services.revoke(lease, True) for lease in leases))

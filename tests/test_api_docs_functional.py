@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.hub_fixtures import joined_consultation, run_service
 from tests.media_fixtures import run_mediaserver
 from tests.services import RedisServer
@@ -15,9 +13,6 @@ from tests.webhook_receiver import run_receiver
 SECRET = "hook-secret-" + "d" * 20
 
 
-@pytest.mark.xfail(strict=True, reason="issue #20: the hub does not send participant.left "
-                   "for those still in a call when it ends; signaling/hub.py (Hub.end) is "
-                   "being refactored by the lead, who adds it")
 async def test_the_end_of_a_call_sends_participant_left_for_everyone_still_in_it(
     tmp_path: Path, redis_server: RedisServer, redis_client: Any
 ) -> None:
@@ -36,5 +31,7 @@ async def test_the_end_of_a_call_sends_participant_left_for_everyone_still_in_it
     left = [e["data"]["participant"] for e in receiver.received
             if e["event"] == "participant.left" and e["data"]["call"]["id"] == call.id]
     assert sorted(left) == ["doc-1", "pat-1"], order
+    assert {e["data"]["why"] for e in receiver.received
+            if e["event"] == "participant.left"} == {"call-ended"}
     assert order.index("call.ended") > max(i for i, e in enumerate(order)
                                            if e == "participant.left")
