@@ -30,9 +30,18 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     """Run children and the web app until `stop` is set (or SIGTERM/SIGINT)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    #: SIGTERM (a deploy, a restart) leaves the embedded services running for the next
+    #: start when calls are taken over; SIGINT (Ctrl-C) stops everything.
+    restarting = False
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal restarting
+        restarting = sig is signal.SIGTERM and settings.calls.take_over
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
 
     specs, endpoints = embedded.plan(settings)
     supervisor = Supervisor()
@@ -59,7 +68,10 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     finally:
         if runner is not None:
             await runner.cleanup()
-        await supervisor.stop()
+        await supervisor.stop(keep=restarting)
+        if restarting and specs:
+            log.info("= embedded services left running for the next start "
+                     "(stop them with SIGINT, Ctrl-C)")
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)

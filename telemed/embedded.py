@@ -16,11 +16,11 @@ import secrets
 import shutil
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from telemed.settings import Settings
-from telemed.supervisor import ChildSpec
+from telemed.supervisor import ChildSpec, PidFile
 from turn.providers.coturn import DENIED_PEERS
 
 __all__ = ["Endpoints", "Secrets", "load_secrets", "plan"]
@@ -193,28 +193,36 @@ def plan(settings: Settings) -> tuple[list[ChildSpec], Endpoints]:
     if settings.http.port and ":" not in settings.http.host:
         _check_free(settings.http.port, "TELEMED_HTTP_PORT", host=settings.http.host)
 
+    # With takeover, the children outlive a killed or restarted service: the calls their
+    # media server carries go on and the next start finds them running.
+    state = data / "run" if settings.calls.take_over else None
+
+    def ours_running(name: str) -> bool:
+        return state is not None and PidFile(state / f"{name}.pid").running() is not None
+
     redis_url = settings.redis.url
     if not redis_url:
         spec, redis_url = _redis_child(data)
-        children.append(spec)
+        children.append(replace(spec, outlives=state))
 
     kurento_urls = settings.media.kurento_urls
     if not kurento_urls:
-        _check_free(settings.media.embedded_port, "TELEMED_MEDIA_EMBEDDED_PORT")
+        if not ours_running("mediaserver"):
+            _check_free(settings.media.embedded_port, "TELEMED_MEDIA_EMBEDDED_PORT")
         spec, url = _media_child(settings)
-        children.append(spec)
+        children.append(replace(spec, outlives=state))
         kurento_urls = (url,)
 
     turn_urls = settings.turn.urls
     turn_secrets = settings.turn.secrets
     if settings.turn.provider == "embedded":
         turn_secrets = (kept.turn_secret,)
-        if shutil.which("turnserver") is not None:
+        if shutil.which("turnserver") is not None and not ours_running("coturn"):
             _check_free(settings.turn.embedded_port, "TELEMED_TURN_EMBEDDED_PORT", udp=True)
         planned = _turn_child(settings, data, kept.turn_secret)
         if planned is not None:
             spec, url = planned
-            children.append(spec)
+            children.append(replace(spec, outlives=state))
             turn_urls = (f"{url}?transport=udp", f"{url}?transport=tcp")
         else:
             log.warning("! no turnserver binary: calls get no TURN credentials (install "

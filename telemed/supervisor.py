@@ -16,9 +16,11 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["Child", "ChildSpec", "ChildState", "Supervisor", "parse_log_line"]
@@ -85,6 +87,89 @@ class ChildSpec:
     stable_after: float = 30.0
     stop_timeout: float = 5.0
     ready_timeout: float = 20.0
+    #: A folder for its pid file and log: the child is not bound to our life (a killed or
+    #: restarted service finds it running and reattaches, so the calls its media server
+    #: carries can be taken over). None: it dies with us.
+    outlives: Path | None = None
+
+
+async def wait_exit(pid: int) -> None:
+    """Until process `pid` ends (a pidfd becomes readable then), child of ours or not."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+
+    def readable() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await ended
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+class Detached:
+    """A child that outlives us, with the part of asyncio's Process the supervisor uses."""
+
+    stdout = None
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        while (code := self._popen.poll()) is None:
+            await wait_exit(self.pid)
+        return code
+
+    def let_go(self) -> None:
+        """Left running for the next start: no longer ours to wait for (nor to be warned
+        about as "still running" when this object goes)."""
+        self._popen.returncode = 0
+
+
+class PidFile:
+    """`<pid> <start time>` of a child that may outlive us: the start time (from
+    /proc/<pid>/stat) tells our child from a process that got its pid later."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @staticmethod
+    def _started(pid: int) -> str | None:
+        """Its start time, or None when it is gone (a zombie is gone too)."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        # Fields 3 (state) and 22 (starttime); the name in brackets may hold spaces.
+        fields = stat.rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
+
+    def write(self, pid: int) -> None:
+        self.path.write_text(f"{pid} {self._started(pid)}\n")
+
+    def running(self) -> int | None:
+        """The recorded pid, if that very process still runs."""
+        try:
+            pid_text, started = self.path.read_text().split()
+        except (OSError, ValueError):
+            return None
+        pid = int(pid_text)
+        return pid if self._started(pid) == started else None
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 class ChildState(enum.Enum):
@@ -102,9 +187,10 @@ class Child:
     pid: int | None = None
     starts: int = 0
     last_exit: int | None = None
-    _proc: asyncio.subprocess.Process | None = None
+    _proc: asyncio.subprocess.Process | Detached | None = None
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
+    _adopted: int | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     @property
@@ -127,38 +213,107 @@ class Child:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: predicate(self))
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
+    @property
+    def pidfile(self) -> PidFile | None:
+        folder = self.spec.outlives
+        return PidFile(folder / f"{self.spec.name}.pid") if folder is not None else None
+
+    async def _spawn(self) -> asyncio.subprocess.Process | Detached:
         env = dict(os.environ)
         if self.spec.env:
             env.update(self.spec.env)
-        proc = await asyncio.create_subprocess_exec(
-            *self.spec.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            cwd=self.spec.cwd,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        folder = self.spec.outlives
+        proc: asyncio.subprocess.Process | Detached
+        if folder is None:
+            proc = await asyncio.create_subprocess_exec(
+                *self.spec.argv, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                env=env, cwd=self.spec.cwd, start_new_session=True,
+                preexec_fn=_die_with_parent)
+        else:
+            # Its own log file, not a pipe to us: a pipe would break when we die first.
+            # Not asyncio's subprocess either: its transport kills the child on our exit.
+            folder.mkdir(parents=True, exist_ok=True)
+            with (folder / f"{self.spec.name}.log").open("ab") as out:
+                proc = Detached(await asyncio.to_thread(
+                    subprocess.Popen, list(self.spec.argv), stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.spec.cwd,
+                    start_new_session=True))
+            assert self.pidfile is not None
+            self.pidfile.write(proc.pid)
         self.starts += 1
         self.pid = proc.pid
         return proc
 
-    async def _pump(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        logger = logging.getLogger(f"telemed.child.{self.spec.name}")
-        while line := await proc.stdout.readline():
-            text = line.decode(errors="replace").rstrip()
-            parsed = parse_log_line(text)
-            if parsed is None:
-                logger.info("%s", text, extra={"child": self.spec.name})
-            else:
-                level, message, fields = parsed
-                fields.pop("child", None)  # ours names the process that wrote the line
-                logger.log(level, "%s", message, extra={"child": self.spec.name, **fields})
+    async def _reattach(self) -> bool:
+        """A child that outlives us and still runs from before: watched, not started."""
+        pidfile = self.pidfile
+        pid = pidfile.running() if pidfile is not None else None
+        if pid is None:
+            return False
+        self.pid = pid
+        if self.spec.probe is not None:
+            with contextlib.suppress(Exception):
+                if not await self.spec.probe():
+                    return False
+        log.info("= found running from before (pid %d): reattached", pid,
+                 extra={"child": self.spec.name})
+        await self._set(ChildState.RUNNING)
+        self._adopted = pid
+        follow = asyncio.create_task(self._follow(self._log_size()))
+        try:
+            await wait_exit(pid)
+        finally:
+            follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
+            self._adopted = None
+        return True
 
-    async def _await_ready(self, proc: asyncio.subprocess.Process) -> bool:
+    def _relay(self, line: bytes) -> None:
+        """One line the child wrote, into our log under its name."""
+        logger = logging.getLogger(f"telemed.child.{self.spec.name}")
+        text = line.decode(errors="replace").rstrip()
+        parsed = parse_log_line(text)
+        if parsed is None:
+            logger.info("%s", text, extra={"child": self.spec.name})
+        else:
+            level, message, fields = parsed
+            fields.pop("child", None)  # ours names the process that wrote the line
+            logger.log(level, "%s", message, extra={"child": self.spec.name, **fields})
+
+    async def _pump(self, proc: asyncio.subprocess.Process | Detached) -> None:
+        if proc.stdout is None:
+            return  # it writes its own log file (`outlives`): `_follow` reads it
+        while line := await proc.stdout.readline():
+            self._relay(line)
+
+    @property
+    def logfile(self) -> Path | None:
+        folder = self.spec.outlives
+        return folder / f"{self.spec.name}.log" if folder is not None else None
+
+    async def _follow(self, offset: int) -> None:
+        """Relays what an outliving child appends to its log file, from `offset`, until
+        cancelled (then what is left). A file gives no event for new lines: polled."""
+        path = self.logfile
+        assert path is not None
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            try:
+                while True:
+                    for line in fh.readlines():
+                        self._relay(line)
+                    await asyncio.sleep(0.2)
+            finally:
+                for line in fh.readlines():
+                    self._relay(line)
+
+    def _log_size(self) -> int:
+        path = self.logfile
+        return path.stat().st_size if path is not None and path.exists() else 0
+
+    async def _await_ready(self, proc: asyncio.subprocess.Process | Detached) -> bool:
         if self.spec.probe is None:
             return True
         deadline = time.monotonic() + self.spec.ready_timeout
@@ -173,8 +328,11 @@ class Child:
 
     async def run(self) -> None:
         attempt = 0
+        if await self._reattach() and not self._stopping:
+            log.warning("! exited", extra={"child": self.spec.name, "pid": self.pid})
         while not self._stopping:
             await self._set(ChildState.STARTING)
+            offset = self._log_size()
             try:
                 proc = await self._spawn()
             except OSError as exc:
@@ -183,19 +341,25 @@ class Child:
                 proc = None
             if proc is not None:
                 self._proc = proc
-                pump = asyncio.create_task(self._pump(proc))
+                pump = asyncio.create_task(self._pump(proc)) if proc.stdout is not None \
+                    else asyncio.create_task(self._follow(offset))
                 started = time.monotonic()
-                if await self._await_ready(proc) and not self._stopping:
-                    await self._set(ChildState.RUNNING)
-                elif proc.returncode is None and not self._stopping:
-                    log.error("! not ready after %.1fs, restarting", self.spec.ready_timeout,
-                              extra={"child": self.spec.name})
-                    await self._terminate(proc)
-                self.last_exit = await proc.wait()
-                # Whatever it left in its group goes with it, before a new one starts.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await pump
+                try:
+                    if await self._await_ready(proc) and not self._stopping:
+                        await self._set(ChildState.RUNNING)
+                    elif proc.returncode is None and not self._stopping:
+                        log.error("! not ready after %.1fs, restarting",
+                                  self.spec.ready_timeout, extra={"child": self.spec.name})
+                        await self._terminate(proc)
+                    self.last_exit = await proc.wait()
+                    # Whatever it left in its group goes with it, before a new one starts.
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                finally:
+                    if proc.stdout is None:  # a log file's follower ends when told
+                        pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pump
                 if self.stop_requested():
                     break
                 log.warning("! exited with %s", self.last_exit,
@@ -210,7 +374,7 @@ class Child:
         self.pid = None
         await self._set(ChildState.STOPPED)
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+    async def _terminate(self, proc: asyncio.subprocess.Process | Detached) -> None:
         # The whole group: a child's own children must not outlive it.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -230,12 +394,24 @@ class Child:
         self._stopping = False
         self._task = asyncio.create_task(self.run(), name=f"child:{self.spec.name}")
 
-    async def stop(self) -> None:
+    async def stop(self, *, keep: bool = False) -> None:
+        """`keep`: a child that outlives us is left running (the service restarts and
+        reattaches); others stop."""
         self._stopping = True
         if self._task is None:
             return
+        if keep and self.spec.outlives is not None:
+            if isinstance(self._proc, Detached):
+                self._proc.let_go()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+            return
         await self._set(ChildState.STOPPING)
-        if self._proc is not None and self._proc.returncode is None:
+        if self._adopted is not None:
+            await self._terminate_adopted(self._adopted)
+        elif self._proc is not None and self._proc.returncode is None:
             await self._terminate(self._proc)
         elif self._proc is not None:
             # Grandchildren may survive a leader that already exited.
@@ -247,6 +423,17 @@ class Child:
         self._task = None
         self.pid = None
         self.state = ChildState.STOPPED
+        if self.pidfile is not None:
+            self.pidfile.remove()
+
+    async def _terminate_adopted(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(wait_exit(pid), self.spec.stop_timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 class Supervisor:
@@ -275,8 +462,9 @@ class Supervisor:
                         f"{child.spec.ready_timeout}s (see its log lines)"
                     ) from None
 
-    async def stop(self) -> None:
-        await asyncio.gather(*(c.stop() for c in reversed(self.children.values())))
+    async def stop(self, *, keep: bool = False) -> None:
+        """`keep`: children that outlive us go on running for the next start."""
+        await asyncio.gather(*(c.stop(keep=keep) for c in reversed(self.children.values())))
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {name: c.describe() for name, c in self.children.items()}

@@ -77,10 +77,13 @@ def free_udp_and_tcp_port() -> int:
 async def test_run_with_no_settings_serves_readyz_with_children_up_and_stops_clean(
     tmp_path: Path,
 ) -> None:
-    """Bare `telemed run` starts its three children, is ready, and SIGTERM leaves none running."""
+    """Bare `telemed run` starts its three children and is ready; SIGTERM (a restart) leaves
+    them running and the next `telemed run` reattaches to the same processes; SIGINT
+    (Ctrl-C) leaves none running."""
     for binary in ("redis-server", "turnserver"):
         require_binary(binary)
     http_port = free_port()
+    first_log = ""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("TELEMED_")
     } | {
@@ -119,13 +122,26 @@ async def test_run_with_no_settings_serves_readyz_with_children_up_and_stops_cle
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), scaled(20)) == 0
+        assert all(running(p) for p in pids)  # left for the next start
+        assert proc.stderr is not None
+        first_log = (await proc.stderr.read()).decode(errors="replace")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "telemed.cli", "run", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        again = (await poll_ready(f"http://127.0.0.1:{http_port}/readyz", 30))["children"]
+        assert {name: c["pid"] for name, c in again.items()} == {
+            name: c["pid"] for name, c in children.items()}
+        assert all(c["starts"] == 0 for c in again.values()), again
+
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), scaled(20)) == 0
         assert [p for p in pids if running(p)] == []
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
         assert proc.stderr is not None
-        log = (await proc.stderr.read()).decode(errors="replace")
+        log = first_log + (await proc.stderr.read()).decode(errors="replace")
     # Each child's own output reached the service's log, marked with the child's name.
     for child in ("redis", "mediaserver", "coturn"):
         assert f"logger=telemed.child.{child} child={child} " in log, child

@@ -202,3 +202,89 @@ async def test_child_lines_in_our_log_format_keep_their_level_and_call_id(
     assert (warning.levelno, warning.getMessage(), warning.call_id) == (  # type: ignore[attr-defined]
         logging.WARNING, "slow", "c-43")
     assert (plain.levelno, plain.getMessage()) == (logging.INFO, "1234:M Redis is starting")
+
+
+async def test_a_child_that_outlives_the_service_survives_its_kill_and_is_reattached(
+    tmp_path: Path
+) -> None:
+    """`outlives`: the supervisor's process is SIGKILLed and the child goes on; the next
+    supervisor finds it by its pid file and watches it instead of starting another; when
+    it dies, it is started again; a full stop ends it and removes the pid file."""
+    state = tmp_path / "run"
+    script = f"""
+import asyncio, sys
+sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+from pathlib import Path
+from telemed.supervisor import ChildSpec, Supervisor
+async def main():
+    sup = Supervisor()
+    sup.add(ChildSpec(name="sleeper", argv=[sys.executable, "-c", {CHILD!r},
+                      {str(tmp_path / 'pids')!r}], outlives=Path({str(state)!r})))
+    await sup.start()
+    print("ready", flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        assert (await asyncio.wait_for(parent.stdout.readline(), scaled(20))).strip() \
+            == b"ready"
+        await wait_until(lambda: len(pids(tmp_path)) == 1, describe=lambda: pids(tmp_path))
+        [(child_pid, _)] = pids(tmp_path)
+        parent.kill()
+        await parent.wait()
+        assert alive(child_pid)
+        assert "child up" in (state / "sleeper.log").read_text()
+
+        sup = Supervisor()
+        child = sup.add(spec(tmp_path, outlives=state))
+        await sup.start()
+        try:
+            assert child.pid == child_pid and child.starts == 0 and child.ready
+            os.kill(child_pid, signal.SIGKILL)
+            await within(child.wait_for(lambda c: c.starts == 1 and c.ready, scaled(10)),
+                         10, "a new child after the reattached one died")
+            assert child.pid != child_pid
+            await wait_until(lambda: len(pids(tmp_path)) == 2, describe=lambda: pids(tmp_path))
+        finally:
+            await sup.stop()
+        assert not alive(child.pid or pids(tmp_path)[-1][0])
+        assert not (state / "sleeper.pid").exists()
+    finally:
+        for pair in pids(tmp_path):
+            for pid in pair:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
+
+
+async def test_a_keeping_stop_leaves_an_outliving_child_for_the_next_start(
+    tmp_path: Path
+) -> None:
+    """stop(keep=True) (a clean stop that expects a restart) leaves the outliving child and
+    its pid file; a pid file naming a process that is gone starts a fresh child."""
+    state = tmp_path / "run"
+    first = Supervisor()
+    child = first.add(spec(tmp_path, outlives=state))
+    await first.start()
+    pid = child.pid
+    assert pid is not None
+    await first.stop(keep=True)
+    try:
+        assert alive(pid) and (state / "sleeper.pid").exists()
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: not alive(pid), describe=lambda: pid)
+        second = Supervisor()
+        again = second.add(spec(tmp_path, outlives=state))
+        await second.start()
+        assert again.starts == 1 and again.pid != pid
+        await second.stop()
+    finally:
+        for pair in pids(tmp_path):
+            for p in pair:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
