@@ -83,6 +83,11 @@ async def packets(path: Path, ffprobe: str = "ffprobe") -> list[tuple[str, float
     out, err = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(err.decode(errors="replace").strip()[:300] or "ffprobe failed")
+    # An hour of media is ~300,000 packets: parsed off the event loop.
+    return await asyncio.to_thread(_parse_packets, out)
+
+
+def _parse_packets(out: bytes) -> list[tuple[str, float, float]]:
     info: dict[str, Any] = json.loads(out)
     kinds = {s["index"]: s.get("codec_type", "?") for s in info.get("streams", [])}
     result = []
@@ -97,6 +102,7 @@ async def packets(path: Path, ffprobe: str = "ffprobe") -> list[tuple[str, float
 async def check(path: Path, ffprobe: str = "ffprobe") -> str | None:
     """The problem with `path`'s continuity, if any, in words for `problems`."""
     try:
-        return describe(find_holes(await packets(path, ffprobe)))
+        found = await packets(path, ffprobe)
+        return await asyncio.to_thread(lambda: describe(find_holes(found)))
     except RuntimeError as exc:
         return f"packets unreadable: {exc}"

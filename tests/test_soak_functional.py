@@ -43,4 +43,5 @@ async def test_fifty_calls_in_a_row_leak_nothing() -> None:
     assert result["leaked_objects"] == 0, text
     assert result["grown_counters"] == 0, text
     assert result["flat"] == 1, text
-    assert result["redis_keys_history_per_call"] < 3  # history and recordings entries
+    # The call's summary, its timeline list and that list's sequence, its recordings entry.
+    assert result["redis_keys_history_per_call"] < 5
