@@ -1,0 +1,330 @@
+"""Takeover at scale: N live recorded calls on a service that is SIGKILLed and started again.
+
+Real Redis, the embedded media server as its own process, the service as its own process
+(`python -m telemed.cli run`, what is killed), and two aiortc participants per call in
+this process speaking our WebSocket protocol. The participants encode and decode nothing:
+each plays a VP8/Opus WEBM made once by ffmpeg (packets read once, replayed paced in real
+time) and counts the encoded frames the server's receive hook hands over, so the two cores
+go to the server, the service and the peers' RTP, not to codecs.
+
+Calls are added `--step` at a time while every stream keeps >= 98 % of its video frames
+(a window after each step); a step that breaks that is ended again and N is the calls
+that fit. Then: a window of the calls left alone (baseline for frame loss), SIGKILL,
+restart, and at the moment /readyz answers every participant reconnects at once and sends
+`join {resume: true}` (the worst case: all browsers come back together). Figures:
+
+- restart to ready (the baseline): spawn of the new process to /readyz 200; and the first
+  start, with no calls, for comparison;
+- per call, ready to both participants' `joined` with `resumed: true` (p50/max), and when
+  the service's log says it adopted the call, relative to ready (negative: before);
+- calls failed: not resumed, not live, no video after the resume, or not ended normally;
+- video frames lost per call (sent minus received, both directions, from the kill to 1 s
+  after the last resume) and the longest wait between two frames per viewer (p50/max),
+  with the same figures for the baseline window.
+
+    python -m bench.takeover [--calls 50] [--step 5] [--width 160] [--height 120] [--fps 10]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.common import args, pct, raise_nofile, report
+from bench.takeover_peers import Packets, Participant, clip, more_video
+from telemed.embedded import hash_api_key
+from tests.services import free_port, run_redis
+
+FIT = 0.98
+#: What a frame may take from its sender to its viewer: received counts are read this
+#: much after the sent ones.
+IN_FLIGHT = 1.0
+
+
+class Node:
+    """The service as its own process, restartable on the same port, data and Redis."""
+
+    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+        self.env, self.port, self.log = env, port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/ws"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> float:
+        """Spawns the service; seconds until /readyz answers 200."""
+        started = time.monotonic()
+        with self.log.open("ab") as err:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "telemed.cli", "run", env=self.env, stderr=err,
+                stdout=err)
+        async with aiohttp.ClientSession() as http:
+            while True:
+                assert self.proc.returncode is None, f"the service exited; see {self.log}"
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{self.url}/readyz") as r:
+                        if r.status == 200:
+                            return time.monotonic() - started
+                await asyncio.sleep(0.02)  # another process: no event to await
+
+    async def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(sig)
+            await self.proc.wait()
+        self.proc = None
+
+    def adopted_at(self) -> dict[str, float]:
+        """Call id → wall time the service logged taking it over."""
+        out = {}
+        for line in self.log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if str(entry.get("msg", "")).startswith("= call taken over"):
+                    ts = datetime.fromisoformat(entry["ts"].replace("Z", "+00:00"))
+                    out[entry["call_id"]] = ts.timestamp()
+        return out
+
+
+Call = tuple[str, Participant, Participant]  # id, patient, doctor
+
+
+async def new_call(node: Node, api_key: str, clip_packets: dict[str, Packets]) -> Call:
+    """A consultation created through the API, joined, published both ways and live."""
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{node.url}/api/v1/calls", headers={"Authorization": f"Bearer {api_key}"},
+            json={"kind": "consultation",
+                  "participants": [{"id": "pat", "name": "P", "role": "patient"},
+                                   {"id": "doc", "name": "D", "role": "doctor"}]}) as r:
+        assert r.status == 201, await r.text()
+        created = await r.json()
+    tokens = {p["id"]: p["token"] for p in created["participants"]}
+    pat, doc = (Participant(node, tokens[p], clip_packets) for p in ("pat", "doc"))
+    await asyncio.gather(pat.connect(), doc.connect())
+    await pat.join()  # one after the other: simultaneous joins race (issue #20)
+    await doc.join()
+    await asyncio.gather(pat.publish(), doc.publish())
+    await asyncio.gather(pat.subscribe("doc"), doc.subscribe("pat"))
+    await asyncio.gather(pat.wait_event("callLive", timeout=60),
+                         doc.wait_event("callLive", timeout=60))
+    return created["id"], pat, doc
+
+
+def streams(calls: list[Call]) -> list[tuple[Participant, Participant, str]]:
+    """(publisher, viewer, publisher's id) for both directions of every call."""
+    return [s for _, pat, doc in calls for s in ((pat, doc, "pat"), (doc, pat, "doc"))]
+
+
+async def window(calls: list[Call], until: asyncio.Future[Any] | float
+                 ) -> tuple[list[float], list[float], list[float]]:
+    """Video frames lost per call, longest gap per viewer, delivery per stream, from now
+    until `until` (seconds, or a future) is done; received counts read IN_FLIGHT later."""
+    flows = streams(calls)
+
+    def sent() -> list[int]:
+        return [p.video.sent if p.video else 0 for p, _, _ in flows]
+
+    def got() -> list[int]:
+        return [v.received[src]["video"] for _, v, src in flows]
+
+    s0 = sent()
+    for _, viewer, _ in flows:
+        viewer.reset_gaps()
+    await asyncio.sleep(IN_FLIGHT)  # frames sent before the window arrive meanwhile
+    g0 = got()
+    if isinstance(until, float):
+        await asyncio.sleep(max(until - IN_FLIGHT, 0.0))  # the window itself
+    else:
+        await until
+    s1 = sent()
+    await asyncio.sleep(IN_FLIGHT)  # the window's last frames arrive
+    g1 = got()
+    lost = [float(max((b - a) - (d - c), 0)) for a, b, c, d in zip(s0, s1, g0, g1, strict=True)]
+    # One frame of slack: a frame sent on the window's edge may be counted on either side.
+    ratio = [min((d - c + 1) / (b - a), 1.0) if b > a else 0.0
+             for a, b, c, d in zip(s0, s1, g0, g1, strict=True)]
+    gaps = [v.gap.get(src, float("inf")) for _, v, src in flows]
+    return [lost[i] + lost[i + 1] for i in range(0, len(lost), 2)], gaps, ratio
+
+
+async def ramp(node: Node, api_key: str, clip_packets: dict[str, Packets], opts: Any,
+               figures: dict[str, Any]) -> list[Call]:
+    """Adds calls `step` at a time while every stream keeps FIT of its video."""
+    calls: list[Call] = []
+    while len(calls) < opts.calls:
+        batch = await asyncio.gather(*(new_call(node, api_key, clip_packets) for _ in range(
+            min(opts.step, opts.calls - len(calls)))))
+        _, _, ratio = await window(calls + batch, opts.window)
+        worst = min(ratio)
+        figures[f"ramp_{len(calls) + len(batch)}_calls_worst_delivery"] = round(worst, 3)
+        print(f"  {len(calls) + len(batch)} calls: worst stream {worst:.3f}", flush=True)
+        if worst < FIT and calls:
+            for _, pat, doc in batch:  # the machine's limit: the kill runs without them
+                await doc.request("end")
+                await asyncio.gather(pat.close(), doc.close())
+            break
+        calls += batch
+    return calls
+
+
+async def run(opts: Any, tmp: Path, redis_url: str) -> dict[str, Any]:
+    clip_packets = clip(opts.width, opts.height, opts.fps, opts.kbps)
+    figures: dict[str, Any] = {"cores": os.cpu_count(), "calls_asked": opts.calls,
+                               "video": f"{opts.width}x{opts.height}@{opts.fps}",
+                               "load_average_1m": os.getloadavg()[0]}
+    api_key = uuid.uuid4().hex
+    kms_port = free_port()
+    (tmp / "recordings").mkdir()
+    env = {**os.environ, "TELEMED_HTTP_PORT": str(free_port()),
+           "TELEMED_DATA_DIR": str(tmp / "data"),
+           "TELEMED_RECORDINGS_DIR": str(tmp / "recordings"),
+           "TELEMED_RECORDINGS_COMPOSE": "false", "TELEMED_REDIS_URL": redis_url,
+           "TELEMED_MEDIA_KURENTO_URLS": f"ws://127.0.0.1:{kms_port}/kurento",
+           "TELEMED_TURN_PROVIDER": "none", "TELEMED_CALLS_REJOIN_GRACE": "60",
+           "TELEMED_CALLS_WATCHDOG_TIMEOUT": "60", "TELEMED_LOG_FORMAT": "json",
+           "TELEMED_AUTH_API_KEY_HASHES": hash_api_key(api_key)}
+    node = Node(env, int(env["TELEMED_HTTP_PORT"]), tmp / "service.log")
+    calls: list[Call] = []
+    async with media_server(kms_port, tmp) as media_log:
+        try:
+            figures["baseline_first_start_to_ready_s"] = await node.start()
+            calls = await ramp(node, api_key, clip_packets, opts, figures)
+            figures["calls"] = len(calls)
+            lost, gaps, _ = await window(calls, opts.window)
+            figures |= {"baseline_window_s": opts.window,
+                        "baseline_frames_lost_per_call_p50": pct(lost, 50),
+                        "baseline_frames_lost_per_call_max": max(lost),
+                        "baseline_longest_gap_s_p50": pct(gaps, 50),
+                        "baseline_longest_gap_s_max": max(gaps)}
+            loop = asyncio.get_running_loop()
+            resumed_all: asyncio.Future[None] = loop.create_future()
+            kill_window = asyncio.ensure_future(window(calls, resumed_all))
+            await asyncio.sleep(0)  # the window's first counts are taken before the kill
+            await node.kill()
+            killed = time.monotonic()
+            figures["restart_to_ready_s"] = await node.start()
+            ready, ready_wall = time.monotonic(), time.time()
+            figures["killed_to_ready_s"] = ready - killed
+            failed = await resume_all(calls, ready, figures)
+            await asyncio.sleep(IN_FLIGHT)  # the window runs a second past the last resume
+            resumed_all.set_result(None)
+            lost, gaps, _ = await kill_window
+            figures |= {"kill_frames_lost_per_call_p50": pct(lost, 50),
+                        "kill_frames_lost_per_call_max": max(lost),
+                        "kill_window_s": time.monotonic() - killed,
+                        "kill_longest_gap_s_p50": pct(gaps, 50),
+                        "kill_longest_gap_s_max": max(gaps)}
+            adopted = node.adopted_at()
+            late = [adopted[c] - ready_wall if c in adopted else float("inf")
+                    for c, _, _ in calls]
+            figures |= {"adopted_after_ready_s_p50": pct(late, 50),
+                        "adopted_after_ready_s_max": max(late),
+                        "calls_not_adopted": sum(c not in adopted for c, _, _ in calls)}
+            for call_id, pat, doc in calls:
+                if not await more_video(pat, "doc", opts.fps, 15) or \
+                        not await more_video(doc, "pat", opts.fps, 15):
+                    failed.add(call_id)
+            for call_id, _, doc in calls:
+                try:
+                    await doc.request("end")
+                    await asyncio.gather(*(c.wait_event("callEnded") for c in calls_of(
+                        calls, call_id)))
+                except Exception:
+                    failed.add(call_id)
+            figures["calls_failed"] = len(failed)
+            figures["target_adopted_within_2s_of_ready_met"] = bool(
+                failed == set() and figures["resumed_after_ready_s_max"] <= 2.0)
+        finally:
+            await asyncio.gather(*(c.close() for _, pat, doc in calls for c in (pat, doc)))
+            await node.kill(signal.SIGTERM)
+        figures["mediaserver_warnings"] = sum(
+            line.startswith("WARNING") for line in media_log.read_text().splitlines())
+    return figures
+
+
+@contextlib.asynccontextmanager
+async def media_server(port: int, tmp: Path) -> AsyncIterator[Path]:
+    """`python -m mediaserver` as its own process, its log in a file (overload warnings
+    are counted, not printed); yields the log's path."""
+    log = tmp / "mediaserver.log"
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mediaserver", "--port", str(port), "--recordings-root",
+            str(tmp / "recordings"), "--log-level", "WARNING", stdout=err, stderr=err)
+    try:
+        while True:
+            assert proc.returncode is None, f"the media server exited; see {log}"
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)  # another process starting: no event to await
+        yield log
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def calls_of(calls: list[Call], call_id: str) -> tuple[Participant, Participant]:
+    return next((pat, doc) for c, pat, doc in calls if c == call_id)
+
+
+async def resume_all(calls: list[Call], ready: float, figures: dict[str, Any]) -> set[str]:
+    """Every participant comes back at once; per call, ready to its last `resumed`. The
+    ids of calls whose resume was refused or failed."""
+    failed: set[str] = set()
+    done: dict[str, float] = {}
+
+    async def one(call_id: str, who: Participant, other: str) -> None:
+        try:
+            reply = await who.resume()
+        except Exception as exc:
+            print(f"  ! {call_id}: resume failed: {exc}", flush=True)
+            failed.add(call_id)
+            return
+        done[call_id] = max(done.get(call_id, 0.0), time.monotonic() - ready)
+        if reply.get("resumed") is not True or reply["call"]["state"] != "live" \
+                or reply["media"]["subscriptions"] != [other]:
+            print(f"  ! {call_id}: not resumed: {json.dumps(reply)[:300]}", flush=True)
+            failed.add(call_id)
+            return
+        await who.media_received(other)  # as the protocol asks after a resume
+
+    await asyncio.gather(*(one(c, who, other) for c, pat, doc in calls
+                           for who, other in ((pat, "doc"), (doc, "pat"))))
+    times = [done.get(c, float("inf")) for c, _, _ in calls]
+    figures |= {"resumed_after_ready_s_p50": pct(times, 50),
+                "resumed_after_ready_s_max": max(times), "resumes_refused": len(failed)}
+    return failed
+
+
+def main() -> None:
+    opts = args(__doc__ or "", calls=50, step=5, width=160, height=120, fps=10, kbps=100,
+                window=3.0)
+    if opts.smoke:
+        opts.calls, opts.step, opts.window = 2, 2, 2.0
+    raise_nofile()
+    logging.disable(logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp, run_redis(Path(tmp) / "redis") as redis:
+        figures = asyncio.run(run(opts, Path(tmp), redis.url))
+    if figures["calls"] < opts.calls:
+        print(f"  only {figures['calls']} of {opts.calls} calls fit this machine "
+              f"(>= {FIT:.0%} of every stream's video before the kill)")
+    report("takeover", figures)
+
+
+if __name__ == "__main__":
+    main()
