@@ -38,13 +38,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.common import args, pct, raise_nofile, report
+from bench.common import args, cpu_seconds, pct, raise_nofile, report
 from bench.takeover_peers import Packets, Participant, clip, more_video
 from telemed.embedded import hash_api_key
 from tests.services import free_port, run_redis
@@ -86,16 +87,20 @@ class Node:
             await self.proc.wait()
         self.proc = None
 
-    def adopted_at(self) -> dict[str, float]:
-        """Call id → wall time the service logged taking it over."""
-        out = {}
+    def adopted_at(self, since: float) -> tuple[float, dict[str, float]]:
+        """From the log lines stamped after `since` (wall time): when the first was
+        written (the interpreter and imports are done), and per call id when the service
+        logged taking it over."""
+        first, out = float("inf"), {}
         for line in self.log.read_text().splitlines():
             with contextlib.suppress(ValueError):
                 entry = json.loads(line)
-                if str(entry.get("msg", "")).startswith("= call taken over"):
-                    ts = datetime.fromisoformat(entry["ts"].replace("Z", "+00:00"))
-                    out[entry["call_id"]] = ts.timestamp()
-        return out
+                ts = datetime.fromisoformat(entry["ts"].replace("Z", "+00:00")).timestamp()
+                if ts >= since:
+                    first = min(first, ts)
+                    if str(entry.get("msg", "")).startswith("= call taken over"):
+                        out[entry["call_id"]] = ts
+        return first, out
 
 
 Call = tuple[str, Participant, Participant]  # id, patient, doctor
@@ -127,10 +132,22 @@ def streams(calls: list[Call]) -> list[tuple[Participant, Participant, str]]:
     return [s for _, pat, doc in calls for s in ((pat, doc, "pat"), (doc, pat, "doc"))]
 
 
-async def window(calls: list[Call], until: asyncio.Future[Any] | float
-                 ) -> tuple[list[float], list[float], list[float]]:
-    """Video frames lost per call, longest gap per viewer, delivery per stream, from now
-    until `until` (seconds, or a future) is done; received counts read IN_FLIGHT later."""
+@dataclass
+class Window:
+    lost: list[float]  # video frames lost per call, both directions
+    gaps: list[float]  # longest wait between two video frames, per viewer (s)
+    ratio: list[float]  # video frames delivered over sent, per stream
+    cpu: dict[str, float]  # % of one core, per process
+
+    @property
+    def worst(self) -> float:
+        return min(self.ratio)
+
+
+async def window(calls: list[Call], until: asyncio.Future[Any] | float,
+                 pids: dict[str, int]) -> Window:
+    """From now until `until` (seconds, or a future) is done; received counts are read
+    IN_FLIGHT after the sent ones."""
     flows = streams(calls)
 
     def sent() -> list[int]:
@@ -139,7 +156,8 @@ async def window(calls: list[Call], until: asyncio.Future[Any] | float
     def got() -> list[int]:
         return [v.received[src]["video"] for _, v, src in flows]
 
-    s0 = sent()
+    s0, t0 = sent(), time.monotonic()
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     for _, viewer, _ in flows:
         viewer.reset_gaps()
     await asyncio.sleep(IN_FLIGHT)  # frames sent before the window arrive meanwhile
@@ -148,32 +166,42 @@ async def window(calls: list[Call], until: asyncio.Future[Any] | float
         await asyncio.sleep(max(until - IN_FLIGHT, 0.0))  # the window itself
     else:
         await until
-    s1 = sent()
+    s1, elapsed = sent(), time.monotonic() - t0
+    cpu = {name: round(100 * (cpu_seconds(pid) - cpu0[name]) / elapsed, 1)
+           for name, pid in pids.items() if name in cpu0}
     await asyncio.sleep(IN_FLIGHT)  # the window's last frames arrive
     g1 = got()
-    lost = [float(max((b - a) - (d - c), 0)) for a, b, c, d in zip(s0, s1, g0, g1, strict=True)]
-    # One frame of slack: a frame sent on the window's edge may be counted on either side.
-    ratio = [min((d - c + 1) / (b - a), 1.0) if b > a else 0.0
-             for a, b, c, d in zip(s0, s1, g0, g1, strict=True)]
-    gaps = [v.gap.get(src, float("inf")) for _, v, src in flows]
-    return [lost[i] + lost[i + 1] for i in range(0, len(lost), 2)], gaps, ratio
+    counts = list(zip(s0, s1, g0, g1, strict=True))
+    lost = [float(max((b - a) - (d - c), 0)) for a, b, c, d in counts]
+    return Window(
+        lost=[lost[i] + lost[i + 1] for i in range(0, len(lost), 2)],
+        gaps=[v.gap.get(src, float("inf")) for _, v, src in flows],
+        # One frame of slack: a frame sent on the window's edge may count on either side.
+        ratio=[min((d - c + 1) / (b - a), 1.0) if b > a else 0.0 for a, b, c, d in counts],
+        cpu=cpu)
 
 
 async def ramp(node: Node, api_key: str, clip_packets: dict[str, Packets], opts: Any,
-               figures: dict[str, Any]) -> list[Call]:
-    """Adds calls `step` at a time while every stream keeps FIT of its video."""
+               pids: dict[str, int], figures: dict[str, Any]) -> list[Call]:
+    """Adds calls `step` at a time while every stream keeps FIT of its video; a step that
+    breaks it is ended again, and the calls left get up to 3 windows to settle."""
     calls: list[Call] = []
     while len(calls) < opts.calls:
         batch = await asyncio.gather(*(new_call(node, api_key, clip_packets) for _ in range(
             min(opts.step, opts.calls - len(calls)))))
-        _, _, ratio = await window(calls + batch, opts.window)
-        worst = min(ratio)
-        figures[f"ramp_{len(calls) + len(batch)}_calls_worst_delivery"] = round(worst, 3)
-        print(f"  {len(calls) + len(batch)} calls: worst stream {worst:.3f}", flush=True)
-        if worst < FIT and calls:
+        w = await window(calls + batch, opts.window, pids)
+        n = len(calls) + len(batch)
+        figures[f"ramp_{n}_calls_worst_delivery"] = round(w.worst, 3)
+        print(f"  {n} calls: worst stream {w.worst:.3f}, CPU % of a core {w.cpu}", flush=True)
+        if w.worst < FIT and calls:
             for _, pat, doc in batch:  # the machine's limit: the kill runs without them
                 await doc.request("end")
                 await asyncio.gather(pat.close(), doc.close())
+            for _ in range(3):
+                w = await window(calls, opts.window, pids)
+                print(f"  back to {len(calls)} calls: worst stream {w.worst:.3f}", flush=True)
+                if w.worst >= FIT:
+                    break
             break
         calls += batch
     return calls
@@ -197,41 +225,49 @@ async def run(opts: Any, tmp: Path, redis_url: str) -> dict[str, Any]:
            "TELEMED_AUTH_API_KEY_HASHES": hash_api_key(api_key)}
     node = Node(env, int(env["TELEMED_HTTP_PORT"]), tmp / "service.log")
     calls: list[Call] = []
-    async with media_server(kms_port, tmp) as media_log:
+    async with media_server(kms_port, tmp) as (media_pid, media_log):
         try:
             figures["baseline_first_start_to_ready_s"] = await node.start()
-            calls = await ramp(node, api_key, clip_packets, opts, figures)
+            assert node.proc is not None
+            pids = {"mediaserver": media_pid, "service": node.proc.pid, "peers": os.getpid()}
+            calls = await ramp(node, api_key, clip_packets, opts, pids, figures)
             figures["calls"] = len(calls)
-            lost, gaps, _ = await window(calls, opts.window)
+            w = await window(calls, opts.window, pids)
             figures |= {"baseline_window_s": opts.window,
-                        "baseline_frames_lost_per_call_p50": pct(lost, 50),
-                        "baseline_frames_lost_per_call_max": max(lost),
-                        "baseline_longest_gap_s_p50": pct(gaps, 50),
-                        "baseline_longest_gap_s_max": max(gaps)}
+                        "baseline_worst_delivery": w.worst,
+                        "baseline_frames_lost_per_call_p50": pct(w.lost, 50),
+                        "baseline_frames_lost_per_call_max": max(w.lost),
+                        "baseline_longest_gap_s_p50": pct(w.gaps, 50),
+                        "baseline_longest_gap_s_max": max(w.gaps),
+                        **{f"baseline_cpu_pct_{k}": v for k, v in w.cpu.items()}}
+            del pids["service"]  # killed in the next window
             loop = asyncio.get_running_loop()
             resumed_all: asyncio.Future[None] = loop.create_future()
-            kill_window = asyncio.ensure_future(window(calls, resumed_all))
+            kill_window = asyncio.ensure_future(window(calls, resumed_all, pids))
             await asyncio.sleep(0)  # the window's first counts are taken before the kill
             await node.kill()
-            killed = time.monotonic()
+            killed, killed_wall = time.monotonic(), time.time()
             figures["restart_to_ready_s"] = await node.start()
             ready, ready_wall = time.monotonic(), time.time()
             figures["killed_to_ready_s"] = ready - killed
             failed = await resume_all(calls, ready, figures)
             await asyncio.sleep(IN_FLIGHT)  # the window runs a second past the last resume
             resumed_all.set_result(None)
-            lost, gaps, _ = await kill_window
-            figures |= {"kill_frames_lost_per_call_p50": pct(lost, 50),
-                        "kill_frames_lost_per_call_max": max(lost),
-                        "kill_window_s": time.monotonic() - killed,
-                        "kill_longest_gap_s_p50": pct(gaps, 50),
-                        "kill_longest_gap_s_max": max(gaps)}
-            adopted = node.adopted_at()
+            w = await kill_window
+            figures |= {"kill_window_s": time.monotonic() - killed,
+                        "kill_worst_delivery": w.worst,
+                        "kill_frames_lost_per_call_p50": pct(w.lost, 50),
+                        "kill_frames_lost_per_call_max": max(w.lost),
+                        "kill_longest_gap_s_p50": pct(w.gaps, 50),
+                        "kill_longest_gap_s_max": max(w.gaps),
+                        **{f"kill_cpu_pct_{k}": v for k, v in w.cpu.items()}}
+            first_line, adopted = node.adopted_at(killed_wall)
             late = [adopted[c] - ready_wall if c in adopted else float("inf")
                     for c, _, _ in calls]
             figures |= {"adopted_after_ready_s_p50": pct(late, 50),
                         "adopted_after_ready_s_max": max(late),
-                        "calls_not_adopted": sum(c not in adopted for c, _, _ in calls)}
+                        "calls_not_adopted": sum(c not in adopted for c, _, _ in calls),
+                        "restart_to_first_log_line_s": first_line - killed_wall}
             for call_id, pat, doc in calls:
                 if not await more_video(pat, "doc", opts.fps, 15) or \
                         not await more_video(doc, "pat", opts.fps, 15):
@@ -255,9 +291,9 @@ async def run(opts: Any, tmp: Path, redis_url: str) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def media_server(port: int, tmp: Path) -> AsyncIterator[Path]:
+async def media_server(port: int, tmp: Path) -> AsyncIterator[tuple[int, Path]]:
     """`python -m mediaserver` as its own process, its log in a file (overload warnings
-    are counted, not printed); yields the log's path."""
+    are counted, not printed); yields its pid and the log's path."""
     log = tmp / "mediaserver.log"
     with log.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
@@ -272,7 +308,7 @@ async def media_server(port: int, tmp: Path) -> AsyncIterator[Path]:
                 break
             except OSError:
                 await asyncio.sleep(0.05)  # another process starting: no event to await
-        yield log
+        yield proc.pid, log
     finally:
         proc.terminate()
         await proc.wait()
