@@ -269,15 +269,18 @@ async def run(opts: Any, tmp: Path, redis_url: str) -> dict[str, Any]:
                         "calls_not_adopted": sum(c not in adopted for c, _, _ in calls),
                         "restart_to_first_log_line_s": first_line - killed_wall}
             for call_id, pat, doc in calls:
-                if not await more_video(pat, "doc", opts.fps, 15) or \
-                        not await more_video(doc, "pat", opts.fps, 15):
-                    failed.add(call_id)
+                for viewer, source in ((pat, "doc"), (doc, "pat")):
+                    if not await more_video(viewer, source, opts.fps, 15):
+                        print(f"  ! {call_id}: no video from {source} after the resume",
+                              flush=True)
+                        failed.add(call_id)
             for call_id, _, doc in calls:
                 try:
                     await doc.request("end")
                     await asyncio.gather(*(c.wait_event("callEnded") for c in calls_of(
                         calls, call_id)))
-                except Exception:
+                except Exception as exc:
+                    print(f"  ! {call_id}: did not end normally: {exc}", flush=True)
                     failed.add(call_id)
             figures["calls_failed"] = len(failed)
             figures["target_adopted_within_2s_of_ready_met"] = bool(
