@@ -31,8 +31,7 @@ async def test_benchmark_smoke_mode_reports_its_figures(name: str) -> None:
 
 @pytest.mark.timeout(scaled(150))  # Redis, the media server and the service, started twice
 async def test_takeover_bench_smoke_run_resumes_every_call() -> None:
-    """`bench.takeover --smoke` kills the service under 2 live calls, restarts it, and
-    reports every call adopted and resumed with none failed, with its figures measured."""
+    """bench.takeover --smoke: 2 live calls through a SIGKILL, all adopted, resumed, none failed."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.takeover", "--smoke",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
