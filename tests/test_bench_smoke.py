@@ -27,3 +27,23 @@ async def test_benchmark_smoke_mode_reports_its_figures(name: str) -> None:
     assert result["bench"] == name
     numbers = [v for v in result.values() if isinstance(v, (int, float))]
     assert numbers and all(v == v for v in numbers)  # no NaN: every figure was measured
+
+
+@pytest.mark.timeout(scaled(150))  # Redis, the media server and the service, started twice
+async def test_takeover_bench_smoke_run_resumes_every_call() -> None:
+    """bench.takeover --smoke: 2 live calls through a SIGKILL, all adopted, resumed, none failed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.takeover", "--smoke",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), scaled(120))
+    assert proc.returncode == 0, err.decode()[-2000:]
+    (line,) = [x for x in out.decode().splitlines() if x.startswith("RESULT ")]
+    result = json.loads(line[len("RESULT "):])
+    assert result["bench"] == "takeover" and result["calls"] == 2, result
+    assert result["calls_failed"] == 0 and result["calls_not_adopted"] == 0, result
+    assert result["resumes_refused"] == 0, result
+    assert 0 < result["restart_to_ready_s"] < 60, result
+    # Adopted and resumed: finite times (a call never resumed reports infinity).
+    assert result["resumed_after_ready_s_max"] < 30, result
+    assert result["adopted_after_ready_s_max"] < 30, result
+    assert result["kill_longest_gap_s_max"] < 30, result
