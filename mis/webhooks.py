@@ -188,6 +188,10 @@ class Outbox:
         self._closed = True
         for wake in self._wake.values():
             wake.set()
+        # A delivery in flight finishes and is booked first: cancelled after the receiver
+        # took it but before we recorded that, it would be sent again after the restart.
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.timeout + 1.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -26,7 +26,7 @@ from signaling.events import (
 from signaling.liveness import MediaLoss
 from signaling.media import CallMedia
 from signaling.media_verdicts import MediaVerdicts
-from signaling.participant import ParticipantState
+from signaling.participant import Participant, ParticipantState
 from signaling.participant_session import Connection, ParticipantSession
 from signaling.protocol import encode
 from signaling.sdp import offer_kinds
@@ -230,26 +230,40 @@ class CallSession(MediaVerdicts):
         return joined
 
     def resume(self) -> None:
-        """Taken over from a process that died: whoever was in gets the rejoin grace to
-        come back, their media running meanwhile; a call not live yet is timed again."""
-        loop = asyncio.get_running_loop()
+        """Taken over from a process that died, before its media is re-read: a call not
+        live yet expects its uploads and recordings again (the re-read proves them)."""
         now = self.timer.now()
-        for p in self.call.participants.values():
-            if p.state is not ParticipantState.RECONNECTING:
-                continue
-            m = self.member(p.id)
-            m.grace = loop.call_later(self.services.rejoin_grace, self._grace_timer, p.id)
-            if self.call.state is CallState.CONNECTING and p.published:
-                # Armed before the media is re-read, so that what the re-read proves
-                # satisfies them; browsers report what they receive again on resuming.
+        if self.call.state is CallState.CONNECTING:
+            for p in self.taken_over():
                 for kind in p.published:
                     self.watchdog.expect(Expectation(p.id, "from-browser", kind), now)
                 self.watchdog.expect(Expectation(p.id, "recording", "file"), now)
-                for other in self.call.participants.values():
+        self.timer.rearm()
+
+    def hold_places(self) -> None:
+        """Once the service serves: whoever was in gets the rejoin grace to come back
+        from now (not from the adoption, which may have been many calls earlier), and a
+        call not live yet waits for their browsers' reports from now."""
+        loop = asyncio.get_running_loop()
+        now = self.timer.now()
+        if self.closing:
+            return
+        for p in self.taken_over():
+            m = self.member(p.id)
+            if m.conn is not None or m.grace is not None:
+                continue
+            m.grace = loop.call_later(self.services.rejoin_grace, self._grace_timer, p.id)
+            if self.call.state is CallState.CONNECTING and p.published:
+                for other in self.taken_over():
                     if other.id != p.id and other.published:
                         self.watchdog.expect(
                             Expectation(p.id, "browser-report", "media", other.id), now)
         self.timer.rearm()
+
+    def taken_over(self) -> list[Participant]:
+        """Who was in the call when it was taken over and has not come back yet."""
+        return [p for p in self.call.participants.values()
+                if p.state is ParticipantState.RECONNECTING]
 
     async def publish(self, conn: Connection, pid: str, sdp: str) -> str:
         self.check_member(conn, pid)

@@ -40,7 +40,12 @@ from signaling.session import SESSION_CONFIG, SessionConfig, websocket_handler
 from telemed.embedded import Endpoints
 from telemed.nodes import NodeHeartbeat
 from telemed.orphans import finalize_released, live_calls
-from telemed.recovery import recover_unfinished, run_expiry, take_over_unfinished
+from telemed.recovery import (
+    hold_places,
+    recover_unfinished,
+    run_expiry,
+    take_over_unfinished,
+)
 from telemed.settings import Settings, read_public_key
 from telemed.supervisor import Supervisor
 from turn.lease import TurnProvider
@@ -267,6 +272,7 @@ def create_app(
 
         app[HUB].hooks.append(on_call_over)
         await pool.start()
+        taken: list[str] = []
         if settings.calls.take_over:
             # Before the sockets open: a browser coming back must find its call running.
             # Before the sweep: a call whose takeover fails is finished, its pipeline an
@@ -293,6 +299,8 @@ def create_app(
         expiry = asyncio.create_task(run_expiry(
             app[HUB], store, turn, interval=calls.expiry_interval,
             overrun=calls.schedule_overrun, idle=calls.idle_expiry, clock=time.time))
+        # Last before the sockets open: their participants' grace counts from now.
+        hold_places(app[HUB], taken)
         yield
         try:
             if not app[HUB].suspended:

@@ -28,7 +28,7 @@ from signaling.hub import Hub
 from signaling.takeover import take_over
 from turn.pool import TurnPool
 
-__all__ = ["expire_booked", "expiry_due", "recover_unfinished", "run_expiry",
+__all__ = ["expire_booked", "expiry_due", "hold_places", "recover_unfinished", "run_expiry",
            "take_over_unfinished"]
 
 log = logging.getLogger(__name__)
@@ -61,25 +61,40 @@ async def recover_unfinished(store: CallStore, outbox: Outbox | None,
 
 
 async def take_over_unfinished(hub: Hub, store: CallStore,
-                               orphaned: Orphaned | None = None) -> list[str]:
+                               orphaned: Orphaned | None = None, *,
+                               concurrency: int = 8) -> list[str]:
     """Adopts the calls a previous run left connecting or live (their media still runs on
     the media server), except those `orphaned` says a living node runs; those whose media
-    is gone fail `media-server-lost`. Their ids."""
-    taken = []
-    for raw_id in await store.redis.smembers(f"{store.prefix}open"):
-        snap = await store.get(as_text(raw_id))
-        if snap is None or snap["state"] not in BEGUN:
-            continue
-        if orphaned is not None and not await orphaned(snap):
-            continue
-        try:
-            call = await take_over(hub, snap)
-        except Exception:
-            log.exception("! taking the call over failed", extra={"call_id": snap["id"]})
-            continue
-        if not call.finished:
-            taken.append(call.id)
-    return taken
+    is gone fail `media-server-lost`. Several at once: each is ~30 media-server requests,
+    and the service serves only once all are adopted. Their ids; `hold_places` starts
+    their participants' rejoin grace once the service serves."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(raw_id: bytes | str) -> str | None:
+        async with gate:
+            snap = await store.get(as_text(raw_id))
+            if snap is None or snap["state"] not in BEGUN:
+                return None
+            if orphaned is not None and not await orphaned(snap):
+                return None
+            try:
+                call = await take_over(hub, snap)
+            except Exception:
+                log.exception("! taking the call over failed", extra={"call_id": snap["id"]})
+                return None
+            return None if call.finished else call.id
+
+    found = await asyncio.gather(*(one(raw_id) for raw_id in
+                                   await store.redis.smembers(f"{store.prefix}open")))
+    return [call_id for call_id in found if call_id is not None]
+
+
+def hold_places(hub: Hub, taken: list[str]) -> None:
+    """The service serves now: the rejoin grace of everyone in a taken-over call starts."""
+    for call_id in taken:
+        session = hub.sessions.get(call_id)
+        if session is not None:
+            session.hold_places()
 
 
 def expiry_due(snap: dict[str, Any], *, overrun: float, idle: float) -> float:

@@ -439,3 +439,28 @@ async def test_a_clean_stop_with_takeover_tells_everyone_and_ends_nothing(
     assert call.state is CallState.LIVE and not call.finished
     assert media[call.id].removed == [] and media[call.id].closed == []
     assert heard == []
+
+
+async def test_a_taken_over_calls_grace_starts_when_the_service_serves_not_at_adoption(
+        tmp_path: Path) -> None:
+    """Adopting many calls takes a while before the service serves: the participants'
+    rejoin grace starts at `hold_places` (when it serves), never at the adoption, or the
+    first calls adopted would end before their browsers could come back. Found by
+    bench.takeover at 50 calls."""
+    hub, _ = make_hub(tmp_path, grace=30.0)
+    snap = {"id": "c1", "kind": "consultation", "state": "live", "createdAt": 1.0,
+            "mediaServer": "ws://kms", "mediaPipeline": "p1", "timeline": [],
+            "participants": [
+                {"id": "pat", "name": "P", "role": "patient", "state": "connected",
+                 "published": ["audio", "video"]},
+                {"id": "doc", "name": "D", "role": "doctor", "state": "connected",
+                 "published": ["audio", "video"]}]}
+    call = hub.calls["c1"] = Call.taken_over(snap)
+    session = hub.session(call)
+    session.resume()
+    assert all(m.grace is None for m in session.members.values())
+    session.hold_places()
+    assert {pid for pid, m in session.members.items() if m.grace is not None} == {"pat", "doc"}
+    assert all(m.present for m in session.members.values())
+    session.hold_places()  # once only: a second call does not restart a grace
+    await hub.end("c1")

@@ -361,4 +361,7 @@ async def test_a_booked_call_survives_a_clean_stop_and_a_kill_then_is_joined_and
         for path in (Path(p) for p in ended["data"]["recordings"]):
             assert await duration(path) > 0.5, path
     events = receiver.events(call_id)
-    assert "call.failed" not in events and events.count("call.created") == 1
+    assert "call.failed" not in events
+    # At least once, one id (api.md): a delivery the kill cut short between the receiver's
+    # answer and our record of it comes again with the same X-Telemed-Event-Id.
+    assert len({e["id"] for e in receiver.received if e["event"] == "call.created"}) == 1
