@@ -222,8 +222,6 @@ KEEP_SOCKETS = """(() => {
 })();"""
 
 
-@pytest.mark.xfail(strict=False, reason="flaky on the merged main: failed once in two "
-                   "full runs; see the 2026-12-03 closing note")
 @HEAVY
 async def test_a_dropped_connection_rejoins_within_the_grace_and_pictures_come_back(
     tmp_path: Path, redis_server: RedisServer, browser: Any

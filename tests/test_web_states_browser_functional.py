@@ -36,8 +36,6 @@ async def _live(*pages: Any) -> None:
         await page.wait_for_selector("body[data-call-state=live]", timeout=WAIT)
 
 
-@pytest.mark.xfail(strict=False, reason="flaky on the merged main: failed once in two "
-                   "full runs; see the 2026-12-03 closing note")
 @HEAVY
 @pytest.mark.parametrize(("first", "lang", "size"), [
     ("patient", "ru", PHONE), ("doctor", "en", DESKTOP), ("patient", "en", DESKTOP),
