@@ -61,6 +61,8 @@ class CallServices:
     spawn: Callable[[Awaitable[Any], str], None]
     #: Ends the call (or fails it with a reason): the hub's one teardown path.
     end: Callable[[str, FailureReason | None, str], Awaitable[None]]
+    #: The same from a timer callback: tells everyone at once, releases after.
+    end_soon: Callable[[str, FailureReason | None, str], None]
     #: Revokes a lease (release=False: only its replaced credentials); never raises.
     revoke: Callable[[TurnLease, bool], Awaitable[None]]
 

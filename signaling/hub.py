@@ -157,7 +157,8 @@ class Hub:
             session = CallSession(call, media, CallServices(
                 turn=self.turn, watchdog_timeout=self.watchdog_timeout,
                 rejoin_grace=self.rejoin_grace, media_loss_report=self.media_loss_report,
-                emit=self.emit, spawn=self.spawn, end=self.end, revoke=self._revoke))
+                emit=self.emit, spawn=self.spawn, end=self.end, end_soon=self.end_soon,
+                revoke=self._revoke))
             holder.append(session)
             self.sessions[call.id] = session
             call.node = self.node_id
@@ -345,13 +346,29 @@ class Hub:
     async def end(self, call_id: str, reason: FailureReason | None = None,
                   detail: str = "") -> None:
         """Ends (or fails, with a reason) a call: the one path every exit takes."""
+        announced = self._announce_end(call_id, reason, detail)
+        if announced is not None:
+            await self._release(announced, reason, detail)
+
+    def end_soon(self, call_id: str, reason: FailureReason | None = None,
+                 detail: str = "") -> None:
+        """`end` for a timer callback: everyone is told now, in this very callback (a
+        watchdog failing 200 calls at once tells each on time), the release follows."""
+        announced = self._announce_end(call_id, reason, detail)
+        if announced is not None:
+            self.spawn(self._release(announced, reason, detail), call_id)
+
+    def _announce_end(self, call_id: str, reason: FailureReason | None, detail: str
+                      ) -> tuple[Call, CallSession | None] | None:
+        """The synchronous first step of `end`: the call is over and everyone connected
+        hears it. None if it was over already (or is being ended)."""
         call = self.calls.get(call_id)
         if call is None or call.finished:
-            return
+            return None
         session = self.sessions.get(call_id)
         if session is not None:
             if session.closing:
-                return
+                return None
             session.begin_close()
         self.referrals.ringing.stop(call_id)
         try:
@@ -363,20 +380,30 @@ class Hub:
                         **(session.connected() if session else {})}
             for conn in audience.values():
                 conn.send(message)
-        finally:
+        except Exception:
+            # Whatever went wrong telling them, what the call holds is still released.
+            log.exception("! ending the call failed; releasing it anyway",
+                          extra={"call_id": call_id})
+        return call, session
+
+    async def _release(self, announced: tuple[Call, CallSession | None],
+                       reason: FailureReason | None, detail: str) -> None:
+        call, session = announced
+        try:
             if session is not None:
                 try:
                     await session.close(server_lost=reason is FailureReason.MEDIA_SERVER_LOST)
                 finally:
-                    self.sessions.pop(call_id, None)
+                    self.sessions.pop(call.id, None)
+        finally:
             data = {"recordings": [str(p) for p in session.media.recordings]} if session else {}
             if reason is None:
                 self.emit(CallEvent.ENDED, call, data)
             else:
                 self.emit(CallEvent.FAILED, call, {"reason": reason.value, "detail": detail,
                                                    **data})
-            self._evictions[call_id] = asyncio.get_running_loop().call_later(
-                self.finished_linger, self._evict, call_id)
+            self._evictions[call.id] = asyncio.get_running_loop().call_later(
+                self.finished_linger, self._evict, call.id)
 
     def _evict(self, call_id: str) -> None:
         self._evictions.pop(call_id, None)

@@ -183,6 +183,5 @@ class MediaVerdicts:
         reason = FailureReason.RECORDING_FAILED if expired.expectation.direction == "recording" \
             else FailureReason.NO_MEDIA
         log.warning("! watchdog: %s", expired.detail, extra={"call_id": self.call.id})
-        self.services.spawn(self.services.end(self.call.id, reason, expired.detail),
-                            self.call.id)
+        self.services.end_soon(self.call.id, reason, expired.detail)
 

@@ -464,3 +464,22 @@ async def test_a_taken_over_calls_grace_starts_when_the_service_serves_not_at_ad
     assert all(m.present for m in session.members.values())
     session.hold_places()  # once only: a second call does not restart a grace
     await hub.end("c1")
+
+
+async def test_an_expired_watchdog_tells_everyone_in_its_own_callback(tmp_path: Path) -> None:
+    """The watchdog's verdict reaches every socket within the timer callback itself, not
+    a loop turn later behind a task (200 calls failing together were told up to 160 ms
+    late); the media is released after, and the MIS hears call.failed once."""
+    hub, media = make_hub(tmp_path)
+    call = consultation(hub)
+    sockets, session = await negotiated(hub, call)
+    heard: list[str] = []
+    hub.hooks.append(lambda event, c, data: heard.append(event))
+    expired = session.watchdog.check(session.timer.now() + 3600.0)
+    assert expired is not None
+    session._on_watchdog(expired)  # as the timer calls it: synchronously
+    for sock in sockets.values():
+        assert sock.types()[-1] == "callFailed"  # before any await
+    assert call.state is CallState.FAILED and call.failure is FailureReason.NO_MEDIA
+    await asyncio.gather(*list(hub._tasks))
+    assert media[call.id].closed == [False] and heard.count("call.failed") == 1
