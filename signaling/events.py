@@ -53,6 +53,8 @@ class RecordingStarted:
 
 class FailedPart(enum.StrEnum):
     RECORDER = "recorder"
+    #: An `Error` KMS raises on a recorder for what is only a warning: the call goes on.
+    RECORDER_WARNING = "recorder-warning"
     ENDPOINT = "endpoint"
 
 

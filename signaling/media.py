@@ -55,6 +55,7 @@ from kurento_ctl.sweep import TAG_CALL, TAG_ENDPOINT, TAG_NODE
 from kurento_ctl.transaction import Transaction
 from signaling.candidates import CandidateBuffer, CandidateFilter
 from signaling.errors import MediaError
+from signaling.events import FailedPart
 from signaling.media_resume import refresh, release_unknown
 from signaling.media_types import (
     FAILING_RECORDER_ERRORS,
@@ -222,7 +223,7 @@ class CallMedia:
 
         def on_error(e: KurentoEvent) -> None:
             assert isinstance(e, Error)
-            self.listener.failure(owner, f"{e.error_type}: {e.description}")
+            self.listener.failure(owner, FailedPart.ENDPOINT, f"{e.error_type}: {e.description}")
 
         tx.subscribe(ep, IceCandidateFound, on_candidate)
         tx.subscribe(ep, MediaFlowInStateChanged, on_flow)
@@ -347,13 +348,14 @@ class CallMedia:
     def _recorder_error(self, participant: str, e: KurentoEvent) -> None:
         assert isinstance(e, Error)
         if e.error_type in FAILING_RECORDER_ERRORS:
-            self.listener.failure(participant, f"recorder: {e.error_type}: {e.description}")
+            self.listener.failure(participant, FailedPart.RECORDER,
+                                  f"{e.error_type}: {e.description}")
         else:
             log.warning("! %s's recorder reported %s (code %s), not a failure: %s",
                         participant, e.error_type, e.raw.get("errorCode"), e.description,
                         extra=self.log_extra)
-            self.listener.failure(participant,
-                                  f"recorder warning: {e.error_type}: {e.description}")
+            self.listener.failure(participant, FailedPart.RECORDER_WARNING,
+                                  f"{e.error_type}: {e.description}")
 
     async def subscribe(self, viewer: str, source: str, offer: str, *,
                         turn_url: str | None = None) -> str:

@@ -11,7 +11,6 @@ from typing import Any
 
 from signaling.events import (
     CandidatesDropped,
-    FailedPart,
     FlowChanged,
     IcePairSelected,
     IceStateChanged,
@@ -23,17 +22,6 @@ from signaling.media import MediaListener
 from signaling.protocol import encode
 
 __all__ = ["media_listener"]
-
-#: How `CallMedia` marks a recorder's error among the media failures it reports.
-RECORDER_PREFIX = "recorder: "
-
-
-def failure(participant: str, what: str) -> MediaFailed:
-    if what.startswith(RECORDER_PREFIX):
-        return MediaFailed(participant=participant, part=FailedPart.RECORDER,
-                           description=what.removeprefix(RECORDER_PREFIX))
-    return MediaFailed(participant=participant, part=FailedPart.ENDPOINT, description=what)
-
 
 def media_listener(on_event: Callable[[MediaEvent], None],
                    send: Callable[[str, str], None]) -> MediaListener:
@@ -48,7 +36,8 @@ def media_listener(on_event: Callable[[MediaEvent], None],
         flow=lambda owner, target, direction, kind, flowing: on_event(FlowChanged(
             owner=owner, target=target, direction=direction, kind=kind, flowing=flowing)),
         recording=lambda pid: on_event(RecordingStarted(participant=pid)),
-        failure=lambda pid, what: on_event(failure(pid, what)),
+        failure=lambda pid, part, what: on_event(MediaFailed(
+            participant=pid, part=part, description=what)),
         ice_state=lambda pid, target, state: on_event(IceStateChanged(
             participant=pid, target=target, state=state)),
         dropped=lambda pid, direction, reasons: on_event(CandidatesDropped(

@@ -12,6 +12,7 @@ from aioice import Candidate
 from kurento_ctl.errors import ConnectionLost, RequestTimeout
 from kurento_ctl.objects import MediaObject, MediaPipeline, RecorderEndpoint, WebRtcEndpoint
 from kurento_ctl.transaction import Pending, Transaction
+from signaling.events import FailedPart
 
 __all__ = ["FAILING_RECORDER_ERRORS", "STOP_TIMEOUT", "UNCERTAIN", "Endpoints",
            "MediaListener", "Negotiation", "candidate_args", "candidate_kind", "error_of"]
@@ -29,13 +30,13 @@ UNCERTAIN = (RequestTimeout, ConnectionLost)
 class MediaListener:
     """What the hub wants to hear about; every callback is plain and must not block.
 
-    `failure` descriptions starting with "recorder:" mean the recording failed; a recorder
-    `Error` KMS raised for a mere warning arrives as "recorder warning: …" instead."""
+    `failure` says which part failed: a recorder (the recording failed), a recorder's
+    mere warning, or an endpoint."""
 
     candidate: Callable[[str, str, dict[str, Any]], None]  # viewer, target, candidate
     flow: Callable[[str, str, str, str, bool], None]  # endpoint owner, target, dir, kind, on
     recording: Callable[[str], None]  # participant whose recorder started
-    failure: Callable[[str, str], None]  # participant, description
+    failure: Callable[[str, FailedPart, str], None]  # participant, part, description
     ice_state: Callable[[str, str, str], None]  # participant, target, state
     dropped: Callable[[str, str, list[str]], None]  # participant, direction, reasons
     #: participant, target, the browser's end of the selected ICE pair ("relay/udp")

@@ -146,9 +146,9 @@ class MediaVerdicts:
             # the timeline and in the log, and the participants read only what happened.
             log.error("! %s's recorder: %s", event.participant, event.description,
                       extra={"call_id": self.call.id})
-            self.services.spawn(self.services.end(
+            self.services.end_soon(
                 self.call.id, FailureReason.RECORDING_FAILED,
-                f"the recording of {event.participant} could not be written"), self.call.id)
+                f"the recording of {event.participant} could not be written")
 
     def _check_live(self) -> None:
         call = self.call

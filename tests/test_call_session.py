@@ -11,6 +11,7 @@ import pytest
 from signaling.call import Call, CallKind, CallState, FailureReason, IllegalTransition
 from signaling.call_session import CallSession
 from signaling.errors import CallError, MediaError
+from signaling.events import FailedPart
 from signaling.hub import Hub
 from signaling.liveness import MediaLoss
 from signaling.participant import ParticipantState
@@ -284,7 +285,8 @@ async def test_a_recorder_error_fails_the_call_without_the_file_path(tmp_path: P
     sockets, _ = await negotiated(hub, call)
     ended = asyncio.Event()
     hub.hooks.append(lambda event, *_: ended.set() if event == "call.failed" else None)
-    media[call.id].listener.failure("pat", "recorder: RESOURCE_ERROR_OPEN: /srv/x/pat.webm")
+    media[call.id].listener.failure("pat", FailedPart.RECORDER,
+                                    "RESOURCE_ERROR_OPEN: /srv/x/pat.webm")
     await asyncio.wait_for(ended.wait(), 5)
     assert call.failure is FailureReason.RECORDING_FAILED
     failed = [m for m in sockets["doc"].sent if m["type"] == "callFailed"]
@@ -292,15 +294,20 @@ async def test_a_recorder_error_fails_the_call_without_the_file_path(tmp_path: P
     assert any("/srv/x" in str(e.get("error")) for e in call.timeline.as_list())
 
 
-async def test_an_endpoint_error_alone_does_not_fail_the_call(tmp_path: Path) -> None:
-    """An error of a WebRtcEndpoint lands on the timeline; the call goes on."""
+@pytest.mark.parametrize("part", [FailedPart.ENDPOINT, FailedPart.RECORDER_WARNING])
+async def test_an_endpoint_error_or_a_recorder_warning_does_not_fail_the_call(
+        tmp_path: Path, part: FailedPart) -> None:
+    """An error of a WebRtcEndpoint, or a recorder's mere warning, lands on the timeline;
+    the call goes on: nothing is closing and no teardown was started."""
     hub, media = make_hub(tmp_path)
     call = consultation(hub)
-    await negotiated(hub, call)
-    media[call.id].listener.failure("pat", "STREAM_ERROR: something")
-    await asyncio.sleep(0)  # a spawned teardown would have started by now
-    assert not call.finished
-    assert call.timeline.as_list()[-1]["event"] == "media-error"
+    _, session = await negotiated(hub, call)
+    media[call.id].listener.failure("pat", part, "STREAM_ERROR: something")
+    assert not call.finished and not session.closing and not hub._tasks
+    last = call.timeline.as_list()[-1]
+    assert last["event"] == "media-error"
+    assert last["error"].startswith("recorder-warning: " if part is FailedPart.RECORDER_WARNING
+                                    else "STREAM_ERROR")
 
 
 async def test_the_watchdog_fails_a_call_without_media(tmp_path: Path) -> None:

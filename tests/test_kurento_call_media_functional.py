@@ -42,7 +42,7 @@ class Heard:
             candidate=lambda owner, target, _c: self.candidates.append((owner, target)),
             flow=lambda *flow: self.flows.add(flow),
             recording=self.recording.append,
-            failure=lambda pid, what: self.failures.append((pid, what)),
+            failure=lambda pid, part, what: self.failures.append((pid, f"{part}: {what}")),
             ice_state=lambda *_: None,
             dropped=lambda *_: None,
         )

@@ -41,7 +41,7 @@ class Heard:
             candidate=lambda *_: None,
             flow=lambda *flow: self.flows.add(flow),
             recording=self.recording.append,
-            failure=lambda pid, what: self.failures.append((pid, what)),
+            failure=lambda pid, part, what: self.failures.append((pid, f"{part}: {what}")),
             ice_state=lambda *state: self.ice.append(state),
             dropped=lambda *_: None,
         )
@@ -106,7 +106,7 @@ async def test_only_resource_errors_fail_a_recording(tmp_path: Path) -> None:
             await kms.emit(recorder, "Error", {"type": "RESOURCE_ERROR_NO_SPACE_LEFT",
                                                "errorCode": 14, "description": "disk full"})
             await wait_until(lambda: len(heard.failures) == 2, describe=lambda: heard.failures)
-            assert [w.split(":")[0] for _, w in heard.failures] == ["recorder warning",
+            assert [w.split(":")[0] for _, w in heard.failures] == ["recorder-warning",
                                                                     "recorder"]
             assert "RESOURCE_ERROR_NO_SPACE_LEFT" in heard.failures[1][1]
             await media.close()
