@@ -82,6 +82,9 @@ class Hub:
         self.store_timeout = 5.0
         #: Stopping, its calls left to the next start: sockets closing change nothing.
         self.suspended = False
+        #: Whether a stop leaves the calls to the next start (with `calls.take_over`); a
+        #: full stop (Ctrl-C, the media server going too) ends them instead.
+        self.keep_calls_on_stop = True
         self._evictions: dict[str, asyncio.TimerHandle] = {}
         self.calls: dict[str, Call] = {}
         self.sessions: dict[str, CallSession] = {}
@@ -430,8 +433,8 @@ class Hub:
         for handle in self._evictions.values():
             handle.cancel()
         self._evictions.clear()
-        log.warning("! stopping with %d calls left running for the next start",
-                    sum(not s.call.finished for s in self.sessions.values()))
+        if running := sum(not s.call.finished for s in self.sessions.values()):
+            log.warning("! stopping with %d calls left running for the next start", running)
 
     async def shutdown(self) -> None:
         """Fails every call someone is connected to (joined, rung or waiting to be rung)."""

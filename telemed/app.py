@@ -331,7 +331,7 @@ def create_app(
     async def stopping(app: web.Application) -> None:
         # Before aiohttp waits for open sockets to finish: the participants hear it now,
         # not when the sockets time out.
-        if settings.calls.take_over:
+        if settings.calls.take_over and app[HUB].keep_calls_on_stop:
             await app[HUB].suspend()
         else:
             await app[HUB].shutdown()

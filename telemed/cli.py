@@ -13,6 +13,7 @@ import sys
 
 from aiohttp import web
 
+from signaling.hub import HUB
 from telemed import embedded
 from telemed.app import create_app
 from telemed.embedded import hash_api_key
@@ -63,10 +64,19 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
                 f"TELEMED_HTTP_HOST/TELEMED_HTTP_PORT: cannot listen on "
                 f"{settings.http.host}:{settings.http.port}: {exc.strerror}") from None
         log.info("= serving on %s", settings.public_url)
+        if specs:
+            # The newcomer's next step, last in the start-up: where to go, and where the
+            # MIS's credentials are (the file, never the key itself).
+            log.info("= open %s/ in a browser (the demo button makes a call); the API key "
+                     "for the MIS is in %s", settings.public_url,
+                     settings.data_path / "secrets.json")
         await stop.wait()
         log.info("= stopping")
     finally:
         if runner is not None:
+            # Ctrl-C stops the embedded media server too: its calls end cleanly now
+            # (recordings finalized) rather than wait for a takeover that cannot happen.
+            app[HUB].keep_calls_on_stop = restarting or not specs
             await runner.cleanup()
         await supervisor.stop(keep=restarting)
         if restarting and specs:

@@ -73,6 +73,20 @@ def parse_log_line(line: str) -> tuple[int, str, dict[str, Any]] | None:
     return level, message, {k: v for k, v in fields.items() if k not in _RESERVED}
 
 
+_SEVERE = re.compile(r"\b(ERROR|FATAL|CRITICAL|PANIC)\b", re.IGNORECASE)
+_WARN = re.compile(r"\bWARN(ING)?\b", re.IGNORECASE)
+
+
+def foreign_level(text: str) -> int:
+    """The level of a line a child wrote in its own format: errors and warnings as such
+    (coturn writes "ERROR:", redis "# WARNING"), everything else debug."""
+    if _SEVERE.search(text):
+        return logging.ERROR
+    if _WARN.search(text):
+        return logging.WARNING
+    return logging.DEBUG
+
+
 @dataclass(frozen=True, kw_only=True)
 class ChildSpec:
     name: str
@@ -276,7 +290,9 @@ class Child:
         text = line.decode(errors="replace").rstrip()
         parsed = parse_log_line(text)
         if parsed is None:
-            logger.info("%s", text, extra={"child": self.spec.name})
+            # Not our format (coturn's banner, redis): its own words say how bad it is;
+            # the rest is debug, so a newcomer's console shows what matters.
+            logger.log(foreign_level(text), "%s", text, extra={"child": self.spec.name})
         else:
             level, message, fields = parsed
             fields.pop("child", None)  # ours names the process that wrote the line

@@ -91,6 +91,8 @@ async def test_run_with_no_settings_serves_readyz_with_children_up_and_stops_cle
         "TELEMED_HTTP_PORT": str(http_port),
         "TELEMED_MEDIA_EMBEDDED_PORT": str(free_port()),
         "TELEMED_TURN_EMBEDDED_PORT": str(free_udp_and_tcp_port()),
+        # Child lines not in our format are debug: shown here, to check they are relayed.
+        "TELEMED_LOG_LEVEL": "DEBUG",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "telemed.cli", "run", env=env,
@@ -142,9 +144,14 @@ async def test_run_with_no_settings_serves_readyz_with_children_up_and_stops_cle
             await proc.wait()
         assert proc.stderr is not None
         log = first_log + (await proc.stderr.read()).decode(errors="replace")
-    # Each child's own output reached the service's log, marked with the child's name.
+    # Each child's own output reached the service's log, marked with the child's name;
+    # coturn's ~75-line banner only at debug, invisible at the default INFO.
     for child in ("redis", "mediaserver", "coturn"):
         assert f"logger=telemed.child.{child} child={child} " in log, child
+    banner = [line for line in log.splitlines() if "logger=telemed.child.coturn " in line
+              and "level=info" in line]
+    assert banner == [], banner[:3]
+    assert "the API key for the MIS is in " in log and "/ in a browser" in log
     secrets_file = tmp_path / "data" / "secrets.json"
     assert secrets_file.stat().st_mode & 0o077 == 0
     # The generated secrets never reach the log.

@@ -174,15 +174,19 @@ async def test_a_child_that_keeps_dying_is_restarted_with_growing_delays(tmp_pat
 async def test_child_lines_in_our_log_format_keep_their_level_and_call_id(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Child output in logfmt or JSON is logged with its level and call_id; plain lines as INFO."""
-    caplog.set_level(logging.INFO)
+    """Child output in logfmt or JSON is logged with its level and call_id; plain lines
+    (coturn's banner, redis) as DEBUG unless their own words say ERROR or WARNING, so a
+    newcomer's console at INFO shows only what matters."""
+    caplog.set_level(logging.DEBUG)
     talker = (
         "import sys, time\n"
         "print('ts=2026-01-01T00:00:00.000Z level=error logger=mediaserver.webrtc '\n"
         "      'call_id=c-42 msg=\"! ICE failed \\\\\"hard\\\\\"\"')\n"
         "print('{\"ts\": \"x\", \"level\": \"warning\", \"logger\": \"m\", \"msg\": \"slow\", '\n"
         "      '\"call_id\": \"c-43\"}')\n"
-        "print('1234:M Redis is starting', flush=True)\n"
+        "print('1234:M Redis is starting')\n"
+        "print('0: : ERROR: Cannot bind listener socket to device')\n"
+        "print('1234:M # WARNING overcommit_memory is set to 0', flush=True)\n"
         "time.sleep(600)\n")
     sup = Supervisor()
     sup.add(ChildSpec(name="talker", argv=[sys.executable, "-c", talker],
@@ -191,17 +195,19 @@ async def test_child_lines_in_our_log_format_keep_their_level_and_call_id(
     try:
         def lines() -> list[logging.LogRecord]:
             return [r for r in caplog.records if r.name == "telemed.child.talker"]
-        await wait_until(lambda: len(lines()) == 3,
+        await wait_until(lambda: len(lines()) == 5,
                          describe=lambda: [r.getMessage() for r in lines()])
     finally:
         await sup.stop()
-    error, warning, plain = lines()
+    error, warning, plain, coturn_error, redis_warning = lines()
     assert (error.levelno, error.getMessage(), error.call_id, error.child) == (  # type: ignore[attr-defined]
         logging.ERROR, '! ICE failed "hard"', "c-42", "talker")
     assert error.child_logger == "mediaserver.webrtc"  # type: ignore[attr-defined]
     assert (warning.levelno, warning.getMessage(), warning.call_id) == (  # type: ignore[attr-defined]
         logging.WARNING, "slow", "c-43")
-    assert (plain.levelno, plain.getMessage()) == (logging.INFO, "1234:M Redis is starting")
+    assert (plain.levelno, plain.getMessage()) == (logging.DEBUG, "1234:M Redis is starting")
+    assert coturn_error.levelno == logging.ERROR
+    assert redis_warning.levelno == logging.WARNING
 
 
 async def test_a_child_that_outlives_the_service_survives_its_kill_and_is_reattached(
