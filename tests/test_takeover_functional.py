@@ -25,7 +25,7 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
-from tests.helpers import scaled
+from tests.helpers import scaled, wait_until
 from tests.hub_fixtures import CallClient, Service
 from tests.media_fixtures import run_mediaserver
 from tests.services import RedisServer, free_port, require_binary
@@ -148,11 +148,10 @@ def frames(client: CallClient, source: str) -> int:
 async def more_frames(client: CallClient, source: str, count: int = 30) -> None:
     """Waits until `count` more video frames from `source` have arrived."""
     start = frames(client, source)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + scaled(15)
-    while frames(client, source) < start + count:
-        assert loop.time() < deadline, f"video from {source} stopped at {frames(client, source)}"
-        await asyncio.sleep(0.05)  # frames arrive on aiortc's tasks; no event to await
+    # Frames arrive on aiortc's tasks and offer no event to await: polled, bounded.
+    await wait_until(lambda: frames(client, source) >= start + count, timeout=15,
+                     describe=lambda: f"video from {source} stopped at "
+                                      f"{frames(client, source)} (from {start})")
 
 
 async def duration(path: Path) -> float:
