@@ -170,6 +170,14 @@ async def hub(opts: argparse.Namespace) -> None:
                 await real_end(call_id, *args, **kwargs)
 
             service.hub.end = timed_end  # type: ignore[method-assign]
+            # The watchdog ends its calls with end_soon (told within the timer callback).
+            real_end_soon = service.hub.end_soon
+
+            def timed_end_soon(call_id: str, *args: Any, **kwargs: Any) -> None:
+                ending.setdefault(call_id, time.monotonic())
+                real_end_soon(call_id, *args, **kwargs)
+
+            service.hub.end_soon = timed_end_soon  # type: ignore[method-assign]
 
             async def ended(_: dict[str, Any]) -> dict[str, Any]:
                 return {"ending": [ending.get(i) for i in ids]}
