@@ -49,6 +49,19 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def free_udp_and_tcp_port() -> int:
+    """A port free for both TCP and UDP: coturn listens on both, and a port taken for TCP
+    only (an ephemeral connection's) left it serving UDP alone, unseen by `wait_port`."""
+    while True:
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
 def free_port_range(size: int) -> tuple[int, int]:
     """A block of `size` ports that are free for UDP now (best effort)."""
     for _ in range(50):
@@ -160,7 +173,7 @@ def run_turnserver(
     """
     binary = require_binary("turnserver")
     tmp.mkdir(parents=True, exist_ok=True)
-    port = free_port(socket.SOCK_DGRAM)
+    port = free_udp_and_tcp_port()
     lo, hi = free_port_range(40)
     accepted = secrets_ or (secrets.token_hex(16),)
     secret = accepted[0]

@@ -19,7 +19,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import scaled
-from tests.services import free_port, require_binary
+from tests.services import free_port, free_udp_and_tcp_port, require_binary
 
 
 def running(pid: int) -> bool:
@@ -61,17 +61,6 @@ async def relay_allocates(port: int, secret: str) -> bool:
         return any(c.type == "relay" for c in conn.local_candidates)
     finally:
         await conn.close()
-
-
-def free_udp_and_tcp_port() -> int:
-    while True:
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 async def test_run_with_no_settings_serves_readyz_with_children_up_and_stops_clean(
