@@ -9,7 +9,7 @@ events again and re-reads what the events of the gap would have said.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import functools
 import logging
 from pathlib import Path
@@ -62,11 +62,13 @@ async def adopt(media: CallMedia, server_url: str, pipeline_id: str,
         if _tags(await pipeline.invoke("getTags")).get(TAG_CALL) != media.call_id:
             raise AdoptionFailed(f"pipeline {pipeline_id} is not this call's")
         children = await pipeline.invoke("getChildren") or []
+        # Asked together: the client pipelines them, so a call costs one round trip here
+        # rather than one per object (adoption holds up the start of serving).
+        tags = await asyncio.gather(*(MediaObject(client, child).invoke("getTags")
+                                      for child in children))
         found: list[tuple[str, str, str]] = []
-        for child in children:
-            label = _tags(await MediaObject(client, child).invoke("getTags")).get(
-                TAG_ENDPOINT, "")
-            owner, _, target = label.partition("/")
+        for child, raw in zip(children, tags, strict=True):
+            owner, _, target = _tags(raw).get(TAG_ENDPOINT, "").partition("/")
             if owner and target:
                 found.append((owner, target, child))
     except KurentoError as exc:
@@ -93,12 +95,15 @@ async def adopt(media: CallMedia, server_url: str, pipeline_id: str,
             await tx.commit()
         except KurentoError as exc:
             raise AdoptionFailed(f"subscribing to the call's events failed: {exc}") from None
-    for entry in entries.values():
-        if entry.recorder is not None:
-            with contextlib.suppress(KurentoError):
-                path = _path(str(await entry.recorder.invoke("getUri") or ""))
-                if path is not None:
-                    entry.recorder_path = path
+    recorded = [e for e in entries.values() if e.recorder is not None]
+    uris = await asyncio.gather(*(e.recorder.invoke("getUri") for e in recorded
+                                  if e.recorder is not None), return_exceptions=True)
+    for entry, uri in zip(recorded, uris, strict=True):
+        if isinstance(uri, KurentoError):
+            continue  # its file stays unnamed; the recording goes on all the same
+        if isinstance(uri, BaseException):
+            raise uri
+        entry.recorder_path = _path(str(uri or ""))
     media.adopted(server, pipeline, entries)
     await refresh(media)
     log.info("= took over pipeline %s on %s: %s", pipeline_id, server_url,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -27,8 +26,8 @@ import pytest
 
 from tests.helpers import scaled, wait_until
 from tests.hub_fixtures import CallClient, Service
-from tests.media_fixtures import run_mediaserver
-from tests.services import RedisServer, free_port, require_binary
+from tests.media_fixtures import ffprobe, run_mediaserver
+from tests.services import RedisServer, free_port
 from tests.test_cli_functional import poll_ready
 from tests.test_webhooks_functional import hook_env
 from tests.webhook_receiver import run_receiver
@@ -155,12 +154,14 @@ async def more_frames(client: CallClient, source: str, count: int = 30) -> None:
 
 
 async def duration(path: Path) -> float:
-    proc = await asyncio.create_subprocess_exec(
-        require_binary("ffprobe"), "-v", "error", "-show_entries", "format=duration",
-        "-of", "json", str(path), stdout=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0, path
-    return float(json.loads(out)["format"]["duration"])
+    return float((await ffprobe(path))["format"]["duration"])
+
+
+def clients_of(n: Node, created: dict[str, Any]) -> dict[str, CallClient]:
+    """The patient and the doctor of a call made by `create_call`, not yet connected."""
+    tokens = {p["id"]: p["token"] for p in created["participants"]}
+    target = cast(Service, n)  # CallClient needs only url and ws_url
+    return {pid: CallClient(target, tokens[pid]) for pid in ("pat", "doc")}
 
 
 @HEAVY
@@ -178,9 +179,7 @@ async def test_a_live_recorded_call_survives_a_sigkill_of_the_service(
         await n.start()
         created = await create_call(n, api_key)
         call_id = created["id"]
-        tokens = {p["id"]: p["token"] for p in created["participants"]}
-        target = cast(Service, n)  # CallClient needs only url and ws_url
-        clients = {pid: CallClient(target, tokens[pid]) for pid in ("pat", "doc")}
+        clients = clients_of(n, created)
         try:
             await live_pair(clients)
             await receiver.wait_for("call.live", call_id)
@@ -253,10 +252,8 @@ async def test_a_browser_that_lost_its_peers_publishes_afresh_after_a_takeover(
         await n.start()
         created = await create_call(n, api_key)
         call_id = created["id"]
-        tokens = {p["id"]: p["token"] for p in created["participants"]}
-        target = cast(Service, n)
-        clients = {pid: CallClient(target, tokens[pid]) for pid in ("pat", "doc")}
-        fresh = CallClient(target, tokens["pat"])
+        clients = clients_of(n, created)
+        fresh = CallClient(cast(Service, n), clients["pat"].token)
         try:
             await live_pair(clients)
             await n.kill()
@@ -297,9 +294,7 @@ async def test_a_clean_stop_tells_the_participants_at_once_and_the_next_start_re
         await n.start()
         created = await create_call(n, api_key)
         call_id = created["id"]
-        tokens = {p["id"]: p["token"] for p in created["participants"]}
-        target = cast(Service, n)
-        clients = {pid: CallClient(target, tokens[pid]) for pid in ("pat", "doc")}
+        clients = clients_of(n, created)
         try:
             await live_pair(clients)
             loop = asyncio.get_running_loop()
@@ -345,9 +340,7 @@ async def test_a_booked_call_survives_a_clean_stop_and_a_kill_then_is_joined_and
         await n.kill()
         await n.start()
         assert (await call_state(n, api_key, call_id))["state"] == "created"
-        tokens = {p["id"]: p["token"] for p in created["participants"]}
-        target = cast(Service, n)
-        clients = {pid: CallClient(target, tokens[pid]) for pid in ("pat", "doc")}
+        clients = clients_of(n, created)
         try:
             await live_pair(clients)
             await more_frames(clients["pat"], "doc")
