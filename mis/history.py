@@ -36,6 +36,17 @@ __all__ = ["CallStore", "EventSink"]
 log = logging.getLogger(__name__)
 
 PREFIX = "telemed:calls:"
+#: Which node owns a call, under which epoch (`cluster.ownership` claims it).
+OWNER = "telemed:owner:"
+
+# The summary, unless the call's owner record has moved past the epoch it was written
+# under (a node that froze and woke up after another adopted the call): 1 written, 0 not.
+FENCED_SET = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if epoch and ARGV[2] ~= '' and tonumber(epoch) > tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
 FINAL = {CallState.ENDED.value, CallState.FAILED.value}
 
 
@@ -82,8 +93,10 @@ class CallStore:
     def _queue_save(self, tx: Any, meta: dict[str, Any], first: int,
                     entries: list[str]) -> None:
         key = f"{PREFIX}{meta['id']}"
-        tx.set(key, _dumps({k: v for k, v in meta.items() if k != "timeline"
-                            and k not in PAGING}))
+        epoch = meta.get("epoch")
+        tx.eval(FENCED_SET, 2, key, f"{OWNER}{meta['id']}",
+                _dumps({k: v for k, v in meta.items() if k != "timeline" and k not in PAGING}),
+                "" if epoch is None else str(epoch))
         if entries:
             tx.eval(APPEND, 2, f"{key}:timeline", f"{key}:seq", self.limit, first, *entries)
         tx.zadd(f"{PREFIX}index", {meta["id"]: meta["createdAt"]})
@@ -92,12 +105,18 @@ class CallStore:
         else:
             tx.sadd(f"{PREFIX}open", meta["id"])
 
-    async def save_many(self, saves: list[tuple[dict[str, Any], int, list[str]]]) -> None:
-        """Summaries and their new entries (JSON, numbered from `first`), in one transaction."""
+    async def save_many(self, saves: list[tuple[dict[str, Any], int, list[str]]]) -> set[str]:
+        """Summaries and their new entries (JSON, numbered from `first`), in one
+        transaction. The ids of calls whose summary was refused: another node owns them
+        under a newer epoch."""
+        starts = []
         async with self.redis.pipeline(transaction=True) as tx:
             for meta, first, entries in saves:
+                starts.append(len(tx.command_stack))
                 self._queue_save(tx, meta, first, entries)
-            await tx.execute()
+            results = await tx.execute()
+        return {meta["id"] for (meta, _, _), at in zip(saves, starts, strict=True)
+                if results[at] == 0}
 
     async def save(self, snap: dict[str, Any], first: int = 0,
                    entries: list[dict[str, Any]] | None = None) -> None:
@@ -315,8 +334,13 @@ class EventSink:
         attempt = 0
         while True:
             try:
-                await self.store.save_many(saves)
-                for name, _, payload, event_id, at, _, _ in batch:
+                fenced = await self.store.save_many(saves)
+                for name, m, payload, event_id, at, _, _ in batch:
+                    if m["id"] in fenced:
+                        # Written by a node that no longer owns the call: it did not happen.
+                        log.warning("! %s not recorded: another node owns the call now",
+                                    name, extra={"call_id": m["id"]})
+                        continue
                     if self.outbox is not None and name != SNAPSHOT:
                         # Idempotent by event id: a retry after a failure midway is safe.
                         await self.outbox.publish(name, payload, event_id=event_id, at=at)

@@ -70,6 +70,9 @@ class Call:
     pipeline: str | None = None
     #: The signalling node running the call once someone is in it (`node.id`).
     node: str | None = None
+    #: The fencing epoch under which `node` owns the call (several nodes); a summary
+    #: written under an older one is refused.
+    epoch: int | None = None
     max_participants: int = 2
     metadata: dict[str, Any] = field(default_factory=dict)
     #: The appointment window the MIS gave, {"start", "end"} in unix seconds.
@@ -178,7 +181,7 @@ class Call:
             "id": self.id, "kind": self.kind.value, "state": self.state.value,
             "failure": self.failure.value if self.failure else None,
             "failureDetail": self.failure_detail or None, "mediaServer": self.media_server,
-            "mediaPipeline": self.pipeline, "node": self.node,
+            "mediaPipeline": self.pipeline, "node": self.node, "epoch": self.epoch,
             "participants": [p.describe() for p in self.participants.values()],
             "createdAt": self.created_at, "metadata": self.metadata,
             "schedule": self.schedule, "maxParticipants": self.max_participants,

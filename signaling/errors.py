@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "CODES",
     "AuthError",
+    "CallElsewhere",
     "CallError",
     "MediaError",
     "MessageError",
@@ -105,3 +106,12 @@ class MediaError(SignalingError):
 
 class ResourceError(SignalingError):
     code = "rate.limited"
+
+
+class CallElsewhere(Exception):
+    """The call runs on another signalling node: its sockets are relayed there. Never
+    reaches a client (the node holding the socket carries it to `node`)."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(f"the call runs on node {node}")
+        self.node = node

@@ -23,7 +23,7 @@ from kurento_ctl.pool import KurentoPool
 from signaling.call import Call, CallKind, CallState, FailureReason
 from signaling.call_session import CallServices, CallSession
 from signaling.candidates import CandidateFilter, CandidatePolicy
-from signaling.errors import CallError
+from signaling.errors import CallElsewhere, CallError
 from signaling.events import CallEvent
 from signaling.media import CallMedia
 from signaling.media_events import media_listener
@@ -47,6 +47,17 @@ class CallRepository(Protocol):
     """Where calls are kept beyond this process (the history in Redis)."""
 
     async def get(self, call_id: str) -> dict[str, Any] | None: ...
+
+
+class Placement(Protocol):
+    """Which node runs a call (several nodes on one Redis): `place` claims it for this
+    node when no living node has it, adopting it if it had begun elsewhere, and returns
+    the node that runs it."""
+
+    async def place(self, call_id: str) -> str: ...
+
+    def epoch(self, call_id: str) -> int | None:
+        """The fencing epoch under which this node holds the call."""
 
 
 class Hub:
@@ -91,6 +102,15 @@ class Hub:
         self.presence = Presence()
         self.referrals = Referrals(self, timeout=ring_timeout)
         self.hooks: list[CallHook] = []
+        #: Several nodes: where each call runs. None: every call runs here.
+        self.placement: Placement | None = None
+        #: Whether this node may still act on a call (end it, release its media): false
+        #: while its ownership is in doubt (its lease lapsed), so a node that froze and
+        #: woke up never undoes what the node that adopted its calls does.
+        self.may_act: Callable[[str], bool] = lambda call_id: True
+        #: Run by `suspend` once every call is frozen, before the sockets are closed
+        #: (several nodes: hand the calls to the others before the pages come back).
+        self.on_suspend: list[Callable[[], Awaitable[None]]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         pool.on_pipelines_lost(self._pipelines_lost)
         if turn is not None:
@@ -165,6 +185,8 @@ class Hub:
             holder.append(session)
             self.sessions[call.id] = session
             call.node = self.node_id
+            if self.placement is not None:
+                call.epoch = self.placement.epoch(call.id)
         return session
 
     def _lease_renewed(self, fresh: TurnLease) -> None:
@@ -210,8 +232,45 @@ class Hub:
         return call
 
     async def find(self, claims: JoinClaims) -> tuple[Call, Participant]:
+        await self.place(claims.call_id)
         await self.load(claims.call_id)
         return self.lookup(claims)
+
+    async def place(self, call_id: str) -> None:
+        """Raises `CallElsewhere` when another node runs the call."""
+        if self.placement is None or call_id in self.sessions:
+            return
+        try:
+            async with asyncio.timeout(self.store_timeout):
+                node = await self.placement.place(call_id)
+        except CallElsewhere:
+            raise
+        except Exception as exc:
+            log.error("! cannot tell which node runs call %s: %s", call_id,
+                      type(exc).__name__)
+            raise CallError("the call store cannot be reached; retry shortly",
+                            code="service.unavailable") from None
+        if node != self.node_id:
+            # A copy from before another node took it (booked here, say) is stale now.
+            if (call := self.calls.get(call_id)) is not None and not call.finished:
+                self.calls.pop(call_id, None)
+            raise CallElsewhere(node)
+
+    def abandon(self, call_id: str) -> None:
+        """Another node owns the call now (this one froze past its lease): whoever is
+        still connected here is sent away to reconnect, nothing is released or told."""
+        session = self.sessions.pop(call_id, None)
+        self.calls.pop(call_id, None)
+        audience = dict(self.presence.pop_call(call_id))
+        if session is not None:
+            session.freeze()
+            audience.update(session.connected())
+        self.referrals.ringing.stop(call_id)
+        message = encode("serviceRestarting")
+        for conn in audience.values():
+            conn.send(message)
+            conn.close_soon()
+        log.warning("! call given up: another node owns it now", extra={"call_id": call_id})
 
     def lookup(self, claims: JoinClaims) -> tuple[Call, Participant]:
         call = self.calls.get(claims.call_id)
@@ -368,6 +427,13 @@ class Hub:
         call = self.calls.get(call_id)
         if call is None or call.finished:
             return None
+        if not self.may_act(call_id):
+            # Asked again shortly: by then this node knows whether the call is still its.
+            log.warning("! not ending the call yet: this node's ownership is unconfirmed",
+                        extra={"call_id": call_id})
+            asyncio.get_running_loop().call_later(
+                1.0, lambda: self.end_soon(call_id, reason, detail))
+            return None
         session = self.sessions.get(call_id)
         if session is not None:
             if session.closing:
@@ -423,6 +489,11 @@ class Hub:
         for session in self.sessions.values():
             session.freeze()
             audience += session.connected().values()
+        for step in self.on_suspend:
+            try:
+                await step()
+            except Exception:
+                log.exception("! a step of the clean stop failed")
         for call_id in list(self.presence.calls()):
             audience += self.presence.pop_call(call_id).values()
         for conn in {id(c): c for c in audience}.values():

@@ -12,15 +12,15 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from kurento_ctl.coalesce import coalesce
 from signaling.candidates import normalize_candidate
-from signaling.errors import AuthError, ResourceError, SignalingError
+from signaling.errors import AuthError, CallElsewhere, CallError, ResourceError, SignalingError
 from signaling.hub import HUB, Hub
 from signaling.protocol import (
     SUBPROTOCOL,
@@ -44,7 +44,8 @@ from signaling.protocol import (
 )
 from signaling.tokens import JoinClaims, verify_join_token
 
-__all__ = ["ClientSession", "RateLimit", "SessionConfig", "websocket_handler"]
+__all__ = ["ClientSession", "RateLimit", "Relay", "SessionConfig", "Socket",
+           "websocket_handler"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,26 @@ log = logging.getLogger(__name__)
 HARD_FRAME_LIMIT = 1024 * 1024
 #: Candidates of one socket awaiting the media server's reply at once; more wait.
 MAX_IN_FLIGHT = 64
+
+
+class Socket(Protocol):
+    """What a session needs of its WebSocket: aiohttp's, or a socket another node relays."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def __aiter__(self) -> AsyncIterator[WSMessage]: ...
+
+    async def send_str(self, data: str) -> None: ...
+
+    async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
+
+
+class Relay(Protocol):
+    """Carries a socket whose call runs on another node there (several nodes)."""
+
+    async def carry(self, ws: web.WebSocketResponse, owner: str, first: str,
+                    peer: str) -> None: ...
 
 
 class RateLimit:
@@ -77,7 +98,8 @@ class SessionConfig:
                  allowed_origins: set[str], max_message: int = 65536,
                  rate: float = 50.0, burst: float = 100.0, heartbeat: float = 15.0,
                  expiry_warning: float = 60.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 relay: Relay | None = None) -> None:
         self.jwt_keys = jwt_keys
         #: `tokenExpiring` is sent this long before the token's `exp`.
         self.expiry_warning = expiry_warning
@@ -89,6 +111,7 @@ class SessionConfig:
         self.rate = rate
         self.burst = burst
         self.heartbeat = heartbeat
+        self.relay = relay
 
 
 SESSION_CONFIG = web.AppKey("session_config", SessionConfig)
@@ -97,9 +120,14 @@ SESSION_CONFIG = web.AppKey("session_config", SessionConfig)
 class ClientSession:
     """One connection's state: who it is once authenticated, and its outgoing queue."""
 
-    def __init__(self, ws: web.WebSocketResponse, hub: Hub, config: SessionConfig,
-                 peer: str) -> None:
+    def __init__(self, ws: Socket, hub: Hub, config: SessionConfig,
+                 peer: str, *, relayed: bool = False) -> None:
         self.ws = ws
+        #: Carried here from the node that holds the browser's socket.
+        self.relayed = relayed
+        #: (owner node, the hello's text): the call runs elsewhere, the socket goes there.
+        self.moved: tuple[str, str] | None = None
+        self._text = ""
         self.hub = hub
         self.config = config
         self.peer = peer
@@ -144,6 +172,8 @@ class ClientSession:
             async for msg in self.ws:
                 if msg.type is WSMsgType.TEXT:
                     await self._receive(msg.data)
+                    if self.moved is not None:
+                        break
                 elif msg.type is WSMsgType.BINARY:
                     self.send(error("message.malformed", "binary frames are not accepted"))
                 if self.violations > 50:
@@ -173,6 +203,7 @@ class ClientSession:
             self.violations += 1
             self.send(error("rate.limited", "too many messages; slow down"))
             return
+        self._text = text
         try:
             message = parse_client_message(text, max_size=self.config.max_message)
         except SignalingError as exc:
@@ -285,7 +316,15 @@ class ClientSession:
                     self._watch_expiry(claims)
                     return "welcome", {"participant": claims.subject, "call": claims.call_id,
                                        "refreshed": True}
-                call = await self.hub.attach(self, claims)
+                try:
+                    call = await self.hub.attach(self, claims)
+                except CallElsewhere as elsewhere:
+                    if self.relayed or self.config.relay is None:
+                        # Moved again while being carried: the page reconnects and finds it.
+                        raise CallError("the call is moving to another node; reconnect",
+                                        code="service.unavailable") from None
+                    self.moved = (elsewhere.node, self._text)
+                    return None
                 self.claims = claims
                 self._watch_expiry(claims)
                 log.info("< hello from %s (%s)", claims.subject, claims.role,
@@ -380,4 +419,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     coalesce(ws)
     session = ClientSession(ws, hub, config, request.remote or "?")
     await session.run()
+    if session.moved is not None and config.relay is not None:
+        owner, hello = session.moved
+        await config.relay.carry(ws, owner, hello, session.peer)
     return ws

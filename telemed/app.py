@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cluster.node import Cluster
 from kurento_ctl.pool import KurentoPool
 from kurento_ctl.sweep import OrphanSweeper
 from mis.api import API, API_CONFIG, REDIS, ApiConfig, setup_api
@@ -38,7 +39,6 @@ from signaling.call import Call, FailureReason
 from signaling.hub import HUB, Hub
 from signaling.session import SESSION_CONFIG, SessionConfig, websocket_handler
 from telemed.embedded import Endpoints
-from telemed.nodes import NodeHeartbeat
 from telemed.orphans import finalize_released, live_calls
 from telemed.recovery import (
     hold_places,
@@ -67,6 +67,7 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 POOL = web.AppKey("pool", KurentoPool)
 SWEEPER = web.AppKey("sweeper", OrphanSweeper)
 RECORDINGS = web.AppKey("recordings", RecordingWorker)
+CLUSTER = web.AppKey("cluster", Cluster)
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
 #: s; a media server slower than this to list its pipelines leaves its orphans to the
@@ -214,6 +215,9 @@ def create_app(
                    rejoin_grace=settings.calls.rejoin_grace,
                    media_loss_report=settings.calls.media_loss_report,
                    min_free_bytes=settings.recordings.min_free_bytes)
+    cluster = app[CLUSTER] = Cluster(redis, hub, store, app[SESSION_CONFIG],
+                                     ttl=settings.node.heartbeat_ttl)
+    cluster.attach()
     sweeper = app[SWEEPER] = OrphanSweeper(pool, live_calls(store, hub),
                                            interval=settings.media.sweep_interval,
                                            min_age=settings.media.sweep_grace)
@@ -229,7 +233,7 @@ def create_app(
                 timeout=hooks.timeout, retry_base=hooks.retry_base, retry_cap=hooks.retry_cap,
                 claim_timeout=hooks.claim_timeout)
             outbox.start()
-        heartbeat = NodeHeartbeat(redis, settings.node_id, ttl=settings.node.heartbeat_ttl)
+        heartbeat = cluster.lease
         settings.data_path.mkdir(parents=True, exist_ok=True)
         settings.data_path.chmod(0o700)  # secrets and the call-events journal
         sink = app[SINK] = EventSink(store, outbox,
@@ -245,7 +249,8 @@ def create_app(
             await heartbeat.beat()  # before judging others: we are alive too
             await recover_unfinished(store, outbox, turn, take_over=settings.calls.take_over,
                                      orphaned=heartbeat.orphaned)
-        heartbeat.start()
+        await cluster.start()
+        cluster.before_release.append(sink.settle)
         app[HUB].hooks.append(sink)
         catalog = app[CATALOG] = Catalog(settings.recordings_path, redis)
 
@@ -280,7 +285,8 @@ def create_app(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pool.wait_up(), settings.media.down_after)
             with contextlib.suppress(aioredis.RedisError, OSError):
-                if taken := await take_over_unfinished(app[HUB], store, heartbeat.orphaned):
+                if taken := await take_over_unfinished(app[HUB], store, heartbeat.orphaned,
+                                                       place=cluster.place):
                     log.warning("! took over %d calls a previous run left live", len(taken))
         # After recover_unfinished (the calls it failed are finished: their pipelines are
         # orphans) and before the scan: released recorders close their files, which the
@@ -301,11 +307,12 @@ def create_app(
             overrun=calls.schedule_overrun, idle=calls.idle_expiry, clock=time.time))
         # Last before the sockets open: their participants' grace counts from now.
         hold_places(app[HUB], taken)
+        cluster.start_adopting()
         yield
         try:
             if not app[HUB].suspended:
                 await app[HUB].shutdown()
-            await heartbeat.stop()
+            await cluster.close()
             await sink.flush(timeout=10.0)  # Redis away: the journal keeps the rest
             await _drain(worker, settings.recordings.drain_timeout)
         finally:

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from mis.history import CallStore
 from mis.webhooks import Outbox, as_text
-from signaling.call import CallState, FailureReason
+from signaling.call import Call, CallState, FailureReason
 from signaling.hub import Hub
 from signaling.takeover import take_over
 from turn.pool import TurnPool
@@ -62,7 +62,9 @@ async def recover_unfinished(store: CallStore, outbox: Outbox | None,
 
 async def take_over_unfinished(hub: Hub, store: CallStore,
                                orphaned: Orphaned | None = None, *,
-                               concurrency: int = 8) -> list[str]:
+                               concurrency: int = 8,
+                               place: Callable[[str], Awaitable[str]] | None = None
+                               ) -> list[str]:
     """Adopts the calls a previous run left connecting or live (their media still runs on
     the media server), except those `orphaned` says a living node runs; those whose media
     is gone fail `media-server-lost`. Several at once: each is ~30 media-server requests,
@@ -78,11 +80,17 @@ async def take_over_unfinished(hub: Hub, store: CallStore,
             if orphaned is not None and not await orphaned(snap):
                 return None
             try:
-                call = await take_over(hub, snap)
+                if place is None:
+                    call: Call | None = await take_over(hub, snap)
+                elif await place(snap["id"]) == hub.node_id:
+                    # Several nodes: claimed first; the placement adopts what it claims.
+                    call = hub.calls.get(snap["id"])
+                else:
+                    call = None  # a node that claimed it first runs it
             except Exception:
                 log.exception("! taking the call over failed", extra={"call_id": snap["id"]})
                 return None
-            return None if call.finished else call.id
+            return None if call is None or call.finished else call.id
 
     found = await asyncio.gather(*(one(raw_id) for raw_id in
                                    await store.redis.smembers(f"{store.prefix}open")))

@@ -11,10 +11,10 @@ from typing import Any
 
 import aiohttp
 
+from cluster.ownership import NodeLease as NodeHeartbeat
 from mis.history import STORE, CallStore
 from signaling.call import CallState, FailureReason
 from signaling.events import CallEvent
-from telemed.nodes import NodeHeartbeat
 from telemed.recovery import expire_booked, expiry_due, recover_unfinished
 from tests.helpers import scaled
 from tests.hub_fixtures import API_KEY, CallClient, Service, run_service

@@ -1,0 +1,1 @@
+"""Several signalling nodes on one Redis: call ownership, relayed sockets, adoption."""

@@ -1,0 +1,192 @@
+"""`Cluster`: this signalling node among the others on one Redis.
+
+It places calls (claims a call nobody living runs, adopting it if it had begun on a node
+that died), carries sockets to the node running their call, adopts the calls of nodes that
+stop renewing their lease, gives up the calls another node took while this one was frozen,
+and on a clean stop (drain) leaves its calls to the others at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from cluster.ownership import NodeLease, Ownership
+from cluster.relay import RelayBus, RemoteSocket
+from mis.history import CallStore
+from signaling.call import CallState
+from signaling.hub import Hub
+from signaling.session import ClientSession, SessionConfig
+from signaling.takeover import take_over
+
+__all__ = ["Cluster"]
+
+log = logging.getLogger(__name__)
+
+BEGUN = (CallState.CONNECTING.value, CallState.LIVE.value)
+
+
+class Cluster:
+    def __init__(self, redis: aioredis.Redis, hub: Hub, store: CallStore,
+                 config: SessionConfig, *, ttl: float,
+                 adopt_interval: float | None = None) -> None:
+        self.hub = hub
+        self.store = store
+        self.config = config
+        self.node_id = hub.node_id
+        self.lease = NodeLease(redis, self.node_id, ttl=ttl)
+        self.ownership = Ownership(redis, self.lease)
+        self.bus = RelayBus(redis, self.node_id, alive=self.lease.alive,
+                            check_interval=ttl / 3)
+        self.adopt_interval = adopt_interval if adopt_interval is not None else ttl / 3
+        self._placing: dict[str, asyncio.Future[str]] = {}
+        self._served: set[asyncio.Task[None]] = set()
+        self._adopter: asyncio.Task[None] | None = None
+        self.adopted = 0
+        #: Once the service serves, an adopted call's rejoin grace starts at adoption; at
+        #: start-up it starts when serving begins (`hold_places`).
+        self.serving = False
+        #: Before this node gives its calls up on a clean stop: what it knows of them is
+        #: written (the history's `settle`), so the node adopting them reads it all.
+        self.before_release: list[Callable[[], Awaitable[None]]] = []
+
+    # ------------------------------------------------------------------ wiring
+
+    def attach(self) -> None:
+        """Makes the hub and the socket handler several-node aware."""
+        self.hub.placement = self
+        self.hub.may_act = lambda call_id: self.lease.valid()
+        self.hub.hooks.append(self._on_event)
+        self.config.relay = self.bus
+        self.bus.on_open = self._serve_relayed
+        self.lease.on_lapse = self.reconcile
+        self.hub.on_suspend.append(self.drain)
+
+    async def start(self) -> None:
+        await self.lease.beat()
+        await self.bus.start()
+        self.lease.start()
+
+    def start_adopting(self) -> None:
+        self.serving = True
+        self._adopter = asyncio.create_task(self._adopt_loop(), name="adopter")
+
+    async def drain(self) -> None:
+        """A clean stop: what this node knows of its calls is written, then its lease is
+        dropped so the others adopt the calls now, not after the lease runs out."""
+        for step in self.before_release:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(step(), 5.0)
+        if self._adopter is not None:
+            self._adopter.cancel()
+        await self.lease.stop(release=True)
+        self.bus.drop_all()
+
+    async def close(self) -> None:
+        if self._adopter is not None:
+            self._adopter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._adopter
+        await self.lease.stop(release=True)
+        await self.bus.close()
+        for task in list(self._served):
+            with contextlib.suppress(Exception):
+                await task
+
+    # ------------------------------------------------------------------ placement
+
+    async def place(self, call_id: str) -> str:
+        if self.ownership.holds(call_id):
+            return self.node_id
+        pending = self._placing.get(call_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._placing[call_id] = future
+        try:
+            node = await self._claim(call_id)
+            future.set_result(node)
+            return node
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._placing[call_id]
+
+    def epoch(self, call_id: str) -> int | None:
+        return self.ownership.held.get(call_id)
+
+    async def _claim(self, call_id: str) -> str:
+        node, epoch = await self.ownership.claim(call_id)
+        if node != self.node_id:
+            return node
+        call = self.hub.calls.get(call_id)
+        if call is None:
+            snap = await self.store.get(call_id, limit=1)
+            if snap is not None and snap["state"] in BEGUN:
+                # It had begun on a node that is gone: its media runs on; adopt it.
+                snap = await self.store.get(call_id)
+                assert snap is not None
+                call = await take_over(self.hub, snap)
+                if self.serving and (session := self.hub.sessions.get(call_id)) is not None:
+                    session.hold_places()
+                self.adopted += 1
+        if call is not None:
+            call.epoch = epoch
+        return self.node_id
+
+    async def _on_event(self, event: Any, call: Any, data: dict[str, Any]) -> None:
+        if call.finished and self.ownership.holds(call.id):
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                await self.ownership.release(call.id)
+
+    # ------------------------------------------------------------------ adoption
+
+    async def adopt_dead(self) -> list[str]:
+        """Claims and takes over the calls of every node no longer heard of."""
+        taken: list[str] = []
+        for node in await self.ownership.dead_nodes():
+            for call_id in await self.ownership.calls_of(node):
+                try:
+                    if await self.place(call_id) == self.node_id:
+                        taken.append(call_id)
+                except Exception:
+                    log.exception("! adopting a call of node %s failed", node,
+                                  extra={"call_id": call_id})
+        if taken:
+            log.warning("! adopted %d calls of nodes that are gone", len(taken))
+        return taken
+
+    async def _adopt_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.adopt_interval)
+            if not self.lease.valid():
+                continue
+            try:
+                await self.adopt_dead()
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning("! looking for calls to adopt failed: %s", type(exc).__name__)
+            except Exception:
+                log.exception("! looking for calls to adopt failed")
+
+    async def reconcile(self) -> None:
+        """After a lapse of this node's lease: the calls another node took meanwhile are
+        given up here, untouched."""
+        for call_id in await self.ownership.lost():
+            self.hub.abandon(call_id)
+
+    # ------------------------------------------------------------------ relayed sockets
+
+    def _serve_relayed(self, sock: RemoteSocket, peer: str, edge: str) -> None:
+        session = ClientSession(sock, self.hub, self.config, f"{peer} via {edge}",
+                                relayed=True)
+        task = asyncio.create_task(session.run())
+        self._served.add(task)
+        task.add_done_callback(self._served.discard)
+
