@@ -101,11 +101,13 @@ class Cluster:
     # ------------------------------------------------------------------ placement
 
     async def place(self, call_id: str) -> str:
-        if self.ownership.holds(call_id):
-            return self.node_id
+        # A claim under way first: the call is held from the claim on, but ready for its
+        # sockets only once adopted.
         pending = self._placing.get(call_id)
         if pending is not None:
             return await asyncio.shield(pending)
+        if self.ownership.holds(call_id):
+            return self.node_id
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._placing[call_id] = future
         try:

@@ -238,7 +238,7 @@ class Hub:
 
     async def place(self, call_id: str) -> None:
         """Raises `CallElsewhere` when another node runs the call."""
-        if self.placement is None or call_id in self.sessions:
+        if self.placement is None:
             return
         try:
             async with asyncio.timeout(self.store_timeout):
