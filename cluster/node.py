@@ -60,7 +60,7 @@ class Cluster:
     def attach(self) -> None:
         """Makes the hub and the socket handler several-node aware."""
         self.hub.placement = self
-        self.hub.may_act = lambda call_id: self.lease.valid()
+        self.hub.may_act = lambda call_id: self.lease.valid() or not self.ownership.others
         self.hub.hooks.append(self._on_event)
         self.config.relay = self.bus
         self.bus.on_open = self._serve_relayed
@@ -69,6 +69,7 @@ class Cluster:
 
     async def start(self) -> None:
         await self.lease.beat()
+        await self.ownership.dead_nodes()  # learns of the others
         await self.bus.start()
         self.lease.start()
 

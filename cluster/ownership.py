@@ -154,7 +154,9 @@ class Ownership:
         self.held: dict[str, int] = {}
         self._claim = redis.register_script(CLAIM)
         self._release = redis.register_script(RELEASE)
-        self._placing: dict[str, asyncio.Future[Placement]] = {}
+        #: The other nodes on this Redis, as last seen: alone, nobody can have taken a
+        #: call from this node, however long its lease lapsed.
+        self.others: list[str] = []
 
     async def owner(self, call_id: str) -> tuple[str | None, int | None]:
         node, epoch = await self.redis.hmget(OWNER + call_id, ["node", "epoch"])
@@ -174,27 +176,6 @@ class Ownership:
                      extra={"call_id": call_id})
             return self.node_id, epoch
         return _text(found[1]), None
-
-    async def place(self, call_id: str) -> Placement:
-        """Where the call runs: here (claimed now if nobody living had it) or the node
-        that owns it. One claim per call at a time on this node."""
-        if call_id in self.held:
-            return self.node_id, self.held[call_id]
-        pending = self._placing.get(call_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Placement] = asyncio.get_running_loop().create_future()
-        self._placing[call_id] = future
-        try:
-            placed = await self.claim(call_id)
-            future.set_result(placed)
-            return placed
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: nobody else may be waiting
-            raise
-        finally:
-            del self._placing[call_id]
 
     def holds(self, call_id: str) -> bool:
         return call_id in self.held
@@ -229,7 +210,7 @@ class Ownership:
     async def dead_nodes(self) -> list[str]:
         """Nodes that ran calls and are no longer heard of (never this one)."""
         known = [_text(n) for n in await self.redis.smembers(KNOWN)]
-        others = [n for n in known if n != self.node_id]
+        others = self.others = [n for n in known if n != self.node_id]
         if not others:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:

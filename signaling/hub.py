@@ -340,6 +340,7 @@ class Hub:
     async def join(self, conn: Connection, claims: JoinClaims, *,
                    resume: bool = False) -> dict[str, Any]:
         call, participant = await self.find(claims)
+        self._acting(call.id)
         if call.kind is CallKind.REFERRAL and participant.role != "doctor" \
                 and call.state in (CallState.CREATED, CallState.RINGING):
             raise CallError("answer the ring before joining", code="call.not_accepted")
@@ -353,7 +354,13 @@ class Hub:
         call, participant = await self.find(claims)
         return ice_servers_for(await self.session(call).lease_turn(participant.id))
 
+    def _acting(self, call_id: str) -> None:
+        if not self.may_act(call_id):
+            raise CallError("this node is confirming that it still runs the call; retry "
+                            "shortly", code="service.unavailable")
+
     def _member_session(self, conn: Connection, call_id: str, pid: str) -> CallSession:
+        self._acting(call_id)
         session = self.sessions.get(call_id)
         if session is None:
             raise CallError("not in that call", code="call.not_found")
@@ -390,10 +397,17 @@ class Hub:
     async def disconnected(self, conn: Connection, call_id: str, pid: str) -> None:
         if self.suspended:
             return  # the sockets close because the service stops; the calls go on
+        if not self.may_act(call_id):
+            # Woken from a freeze, say: the media this would drop may be another node's
+            # now. Looked at again once this node knows.
+            asyncio.get_running_loop().call_later(
+                1.0, lambda: self.spawn(self.disconnected(conn, call_id, pid), call_id))
+            return
         if (session := self.sessions.get(call_id)) is not None:
             await session.disconnected(conn, pid, self.rejoin_grace)
 
     async def leave(self, conn: Connection, call_id: str, pid: str, why: str = "left") -> None:
+        self._acting(call_id)
         if (session := self.sessions.get(call_id)) is not None:
             await session.leave(conn, pid, why)
 

@@ -69,7 +69,8 @@ def name_of(n: Node) -> str:
     return n.env["TELEMED_NODE_ID"]
 
 
-async def join_on(clients: dict[str, CallClient], where: dict[str, Node]) -> None:
+async def join_on(clients: dict[str, CallClient], where: dict[str, Node],
+                  receiver: Receiver, call_id: str) -> None:
     """Each participant on its node, all at the same moment; then live both ways."""
     for pid, c in clients.items():
         c.service = cast(Service, where[pid])
@@ -83,6 +84,8 @@ async def join_on(clients: dict[str, CallClient], where: dict[str, Node]) -> Non
     await asyncio.gather(clients["pat"].subscribe("doc"), clients["doc"].subscribe("pat"))
     for c in clients.values():
         await c.wait_event("callLive")
+    # Recorded as live (the webhook goes out after the record): what an adopter reads.
+    await receiver.wait_for("call.live", call_id)
 
 
 async def resume_on(client: CallClient, n: Node) -> dict[str, Any]:
@@ -155,7 +158,7 @@ async def test_a_call_spread_over_two_nodes_survives_the_sigkill_of_its_owner(
         tokens = {p["id"]: p["token"] for p in created["participants"]}
         clients = {pid: CallClient(cast(Service, a), tokens[pid]) for pid in ("pat", "doc")}
         try:
-            await join_on(clients, {"pat": a, "doc": b})
+            await join_on(clients, {"pat": a, "doc": b}, receiver, call_id)
             loop = asyncio.get_running_loop()
             live_at = loop.time()
             await more_frames(clients["pat"], "doc")
@@ -192,7 +195,7 @@ async def test_a_drained_node_hands_its_call_to_the_other_node(
         tokens = {p["id"]: p["token"] for p in created["participants"]}
         clients = {pid: CallClient(cast(Service, a), tokens[pid]) for pid in ("pat", "doc")}
         try:
-            await join_on(clients, {"pat": a, "doc": a})
+            await join_on(clients, {"pat": a, "doc": a}, receiver, call_id)
             live_at = asyncio.get_running_loop().time()
             assert (await call_state(a, api_key, call_id))["node"] == name_of(a)
             await a.terminate()
@@ -228,7 +231,7 @@ async def test_a_frozen_owner_that_wakes_up_cannot_touch_the_call_any_more(
         assert a.proc is not None
         frozen = a.proc
         try:
-            await join_on(clients, {"pat": a, "doc": a})
+            await join_on(clients, {"pat": a, "doc": a}, receiver, call_id)
             live_at = asyncio.get_running_loop().time()
             frozen.send_signal(signal.SIGSTOP)
             try:
