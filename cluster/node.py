@@ -17,9 +17,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from cluster.ownership import NodeLease, Ownership
-from cluster.relay import RelayBus, RemoteSocket
+from cluster.relay import RelayBus, RemoteError, RemoteSocket
 from mis.history import CallStore
-from signaling.call import CallState
+from signaling.call import Call, CallState
+from signaling.errors import CallError
 from signaling.hub import Hub
 from signaling.session import ClientSession, SessionConfig
 from signaling.takeover import take_over
@@ -29,12 +30,13 @@ __all__ = ["Cluster"]
 log = logging.getLogger(__name__)
 
 BEGUN = (CallState.CONNECTING.value, CallState.LIVE.value)
+FINISHED = (CallState.ENDED.value, CallState.FAILED.value)
 
 
 class Cluster:
     def __init__(self, redis: aioredis.Redis, hub: Hub, store: CallStore,
                  config: SessionConfig, *, ttl: float,
-                 adopt_interval: float | None = None) -> None:
+                 adopt_interval: float | None = None, adopt: bool = True) -> None:
         self.hub = hub
         self.store = store
         self.config = config
@@ -48,6 +50,9 @@ class Cluster:
         self._served: set[asyncio.Task[None]] = set()
         self._adopter: asyncio.Task[None] | None = None
         self.adopted = 0
+        #: Whether this node takes over begun calls of nodes that are gone
+        #: (`calls.take_over`); without, such calls are left to their own node's restart.
+        self.adopt = adopt
         #: Once the service serves, an adopted call's rejoin grace starts at adoption; at
         #: start-up it starts when serving begins (`hold_places`).
         self.serving = False
@@ -64,6 +69,7 @@ class Cluster:
         self.hub.hooks.append(self._on_event)
         self.config.relay = self.bus
         self.bus.on_open = self._serve_relayed
+        self.bus.handlers.update(end=self._end, kick=self._kick)
         self.lease.on_lapse = self.reconcile
         self.hub.on_suspend.append(self.drain)
 
@@ -75,6 +81,8 @@ class Cluster:
 
     def start_adopting(self) -> None:
         self.serving = True
+        if not self.adopt:
+            return
         self._adopter = asyncio.create_task(self._adopt_loop(), name="adopter")
 
     async def drain(self) -> None:
@@ -125,21 +133,48 @@ class Cluster:
     def epoch(self, call_id: str) -> int | None:
         return self.ownership.held.get(call_id)
 
+    async def forward(self, node: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self.bus.ask(node, op, args, timeout=self.hub.store_timeout)
+        except RemoteError as exc:
+            raise CallError(exc.message, code=exc.code) from None
+
+    async def _run_here(self, call_id: str) -> Call:
+        """A call an operation from another node names: it must run here."""
+        if await self.place(call_id) != self.node_id or (call := self.hub.calls.get(call_id)) \
+                is None:
+            raise CallError("the call moved; retry", code="service.unavailable")
+        return call
+
+    async def _end(self, args: dict[str, Any]) -> dict[str, Any]:
+        call = await self._run_here(str(args["call"]))
+        await self.hub.end(call.id)
+        return call.describe()
+
+    async def _kick(self, args: dict[str, Any]) -> dict[str, Any]:
+        call = await self._run_here(str(args["call"]))
+        await self.hub.kick(call.id, str(args["participant"]))
+        return call.describe()
+
     async def _claim(self, call_id: str) -> str:
+        call = self.hub.calls.get(call_id)
+        snap = None
+        if call is None:
+            snap = await self.store.get(call_id, limit=1)
+            if snap is None or snap["state"] in FINISHED or \
+                    (snap["state"] in BEGUN and not self.adopt):
+                return self.node_id  # nothing to run: the hub answers not found / ended
         node, epoch = await self.ownership.claim(call_id)
         if node != self.node_id:
             return node
-        call = self.hub.calls.get(call_id)
-        if call is None:
-            snap = await self.store.get(call_id, limit=1)
-            if snap is not None and snap["state"] in BEGUN:
-                # It had begun on a node that is gone: its media runs on; adopt it.
-                snap = await self.store.get(call_id)
-                assert snap is not None
-                call = await take_over(self.hub, snap)
-                if self.serving and (session := self.hub.sessions.get(call_id)) is not None:
-                    session.hold_places()
-                self.adopted += 1
+        if call is None and snap is not None and snap["state"] in BEGUN:
+            # It had begun on a node that is gone: its media runs on; adopt it.
+            snap = await self.store.get(call_id)
+            assert snap is not None
+            call = await take_over(self.hub, snap)
+            if self.serving and (session := self.hub.sessions.get(call_id)) is not None:
+                session.hold_places()
+            self.adopted += 1
         if call is not None:
             call.epoch = epoch
         return self.node_id

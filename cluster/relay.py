@@ -20,19 +20,28 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
-__all__ = ["CHANNEL", "RelayBus", "RemoteSocket"]
+__all__ = ["CHANNEL", "RelayBus", "RemoteError", "RemoteSocket"]
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "telemed:relay:"
 #: Close code for a socket whose other end went away: the page reconnects at once.
 GONE = WSCloseCode.SERVICE_RESTART
+
+
+class RemoteError(Exception):
+    """An operation another node ran failed (with the code its client should see)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class RemoteSocket:
@@ -116,6 +125,10 @@ class RelayBus:
         self._seen: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: Any = None
+        #: Operations other nodes may ask this one to run: `op -> async (args) -> answer`.
+        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
+        self._asked: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        self._answering: set[asyncio.Task[None]] = set()
         self.frames_in = 0
         self.frames_out = 0
 
@@ -182,6 +195,42 @@ class RelayBus:
         if carried is not None:
             carried.out.put_nowait((code, reason))
 
+    # ------------------------------------------------------------------ operations
+
+    async def ask(self, node: str, op: str, args: dict[str, Any], *,
+                  timeout: float = 5.0) -> dict[str, Any]:
+        """Runs `op` on `node`; its answer, or `RemoteError` with the code it failed with."""
+        rid = uuid.uuid4().hex
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._asked[rid] = (node, future)
+        self.post(node, {"k": "ask", "rid": rid, "op": op, "args": args})
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise RemoteError("service.unavailable",
+                              f"node {node} did not answer; retry shortly") from None
+        finally:
+            self._asked.pop(rid, None)
+
+    async def _answer(self, sender: str, message: dict[str, Any]) -> None:
+        handler = self.handlers.get(str(message.get("op")))
+        reply: dict[str, Any] = {"k": "answer", "rid": message.get("rid")}
+        try:
+            if handler is None:
+                raise RemoteError("internal", f"no operation {message.get('op')!r}")
+            reply["result"] = await handler(dict(message.get("args") or {}))
+        except RemoteError as exc:
+            reply.update(code=exc.code, message=exc.message)
+        except Exception as exc:
+            code = getattr(exc, "code", None)
+            if isinstance(code, str):  # a CallError and its kin: the client's to see
+                reply.update(code=code, message=getattr(exc, "message", str(exc)))
+            else:
+                log.exception("! operation %s asked by node %s failed", message.get("op"),
+                              sender)
+                reply.update(code="internal", message="internal error")
+        self.post(sender, reply)
+
     # ------------------------------------------------------------------ both sides
 
     def _dispatch(self, sender: str, message: dict[str, Any]) -> None:
@@ -200,6 +249,18 @@ class RelayBus:
             else:
                 # A socket this node no longer serves (it restarted): the edge hangs up.
                 self.post(sender, {"k": "close", "sid": sid, "code": int(GONE)})
+        elif kind == "ask":
+            task = asyncio.create_task(self._answer(sender, message))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+        elif kind == "answer":
+            asked = self._asked.get(str(message.get("rid")))
+            if asked is not None and not asked[1].done():
+                if "result" in message:
+                    asked[1].set_result(dict(message["result"]))
+                else:
+                    asked[1].set_exception(RemoteError(str(message.get("code")),
+                                                       str(message.get("message"))))
         elif kind == "close":
             if (gone := self.remote.pop(sid, None)) is not None:
                 gone.hang_up()
@@ -217,6 +278,10 @@ class RelayBus:
             self._end_carried(sid, GONE, "service.restarting")
         for sid in remote:
             self.remote.pop(sid).hang_up()
+        for asked_of, future in self._asked.values():
+            if asked_of == node and not future.done():
+                future.set_exception(RemoteError("service.unavailable",
+                                                 f"node {node} is unreachable; retry"))
         self._seen.pop(node, None)
 
     async def _read(self) -> None:

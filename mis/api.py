@@ -40,7 +40,7 @@ from mis.openapi import document
 from mis.paging import paged, timeline_window
 from mis.webhooks import OUTBOX, as_text
 from signaling.call import Call, CallKind, CallState
-from signaling.errors import CallError
+from signaling.errors import CallElsewhere, CallError
 from signaling.hub import HUB
 from signaling.tokens import mint_join_token
 
@@ -296,7 +296,9 @@ class Api:
         return reply({**earlier, "participants": self.tokens(earlier)}, status=200)
 
     async def _call(self, request: web.Request) -> Call:
+        """The call, run here; `CallElsewhere` when another node runs it."""
         call_id = request.match_info["call_id"]
+        await request.app[HUB].place(call_id)
         call = await request.app[HUB].load(call_id)
         if call is None:
             if await request.app[STORE].get(call_id) is not None:
@@ -308,7 +310,11 @@ class Api:
     async def get_call(self, request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]
         start, size = timeline_window(request.query)
-        call = request.app[HUB].calls.get(call_id)
+        hub = request.app[HUB]
+        # A copy of a call another node runs now (booked here) would be stale: the store
+        # has what its owner wrote.
+        call = hub.calls.get(call_id) if hub.placement is None or call_id in hub.sessions \
+            else None
         if call is not None:
             first, entries = call.timeline.page(start, size)
             return reply(paged(summary(call), first, entries, call.timeline.seq))
@@ -341,25 +347,42 @@ class Api:
         return reply({"calls": items, "nextCursor": cursor})
 
     async def end_call(self, request: web.Request) -> web.Response:
-        call = await self._call(request)
+        try:
+            call = await self._call(request)
+        except CallElsewhere as elsewhere:
+            return reply(await request.app[HUB].forward(
+                elsewhere.node, "end", {"call": request.match_info["call_id"]}))
         await request.app[HUB].end(call.id)
         return reply(call.describe())
 
     async def new_tokens(self, request: web.Request) -> web.Response:
-        call = await self._call(request)
+        try:
+            described = (await self._call(request)).describe()
+        except CallElsewhere:
+            # Tokens need only who is in it: its owner's record says.
+            stored = await request.app[STORE].get(request.match_info["call_id"], limit=1)
+            if stored is None:
+                raise CallError("no such call", code="call.not_found") from None
+            described = stored
         body = await self._json(request, optional=True)
         only = body.get("participant")
         if only is not None and not isinstance(only, str):
             raise Invalid("participant", "a participant id")
-        if only is not None and only not in call.participants:
+        if only is not None and only not in {p["id"] for p in described["participants"]}:
             raise CallError("no such participant", code="participant.not_found")
-        if call.finished:
+        if described["state"] in (CallState.ENDED.value, CallState.FAILED.value):
             raise CallError("the call is over", code="call.ended")
-        return reply({"participants": self.tokens(call, only)})
+        return reply({"participants": self.tokens(described, only)})
 
     async def remove_participant(self, request: web.Request) -> web.Response:
-        call = await self._call(request)
-        await request.app[HUB].kick(call.id, request.match_info["participant"])
+        pid = request.match_info["participant"]
+        try:
+            call = await self._call(request)
+        except CallElsewhere as elsewhere:
+            return reply(await request.app[HUB].forward(
+                elsewhere.node, "kick", {"call": request.match_info["call_id"],
+                                         "participant": pid}))
+        await request.app[HUB].kick(call.id, pid)
         return reply(call.describe())
 
     async def turn_status(self, request: web.Request) -> web.Response:

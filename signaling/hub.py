@@ -59,6 +59,9 @@ class Placement(Protocol):
     def epoch(self, call_id: str) -> int | None:
         """The fencing epoch under which this node holds the call."""
 
+    async def forward(self, node: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Runs `op` ("end", "kick") on the node that runs the call; its answer."""
+
 
 class Hub:
     def __init__(self, *, pool: KurentoPool, recordings_root: Path, watchdog_timeout: float,
@@ -255,6 +258,12 @@ class Hub:
             if (call := self.calls.get(call_id)) is not None and not call.finished:
                 self.calls.pop(call_id, None)
             raise CallElsewhere(node)
+
+    async def forward(self, node: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """An API operation on a call another node runs, run there."""
+        if self.placement is None:
+            raise CallError("no such call", code="call.not_found")
+        return await self.placement.forward(node, op, args)
 
     def abandon(self, call_id: str) -> None:
         """Another node owns the call now (this one froze past its lease): whoever is

@@ -216,7 +216,8 @@ def create_app(
                    media_loss_report=settings.calls.media_loss_report,
                    min_free_bytes=settings.recordings.min_free_bytes)
     cluster = app[CLUSTER] = Cluster(redis, hub, store, app[SESSION_CONFIG],
-                                     ttl=settings.node.heartbeat_ttl)
+                                     ttl=settings.node.heartbeat_ttl,
+                                     adopt=settings.calls.take_over)
     cluster.attach()
     sweeper = app[SWEEPER] = OrphanSweeper(pool, live_calls(store, hub),
                                            interval=settings.media.sweep_interval,
