@@ -93,7 +93,7 @@ async def sample(service: Service, kms_pid: int, kurento: KurentoClient, done: i
     loop = asyncio.get_running_loop()
     # No public count exists; cancelled handles stay in the heap until asyncio purges them.
     timers = sum(not h.cancelled() for h in loop._scheduled)  # type: ignore[attr-defined]
-    lingering = len(hub._evictions)
+    lingering = len(hub.teardown.evictions)
     assert hub.turn is not None
     return {
         "calls": done,

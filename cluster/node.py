@@ -22,8 +22,10 @@ from mis.history import CallStore
 from signaling.call import Call, CallState
 from signaling.errors import CallError
 from signaling.hub import Hub
+from signaling.placement import abandon
 from signaling.session import ClientSession, SessionConfig
 from signaling.takeover import take_over
+from turn.lease import ice_servers_for
 
 __all__ = ["Cluster"]
 
@@ -69,7 +71,7 @@ class Cluster:
         self.hub.hooks.append(self._on_event)
         self.config.relay = self.bus
         self.bus.on_open = self._serve_relayed
-        self.bus.handlers.update(end=self._end, kick=self._kick)
+        self.bus.handlers.update(end=self._end, kick=self._kick, precheck=self._precheck)
         self.lease.on_lapse = self.reconcile
         self.hub.on_suspend.append(self.drain)
 
@@ -156,6 +158,14 @@ class Cluster:
         await self.hub.kick(call.id, str(args["participant"]))
         return call.describe()
 
+    async def _precheck(self, args: dict[str, Any]) -> dict[str, Any]:
+        call = await self._run_here(str(args["call"]))
+        pid = str(args["participant"])
+        if pid not in call.participants or call.participants[pid].extra.get("removed"):
+            raise CallError("you are not a participant of this call", code="call.not_yours")
+        lease = await self.hub.session(call).lease_turn(pid)
+        return {"iceServers": ice_servers_for(lease)}
+
     async def _claim(self, call_id: str) -> str:
         call = self.hub.calls.get(call_id)
         snap = None
@@ -217,7 +227,7 @@ class Cluster:
         """After a lapse of this node's lease: the calls another node took meanwhile are
         given up here, untouched."""
         for call_id in await self.ownership.lost():
-            self.hub.abandon(call_id)
+            abandon(self.hub, call_id)
 
     # ------------------------------------------------------------------ relayed sockets
 

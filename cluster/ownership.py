@@ -22,13 +22,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from mis.redis_scripts import OWNER
+
 __all__ = ["NODES", "OWNER", "NodeLease", "Ownership", "Placement"]
 
 log = logging.getLogger(__name__)
 
 NODES = "telemed:nodes:"
 KNOWN = "telemed:nodes-known"
-OWNER = "telemed:owner:"
 NODE_CALLS = "telemed:node-calls:"
 #: How long a finished call's owner record stays, fencing late writes of a frozen node.
 FINISHED_TTL = 86400

@@ -1,16 +1,14 @@
 """REST API for the MIS under /api/v1: create calls, mint join tokens, read and end calls.
 
-Authenticated with `Authorization: Bearer <credential>`: an API key, compared in constant
-time against the SHA-256 hashes in the settings, or a short-lived JWT the MIS signs with
-its shared secret for audience `telemed-api`, each usable once. Errors are JSON:
-`{"code", "message", "field"}`.
+Authenticated with `Authorization: Bearer <credential>`: an API key or a short-lived JWT
+the MIS signs, each usable once (`mis.auth`). Errors are JSON: `{"code", "message",
+"field"}`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 import math
@@ -18,7 +16,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -33,6 +30,7 @@ from mis.answers import (
     status_of,
     unavailable,
 )
+from mis.auth import authenticate
 from mis.clients import Network, client_address, count
 from mis.history import SINK, STORE, summary
 from mis.jsonsafe import JsonRefused, depth_exceeds, parse
@@ -42,6 +40,7 @@ from mis.webhooks import OUTBOX, as_text
 from signaling.call import Call, CallKind, CallState
 from signaling.errors import CallElsewhere, CallError
 from signaling.hub import HUB
+from signaling.placement import forward
 from signaling.tokens import mint_join_token
 
 __all__ = ["setup_api"]
@@ -55,12 +54,6 @@ METADATA_BYTES = 16384
 IDEMPOTENCY_TTL = 24 * 3600
 #: Failed authentications allowed per client address per minute (all nodes) before 429.
 AUTH_FAILURES_PER_MINUTE = 20
-#: `aud` of the JWTs the MIS signs to call the API; join tokens carry another one, so
-#: neither kind of token can stand in for the other.
-API_AUDIENCE = "telemed-api"
-#: Longest `exp - iat` accepted for an API JWT: a leaked one is useless soon.
-API_JWT_LIFETIME = 300
-JWT_LEEWAY = 5
 #: Longest appointment window.
 MAX_SCHEDULE = 7 * 86400
 
@@ -93,41 +86,6 @@ class Api:
     def __init__(self, app: web.Application) -> None:
         self.app = app
 
-    async def _authenticate(self, request: web.Request) -> tuple[str | None, str]:
-        """(None, who) when the credential is good, else (why not, ""); `why` is for the
-        log and never holds the secret; `who` names the credential for its rate limit."""
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
-            return "no bearer credential", ""
-        credential = header[7:].strip()
-        if credential.count(".") == 2:
-            return await self._jwt_problem(request, credential), "jwt"
-        digest = hashlib.sha256(credential.encode()).hexdigest()
-        # Compare against every key so the time taken does not tell which one matched.
-        matches = [hmac.compare_digest(digest, h) for h in request.app[API_CONFIG].api_key_hashes]
-        return (None, "key:" + digest) if any(matches) else ("unknown API key", "")
-
-    async def _jwt_problem(self, request: web.Request, token: str) -> str | None:
-        try:
-            claims = jwt.decode(
-                token, request.app[API_CONFIG].jwt_secret, algorithms=["HS256"],
-                audience=API_AUDIENCE, issuer=request.app[API_CONFIG].jwt_issuer,
-                leeway=JWT_LEEWAY, options={"require": ["exp", "iat", "jti", "iss", "aud"]})
-        except jwt.PyJWTError as exc:
-            return f"JWT refused: {type(exc).__name__}"
-        if not isinstance(claims["jti"], str) or not 0 < len(claims["jti"]) <= 200:
-            return "JWT refused: bad jti"
-        if not all(isinstance(claims[c], int | float) and not isinstance(claims[c], bool)
-                   and math.isfinite(claims[c]) for c in ("exp", "iat")):
-            return "JWT refused: exp and iat must be numbers"
-        if int(claims["exp"]) - int(claims["iat"]) > API_JWT_LIFETIME:
-            return f"JWT refused: lives longer than {API_JWT_LIFETIME}s"
-        slot = "telemed:api:jti:" + hashlib.sha256(claims["jti"].encode()).hexdigest()
-        # Remembered until the token expires anyway: a replayed request is refused.
-        fresh = await request.app[REDIS].set(slot, 1, nx=True,
-                                             exat=int(claims["exp"]) + JWT_LEEWAY + 1)
-        return None if fresh else "JWT replayed (jti already used)"
-
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if not request.path.startswith("/api/v1/") or request.path == "/api/v1/openapi.json":
@@ -137,7 +95,9 @@ class Api:
                                 config.trusted_proxies)
         redis = request.app[REDIS]
         try:
-            refused, who = await self._authenticate(request)
+            refused, who = await authenticate(
+                request.headers.get("Authorization", ""), key_hashes=config.api_key_hashes,
+                jwt_secret=config.jwt_secret, jwt_issuer=config.jwt_issuer, redis=redis)
             # Failures count against the client's own address, so nobody else's guessing
             # (behind the same proxy, too) locks the MIS out; a good credential is never
             # refused for them. Keys and secrets are too long to guess either way.
@@ -274,8 +234,7 @@ class Api:
                 log.error("! idempotency key not bound to its call: %s", type(exc).__name__,
                           extra={"call_id": call.id})
         described = call.describe()
-        return reply({**described, "participants": self.tokens(described)},
-                                 status=201)
+        return reply({**described, "participants": self.tokens(described)}, status=201)
 
     async def _repeat(self, request: web.Request, slot: str, fingerprint: str
                       ) -> web.Response:
@@ -350,7 +309,7 @@ class Api:
         try:
             call = await self._call(request)
         except CallElsewhere as elsewhere:
-            return reply(await request.app[HUB].forward(
+            return reply(await forward(request.app[HUB],
                 elsewhere.node, "end", {"call": request.match_info["call_id"]}))
         await request.app[HUB].end(call.id)
         return reply(call.describe())
@@ -379,7 +338,7 @@ class Api:
         try:
             call = await self._call(request)
         except CallElsewhere as elsewhere:
-            return reply(await request.app[HUB].forward(
+            return reply(await forward(request.app[HUB],
                 elsewhere.node, "kick", {"call": request.match_info["call_id"],
                                          "participant": pid}))
         await request.app[HUB].kick(call.id, pid)
@@ -399,7 +358,6 @@ class Api:
         if event is None:
             raise CallError("no such webhook event", code="event.not_found")
         return reply(event)
-
 
     async def call_webhooks(self, request: web.Request) -> web.Response:
         outbox = request.app.get(OUTBOX)

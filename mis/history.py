@@ -26,7 +26,7 @@ from aiohttp import web
 
 from mis.journal import Journal
 from mis.jsonsafe import sanitize
-from mis.redis_scripts import APPEND, READ
+from mis.redis_scripts import APPEND, FENCED_SET, OWNER, READ
 from mis.webhooks import Outbox, as_text
 from signaling.call import Call, CallState
 from signaling.timeline import TIMELINE_LIMIT
@@ -36,17 +36,6 @@ __all__ = ["CallStore", "EventSink"]
 log = logging.getLogger(__name__)
 
 PREFIX = "telemed:calls:"
-#: Which node owns a call, under which epoch (`cluster.ownership` claims it).
-OWNER = "telemed:owner:"
-
-# The summary, unless the call's owner record has moved past the epoch it was written
-# under (a node that froze and woke up after another adopted the call): 1 written, 0 not.
-FENCED_SET = """
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if epoch and ARGV[2] ~= '' and tonumber(epoch) > tonumber(ARGV[2]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-return 1
-"""
 FINAL = {CallState.ENDED.value, CallState.FAILED.value}
 
 

@@ -3,7 +3,7 @@ so several signalling processes may append to and read one call's timeline."""
 
 from __future__ import annotations
 
-__all__ = ["APPEND", "READ"]
+__all__ = ["APPEND", "FENCED_SET", "OWNER", "READ"]
 
 #: Appends numbered timeline entries once each, whoever sends them and however often (a
 #: journal replayed after a crash sends some again), and keeps the last ARGV[1].
@@ -40,4 +40,16 @@ local stop = -1
 local limit = tonumber(ARGV[2])
 if limit >= 0 then stop = first - oldest + limit - 1 end
 return {raw, length, seq, first, redis.call('LRANGE', KEYS[2], first - oldest, stop)}
+"""
+
+#: Which node owns a call, under which epoch (`cluster.ownership` claims it).
+OWNER = "telemed:owner:"
+
+# The summary, unless the call's owner record has moved past the epoch it was written
+# under (a node that froze and woke up after another adopted the call): 1 written, 0 not.
+FENCED_SET = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if epoch and ARGV[2] ~= '' and tonumber(epoch) > tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
 """

@@ -3,7 +3,8 @@
 
 Requests reach it through the hub; media events arrive typed (`signaling.events`). The live
 and media-loss verdicts are pure (`signaling.liveness`, `signaling.watchdog`); this class
-applies them and does the talking.
+applies them (`signaling.media_verdicts`) and does the talking. Its participants' TURN
+leases are handled in `signaling.call_turn`.
 """
 
 from __future__ import annotations
@@ -14,15 +15,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from kurento_ctl.errors import KurentoError
 from kurento_ctl.pool import NoMediaServer
 from signaling.call import Call, CallKind, CallState, FailureReason
+from signaling.call_turn import CallTurn
 from signaling.errors import CallError, MediaError
-from signaling.events import (
-    CallEvent,
-)
+from signaling.events import CallEvent
 from signaling.liveness import MediaLoss
 from signaling.media import CallMedia
 from signaling.media_verdicts import MediaVerdicts
@@ -31,13 +29,7 @@ from signaling.participant_session import Connection, ParticipantSession
 from signaling.protocol import encode
 from signaling.sdp import offer_kinds
 from signaling.watchdog import Expectation, MediaWatchdog, WatchdogTimer
-from turn.lease import (
-    KurentoTurnUrlError,
-    TurnExhausted,
-    TurnLease,
-    ice_servers_for,
-    kurento_turn_url,
-)
+from turn.lease import TurnLease, ice_servers_for
 from turn.pool import TurnPool
 
 __all__ = ["CallServices", "CallSession"]
@@ -67,7 +59,7 @@ class CallServices:
     revoke: Callable[[TurnLease, bool], Awaitable[None]]
 
 
-class CallSession(MediaVerdicts):
+class CallSession(MediaVerdicts, CallTurn):
     def __init__(self, call: Call, media: CallMedia, services: CallServices) -> None:
         self.call = call
         self.media = media
@@ -114,54 +106,6 @@ class CallSession(MediaVerdicts):
         if self.closing:
             raise CallError("the call is over", code="call.ended")
         return self.check_member(conn, pid)
-
-    # ---------------------------------------------------------------- TURN
-
-    async def lease_turn(self, pid: str) -> TurnLease | None:
-        turn = self.services.turn
-        if turn is None:
-            return None
-        try:
-            lease = await turn.lease(self.call.id, pid)
-        except TurnExhausted as exc:
-            self.call.timeline.add("turn-exhausted", participant=pid)
-            raise CallError(str(exc), code="turn.exhausted") from None
-        except (RedisError, OSError) as exc:
-            log.error("! TURN pool unreachable: %s", type(exc).__name__,
-                      extra={"call_id": self.call.id})
-            raise CallError("TURN credentials are unavailable", code="turn.exhausted") from None
-        m = self.member(pid)
-        old = m.lease
-        if old is not None and old.username != lease.username:
-            await self.services.revoke(old, False)
-        m.lease = lease
-        return lease
-
-    def lease_renewed(self, fresh: TurnLease) -> None:
-        """Renewed credentials reach the browser, so a peer connection it opens hours into
-        a call (a late subscription, an ICE restart) still gets a relay."""
-        m = self.members.get(fresh.participant)
-        if self.closing or m is None or m.lease is None:
-            return
-        m.lease = fresh
-        self.call.timeline.add("turn-renewed", participant=fresh.participant,
-                               expires=int(fresh.expires))
-        self.send(fresh.participant, encode("iceServers", iceServers=ice_servers_for(fresh)))
-
-    def _kurento_turn(self, pid: str) -> str | None:
-        lease = self.member(pid).lease
-        if lease is None:
-            return None
-        try:
-            return kurento_turn_url(lease)
-        except KurentoTurnUrlError as exc:
-            # Kurento would take the URL and silently run without TURN: refused here, before
-            # the media layer is touched, so the call and the others' media are unharmed.
-            log.error("! %s", exc, extra={"call_id": self.call.id})
-            self.call.timeline.add("turn-unusable", participant=pid)
-            raise MediaError("the media server cannot be given your TURN credentials "
-                             "(a configuration problem on our side)",
-                             code="turn.unusable") from None
 
     # ---------------------------------------------------------------- joining
 

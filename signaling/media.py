@@ -6,17 +6,11 @@ a WebRtcEndpoint connected from that participant's publisher. `close()` ends eve
 with `stopAndWait`, one after another (KMS serves a socket in order anyway), before the
 pipeline is released, whatever happened before.
 
-An offer is answered in ONE media-server round trip, a single Kurento `transaction`:
-create the endpoint (and the publisher's recorder; and the pipeline, for the call's first
-endpoint), tag them with the call and this node, subscribe every event we rely on,
-connect, record, `processOffer`, `gatherCandidates`, and the candidates buffered meanwhile.
-KMS resolves `newref:` ids in `subscribe` ops; the client keeps events for ids it does not
-know yet until the reply names them. Ops run in order, so the subscriptions come before
-anything that could raise their events; KMS does not replay events.
+An offer is answered in ONE media-server round trip, a single Kurento `transaction`,
+built and committed by `signaling.media_negotiation` (a part of this class).
 
 What KMS's own source says we must not assume (KMS-SOURCE-NOTES.md):
-- a recorder `Error` is not always a failed recording: KMS forwards GStreamer warnings as
-  `Error` too. Only `RESOURCE_ERROR_OPEN/WRITE/NO_SPACE_LEFT` fail it; the rest is noted;
+- a recorder `Error` is not always a failed recording (see `signaling.media_negotiation`);
 - a transaction whose reply never came may have run entirely: the objects it created are
   found again by their tags (kurento_ctl.sweep);
 - after a resumed session the events of the gap are lost: state is read again.
@@ -32,15 +26,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from kurento_ctl.errors import KurentoError, OperationNotRun, RpcError, SdpError
+from kurento_ctl.errors import KurentoError
 from kurento_ctl.events import (
     Error,
-    IceCandidateFound,
-    IceComponentStateChanged,
-    KurentoEvent,
-    MediaFlowInStateChanged,
-    MediaFlowOutStateChanged,
-    NewCandidatePairSelected,
     Recording,
 )
 from kurento_ctl.objects import (
@@ -51,22 +39,18 @@ from kurento_ctl.objects import (
     WebRtcEndpoint,
 )
 from kurento_ctl.pool import KurentoPool, PooledServer
-from kurento_ctl.sweep import TAG_CALL, TAG_ENDPOINT, TAG_NODE
-from kurento_ctl.transaction import Transaction
 from signaling.candidates import CandidateBuffer, CandidateFilter
 from signaling.errors import MediaError
-from signaling.events import FailedPart
+from signaling.media_negotiation import MediaNegotiation
 from signaling.media_resume import refresh, release_unknown
 from signaling.media_types import (
     FAILING_RECORDER_ERRORS,
     STOP_TIMEOUT,
-    UNCERTAIN,
     Endpoints,
     MediaListener,
     Negotiation,
     candidate_args,
     candidate_kind,
-    error_of,
 )
 
 __all__ = ["FAILING_RECORDER_ERRORS", "CallMedia", "MediaListener", "candidate_kind"]
@@ -74,7 +58,7 @@ __all__ = ["FAILING_RECORDER_ERRORS", "CallMedia", "MediaListener", "candidate_k
 log = logging.getLogger(__name__)
 
 
-class CallMedia:
+class CallMedia(MediaNegotiation):
     def __init__(self, call_id: str, pool: KurentoPool, recordings_dir: Path,
                  listener: MediaListener, candidate_filter: CandidateFilter, *,
                  node_id: str | None = None) -> None:
@@ -105,166 +89,6 @@ class CallMedia:
     @property
     def log_extra(self) -> dict[str, str]:
         return {"call_id": self.call_id}
-
-    # ---------------------------------------------------------------- one transaction
-
-    async def _negotiation(self, owner: str, target: str, offer: str,
-                           build: Callable[[Negotiation], None],
-                           recorder: tuple[Path, MediaProfile] | None = None) -> tuple[
-                               Negotiation, str]:
-        """Builds and commits one offer's transaction; returns it and the SDP answer.
-
-        Shielded by the callers: a caller cancelled mid-way (its socket went) must not
-        orphan what the server already made; a new pipeline is kept as the call's, and
-        `close()` releases it."""
-        async with self._pipeline_lock:
-            if self._closed:
-                raise MediaError("the call is over", code="call.ended")
-            if self.pipeline is None:
-                server, client = self.pool.placement()
-                tx = Transaction(client)
-                pipeline = tx.create_pipeline()
-                tx.add_tag(pipeline, TAG_CALL, self.call_id)
-                tx.add_tag(pipeline, TAG_NODE, self.node_id)
-                neg = self._build(tx, pipeline, True, owner, target, offer, build, recorder)
-                await self._commit(neg)
-                self.pool.adopt(server, pipeline)
-                self.server, self.pipeline = server, pipeline
-                self._unwatch_resume = client.on_resumed(self._resumed)
-                log.info("= pipeline %s on %s", pipeline.id, server.url, extra=self.log_extra)
-                return neg, self._answer(owner, neg.answer.value if neg.answer else "")
-            pipeline = self.pipeline
-        tx = Transaction(pipeline.client)
-        neg = self._build(tx, pipeline, False, owner, target, offer, build, recorder)
-        await self._commit(neg)
-        return neg, self._answer(owner, neg.answer.value if neg.answer else "")
-
-    def _build(self, tx: Transaction, pipeline: MediaPipeline, new_pipeline: bool, owner: str,
-               target: str, offer: str, build: Callable[[Negotiation], None],
-               recorder: tuple[Path, MediaProfile] | None) -> Negotiation:
-        ep = tx.create_webrtc_endpoint(pipeline)
-        tx.add_tag(ep, TAG_CALL, self.call_id)
-        tx.add_tag(ep, TAG_ENDPOINT, f"{owner}/{target}")
-        neg = Negotiation(owner, target, tx, pipeline, new_pipeline, ep)
-        if recorder is not None:
-            path, profile = recorder
-            neg.recorder = tx.create_recorder_endpoint(pipeline, path.as_uri(),
-                                                       media_profile=profile)
-            tx.add_tag(neg.recorder, TAG_CALL, self.call_id)
-            tx.add_tag(neg.recorder, TAG_ENDPOINT, f"{owner}/recorder")
-        self._watch(tx, ep, owner, target)
-        build(neg)
-        neg.answer = tx.process_offer(ep, self._offer(owner, offer))
-        neg.gathering = tx.gather_candidates(ep)
-        for candidate in self.buffer.take(f"{owner}/{target}"):
-            args = candidate_args(candidate)
-            if args is not None:
-                neg.candidates.append((tx.add_ice_candidate(ep, *args), candidate))
-        return neg
-
-    async def _commit(self, neg: Negotiation) -> None:
-        """Commits; an op that failed releases what the transaction made. A refused
-        buffered candidate alone does not fail the offer: the candidates after it, which
-        KMS did not run, are sent again on their own."""
-        try:
-            await neg.tx.commit()
-        except UNCERTAIN:
-            self.uncertain = True
-            log.error("! a transaction of %s/%s got no reply: it may have run; its objects "
-                      "are found again by their tags", neg.owner, neg.target,
-                      extra=self.log_extra)
-            await self._release_known(neg)
-            raise
-        except SdpError as exc:
-            await self._release_known(neg)
-            raise MediaError(f"the media server refused the offer: {exc.message}",
-                             code="sdp.invalid") from None
-        except RpcError as exc:
-            if neg.gathering is None or not neg.gathering.done:
-                await self._release_known(neg)
-                raise
-            log.warning("! early candidate refused by the media server: %s", exc.message,
-                        extra=self.log_extra)
-            for pending, candidate in neg.candidates:
-                if isinstance(error_of(pending), OperationNotRun):
-                    self.buffer.add(f"{neg.owner}/{neg.target}", candidate)
-
-    @staticmethod
-    async def _release_known(neg: Negotiation) -> None:
-        for obj in neg.created:
-            if not obj.id.startswith("newref:"):
-                with contextlib.suppress(KurentoError):
-                    await obj.release()
-
-    def _watch(self, tx: Transaction, ep: WebRtcEndpoint, owner: str, target: str) -> None:
-        """Subscribes, in `tx`, every endpoint event we rely on."""
-
-        def on_candidate(e: KurentoEvent) -> None:
-            assert isinstance(e, IceCandidateFound)
-            verdict = self.filter.judge(e.candidate)
-            if not verdict.keep:
-                self.listener.dropped(owner, "to-browser", [verdict.reason])
-                return
-            self.listener.candidate(owner, target, {
-                "candidate": e.candidate, "sdpMid": e.sdp_mid, "sdpMLineIndex": e.sdp_mline_index})
-
-        def on_flow(e: KurentoEvent) -> None:
-            assert isinstance(e, (MediaFlowInStateChanged, MediaFlowOutStateChanged))
-            direction = "in" if isinstance(e, MediaFlowInStateChanged) else "out"
-            self._flow(ep, owner, target, direction, e.media_type.lower(), e.flowing)
-
-        def on_ice(e: KurentoEvent) -> None:
-            assert isinstance(e, IceComponentStateChanged)
-            self._ice(owner, target, e.state)
-
-        def on_pair(e: KurentoEvent) -> None:
-            assert isinstance(e, NewCandidatePairSelected)
-            self.listener.pair(owner, target, candidate_kind(e.remote_candidate))
-
-        def on_error(e: KurentoEvent) -> None:
-            assert isinstance(e, Error)
-            self.listener.failure(owner, FailedPart.ENDPOINT, f"{e.error_type}: {e.description}")
-
-        tx.subscribe(ep, IceCandidateFound, on_candidate)
-        tx.subscribe(ep, MediaFlowInStateChanged, on_flow)
-        tx.subscribe(ep, MediaFlowOutStateChanged, on_flow)
-        tx.subscribe(ep, IceComponentStateChanged, on_ice)
-        tx.subscribe(ep, NewCandidatePairSelected, on_pair)
-        tx.subscribe(ep, Error, on_error)
-
-    def _flow(self, ep: WebRtcEndpoint, owner: str, target: str, direction: str, kind: str,
-              on: bool, *, read: bool = False) -> None:
-        # Per endpoint, not per participant: a rejoin's new endpoint starts afresh.
-        key = (ep.id, direction, kind)
-        if read and key not in self._flows and not on:
-            # Re-read after a resume: "not flowing" of something that never flowed (an
-            # audio-only publisher's video) is no news.
-            self._flows[key] = on
-            return
-        if self._flows.get(key) is not on:
-            self._flows[key] = on
-            self.listener.flow(owner, target, direction, kind, on)
-
-    def _ice(self, owner: str, target: str, state: str) -> None:
-        self.ice_states[(owner, target)] = state
-        self.listener.ice_state(owner, target, state)
-
-    def _recorded(self, participant: str) -> None:
-        if participant not in self._recording:
-            self._recording.add(participant)
-            self.listener.recording(participant)
-
-    def _offer(self, owner: str, sdp: str) -> str:
-        filtered, reasons = self.filter.filter_sdp(sdp)
-        if reasons:
-            self.listener.dropped(owner, "from-browser", reasons)
-        return filtered
-
-    def _answer(self, owner: str, sdp: str) -> str:
-        filtered, reasons = self.filter.filter_sdp(sdp)
-        if reasons:
-            self.listener.dropped(owner, "to-browser", reasons)
-        return filtered
 
     def _recording_path(self, participant: str) -> Path:
         """`<id>.webm`, then `<id>.part2.webm`… when the participant rejoined and published
@@ -344,18 +168,6 @@ class CallMedia:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         return await asyncio.shield(task)
-
-    def _recorder_error(self, participant: str, e: KurentoEvent) -> None:
-        assert isinstance(e, Error)
-        if e.error_type in FAILING_RECORDER_ERRORS:
-            self.listener.failure(participant, FailedPart.RECORDER,
-                                  f"{e.error_type}: {e.description}")
-        else:
-            log.warning("! %s's recorder reported %s (code %s), not a failure: %s",
-                        participant, e.error_type, e.raw.get("errorCode"), e.description,
-                        extra=self.log_extra)
-            self.listener.failure(participant, FailedPart.RECORDER_WARNING,
-                                  f"{e.error_type}: {e.description}")
 
     async def subscribe(self, viewer: str, source: str, offer: str, *,
                         turn_url: str | None = None) -> str:

@@ -12,11 +12,11 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from kurento_ctl.coalesce import coalesce
 from signaling.candidates import normalize_candidate
@@ -42,6 +42,7 @@ from signaling.protocol import (
     error,
     parse_client_message,
 )
+from signaling.socket import RateLimit, Relay, Socket
 from signaling.tokens import JoinClaims, verify_join_token
 
 __all__ = ["ClientSession", "RateLimit", "Relay", "SessionConfig", "Socket",
@@ -53,44 +54,6 @@ log = logging.getLogger(__name__)
 HARD_FRAME_LIMIT = 1024 * 1024
 #: Candidates of one socket awaiting the media server's reply at once; more wait.
 MAX_IN_FLIGHT = 64
-
-
-class Socket(Protocol):
-    """What a session needs of its WebSocket: aiohttp's, or a socket another node relays."""
-
-    @property
-    def closed(self) -> bool: ...
-
-    def __aiter__(self) -> AsyncIterator[WSMessage]: ...
-
-    async def send_str(self, data: str) -> None: ...
-
-    async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
-
-
-class Relay(Protocol):
-    """Carries a socket whose call runs on another node there (several nodes)."""
-
-    async def carry(self, ws: web.WebSocketResponse, owner: str, first: str,
-                    peer: str) -> None: ...
-
-
-class RateLimit:
-    """A token bucket; time is an argument so tests need no clock."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens = burst
-        self.last: float | None = None
-
-    def allow(self, now: float) -> bool:
-        if self.last is not None:
-            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 class SessionConfig:

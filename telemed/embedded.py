@@ -19,8 +19,9 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from telemed.detached import PidFile
 from telemed.settings import Settings
-from telemed.supervisor import ChildSpec, PidFile
+from telemed.supervisor import ChildSpec
 from turn.providers.coturn import DENIED_PEERS
 
 __all__ = ["Endpoints", "Secrets", "load_secrets", "plan"]

@@ -3,6 +3,8 @@
 Each child runs in its own process group, dies with us (PR_SET_PDEATHSIG) even if we are
 SIGKILLed, has its output forwarded to our log line by line, and is restarted with backoff
 when it exits unexpectedly. `stop()` terminates the whole group, then kills what is left.
+A child that outlives us (`ChildSpec.outlives`) is started and found again through
+`telemed.detached`; its log lines become ours through `telemed.child_logs`.
 """
 
 from __future__ import annotations
@@ -11,19 +13,19 @@ import asyncio
 import contextlib
 import ctypes
 import enum
-import json
 import logging
 import os
-import re
 import signal
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Child", "ChildSpec", "ChildState", "Supervisor", "parse_log_line"]
+from telemed.child_logs import foreign_level, parse_log_line
+from telemed.detached import Detached, PidFile, start_detached, wait_exit
+
+__all__ = ["Child", "ChildSpec", "ChildState", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
@@ -36,55 +38,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 Probe = Callable[[], Awaitable[bool]]
-
-_KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
-_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-def parse_log_line(line: str) -> tuple[int, str, dict[str, Any]] | None:
-    """A line a child logged in our own format (key=value or JSON, as the embedded media
-    server does): its level, message and fields, so that they keep their level and call id
-    in our log instead of becoming the text of an info line. None for any other line."""
-    fields: dict[str, Any]
-    if line.startswith("{"):
-        try:
-            decoded: Any = json.loads(line)
-        except ValueError:
-            return None
-        if not isinstance(decoded, dict):
-            return None
-        fields = decoded
-    elif line.startswith("ts="):
-        fields = {}
-        for key, raw in _KV.findall(line):
-            try:
-                fields[key] = json.loads(raw) if raw.startswith('"') else raw
-            except ValueError:
-                return None
-    else:
-        return None
-    level = logging.getLevelName(str(fields.pop("level", "")).upper())
-    message = fields.pop("msg", None)
-    if not isinstance(level, int) or not isinstance(message, str):
-        return None
-    fields.pop("ts", None)
-    if "logger" in fields:
-        fields["child_logger"] = fields.pop("logger")
-    return level, message, {k: v for k, v in fields.items() if k not in _RESERVED}
-
-
-_SEVERE = re.compile(r"\b(ERROR|FATAL|CRITICAL|PANIC)\b", re.IGNORECASE)
-_WARN = re.compile(r"\bWARN(ING)?\b", re.IGNORECASE)
-
-
-def foreign_level(text: str) -> int:
-    """The level of a line a child wrote in its own format: errors and warnings as such
-    (coturn writes "ERROR:", redis "# WARNING"), everything else debug."""
-    if _SEVERE.search(text):
-        return logging.ERROR
-    if _WARN.search(text):
-        return logging.WARNING
-    return logging.DEBUG
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,85 +58,6 @@ class ChildSpec:
     #: restarted service finds it running and reattaches, so the calls its media server
     #: carries can be taken over). None: it dies with us.
     outlives: Path | None = None
-
-
-async def wait_exit(pid: int) -> None:
-    """Until process `pid` ends (a pidfd becomes readable then), child of ours or not."""
-    loop = asyncio.get_running_loop()
-    ended: asyncio.Future[None] = loop.create_future()
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-
-    def readable() -> None:
-        if not ended.done():
-            ended.set_result(None)
-
-    loop.add_reader(fd, readable)
-    try:
-        await ended
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-
-
-class Detached:
-    """A child that outlives us, with the part of asyncio's Process the supervisor uses."""
-
-    stdout = None
-
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
-        self._popen = popen
-        self.pid = popen.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.poll()
-
-    async def wait(self) -> int:
-        while (code := self._popen.poll()) is None:
-            await wait_exit(self.pid)
-        return code
-
-    def let_go(self) -> None:
-        """Left running for the next start: no longer ours to wait for (nor to be warned
-        about as "still running" when this object goes)."""
-        self._popen.returncode = 0
-
-
-class PidFile:
-    """`<pid> <start time>` of a child that may outlive us: the start time (from
-    /proc/<pid>/stat) tells our child from a process that got its pid later."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @staticmethod
-    def _started(pid: int) -> str | None:
-        """Its start time, or None when it is gone (a zombie is gone too)."""
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        # Fields 3 (state) and 22 (starttime); the name in brackets may hold spaces.
-        fields = stat.rsplit(")", 1)[1].split()
-        return None if fields[0] in ("Z", "X") else fields[19]
-
-    def write(self, pid: int) -> None:
-        self.path.write_text(f"{pid} {self._started(pid)}\n")
-
-    def running(self) -> int | None:
-        """The recorded pid, if that very process still runs."""
-        try:
-            pid_text, started = self.path.read_text().split()
-        except (OSError, ValueError):
-            return None
-        pid = int(pid_text)
-        return pid if self._started(pid) == started else None
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 class ChildState(enum.Enum):
@@ -245,16 +119,8 @@ class Child:
                 env=env, cwd=self.spec.cwd, start_new_session=True,
                 preexec_fn=_die_with_parent)
         else:
-            # Its own log file, not a pipe to us: a pipe would break when we die first.
-            # Not asyncio's subprocess either: its transport kills the child on our exit.
-            folder.mkdir(parents=True, exist_ok=True)
-            with (folder / f"{self.spec.name}.log").open("ab") as out:
-                proc = Detached(await asyncio.to_thread(
-                    subprocess.Popen, list(self.spec.argv), stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.spec.cwd,
-                    start_new_session=True))
-            assert self.pidfile is not None
-            self.pidfile.write(proc.pid)
+            proc = await start_detached(self.spec.name, self.spec.argv, env, self.spec.cwd,
+                                        folder)
         self.starts += 1
         self.pid = proc.pid
         return proc

@@ -303,7 +303,7 @@ async def test_an_endpoint_error_or_a_recorder_warning_does_not_fail_the_call(
     call = consultation(hub)
     _, session = await negotiated(hub, call)
     media[call.id].listener.failure("pat", part, "STREAM_ERROR: something")
-    assert not call.finished and not session.closing and not hub._tasks
+    assert not call.finished and not session.closing and not hub.background.tasks
     last = call.timeline.as_list()[-1]
     assert last["event"] == "media-error"
     assert last["error"].startswith("recorder-warning: " if part is FailedPart.RECORDER_WARNING
@@ -488,5 +488,5 @@ async def test_an_expired_watchdog_tells_everyone_in_its_own_callback(tmp_path: 
     for sock in sockets.values():
         assert sock.types()[-1] == "callFailed"  # before any await
     assert call.state is CallState.FAILED and call.failure is FailureReason.NO_MEDIA
-    await asyncio.gather(*list(hub._tasks))
+    await asyncio.gather(*list(hub.background.tasks))
     assert media[call.id].closed == [False] and heard.count("call.failed") == 1

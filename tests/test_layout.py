@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ALLOWED: dict[str, set[str]] = {
     "telemed": {"cluster", "mis", "signaling", "kurento_ctl", "turn", "recordings",
                 "mediaserver", "web"},
-    "cluster": {"mis", "signaling"},
+    "cluster": {"mis", "signaling", "turn"},
     "web": {"signaling", "mis"},
     "mis": {"signaling"},
     "signaling": {"kurento_ctl", "turn"},
@@ -141,6 +141,41 @@ def test_our_packages_follow_the_dependency_rule() -> None:
     """No package imports one the rule forbids, none imports ours inside a function, and
     module-level imports form no cycle."""
     assert check(ROOT) == []
+
+
+#: Issue #15: the call logic, the MIS side and the process stay in modules under ~400
+#: lines; the hub, a router over its parts, under 250.
+MAX_LINES = 400
+MAX_LINES_OF = {"signaling/hub.py": 249}
+#: Being split on other branches (issue #15): each leaves this list when its split lands.
+NOT_SPLIT_YET = {"telemed/settings.py", "telemed/app.py"}
+
+
+def oversized(root: Path) -> list[str]:
+    """Every module of signaling/, mis/ and telemed/ longer than its limit."""
+    out = []
+    for package in ("signaling", "mis", "telemed"):
+        for path in sorted((root / package).rglob("*.py")):
+            name = path.relative_to(root).as_posix()
+            limit = MAX_LINES_OF.get(name, MAX_LINES)
+            lines = len(path.read_text().splitlines())
+            if lines > limit and name not in NOT_SPLIT_YET:
+                out.append(f"{name}: {lines} lines (at most {limit})")
+    return out
+
+
+def test_modules_stay_small() -> None:
+    """No module of signaling/, mis/ or telemed/ is over 400 lines and hub.py is under 250
+    (grow hub.py to 250 lines, or drop a name from NOT_SPLIT_YET, and this fails naming it)."""
+    assert oversized(ROOT) == []
+
+
+def test_the_size_check_names_a_long_module(tmp_path: Path) -> None:
+    """A module over the limit, and a hub over its own smaller one, are reported."""
+    root = _tree(tmp_path, {"mis/api.py": "x = 1\n" * 401, "mis/ok.py": "x = 1\n" * 400,
+                            "signaling/hub.py": "x = 1\n" * 250})
+    assert oversized(root) == ["signaling/hub.py: 250 lines (at most 249)",
+                               "mis/api.py: 401 lines (at most 400)"]
 
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
