@@ -75,7 +75,10 @@ async def test_a_second_node_starting_leaves_the_first_nodes_live_call_alone(
                 "files": [{"name": "pat-1.webm"}], "composed": None})
             async with run_service(tmp_path / "b", redis_server.url, (kms_url,),
                                    env=node_env(rec, receiver.url,
-                                                TELEMED_RECORDINGS_RETENTION_DAYS="0.0001"),
+                                                TELEMED_RECORDINGS_RETENTION_DAYS="0.0001",
+                                                # as deployed: B adopts the calls of
+                                                # nodes that are gone, not A's
+                                                TELEMED_CALLS_TAKE_OVER="true"),
                                    ) as node_b:
                 # B's retention and scan ran on what was theirs...
                 await wait_until(lambda: not (old / "pat-1.webm").exists(), timeout=20,
@@ -97,7 +100,7 @@ async def test_a_second_node_starting_leaves_the_first_nodes_live_call_alone(
                 await patient.request("leave")
                 await doctor.wait_event("participantLeft")
                 await doctor.request("leave")
-                ready = await receiver.wait_for("recording.ready", call_id, timeout=60)
+                ready = await receiver.wait_for("recording.ready", call_id, timeout=30)
         finally:
             await asyncio.gather(patient.close(), doctor.close())
     assert receiver.events(call_id) == [
