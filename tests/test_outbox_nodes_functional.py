@@ -43,7 +43,7 @@ async def test_three_node_processes_deliver_each_event_once_and_each_call_in_ord
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         nodes = [await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.outbox_node", redis_server.url, receiver.url,
-            SECRET, "2", *calls[i::3], env=env, cwd=ROOT, stdin=asyncio.subprocess.PIPE,
+            SECRET, "5", *calls[i::3], env=env, cwd=ROOT, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE) for i in range(3)]
         try:
             for node in nodes:
