@@ -97,3 +97,30 @@ async def test_a_node_skips_retention_while_another_is_purging_and_runs_after(
                              by="node-b") == []
     metas = [await b.get(c) for c in calls]
     assert all(m is not None and m["deleted"]["by"] == "node-a" for m in metas)
+
+
+async def test_a_node_that_loses_the_lock_midway_stops_and_leaves_the_new_holders_lock(
+    nodes: tuple[Catalog, Catalog], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node A froze past its lock's TTL and node B took the lock: A's next renewal finds
+    that, A stops purging (nothing more written) and does not release B's lock."""
+    a, b = nodes
+    await old_recordings(a, 3)
+    inside = asyncio.Event()
+    writes: list[str] = []
+    write = a.write
+
+    async def held_write(folder: Path, meta: dict[str, Any]) -> None:
+        inside.set()
+        await asyncio.Event().wait()  # frozen: only a cancellation gets it out
+        writes.append(meta["call"])
+        await write(folder, meta)
+
+    monkeypatch.setattr(a, "write", held_write)
+    first = asyncio.create_task(purge_alone(a, a.redis, older_than=LATER - 86400, now=LATER,
+                                            by="node-a", ttl=0.3))
+    await within(inside.wait(), 10, "node A's first deletion")
+    await b.redis.set(LOCK, "node-b's token", px=30_000)  # A's ran out; B holds it now
+    assert await within(first, 10, "node A giving up") is None
+    assert writes == []
+    assert await b.redis.get(LOCK) == b"node-b's token"
