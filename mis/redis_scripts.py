@@ -1,9 +1,11 @@
-"""The call history's Lua scripts for Redis (`mis.history.CallStore`): each runs at once,
-so several signalling processes may append to and read one call's timeline."""
+"""Lua scripts for Redis: the call history's (`mis.history.CallStore`) and the webhook
+outbox's (`mis.webhooks.Outbox`). Each runs at once, so several signalling processes may
+append to and read one call's timeline, and claim and book one delivery."""
 
 from __future__ import annotations
 
-__all__ = ["APPEND", "FENCED_SET", "OWNER", "READ"]
+__all__ = ["APPEND", "FENCED_SET", "OUTBOX_BOOK", "OUTBOX_CLAIM", "OUTBOX_RENEW", "OWNER",
+           "READ"]
 
 #: Appends numbered timeline entries once each, whoever sends them and however often (a
 #: journal replayed after a crash sends some again), and keeps the last ARGV[1].
@@ -51,5 +53,62 @@ FENCED_SET = """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if epoch and ARGV[2] ~= '' and tonumber(epoch) > tonumber(ARGV[2]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
+
+
+#: Claims the head of an endpoint's webhook queue for one delivery, if nobody holds it and
+#: it is not waiting out a retry delay. KEYS: the queue, its state hash. ARGV: now, lease
+#: (s), this delivery's token, the prefix of event keys (the head is only known in here;
+#: one Redis, not a cluster, so an undeclared key is fine).
+#: Returns {0} empty; {1, seconds} busy or backing off; {2} head expired and dropped;
+#: {3, id, attempts so far, body} claimed.
+OUTBOX_CLAIM = """
+local head = redis.call('ZRANGE', KEYS[1], 0, 0)
+if #head == 0 then return {0} end
+local id = head[1]
+local now = tonumber(ARGV[1])
+local st = redis.call('HMGET', KEYS[2], 'event', 'token', 'until', 'attempts', 'not_before')
+local attempts = 0
+if st[1] == id then
+  attempts = tonumber(st[4] or '0')
+  local busy = tonumber(st[5] or '0')
+  if st[2] then busy = math.max(busy, tonumber(st[3] or '0')) end
+  if busy > now then return {1, tostring(busy - now)} end
+end
+local body = redis.call('GET', ARGV[4] .. id)
+redis.call('DEL', KEYS[2])
+if not body then
+  redis.call('ZREM', KEYS[1], id)
+  return {2}
+end
+redis.call('HSET', KEYS[2], 'event', id, 'token', ARGV[3],
+           'until', tostring(now + tonumber(ARGV[2])), 'attempts', attempts)
+return {3, id, attempts, body}
+"""
+
+#: Extends a delivery's claim while its request is in flight, if it still holds it.
+#: KEYS: the state hash. ARGV: token, new expiry. Returns 1, or 0 when the claim is lost.
+OUTBOX_RENEW = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'until', ARGV[2])
+return 1
+"""
+
+#: Books a delivery's outcome only if its claim still holds: a node that lost it while
+#: frozen must not undo the new claimer's work. KEYS: state, queue, the event's log.
+#: ARGV: token, event id, log record, '1' delivered / '0' failed, attempts, retry time,
+#: log length kept, log TTL, log record if the claim is lost (the attempt still happened).
+#: Returns 1 booked, 0 claim lost (only the log written).
+OUTBOX_BOOK = """
+local held = redis.call('HGET', KEYS[1], 'token') == ARGV[1]
+redis.call('RPUSH', KEYS[3], held and ARGV[3] or ARGV[9])
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[7]), -1)
+redis.call('EXPIRE', KEYS[3], ARGV[8])
+if not held then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[4] == '1' then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+else
+  redis.call('HSET', KEYS[1], 'event', ARGV[2], 'attempts', ARGV[5], 'not_before', ARGV[6])
+end
 return 1
 """

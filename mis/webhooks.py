@@ -3,8 +3,11 @@
 Events are written to Redis before anything is sent, so a crash between an event and its
 delivery loses nothing. Each endpoint has its own queue, delivered strictly in order: a
 receiver that is down holds back later events (with exponential backoff up to a cap)
-rather than receiving them out of order. Delivery is at-least-once; receivers deduplicate
-by the event id.
+rather than receiving them out of order. Several nodes deliver from the same queues: a
+delivery is claimed atomically by one of them, its claim renewed while its request is in
+flight, and its outcome booked only if the claim still holds (docs/api.md, "Several
+nodes"). Delivery is at-least-once (a node that dies mid-request leaves its event to be
+sent again); receivers deduplicate by the event id.
 
 Signature: `X-Telemed-Signature: t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 """
@@ -29,6 +32,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from mis.redis_scripts import OUTBOX_BOOK, OUTBOX_CLAIM, OUTBOX_RENEW
 from signaling.events import CallEvent
 
 __all__ = ["EVENTS", "Endpoint", "Outbox", "as_text", "backoff", "parse_endpoint", "sign",
@@ -130,6 +134,9 @@ class Outbox:
         self._closed = False
         self._http: aiohttp.ClientSession | None = None
         self._enqueue = redis.register_script(ENQUEUE)
+        self._claim = redis.register_script(OUTBOX_CLAIM)
+        self._renew = redis.register_script(OUTBOX_RENEW)
+        self._book = redis.register_script(OUTBOX_BOOK)
 
     # ------------------------------------------------------------------ queueing
 
@@ -219,53 +226,60 @@ class Outbox:
 
     async def _deliver_next(self, endpoint: Endpoint, queue: str, state: str) -> float | None:
         """Delivers the oldest queued event; returns how long to wait, None to go on."""
-        head = await self.redis.zrange(queue, 0, 0)
-        if not head:
-            return self.claim_timeout
-        event_id = as_text(head[0])
-        now = self.clock()
-        info = {as_text(k): as_text(v) for k, v in (await self.redis.hgetall(state)).items()}
-        if info.get("event") == event_id:
-            not_before = float(info.get("not_before", 0))
-            if not_before > now:
-                return not_before - now
-            attempts = int(info.get("attempts", 0))
-        else:
-            attempts = 0
-        # Claim it: another process (or this one after a crash) retries only once the claim
-        # has run out.
-        await self.redis.hset(state, mapping={"event": event_id, "attempts": attempts,
-                                              "not_before": now + self.claim_timeout})
-        raw = await self.redis.get(f"{PREFIX}event:{event_id}")
-        if raw is None:  # expired or removed by hand: nothing to deliver
-            await self.redis.zrem(queue, event_id)
-            return None
-        status, error = await self._post(endpoint, event_id,
-                                         raw if isinstance(raw, bytes) else raw.encode())
+        token = uuid.uuid4().hex
+        reply = await self._claim(keys=[queue, state],
+                                  args=[repr(self.clock()), self.claim_timeout, token,
+                                        f"{PREFIX}event:"])
+        match int(reply[0]):
+            case 0:  # empty: a publish here wakes us; one on another node, at the latest this
+                return self.claim_timeout
+            case 1:  # another delivery holds it, or it waits out a retry delay
+                return max(0.0, float(reply[1]))
+            case 2:  # expired or removed by hand: nothing to deliver
+                return None
+        event_id, attempts, raw = as_text(reply[1]), int(reply[2]), reply[3]
+        renewing = asyncio.create_task(self._renew_claim(state, token, event_id))
+        try:
+            status, error = await self._post(endpoint, event_id,
+                                             raw if isinstance(raw, bytes) else raw.encode())
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
         attempts += 1
         record = {"url": endpoint.url, "at": self.clock(), "attempt": attempts,
                   "status": status, "error": error}
         log_key = f"{PREFIX}log:{event_id}"
-        if status is not None and 200 <= status < 300:
-            async with self.redis.pipeline(transaction=True) as tx:
-                tx.rpush(log_key, json.dumps(record))
-                tx.ltrim(log_key, -LOG_LIMIT, -1)
-                tx.expire(log_key, EVENT_TTL)
-                tx.zrem(queue, event_id)
-                tx.delete(state)
-                await tx.execute()
+        ok = status is not None and 200 <= status < 300
+        delay = 0.0 if ok else backoff(attempts, self.retry_base, self.retry_cap)
+        booked = await self._book(keys=[state, queue, log_key],
+                                  args=[token, event_id, json.dumps(record), int(ok),
+                                        attempts, repr(self.clock() + delay), LOG_LIMIT,
+                                        EVENT_TTL, json.dumps({**record, "claimLost": True})])
+        if not booked:
+            # Frozen past the claim: another delivery owns the event now and books it.
+            log.warning("! webhook %s to %s: claim lost during delivery (%s); not booked",
+                        event_id, endpoint.url, error or status)
             return None
-        delay = backoff(attempts, self.retry_base, self.retry_cap)
+        if ok:
+            return None
         log.warning("! webhook %s to %s failed (%s); retry %d in %.1fs", event_id,
                     endpoint.url, error or status, attempts, delay)
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.rpush(log_key, json.dumps(record))
-            tx.ltrim(log_key, -LOG_LIMIT, -1)
-            tx.expire(log_key, EVENT_TTL)
-            tx.hset(state, mapping={"event": event_id, "attempts": attempts,
-                                    "not_before": self.clock() + delay})
-            await tx.execute()
         return float(delay)
+
+    async def _renew_claim(self, state: str, token: str, event_id: str) -> None:
+        """Keeps the claim while the request is in flight, so that claim_timeout bounds how
+        long a dead node's delivery holds the queue, not how long a request may take."""
+        while True:
+            await asyncio.sleep(self.claim_timeout / 3)
+            try:
+                held = await self._renew(keys=[state],
+                                         args=[token, repr(self.clock() + self.claim_timeout)])
+            except (aioredis.RedisError, OSError):
+                continue  # the claim may still run out; booking then finds that
+            if not held:
+                log.warning("! webhook %s: claim taken over while delivering", event_id)
+                return
 
     async def _post(self, endpoint: Endpoint, event_id: str, raw: bytes
                     ) -> tuple[int | None, str | None]:

@@ -4,7 +4,10 @@ mixed, each stream placed at the moment its recording started. The originals sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,17 +59,35 @@ def ffmpeg_args(streams: list[Stream], out: Path, ffmpeg: str = "ffmpeg") -> lis
     return [*args, "-filter_complex", ";".join(filters), *maps, str(out)]
 
 
-async def compose(streams: list[Stream], out: Path, ffmpeg: str = "ffmpeg") -> str | None:
-    """Writes `out` (through a temporary name); returns an error text or None."""
+async def compose(streams: list[Stream], out: Path, ffmpeg: str = "ffmpeg", *,
+                  fence: Callable[[], Awaitable[None]] | None = None) -> str | None:
+    """Writes `out` (through a temporary name); returns an error text or None. `fence` is
+    awaited before the file takes its place (it raises when this node lost the call)."""
     if not streams:
         return "no usable stream"
-    tmp = out.with_name(f".{out.name}.part.webm")
+    # Its own temporary name: a node that lost the call while frozen may still have an
+    # ffmpeg writing next to the one of the node that took over.
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.part.webm")
     proc = await asyncio.create_subprocess_exec(
         *ffmpeg_args(streams, tmp, ffmpeg), stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate()
+    try:
+        _, err = await proc.communicate()
+    except asyncio.CancelledError:
+        # Given up (the call was taken over, or shutdown): ffmpeg would otherwise run on.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        tmp.unlink(missing_ok=True)
+        raise
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         return err.decode(errors="replace").strip()[-300:] or "ffmpeg failed"
+    if fence is not None:
+        try:
+            await fence()
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     tmp.replace(out)
     return None

@@ -1,17 +1,68 @@
 """Retention: recordings older than the configured period are deleted; their metadata
-stays and says who deleted what, when."""
+stays and says who deleted what, when. Every node runs it on a timer; a lock in Redis
+lets one of them purge at a time (`purge_alone`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
+import redis.asyncio as aioredis
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError
+
 from recordings.catalog import Catalog
 
-__all__ = ["purge"]
+__all__ = ["LOCK", "LOCK_TTL", "purge", "purge_alone"]
 
 log = logging.getLogger(__name__)
+
+LOCK = "telemed:recordings:retention-lock"
+#: The lock outlives a node that dies purging by at most this (s); renewed every third of
+#: it while the purge runs, however long that takes.
+LOCK_TTL = 120.0
+
+
+async def purge_alone(catalog: Catalog, redis: aioredis.Redis, *, older_than: float,
+                      now: float, by: str = "retention", ttl: float = LOCK_TTL
+                      ) -> list[dict[str, Any]] | None:
+    """`purge` while holding the nodes' retention lock; None, doing nothing, when another
+    node holds it (it is purging the same recordings) or this one loses it midway (it froze
+    past the lock's TTL: someone else may be purging by now)."""
+    lock = Lock(redis, LOCK, timeout=ttl, blocking=False)
+    if not await lock.acquire():
+        return None
+    try:
+        work = asyncio.create_task(purge(catalog, older_than=older_than, now=now, by=by))
+        keeper = asyncio.create_task(_keep(lock, ttl))
+        try:
+            await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, keeper):
+                task.cancel()
+            await asyncio.wait({work, keeper})
+        if work.cancelled():
+            log.error("! retention lock lost while purging; stopped")
+            return None
+        return work.result()
+    finally:
+        with contextlib.suppress(LockError, aioredis.RedisError, OSError):
+            await lock.release()
+
+
+async def _keep(lock: Lock, ttl: float) -> None:
+    """Renews the lock until cancelled; returns when it was lost."""
+    while True:
+        await asyncio.sleep(ttl / 3)
+        try:
+            await lock.reacquire()
+        except LockError:
+            return
+        except (aioredis.RedisError, OSError) as exc:
+            # Redis away: the lock may still be ours, and the purge will fail on its own.
+            log.warning("! retention lock not renewed: %s", type(exc).__name__)
 
 
 async def purge(catalog: Catalog, *, older_than: float, now: float, by: str = "retention",

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 
 from recordings import continuity
 from recordings.catalog import COMPOSED, Catalog, probe, sha256_of
+from recordings.claims import CallClaim, ClaimLost
 from recordings.compose import Stream, compose
 
 __all__ = ["RecordingWorker"]
@@ -30,6 +32,10 @@ Publish = Callable[[str, dict[str, Any], str], Awaitable[Any]]
 DONE_KEPT = 100
 #: A recording may outlast the timeline's view of it by this much and still be plausible.
 SLACK = 5.0
+#: A call's finalisation claim outlives a node that died finalising it by at most this (s).
+CLAIM_TTL = 30.0
+#: Metadata states after which a call's recordings are done with.
+FINAL = frozenset({"ready", "verified", "flagged", "deleted"})
 
 
 def _starts(snap: dict[str, Any]) -> dict[str, list[float]]:
@@ -104,12 +110,18 @@ def _owner(name: str) -> tuple[str, int]:
 class RecordingWorker:
     def __init__(self, catalog: Catalog, publish: Publish, *, workers: int = 1,
                  queue_size: int = 100, compose_files: bool = True,
-                 retry_base: float = 1.0, retry_cap: float = 60.0) -> None:
+                 retry_base: float = 1.0, retry_cap: float = 60.0,
+                 claim_ttl: float = CLAIM_TTL) -> None:
         self.catalog = catalog
         self.publish = publish
         self.compose_files = compose_files
         self.queue: asyncio.Queue[Job] = asyncio.Queue(queue_size)
         self.retry_base, self.retry_cap = retry_base, retry_cap
+        self.claim_ttl = claim_ttl
+        #: This worker's name on the calls it claims (recordings.claims).
+        self.token = uuid.uuid4().hex
+        #: Calls being finalized here: a second job for one waits, as for another node.
+        self._active: set[str] = set()
         #: Jobs waiting out a backoff after a full disk or an unreachable Redis.
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self._workers = workers
@@ -154,8 +166,7 @@ class RecordingWorker:
         found = 0
         for folder in await asyncio.to_thread(self.catalog.folders):
             meta = await asyncio.to_thread(self.catalog.read, folder)
-            if meta is not None and meta.get("state") in ("ready", "verified", "flagged",
-                                                          "deleted"):
+            if meta is not None and meta.get("state") in FINAL:
                 if await self.catalog.get(meta["call"]) is None:
                     log.warning("! recording missing from the index; listed again",
                                 extra={"call_id": meta["call"]})
@@ -177,7 +188,12 @@ class RecordingWorker:
             self.idle.clear()
             finished = True
             try:
-                await self.finalize(folder, snap, recovered=recovered)
+                if (wait := await self._finalize_claimed(folder, snap, recovered)) is not None:
+                    finished = False  # another node is at it: see later whether it finished
+                    self._later(job, wait)
+            except ClaimLost:
+                log.warning("! recordings taken over by another node while finalizing",
+                            extra={"call_id": snap["id"]})
             except (OSError, aioredis.RedisError) as exc:
                 # A full disk, Redis away or hanging: it passes, so the job waits and runs
                 # again (its folder stays unfinished on disk, which a restart resumes).
@@ -203,21 +219,71 @@ class RecordingWorker:
         delay = min(self.retry_cap, self.retry_base * 2 ** min(attempt, 20))
         log.error("! finalizing recordings failed (attempt %d), again in %.1f s: %s",
                   attempt + 1, delay, exc, extra={"call_id": snap["id"]})
+        self._later((folder, snap, recovered, attempt + 1), delay)
+
+    def _later(self, job: Job, delay: float) -> None:
+        call_id = job[1]["id"]
 
         def again() -> None:
-            self._retries.pop(snap["id"], None)
+            self._retries.pop(call_id, None)
             try:
-                self.queue.put_nowait((folder, snap, recovered, attempt + 1))
+                self.queue.put_nowait(job)
             except asyncio.QueueFull:
-                self._retry((folder, snap, recovered, attempt + 1), exc)
+                self._later(job, delay)
 
-        self._retries[snap["id"]] = asyncio.get_running_loop().call_later(delay, again)
+        self._retries[call_id] = asyncio.get_running_loop().call_later(delay, again)
+
+    async def _finalize_claimed(self, folder: Path, snap: dict[str, Any], recovered: bool
+                                ) -> float | None:
+        """Finalizes the call under its claim: None when it is done (here or by the node
+        that held it before), else how long to wait before looking again (another node
+        holds the claim; checked a few times per TTL so a dead holder is replaced soon)."""
+        if snap["id"] in self._active:
+            return self.claim_ttl / 4
+        self._active.add(snap["id"])  # before any await: two of our jobs share a token
+        claim = CallClaim(self.catalog.redis, snap["id"], self.claim_ttl, self.token)
+        try:
+            if not await claim.acquire():
+                self._active.discard(snap["id"])
+                return max(0.05, min(await claim.remaining(), self.claim_ttl / 4))
+        except BaseException:
+            self._active.discard(snap["id"])
+            raise
+        try:
+            meta = await asyncio.to_thread(self.catalog.read, folder)
+            if meta is not None and meta.get("state") in FINAL:
+                return None  # the previous holder finished it
+            work = asyncio.create_task(self.finalize(folder, snap, recovered=recovered,
+                                                     fence=claim.fence))
+            keeper = asyncio.create_task(claim.keep())
+            try:
+                await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (work, keeper):
+                    task.cancel()
+                await asyncio.wait({work, keeper})
+            if work.cancelled():
+                raise ClaimLost(claim.key)  # not renewed in time: someone else has it
+            work.result()
+            return None
+        finally:
+            self._active.discard(snap["id"])
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                await claim.release()
 
     async def finalize(self, folder: Path, snap: dict[str, Any], *,
-                       recovered: bool = False) -> dict[str, Any]:
+                       recovered: bool = False,
+                       fence: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
         """Safe to run again after any failure: the final state is written last, after
-        every webhook, and webhooks carry ids derived from what they say."""
+        every webhook, and webhooks carry ids derived from what they say. `fence` is
+        awaited before every write and webhook (it raises when this node lost the call)."""
         call_id = snap["id"]
+
+        async def write(meta: dict[str, Any]) -> None:
+            if fence is not None:
+                await fence()
+            await self.catalog.write(folder, meta)
+
         starts, stops, errors = _starts(snap), _stops(snap), _recorder_errors(snap)
         ended = snap.get("endedAt")
         files: list[dict[str, Any]] = []
@@ -281,9 +347,11 @@ class RecordingWorker:
             "files": files, "problems": problems, "recovered": recovered,
             "state": "composing" if self.compose_files else "verifying", "composed": None,
         }
-        await self.catalog.write(folder, meta)
+        await write(meta)
 
         async def publish(event: str, data: dict[str, Any], detail: str) -> None:
+            if fence is not None:
+                await fence()
             await self.publish(event, {"call": {"id": call_id}, **data},
                                event_id(call_id, event, detail))
 
@@ -293,7 +361,9 @@ class RecordingWorker:
                           problem)
         good = [f for f in files if not f["problem"]]
         if self.compose_files and good:
-            await self._compose(folder, meta, good)
+            if fence is not None:
+                await fence()  # ffmpeg is the longest step: not for a call we lost
+            await self._compose(folder, meta, good, fence)
             if meta["composed"] is None:
                 await publish("recording.failed", {"problem": meta["problems"][-1],
                                                    "recovered": recovered},
@@ -308,18 +378,18 @@ class RecordingWorker:
                 "composed": meta["composed"]["name"] if meta["composed"] else None,
                 "problems": problems}, "ready")
         meta["state"] = "flagged" if problems else ("ready" if meta["composed"] else "verified")
-        await self.catalog.write(folder, meta)
+        await write(meta)
         return meta
 
-    async def _compose(self, folder: Path, meta: dict[str, Any],
-                       good: list[dict[str, Any]]) -> None:
+    async def _compose(self, folder: Path, meta: dict[str, Any], good: list[dict[str, Any]],
+                       fence: Callable[[], Awaitable[None]] | None) -> None:
         first = min((f["startedAt"] for f in good if f["startedAt"]), default=None)
         streams = [Stream(folder / f["name"],
                           max(0.0, (f["startedAt"] - first) if first and f["startedAt"]
                               else 0.0),
                           "audio" in f["streams"], "video" in f["streams"]) for f in good]
         out = folder / COMPOSED
-        error = await compose(streams, out)
+        error = await compose(streams, out, fence=fence)
         if error is not None:
             meta["problems"].append(f"{COMPOSED}: {error}")
             return

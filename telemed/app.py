@@ -33,7 +33,7 @@ from recordings.http import (
     RecordingsConfig,
     setup_recordings,
 )
-from recordings.retention import purge
+from recordings.retention import purge_alone
 from recordings.worker import RecordingWorker
 from signaling.call import Call, FailureReason
 from signaling.hub import HUB, Hub
@@ -371,7 +371,8 @@ async def _retention(settings: Settings, catalog: Catalog) -> None:
     while True:
         now = time.time()
         try:
-            await purge(catalog, older_than=now - days * 86400, now=now)
+            # Every node wakes hourly; one purges at a time, the others skip this hour.
+            await purge_alone(catalog, catalog.redis, older_than=now - days * 86400, now=now)
         except (aioredis.RedisError, OSError) as exc:
             log.error("! retention run failed: %s", type(exc).__name__)
         await asyncio.sleep(3600)

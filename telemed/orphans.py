@@ -17,15 +17,13 @@ from collections.abc import Awaitable, Callable
 from kurento_ctl.sweep import LiveCalls, SweepReport
 from mis.history import CallStore
 from recordings.catalog import Catalog
-from recordings.worker import RecordingWorker
+from recordings.worker import FINAL, RecordingWorker
 from signaling.call import CallState
 from signaling.hub import Hub
 
 __all__ = ["FINISHED", "finalize_released", "live_calls"]
 
 FINISHED = frozenset({CallState.ENDED.value, CallState.FAILED.value})
-#: Recording folders in these states are done with (recordings.worker's final states).
-DONE = frozenset({"ready", "verified", "flagged", "deleted"})
 
 
 def live_calls(store: CallStore, hub: Hub) -> LiveCalls:
@@ -47,8 +45,9 @@ def finalize_released(worker: RecordingWorker, catalog: Catalog, store: CallStor
                       ) -> Callable[[SweepReport], Awaitable[None]]:
     """After a sweep released orphans: their calls' recording folders go to the worker
     (metadata, checks, webhooks), as the start-up scan does for a dead process's calls.
-    Without it, a call whose node died and stayed dead would have whole files and no
-    catalogue entry until some node restarts."""
+    Every node's sweep may hand the same call over: its claim (recordings.claims) lets
+    one node finalize it. Without this, a call whose node died and stayed dead would have
+    whole files and no catalogue entry until some node restarts."""
 
     async def finalize(report: SweepReport) -> None:
         calls = {report.tagged[p][0] for p in report.released}
@@ -56,7 +55,7 @@ def finalize_released(worker: RecordingWorker, catalog: Catalog, store: CallStor
             if folder.name not in calls:
                 continue
             meta = await asyncio.to_thread(catalog.read, folder)
-            if meta is not None and meta.get("state") in DONE:
+            if meta is not None and meta.get("state") in FINAL:
                 continue
             snap = await store.get(folder.name) or {"id": folder.name}
             worker.submit(folder, snap, recovered=True)

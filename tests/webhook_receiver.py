@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,10 @@ class Receiver:
     received: list[dict[str, Any]] = field(default_factory=list)
     attempts: int = 0
     bad_signatures: int = 0
+    #: Called with each signed request's attempt number (1, 2...) and its event id before
+    #: it is taken; may wait (a receiver that hangs) and may return a status to answer
+    #: instead of accepting.
+    before: Callable[[int, str], Awaitable[int | None]] | None = None
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -37,6 +41,11 @@ class Receiver:
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.Response(status=500)
+        if self.before is not None:
+            refused = await self.before(self.attempts - self.bad_signatures,
+                                        request.headers["X-Telemed-Event-Id"])
+            if refused is not None:
+                return web.Response(status=refused)
         event = json.loads(body)
         assert event["id"] == request.headers["X-Telemed-Event-Id"]
         async with self._arrived:
