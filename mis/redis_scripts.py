@@ -53,6 +53,8 @@ FENCED_SET = """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if epoch and ARGV[2] ~= '' and tonumber(epoch) > tonumber(ARGV[2]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 #: Claims the head of an endpoint's webhook queue for one delivery, if nobody holds it and
