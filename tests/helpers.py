@@ -39,6 +39,19 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+async def poll_until(check: Callable[[], Awaitable[object]], *, timeout: float = 5.0,
+                     what: str = "condition", interval: float = 0.05) -> None:
+    """Asks `check` (an async question to another process: an HTTP API, Redis) until it
+    answers true; for state another process holds that offers no event to await."""
+    async def poll() -> None:
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(interval)
+
+    await within(poll(), timeout, what)
+
+
 async def within(aw: Awaitable[T], timeout: float = 5.0, what: str = "event") -> T:
     """Await `aw` with a scaled timeout and a readable failure."""
     try:

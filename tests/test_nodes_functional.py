@@ -23,7 +23,7 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
-from tests.helpers import scaled, wait_until
+from tests.helpers import poll_until, scaled, wait_until
 from tests.hub_fixtures import CallClient, Service
 from tests.media_fixtures import run_mediaserver
 from tests.services import RedisServer, free_port
@@ -104,17 +104,7 @@ async def owned_by(n: Node, api_key: str, call_id: str, owner: str) -> None:
     async def check() -> bool:
         return (await call_state(n, api_key, call_id))["node"] == owner
 
-    last: dict[str, Any] = {}
-
-    async def poll() -> None:
-        while not await check():
-            last.update(await call_state(n, api_key, call_id))
-            await asyncio.sleep(0.1)  # a record in another process: polled, bounded
-
-    try:
-        await asyncio.wait_for(poll(), scaled(15))
-    except TimeoutError:
-        raise AssertionError(f"{owner} never took the call: {last.get('node')}") from None
+    await poll_until(check, timeout=15, what=f"{owner} taking the call")
 
 
 async def end_and_check(clients: dict[str, CallClient], receiver: Receiver, call_id: str,
@@ -133,11 +123,23 @@ async def end_and_check(clients: dict[str, CallClient], receiver: Receiver, call
     for path in recordings:
         assert await duration(path) >= (ended_at - live_at) - 2, path
     ids = [e["id"] for e in receiver.received]
-    assert len(ids) == len(set(ids)), "a webhook event arrived twice"
+    twice = [(e["event"], e["id"]) for e in receiver.received if ids.count(e["id"]) > 1]
+    assert not twice, f"webhook events arrived twice: {twice}"
     events = receiver.events(call_id)
     for once in ("call.created", "call.live", "call.resumed", "call.ended"):
         assert events.count(once) == 1, (once, events)
     assert "call.failed" not in events
+
+
+async def all_booked(n: Node, api_key: str, call_id: str) -> None:
+    """Every webhook event of the call so far delivered and its delivery recorded."""
+    async def booked() -> bool:
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{n.url}/api/v1/calls/{call_id}/webhooks",
+                headers={"Authorization": f"Bearer {api_key}"}) as r:
+            return not any(e["pending"] for e in (await r.json())["events"])
+
+    await poll_until(booked, timeout=10, what="every webhook booked")
 
 
 async def tokens_from(n: Node, api_key: str, call_id: str) -> list[dict[str, Any]]:
@@ -188,6 +190,9 @@ async def test_a_call_spread_over_two_nodes_survives_the_sigkill_of_its_owner(
             owner_name = (await call_state(b, api_key, call_id))["node"]
             owner, other = (a, b) if owner_name == name_of(a) else (b, a)
             assert owner_name in (name_of(a), name_of(b))
+            # Killed between a receiver's 2xx and booking it, a delivery is sent again
+            # with the same id (at least once, docs/api.md): not what this test is about.
+            await all_booked(owner, api_key, call_id)
 
             await owner.kill()
             await owned_by(other, api_key, call_id, name_of(other))
@@ -255,6 +260,10 @@ async def test_a_frozen_owner_that_wakes_up_cannot_touch_the_call_any_more(
         try:
             await join_on(clients, {"pat": a, "doc": a}, receiver, call_id)
             live_at = asyncio.get_running_loop().time()
+            # Frozen between the receiver's 2xx and booking it, a node's delivery is sent
+            # again by the next claimer (same event id: at least once, docs/api.md);
+            # frozen once every delivery is booked, nothing may arrive twice.
+            await all_booked(a, api_key, call_id)
             frozen.send_signal(signal.SIGSTOP)
             try:
                 await owned_by(b, api_key, call_id, name_of(b))
@@ -269,7 +278,7 @@ async def test_a_frozen_owner_that_wakes_up_cannot_touch_the_call_any_more(
                     for pid, c in clients.items()}
             await wait_until(lambda: all(
                 frames(c, "doc" if pid == "pat" else "pat") > seen[pid] + 25 * (grace + 2)
-                for pid, c in clients.items()), timeout=scaled(20),
+                for pid, c in clients.items()), timeout=20,
                 describe=lambda: "video stopped after the old owner woke up")
             state = await call_state(b, api_key, call_id)
             assert state["state"] == "live" and state["node"] == name_of(b), state
