@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from signaling.call import Call, FailureReason
+from signaling.errors import CallError
 from signaling.events import CallEvent
 from signaling.hub import Hub
 from signaling.media_adopt import AdoptionFailed, adopt
@@ -46,4 +47,12 @@ async def take_over(hub: Hub, snap: dict[str, Any]) -> Call:
         return call
     log.info("= call taken over (%s)", call.state.value, extra={"call_id": call.id})
     hub.emit(CallEvent.RESUMED, call, {})
+    # Their slots held and renewed from here: the dead process renewed nothing, and a
+    # participant who takes the whole grace to come back must still find their slot.
+    for participant in session.taken_over():
+        try:
+            await session.lease_turn(participant.id)
+        except CallError as exc:
+            log.warning("! TURN lease of %s not renewed at takeover: %s", participant.id,
+                        exc.message, extra={"call_id": call.id})
     return call

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from signaling import takeover
 from signaling.call import Call, CallKind, CallState, FailureReason, IllegalTransition
 from signaling.call_session import CallSession
 from signaling.errors import CallError, MediaError
@@ -490,3 +492,29 @@ async def test_an_expired_watchdog_tells_everyone_in_its_own_callback(tmp_path: 
     assert call.state is CallState.FAILED and call.failure is FailureReason.NO_MEDIA
     await asyncio.gather(*list(hub.background.tasks))
     assert media[call.id].closed == [False] and heard.count("call.failed") == 1
+
+
+async def test_a_taken_over_call_holds_the_turn_slots_of_those_who_were_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process taking a call over leases (and so renews from then on) the TURN slot
+    of everyone who was in, before they come back: the dead process renewed nothing.
+    The media adoption is replaced here (FakeMedia has no pipeline to claim);
+    tests/test_takeover_functional.py adopts real media."""
+    turn = FakeTurn()
+    hub, _ = make_hub(tmp_path, grace=30.0, turn=turn)
+
+    async def adopted(*args: Any) -> None:
+        return None
+
+    monkeypatch.setattr(takeover, "adopt", adopted)
+    snap = {"id": "c1", "kind": "consultation", "state": "live", "createdAt": 1.0,
+            "mediaServer": "ws://kms", "mediaPipeline": "p1", "timeline": [],
+            "participants": [
+                {"id": "pat", "name": "P", "role": "patient", "state": "connected",
+                 "published": ["audio", "video"]},
+                {"id": "doc", "name": "D", "role": "doctor", "state": "left"}]}
+    call = await takeover.take_over(hub, snap)
+    assert set(turn.out) == {"c1/pat"}
+    assert hub.sessions["c1"].members["pat"].lease is turn.out["c1/pat"]
+    await hub.end(call.id)
+    assert turn.released == ["c1/pat"]
