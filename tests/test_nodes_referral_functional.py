@@ -1,0 +1,60 @@
+"""Ringing across nodes: two services (in this process) on one redis-server and one media
+server. The consultant's workstation is online on one node, the doctor on the other: the
+ring, the answer and the call all reach them through the relay to the node that owns the
+call. Without the relay the doctor's or the consultant's `hello` gets `call.not_found` on
+the node that does not run the call."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from mis.history import SINK
+from signaling.call import CallKind
+from telemed.app import CLUSTER
+from tests.hub_fixtures import CallClient, run_service
+from tests.media_fixtures import run_mediaserver
+from tests.services import RedisServer
+
+
+async def test_a_consultant_online_on_another_node_is_rung_and_the_call_goes_live(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The consultant says hello on node B, the doctor joins on node A: `incomingCall`
+    reaches the consultant, the accept reaches the doctor, both publish and subscribe,
+    the call goes live on its owner and ends for both; one of the two nodes relayed."""
+    shared = {"TELEMED_RECORDINGS_DIR": str(tmp_path / "rec")}  # the media server's
+    async with run_mediaserver(recordings_root=tmp_path / "rec") as (kms_url, _), \
+            run_service(tmp_path / "a", redis_server.url, (kms_url,), env=shared) as a, \
+            run_service(tmp_path / "b", redis_server.url, (kms_url,), env=shared) as b:
+        call = a.hub.create_call(CallKind.REFERRAL, [
+            ("doc-1", "Dr. Ivanov", "doctor"), ("fd-1", "Dr. Sidorova", "consultant")])
+        await a.app[SINK].settle()  # booked in Redis, as the API answers only then
+        doctor = CallClient(a, a.token(call.id, "doc-1", role="doctor"))
+        consultant = CallClient(b, b.token(call.id, "fd-1", role="consultant"))
+        await asyncio.gather(doctor.connect(), consultant.connect())
+        try:
+            await consultant.hello()  # online on B: B claims the call
+            await doctor.join()  # on A: relayed to B
+            ringing = await doctor.request("ring", participant="fd-1")
+            assert ringing["type"] == "ringing"
+            incoming = await consultant.wait_event("incomingCall")
+            assert incoming["call"] == call.id and incoming["caller"]["name"] == "Dr. Ivanov"
+            await consultant.request("accept")
+            assert (await doctor.wait_event("ringAccepted"))["participant"] == "fd-1"
+            await consultant.join()
+            await asyncio.gather(doctor.publish(), consultant.publish())
+            await asyncio.gather(doctor.subscribe("fd-1"), consultant.subscribe("doc-1"))
+            await asyncio.gather(doctor.wait_event("callLive"),
+                                 consultant.wait_event("callLive"))
+            owner = b if call.id in b.hub.sessions else a
+            assert call.id in owner.hub.sessions
+            other = a if owner is b else b
+            assert call.id not in other.hub.sessions
+            relayed = other.app[CLUSTER].bus
+            assert relayed.carried and relayed.frames_in > 0
+            await consultant.request("end")
+            await asyncio.gather(doctor.wait_event("callEnded"),
+                                 consultant.wait_event("callEnded"))
+        finally:
+            await asyncio.gather(doctor.close(), consultant.close())
