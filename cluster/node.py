@@ -25,6 +25,7 @@ from signaling.hub import Hub
 from signaling.placement import abandon
 from signaling.session import ClientSession, SessionConfig
 from signaling.takeover import take_over
+from signaling.teardown import expire_here
 from turn.lease import ice_servers_for
 
 __all__ = ["Cluster"]
@@ -71,7 +72,8 @@ class Cluster:
         self.hub.hooks.append(self._on_event)
         self.config.relay = self.bus
         self.bus.on_open = self._serve_relayed
-        self.bus.handlers.update(end=self._end, kick=self._kick, precheck=self._precheck)
+        self.bus.handlers.update(end=self._end, kick=self._kick, precheck=self._precheck,
+                                 expire=self._expire)
         self.lease.on_lapse = self.reconcile
         self.hub.on_suspend.append(self.drain)
 
@@ -157,6 +159,10 @@ class Cluster:
         call = await self._run_here(str(args["call"]))
         await self.hub.kick(call.id, str(args["participant"]))
         return call.describe()
+
+    async def _expire(self, args: dict[str, Any]) -> dict[str, Any]:
+        call = await self._run_here(str(args["call"]))
+        return {"expired": await expire_here(self.hub, call.id, str(args["detail"]))}
 
     async def _precheck(self, args: dict[str, Any]) -> dict[str, Any]:
         call = await self._run_here(str(args["call"]))

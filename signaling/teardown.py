@@ -24,7 +24,7 @@ from signaling.presence import Presence
 from signaling.protocol import encode
 from signaling.ringing import Referrals
 
-__all__ = ["Teardown", "TeardownHost"]
+__all__ = ["Teardown", "TeardownHost", "expire_here"]
 
 log = logging.getLogger(__name__)
 
@@ -197,3 +197,24 @@ class Teardown:
                                            *host.presence.calls()}))
         await host.background.drain()
         self.cancel_evictions()
+
+
+class ExpiryHost(Protocol):
+    sessions: dict[str, CallSession]
+
+    async def load(self, call_id: str) -> Call | None: ...
+    async def end(self, call_id: str, reason: FailureReason | None = None,
+                  detail: str = "") -> None: ...
+
+
+async def expire_here(hub: ExpiryHost, call_id: str, detail: str) -> bool:
+    """Ends a booked call this node runs, unless someone is in it; whether it did."""
+    call = await hub.load(call_id)
+    if call is None or call.finished:
+        return False
+    session = hub.sessions.get(call_id)
+    if session is not None and any(m.present for m in session.members.values()):
+        return False  # a doctor waiting in a referral that was never answered
+    log.info("= booked call expired: %s", detail, extra={"call_id": call_id})
+    await hub.end(call_id, FailureReason.EXPIRED, detail)
+    return True

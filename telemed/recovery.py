@@ -23,9 +23,12 @@ import redis.asyncio as aioredis
 
 from mis.history import CallStore
 from mis.webhooks import Outbox, as_text
-from signaling.call import Call, CallState, FailureReason
+from signaling.call import Call, CallState
+from signaling.errors import CallElsewhere
 from signaling.hub import Hub
+from signaling.placement import forward
 from signaling.takeover import take_over
+from signaling.teardown import expire_here
 from turn.pool import TurnPool
 
 __all__ = ["expire_booked", "expiry_due", "hold_places", "recover_unfinished", "run_expiry",
@@ -125,16 +128,19 @@ async def expire_booked(hub: Hub, store: CallStore, turn: TurnPool | None, *, no
         due = expiry_due(snap, overrun=overrun, idle=idle)
         if now < due:
             continue
-        call = await hub.load(call_id)
-        if call is None or call.finished:
-            continue
-        session = hub.sessions.get(call_id)
-        if session is not None and any(m.present for m in session.members.values()):
-            continue  # a doctor waiting in a referral that was never answered
         detail = ("nobody joined before the appointment window closed" if snap.get("schedule")
                   else "nobody joined the call in time")
-        log.info("= booked call expired: %s", detail, extra={"call_id": call_id})
-        await hub.end(call_id, FailureReason.EXPIRED, detail)
+        try:
+            await hub.place(call_id)
+        except CallElsewhere as elsewhere:
+            # Someone opened its page on another node: that node decides and ends it.
+            answer = await forward(hub, elsewhere.node, "expire",
+                                   {"call": call_id, "detail": detail})
+            if answer.get("expired"):
+                expired.append(call_id)
+            continue
+        if not await expire_here(hub, call_id, detail):
+            continue
         if turn is not None:
             # Pre-call leases a crashed process took for it, which no session holds.
             await turn.release_call(call_id)

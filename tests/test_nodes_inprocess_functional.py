@@ -1,17 +1,23 @@
-"""Ringing across nodes: two services (in this process) on one redis-server and one media
-server. The consultant's workstation is online on one node, the doctor on the other: the
-ring, the answer and the call all reach them through the relay to the node that owns the
-call. Without the relay the doctor's or the consultant's `hello` gets `call.not_found` on
-the node that does not run the call."""
+"""Two services (in this process) on one redis-server and one media server: ringing and
+booked-call expiry across nodes.
+
+The consultant's workstation is online on one node, the doctor on the other: the ring, the
+answer and the call all reach them through the relay to the node that owns the call.
+Without the relay the doctor's or the consultant's `hello` gets `call.not_found` on the
+node that does not run the call. The node whose turn it is to expire booked calls asks
+the node running one to end it; without that, it ended its own stale copy while the owner
+went on with the call."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
-from mis.history import SINK
+from mis.history import SINK, STORE
 from signaling.call import CallKind
 from telemed.app import CLUSTER
+from telemed.recovery import expire_booked
 from tests.hub_fixtures import CallClient, run_service
 from tests.media_fixtures import run_mediaserver
 from tests.services import RedisServer
@@ -58,3 +64,34 @@ async def test_a_consultant_online_on_another_node_is_rung_and_the_call_goes_liv
                                  consultant.wait_event("callEnded"))
         finally:
             await asyncio.gather(doctor.close(), consultant.close())
+
+
+async def test_a_booked_call_whose_page_is_open_on_another_node_expires_there(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Node A runs the expiry round; the patient's pre-call page is on node B (which
+    claimed the call): A has B end it `expired`, the patient hears it, and the call is
+    over on B and in Redis."""
+    shared = {"TELEMED_RECORDINGS_DIR": str(tmp_path / "rec")}
+    async with run_mediaserver(recordings_root=tmp_path / "rec") as (kms_url, _), \
+            run_service(tmp_path / "a", redis_server.url, (kms_url,), env=shared) as a, \
+            run_service(tmp_path / "b", redis_server.url, (kms_url,), env=shared) as b:
+        call = a.hub.create_call(CallKind.CONSULTATION, [
+            ("pat", "P", "patient"), ("doc", "D", "doctor")])
+        await a.app[SINK].settle()
+        patient = CallClient(b, b.token(call.id, "pat"))
+        await patient.connect()
+        try:
+            await patient.hello()
+            assert call.id in b.hub.calls
+            expired = await expire_booked(a.hub, a.app[STORE], None,
+                                          now=time.time() + 86400, overrun=0, idle=60)
+            assert expired == [call.id]
+            failed = await patient.wait_event("callFailed")
+            assert failed["reason"] == "expired"
+            assert b.hub.calls[call.id].finished
+            await b.app[SINK].settle()
+            stored = await b.app[STORE].get(call.id)
+            assert stored is not None and stored["failure"] == "expired"
+        finally:
+            await patient.close()
