@@ -78,8 +78,9 @@ class Cluster:
         self.hub.on_suspend.append(self.drain)
 
     async def start(self) -> None:
-        await self.lease.beat()
-        await self.ownership.dead_nodes()  # learns of the others
+        with contextlib.suppress(aioredis.RedisError, OSError):  # Redis away: the lease retries
+            await self.lease.beat()
+            await self.ownership.dead_nodes()  # learns of the others
         await self.bus.start()
         self.lease.start()
 

@@ -134,7 +134,8 @@ class RelayBus:
 
     async def start(self) -> None:
         self._pubsub = self.redis.pubsub()
-        await self._pubsub.subscribe(CHANNEL + self.node_id)
+        with contextlib.suppress(aioredis.RedisError, OSError):
+            await self._pubsub.subscribe(CHANNEL + self.node_id)  # else the reader retries
         self._tasks = [asyncio.create_task(self._read(), name="relay in"),
                        asyncio.create_task(self._write(), name="relay out"),
                        asyncio.create_task(self._watch(), name="relay peers")]
@@ -287,6 +288,8 @@ class RelayBus:
     async def _read(self) -> None:
         while True:
             try:
+                if not self._pubsub.subscribed:
+                    await self._pubsub.subscribe(CHANNEL + self.node_id)
                 raw = await self._pubsub.get_message(ignore_subscribe_messages=True,
                                                      timeout=1.0)
             except (aioredis.RedisError, OSError) as exc:
