@@ -213,6 +213,7 @@ def test_describe_gives_the_call_and_its_participants_as_the_api_shows_them() ->
     assert call.describe() == {
         "id": call.id, "kind": "consultation", "state": "created", "failure": None,
         "failureDetail": None, "mediaServer": "kms-1", "mediaPipeline": None, "node": None,
+        "epoch": None,
         "participants": [
             {"id": "doc", "name": "D", "role": "doctor", "state": "invited",
              "published": ["audio", "video"]},
