@@ -132,7 +132,7 @@ class NodeSettings:
         "when several share a Redis. Empty: the host name and http.port, host:port.",
     )
     heartbeat_ttl: float = setting(
-        5.0, "A node refreshes its liveness key in Redis every third of this; a node not "
+        3.0, "A node refreshes its liveness key in Redis every third of this; a node not "
         "heard of for this long is gone, and another node adopts its calls (within a third "
         "of this more). A node that went this long without a refresh (frozen) acts on no "
         "call until it knows which are still its.", unit="s", min=0.3,
