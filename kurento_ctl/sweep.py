@@ -134,8 +134,13 @@ class OrphanSweeper:
                  min_age: float = 60.0,
                  client_factory: Callable[[str], KurentoClient] | None = None,
                  on_released: Callable[[SweepReport], Awaitable[None]] | None = None,
+                 gate: Callable[[], Awaitable[bool]] | None = None,
                  ) -> None:
         self.pool = pool
+        #: Asked before each periodic sweep, whose turn it is (several signalling nodes
+        #: share the media servers: one sweeps per interval, since each sweep pauses
+        #: Kurento's collector for minutes). None: always this one.
+        self.gate = gate
         #: Told of every server's run that released something (the service finalizes the
         #: released calls' recordings then: their recorders have just closed the files).
         self.on_released = on_released
@@ -187,7 +192,8 @@ class OrphanSweeper:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                await self.sweep()
+                if self.gate is None or await self.gate():
+                    await self.sweep()
             except Exception:
                 # A bug in one run must not end the sweeping for the process's life.
                 log.exception("! orphan sweep failed")

@@ -39,7 +39,7 @@ from signaling.call import Call, FailureReason
 from signaling.hub import HUB, Hub
 from signaling.session import SESSION_CONFIG, SessionConfig, websocket_handler
 from telemed.embedded import Endpoints
-from telemed.orphans import finalize_released, live_calls
+from telemed.orphans import finalize_released, live_calls, sweep_turn
 from telemed.recovery import (
     hold_places,
     recover_unfinished,
@@ -221,7 +221,8 @@ def create_app(
     cluster.attach()
     sweeper = app[SWEEPER] = OrphanSweeper(pool, live_calls(store, hub),
                                            interval=settings.media.sweep_interval,
-                                           min_age=settings.media.sweep_grace)
+                                           min_age=settings.media.sweep_grace,
+                                           gate=sweep_turn(redis, settings.media.sweep_interval))
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         app[HTTP] = aiohttp.ClientSession()

@@ -12,7 +12,10 @@ sweep then releases nothing.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
 
 from kurento_ctl.sweep import LiveCalls, SweepReport
 from mis.history import CallStore
@@ -21,7 +24,7 @@ from recordings.worker import FINAL, RecordingWorker
 from signaling.call import CallState
 from signaling.hub import Hub
 
-__all__ = ["FINISHED", "finalize_released", "live_calls"]
+__all__ = ["FINISHED", "finalize_released", "live_calls", "sweep_turn"]
 
 FINISHED = frozenset({CallState.ENDED.value, CallState.FAILED.value})
 
@@ -61,3 +64,21 @@ def finalize_released(worker: RecordingWorker, catalog: Catalog, store: CallStor
             worker.submit(folder, snap, recovered=True)
 
     return finalize
+
+
+SWEEP_LOCK = "telemed:lock:orphan-sweep"
+
+
+def sweep_turn(redis: aioredis.Redis, interval: float) -> Callable[[], Awaitable[bool]]:
+    """One node sweeps per `interval`: the first to take the round's lock. Redis away:
+    this node sweeps (a sweep twice is harmless; none at all leaks media)."""
+    me = uuid.uuid4().hex
+
+    async def mine() -> bool:
+        try:
+            return bool(await redis.set(SWEEP_LOCK, me, nx=True,
+                                        px=max(1, int(interval * 1000 * 0.9))))
+        except (aioredis.RedisError, OSError):
+            return True
+
+    return mine

@@ -32,7 +32,7 @@ from mis.history import CallStore
 from recordings.catalog import Catalog
 from signaling.call import CallKind
 from telemed.app import POOL, RECORDINGS, SWEEPER
-from telemed.orphans import live_calls
+from telemed.orphans import live_calls, sweep_turn
 from telemed.recovery import BOOKED
 from tests.call_fakes import make_hub
 from tests.helpers import scaled, wait_until, within
@@ -323,3 +323,15 @@ async def test_the_media_server_collects_a_dead_processs_objects_while_the_servi
                              timeout=3 * PERIOD + 5,
                              describe=lambda: sorted(server.seen_pipelines))
             assert server.up and service.app[SWEEPER].runs == 1  # the start-up one only
+
+
+async def test_one_node_per_interval_runs_the_periodic_sweep(redis_client: Any) -> None:
+    """Two nodes' gates on one Redis: the first to ask sweeps this round, the other and a
+    second ask of the first do not; once the round's lock is gone, the next asker sweeps."""
+    node_a, node_b = sweep_turn(redis_client, 600.0), sweep_turn(redis_client, 600.0)
+    assert await node_a() is True
+    assert await node_b() is False
+    assert await node_a() is False
+    assert 0 < await redis_client.pttl("telemed:lock:orphan-sweep") <= 540_000
+    await redis_client.delete("telemed:lock:orphan-sweep")  # as the round's TTL would
+    assert await node_b() is True
