@@ -14,6 +14,7 @@ RUN useradd --system --uid 10001 --home-dir /srv/telemed --create-home telemed \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY telemed ./telemed
+COPY cluster ./cluster
 COPY mis ./mis
 COPY signaling ./signaling
 COPY kurento_ctl ./kurento_ctl

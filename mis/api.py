@@ -272,8 +272,8 @@ class Api:
         hub = request.app[HUB]
         # A copy of a call another node runs now (booked here) would be stale: the store
         # has what its owner wrote.
-        call = hub.calls.get(call_id) if hub.placement is None or call_id in hub.sessions \
-            else None
+        call = hub.calls.get(call_id) if hub.placement is None \
+            or hub.placement.epoch(call_id) is not None else None
         if call is not None:
             first, entries = call.timeline.page(start, size)
             return reply(paged(summary(call), first, entries, call.timeline.seq))
