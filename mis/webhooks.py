@@ -238,14 +238,14 @@ class Outbox:
             case 2:  # expired or removed by hand: nothing to deliver
                 return None
         event_id, attempts, raw = as_text(reply[1]), int(reply[2]), reply[3]
-        renewing = asyncio.create_task(self._renew_claim(state, token, event_id))
+        posted = asyncio.Event()
+        renewing = asyncio.create_task(self._renew_claim(state, token, event_id, posted))
         try:
             status, error = await self._post(endpoint, event_id,
                                              raw if isinstance(raw, bytes) else raw.encode())
         finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
+            posted.set()
+            await asyncio.wait({renewing})
         attempts += 1
         record = {"url": endpoint.url, "at": self.clock(), "attempt": attempts,
                   "status": status, "error": error}
@@ -267,11 +267,16 @@ class Outbox:
                     endpoint.url, error or status, attempts, delay)
         return float(delay)
 
-    async def _renew_claim(self, state: str, token: str, event_id: str) -> None:
-        """Keeps the claim while the request is in flight, so that claim_timeout bounds how
-        long a dead node's delivery holds the queue, not how long a request may take."""
+    async def _renew_claim(self, state: str, token: str, event_id: str,
+                           posted: asyncio.Event) -> None:
+        """Keeps the claim until `posted`, so that claim_timeout bounds how long a dead
+        node's delivery holds the queue, not how long a request may take. Stopped by an
+        event, not a cancel, which redis-py can swallow as a reply arrives."""
         while True:
-            await asyncio.sleep(self.claim_timeout / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(posted.wait(), self.claim_timeout / 3)
+            if posted.is_set():
+                return
             try:
                 held = await self._renew(keys=[state],
                                          args=[token, repr(self.clock() + self.claim_timeout)])

@@ -7,6 +7,7 @@ after losing it writes nothing more."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import redis.asyncio as aioredis
 
@@ -74,10 +75,15 @@ class CallClaim:
     async def release(self) -> None:
         await self.redis.register_script(RELEASE)(keys=[self.key], args=[self.token])
 
-    async def keep(self) -> None:
-        """Renews until cancelled; returns once the claim is lost."""
+    async def keep(self, done: asyncio.Event) -> None:
+        """Renews until `done` is set; returns then, or once the claim is lost. An event,
+        not a cancel: redis-py can swallow a cancellation that lands as a reply arrives,
+        and the renewing would then go on for ever."""
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self.ttl / 3)
+            if done.is_set():
+                return
             try:
                 if not await self.renew():
                     return

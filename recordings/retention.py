@@ -36,12 +36,13 @@ async def purge_alone(catalog: Catalog, redis: aioredis.Redis, *, older_than: fl
         return None
     try:
         work = asyncio.create_task(purge(catalog, older_than=older_than, now=now, by=by))
-        keeper = asyncio.create_task(_keep(lock, ttl))
+        stop = asyncio.Event()
+        keeper = asyncio.create_task(_keep(lock, ttl, stop))
         try:
             await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (work, keeper):
-                task.cancel()
+            stop.set()
+            work.cancel()
             await asyncio.wait({work, keeper})
         if work.cancelled():
             log.error("! retention lock lost while purging; stopped")
@@ -52,10 +53,14 @@ async def purge_alone(catalog: Catalog, redis: aioredis.Redis, *, older_than: fl
             await lock.release()
 
 
-async def _keep(lock: Lock, ttl: float) -> None:
-    """Renews the lock until cancelled; returns when it was lost."""
+async def _keep(lock: Lock, ttl: float, done: asyncio.Event) -> None:
+    """Renews the lock until `done` is set, or returns when it was lost. An event, not a
+    cancel: redis-py can swallow a cancellation that lands as a reply arrives."""
     while True:
-        await asyncio.sleep(ttl / 3)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), ttl / 3)
+        if done.is_set():
+            return
         try:
             await lock.reacquire()
         except LockError:

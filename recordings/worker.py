@@ -255,12 +255,13 @@ class RecordingWorker:
                 return None  # the previous holder finished it
             work = asyncio.create_task(self.finalize(folder, snap, recovered=recovered,
                                                      fence=claim.fence))
-            keeper = asyncio.create_task(claim.keep())
+            stop = asyncio.Event()
+            keeper = asyncio.create_task(claim.keep(stop))
             try:
                 await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in (work, keeper):
-                    task.cancel()
+                stop.set()
+                work.cancel()  # the fence stops it too, should the cancel be swallowed
                 await asyncio.wait({work, keeper})
             if work.cancelled():
                 raise ClaimLost(claim.key)  # not renewed in time: someone else has it
