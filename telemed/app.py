@@ -198,7 +198,8 @@ def create_app(
     app[PAGE_CONTEXT] = page_context
     # Bounded so that a Redis that hangs fails commands instead of holding requests.
     redis = app[REDIS] = redis_client.connect(endpoints.redis_url,
-                                              timeout=settings.redis.timeout)
+                                              timeout=settings.redis.timeout,
+                                              failover_wait=settings.redis.failover_wait)
     turn = build_turn(settings, endpoints, redis)
     pool = KurentoPool(endpoints.kurento_urls, health_interval=settings.media.health_interval,
                        down_after=settings.media.down_after,

@@ -11,13 +11,16 @@ they ask for one.
 redis-py's Sentinel support does the failover work: a new connection asks the sentinels
 where the primary is now, and a connection that meets a demoted primary (READONLY) is
 dropped. What we add is that a command which fails that way (the primary gone or read-only)
-is tried again, reconnecting through the sentinels each time, for up to `timeout`, so that
-a short failover is a pause rather than an error. A command that times out is not tried
+is tried again, reconnecting through the sentinels each time, for up to `failover_wait`,
+so that a failover is a pause rather than an error. A primary that cannot be reached within
+`timeout` counts as gone. A command whose reply times out on an open connection is not tried
 again: a Redis that hangs still costs one `timeout` (the API's fast 503), never several.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,9 +29,10 @@ from urllib.parse import parse_qs, unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, ReadOnlyError
+from redis.exceptions import ConnectionError, ReadOnlyError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["SENTINEL_SCHEME", "SentinelTarget", "connect", "parse_sentinel_url"]
 
@@ -37,6 +41,9 @@ SENTINEL_PORT = 26379
 #: Pause between tries while the primary is away: short, so a client reaches the new
 #: primary soon after the sentinels name it; capped, so that waiting costs little CPU.
 RETRY_BASE, RETRY_CAP = 0.02, 0.25
+#: s; how stale the pool's idea of where the primary is may get while commands flow, and
+#: the longest a command waits for the sentinels to confirm it.
+CHECK_EVERY, CHECK_BOUND = 0.5, 0.25
 
 T = TypeVar("T")
 
@@ -154,6 +161,69 @@ class PrimaryConnection(SentinelManagedConnection):
             return
         await super().connect_check_health(check_health, retry_socket_connect)
 
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            # A primary whose replicas left it (min-replicas-to-write): most likely one of
+            # them was promoted. Like READONLY: ask the sentinels again.
+            if not str(exc).startswith("NOREPLICAS") or not self.connection_pool.is_master:
+                raise
+            await self.disconnect()
+            raise ConnectionError(f"the primary refuses writes: {exc}") from exc
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        except RedisTimeoutError as exc:
+            # A primary whose host died drops the handshake rather than refusing it: that
+            # is a primary gone (retried, through the sentinels), not a hung command.
+            raise ConnectionError(f"primary at {address[0]}:{address[1]}: {exc}") from exc
+
+
+class PrimaryPool(SentinelConnectionPool):
+    """Hands out connections to the primary the sentinels name now.
+
+    redis-py's pool asks the sentinels only when it opens a connection, and reuses an open
+    one whatever happened since. After a planned failover (SENTINEL FAILOVER, or a network
+    cut the sentinels saw) the former primary keeps answering, and accepting writes, until
+    the sentinels get round to demoting it, seconds later; what it accepted then is wiped
+    when it resyncs from the new primary. So: when it last asked more than CHECK_EVERY ago,
+    the pool asks the sentinels before handing a connection out, and a connection to
+    another address is reconnected before it is used. (What is written in the moments
+    between the replica's promotion and the sentinels' announcing it can still reach the
+    former primary: `min-replicas-to-write` closes that, docs/deployment.md.)"""
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self._checked_at = -CHECK_EVERY
+
+    async def get_connection(self, *args: Any, **options: Any) -> Any:
+        await self._check_stale()
+        connection = await super().get_connection(  # type: ignore[no-untyped-call]
+            *args, **options)
+        current = self.master_address
+        if current is not None and connection.is_connected \
+                and (connection.host, connection.port) != tuple(current):
+            try:
+                await connection.disconnect()
+                await connection.connect()  # through the sentinels
+            except BaseException:
+                await self.release(connection)
+                raise
+        return connection
+
+    async def _check_stale(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at < CHECK_EVERY:
+            return
+        self._checked_at = now
+        # Bounded: sentinels that are slow or away cost a command CHECK_BOUND at most, and
+        # the connections stay where they are (a command that fails there finds out).
+        with contextlib.suppress(TimeoutError, ConnectionError, RedisTimeoutError, OSError):
+            async with asyncio.timeout(CHECK_BOUND):
+                await self.get_master_address()  # type: ignore[no-untyped-call]
+
 
 class SentinelRedis(aioredis.Redis):
     """The primary's client; closing it closes its connections to the sentinels too."""
@@ -168,9 +238,11 @@ class SentinelRedis(aioredis.Redis):
                 await self.manager.aclose()
 
 
-def connect(url: str, *, timeout: float | None = None) -> aioredis.Redis:
+def connect(url: str, *, timeout: float | None = None,
+            failover_wait: float = 10.0) -> aioredis.Redis:
     """A client for `url` (see the module's docstring). `timeout` bounds each command and
-    each connection attempt (the sentinels' too); None: redis-py's defaults (no bound)."""
+    each connection attempt (the sentinels' too); None: redis-py's defaults (no bound).
+    `failover_wait`: with Sentinel, how long a command waits for a primary to answer."""
     if not url.startswith(f"{SENTINEL_SCHEME}:"):
         return aioredis.Redis.from_url(url, socket_timeout=timeout,
                                        socket_connect_timeout=timeout)
@@ -180,9 +252,10 @@ def connect(url: str, *, timeout: float | None = None) -> aioredis.Redis:
         sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout,
                          "password": target.sentinel_password})
     client: SentinelRedis = sentinel.master_for(
-        target.service, redis_class=SentinelRedis, connection_class=PrimaryConnection,
+        target.service, redis_class=SentinelRedis, connection_pool_class=PrimaryPool,
+        connection_class=PrimaryConnection,
         db=target.db, password=target.password,
-        retry=FailoverRetry(timeout if timeout is not None else 2.0),
+        retry=FailoverRetry(failover_wait),
         socket_timeout=timeout, socket_connect_timeout=timeout)
     client.manager = sentinel
     return client

@@ -124,9 +124,14 @@ class RedisSettings:
     timeout: float = setting(
         2.0, "Longest wait for one Redis command or connection. Past it the command fails:"
         " the REST API answers 503 service.unavailable with Retry-After instead of hanging,"
-        " and background writers retry. With Sentinel, a command that finds the primary"
-        " gone or demoted is tried again on the new one for up to this long.", unit="s",
-        min=0.05, max=60.0,
+        " and background writers retry.", unit="s", min=0.05, max=60.0,
+    )
+    failover_wait: float = setting(
+        10.0, "redis+sentinel:// only: how long a command that finds no primary (gone,"
+        " unreachable or demoted to replica) keeps trying again, asking the sentinels"
+        " where the primary is now, before it fails. Cover the sentinels'"
+        " down-after-milliseconds plus the election (compose: 3 s + about 1 s): then a"
+        " failover costs requests a pause, not errors.", unit="s", min=0.0, max=300.0,
     )
 
     def __post_init__(self) -> None:

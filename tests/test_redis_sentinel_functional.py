@@ -65,6 +65,16 @@ async def new_primary(group: SentinelGroup, old: int, timeout: float = 20) -> in
             await c.aclose()
 
 
+async def in_sync(port: int, timeout: float = 30) -> None:
+    """Waits until the redis-server on `port` is a replica with its link to the primary up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + scaled(timeout)
+    async with aioredis.Redis(port=port) as node:
+        while (await node.info("replication")).get("master_link_status") != "up":
+            assert loop.time() < deadline, f"{port} not a replica in sync in {timeout}s"
+            await asyncio.sleep(0.1)  # replication state sends no event
+
+
 def kill(group: SentinelGroup, port: int) -> None:
     group.servers[port].send_signal(signal.SIGKILL)
     group.servers[port].wait()
@@ -97,7 +107,7 @@ async def test_writes_during_a_primary_kill_wait_for_the_new_primary_and_none_is
     primary holds every acknowledged one. The control, redis-py's Sentinel client without
     our retry, fails the writes it makes until the sentinels name the new primary."""
     # A budget longer than any failover here: what is proved is the retrying, not a speed.
-    client = connect(sentinels.url, timeout=scaled(15))
+    client = connect(sentinels.url, timeout=2.0, failover_wait=scaled(15))
     control = Sentinel([("127.0.0.1", p) for p in sentinels.sentinel_ports],  # type: ignore[no-untyped-call]
                        socket_timeout=2).master_for(sentinels.service, socket_timeout=2)
     try:
@@ -170,6 +180,9 @@ async def test_calls_created_through_the_api_are_read_back_after_both_kinds_of_f
         second = await create()
         await service.app_sink_settled()
 
+        # Only a replica that follows the new primary has its writes: until the sentinels
+        # have turned the demoted primary into one, a second failure would lose them.
+        await in_sync(old)
         kill(sentinels, promoted)
         last = await new_primary(sentinels, promoted)
         assert last == old  # the demoted primary, a replica since, is promoted back
@@ -224,3 +237,44 @@ async def test_a_live_call_rides_out_a_primary_kill_and_every_webhook_arrives_on
         assert ("call.created", during.id) in delivered
         stored = await service.app[STORE].get(live.call.id)
         assert stored is not None and stored["state"] == "ended"
+
+
+async def test_a_planned_failover_with_min_replicas_fails_and_loses_no_write(
+        sentinels: SentinelGroup) -> None:
+    """The planned-failover procedure of docs/deployment.md: with min-replicas-to-write 1
+    on the primary, a SENTINEL FAILOVER under a steady writer fails no write, and the new
+    primary holds every acknowledged one. The demoted primary refuses writes (NOREPLICAS)
+    from the moment its replica is promoted; the client takes that as "ask the sentinels
+    again" instead of an error."""
+    client = connect(sentinels.url, timeout=2.0, failover_wait=scaled(15))
+    old = sentinels.first_primary
+    try:
+        async with aioredis.Redis(port=old) as primary:
+            await primary.config_set("min-replicas-to-write", 1)
+        acked, failures = 0, []
+        done = asyncio.Event()
+
+        async def write_on() -> None:
+            nonlocal acked
+            while not done.is_set():
+                try:
+                    await client.incr("counter")
+                    acked += 1
+                except aioredis.RedisError as exc:
+                    failures.append(repr(exc))
+                await asyncio.sleep(0.005)  # a steady writer, not a busy loop
+
+        writer = asyncio.create_task(write_on())
+        await wait_until(lambda: acked >= 10)
+        async with aioredis.Redis(port=sentinels.sentinel_ports[0]) as sentinel:
+            await sentinel.execute_command("SENTINEL", "FAILOVER", sentinels.service)
+        new = await new_primary(sentinels, old)
+        # Until the demoted primary follows the new one: the window in which it answers.
+        await in_sync(old)
+        done.set()
+        await writer
+        assert failures == []
+        async with aioredis.Redis(port=new) as promoted:
+            assert int(await promoted.get("counter")) == acked
+    finally:
+        await client.aclose()
