@@ -278,3 +278,44 @@ async def test_a_planned_failover_with_min_replicas_fails_and_loses_no_write(
             assert int(await promoted.get("counter")) == acked
     finally:
         await client.aclose()
+
+
+async def test_a_frozen_primary_costs_one_timed_out_command_then_writes_follow_the_failover(
+        sentinels: SentinelGroup) -> None:
+    """A primary that hangs (SIGSTOP: a frozen VM) fails the command waiting on it after
+    redis.timeout, as without Sentinel; the writes after it are not failed by the frozen
+    primary's handshake timing out but wait for the sentinels to promote the replica, and
+    the new primary holds every acknowledged one."""
+    client = connect(sentinels.url, timeout=0.5, failover_wait=scaled(15))
+    old = sentinels.first_primary
+    frozen = sentinels.servers[old]
+    acked, failures = 0, []
+    done = asyncio.Event()
+
+    async def write_on() -> None:
+        nonlocal acked
+        while not done.is_set():
+            try:
+                await client.incr("counter")
+                acked += 1
+            except aioredis.RedisError as exc:
+                failures.append(exc)
+            await asyncio.sleep(0.01)  # a steady writer, not a busy loop
+
+    writer = asyncio.create_task(write_on())
+    try:
+        await wait_until(lambda: acked >= 10)
+        frozen.send_signal(signal.SIGSTOP)
+        new = await new_primary(sentinels, old)
+        at_switch = acked
+        await wait_until(lambda: acked >= at_switch + 10)
+        done.set()
+        await writer
+        assert len(failures) <= 1, failures
+        assert all(isinstance(f, aioredis.TimeoutError) for f in failures), failures
+        async with aioredis.Redis(port=new) as promoted:
+            assert int(await promoted.get("counter")) == acked
+    finally:
+        done.set()
+        frozen.send_signal(signal.SIGCONT)
+        await client.aclose()
