@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote
 
@@ -34,7 +35,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["SENTINEL_SCHEME", "SentinelTarget", "connect", "parse_sentinel_url"]
+__all__ = ["SENTINEL_SCHEME", "SentinelTarget", "check_url", "connect", "parse_sentinel_url"]
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
@@ -53,8 +54,14 @@ class SentinelTarget:
     sentinels: tuple[tuple[str, int], ...]
     service: str
     db: int = 0
-    password: str | None = None
-    sentinel_password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
+
+
+def _masked(url: str) -> str:
+    """`url` fit for an error message: its passwords replaced."""
+    url = re.sub(r"//[^@/]*@", "//***@", url, count=1)
+    return re.sub(r"(sentinel_password=)[^&]*", r"\1***", url)
 
 
 def _host_port(part: str, url: str) -> tuple[str, int]:
@@ -78,8 +85,9 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     """The sentinels, service name and database a `redis+sentinel://` URL names, or
     ValueError saying what is wrong."""
     prefix = f"{SENTINEL_SCHEME}://"
+    shown = _masked(url)
     if not url.startswith(prefix):
-        raise ValueError(f"{url!r} is not a {prefix} URL")
+        raise ValueError(f"{shown!r} is not a {prefix} URL")
     rest, _, query = url[len(prefix):].partition("?")
     netloc, _, path = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
@@ -88,20 +96,20 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         # `:password@`, as in redis:// URLs; a user name is not supported by our Sentinel use.
         user, colon, secret = userinfo.partition(":")
         if user or not colon:
-            raise ValueError(f"{url!r}: give the password as :password@ (no user name)")
+            raise ValueError(f"{shown!r}: give the password as :password@ (no user name)")
         password = unquote(secret) or None
-    sentinels = tuple(_host_port(p.strip(), url) for p in hosts.split(",") if p.strip())
+    sentinels = tuple(_host_port(p.strip(), shown) for p in hosts.split(",") if p.strip())
     if not sentinels:
-        raise ValueError(f"{url!r}: no sentinel addresses")
+        raise ValueError(f"{shown!r}: no sentinel addresses")
     service, _, db_text = path.strip("/").partition("/")
     if not service:
-        raise ValueError(f"{url!r}: no service name (redis+sentinel://hosts/<service_name>)")
+        raise ValueError(f"{shown!r}: no service name (redis+sentinel://hosts/<service_name>)")
     if db_text and not db_text.isdigit():
-        raise ValueError(f"{url!r}: the database must be a number, got {db_text!r}")
+        raise ValueError(f"{shown!r}: the database must be a number, got {db_text!r}")
     options = parse_qs(query, keep_blank_values=True)
     unknown = set(options) - {"sentinel_password"}
     if unknown:
-        raise ValueError(f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}")
+        raise ValueError(f"{shown!r}: unknown option(s) {', '.join(sorted(unknown))}")
     sentinel_password = options.get("sentinel_password", [""])[-1] or None
     return SentinelTarget(sentinels, unquote(service), int(db_text or 0), password,
                           sentinel_password)
@@ -112,7 +120,7 @@ def check_url(url: str) -> None:
     if url.startswith(f"{SENTINEL_SCHEME}:"):
         parse_sentinel_url(url)
     elif url and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"{url!r}: expected redis://, rediss://, unix:// or "
+        raise ValueError(f"{_masked(url)!r}: expected redis://, rediss://, unix:// or "
                          f"{SENTINEL_SCHEME}://")
 
 

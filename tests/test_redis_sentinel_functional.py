@@ -83,7 +83,7 @@ def kill(group: SentinelGroup, port: int) -> None:
 def test_sentinel_urls_name_the_sentinels_the_service_and_the_database() -> None:
     """Several sentinels (default port, IPv6), the service name, db and both passwords come
     out of a redis+sentinel:// URL; a malformed one is refused by the settings, naming
-    redis.url."""
+    redis.url and never showing a password."""
     target = parse_sentinel_url(
         "redis+sentinel://:p%40ss@s1:26380,s2,[::1]:26381/telemed/3?sentinel_password=x")
     assert target.sentinels == (("s1", 26380), ("s2", 26379), ("::1", 26381))
@@ -98,6 +98,11 @@ def test_sentinel_urls_name_the_sentinels_the_service_and_the_database() -> None
                 "http://redis:6379/0"):
         with pytest.raises(SettingsError, match=r"redis\.url"):
             load_settings(env={"TELEMED_REDIS_URL": bad})
+    for leaky in ("redis+sentinel://:s3cr3t@s1:x/telemed",
+                  "redis+sentinel://s1/telemed?sentinel_password=s3cr3t&x=1"):
+        with pytest.raises(SettingsError) as refused:
+            load_settings(env={"TELEMED_REDIS_URL": leaky})
+        assert "s3cr3t" not in str(refused.value) and "***" in str(refused.value)
 
 
 async def test_writes_during_a_primary_kill_wait_for_the_new_primary_and_none_is_lost(
