@@ -32,7 +32,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ConnectionError,
+    ExternalAuthProviderError,
+    MaxConnectionsError,
+    ReadOnlyError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["SENTINEL_SCHEME", "SentinelTarget", "check_url", "connect", "parse_sentinel_url"]
@@ -45,6 +53,10 @@ RETRY_BASE, RETRY_CAP = 0.02, 0.25
 #: s; how stale the pool's idea of where the primary is may get while commands flow, and
 #: the longest a command waits for the sentinels to confirm it.
 CHECK_EVERY, CHECK_BOUND = 0.5, 0.25
+
+#: ConnectionErrors a failover does not cause, nor cure: a wrong password fails at once.
+NOT_FAILOVERS = (AuthenticationError, AuthorizationError, ExternalAuthProviderError,
+                 MaxConnectionsError)
 
 T = TypeVar("T")
 
@@ -142,7 +154,8 @@ class FailoverRetry(Retry):
         deadline = time.monotonic() + self.budget
 
         def retryable(error: Exception) -> bool:
-            return time.monotonic() < deadline and (is_retryable is None or is_retryable(error))
+            return (time.monotonic() < deadline and not isinstance(error, NOT_FAILOVERS)
+                    and (is_retryable is None or is_retryable(error)))
 
         return await super().call_with_retry(do, fail, retryable, with_failure_count)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,8 @@ async def test_the_shipped_redis_scripts_replicate_fail_over_and_keep_the_passwo
     the sentinels find each other and the replica, the service's client writes through
     them, a SENTINEL FAILOVER promotes the replica with the data, the client's next write
     reaches the new primary (not the demoted one, which still answers for a while), and
-    the old primary follows; the password is in no argv and in no file others can read."""
+    the old primary follows; the password is in no argv and in no file others can read,
+    and a client with a wrong one fails at once instead of waiting out failover_wait."""
     group, password = compose_redis, compose_redis["password"]
     ports = group["ports"]
     check_password_private(group, password)
@@ -157,6 +159,14 @@ async def test_the_shipped_redis_scripts_replicate_fail_over_and_keep_the_passwo
         async with aioredis.Redis(port=ports["redis"]) as anonymous:
             with pytest.raises(aioredis.AuthenticationError):
                 await anonymous.ping()  # the password is required
+        wrong = connect(url.replace(password, "wrong"), timeout=2.0,
+                        failover_wait=scaled(20))
+        started = time.monotonic()
+        with pytest.raises(aioredis.AuthenticationError):
+            await wrong.ping()
+        await wrong.aclose()
+        # Not a speed: a wrong password is not waited on as if it were a failover.
+        assert time.monotonic() - started < scaled(5)
 
         await sentinels[0].execute_command("SENTINEL", "FAILOVER", "telemed")
 
