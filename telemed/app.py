@@ -38,6 +38,7 @@ from recordings.worker import RecordingWorker
 from signaling.call import Call, FailureReason
 from signaling.hub import HUB, Hub
 from signaling.session import SESSION_CONFIG, SessionConfig, websocket_handler
+from telemed import redis_client
 from telemed.embedded import Endpoints
 from telemed.orphans import finalize_released, live_calls, sweep_turn
 from telemed.recovery import (
@@ -197,9 +198,9 @@ def create_app(
         retention_days=settings.recordings.retention_days)
     app[PAGE_CONTEXT] = page_context
     # Bounded so that a Redis that hangs fails commands instead of holding requests.
-    redis = app[REDIS] = aioredis.Redis.from_url(
-        endpoints.redis_url, socket_timeout=settings.redis.timeout,
-        socket_connect_timeout=settings.redis.timeout)
+    redis = app[REDIS] = redis_client.connect(endpoints.redis_url,
+                                              timeout=settings.redis.timeout,
+                                              failover_wait=settings.redis.failover_wait)
     turn = build_turn(settings, endpoints, redis)
     pool = KurentoPool(endpoints.kurento_urls, health_interval=settings.media.health_interval,
                        down_after=settings.media.down_after,
@@ -389,7 +390,7 @@ def build_turn(settings: Settings, endpoints: Endpoints, redis: aioredis.Redis
     if cfg.provider in ("embedded", "coturn-secret"):
         provider = CoturnSharedSecret(endpoints.turn_secrets, endpoints.turn_urls)
     elif cfg.provider == "coturn-redis":
-        userdb = aioredis.Redis.from_url(cfg.redis_url) if cfg.redis_url else redis
+        userdb = redis_client.connect(cfg.redis_url) if cfg.redis_url else redis
         provider = CoturnRedisUserDb(userdb, cfg.realm, endpoints.turn_urls)
     else:
         provider = ReturnUsersFile(settings.turn_users_file, cfg.realm, endpoints.turn_urls,

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from mis.clients import parse_networks
 from mis.webhooks import parse_endpoint
 from signaling.tokens import load_public_key
+from telemed.redis_client import check_url as check_redis_url
 from web.security import check_origin
 
 __all__ = [
@@ -114,14 +115,30 @@ class HttpSettings:
 class RedisSettings:
     url: str = setting(
         "",
-        "Redis URL (redis://, rediss:// or unix://). Empty: start a private redis-server"
-        " under the data folder.",
+        "Redis URL (redis://, rediss:// or unix://), or a primary watched by Redis Sentinel:"
+        " `redis+sentinel://[:password@]host1:port1,host2:port2/<service_name>[/db]`"
+        " (sentinel port 26379 when left out; `?sentinel_password=...` when the sentinels"
+        " ask for one; docs/deployment.md, Redis Sentinel). Empty: start a private"
+        " redis-server under the data folder.",
     )
     timeout: float = setting(
         2.0, "Longest wait for one Redis command or connection. Past it the command fails:"
         " the REST API answers 503 service.unavailable with Retry-After instead of hanging,"
         " and background writers retry.", unit="s", min=0.05, max=60.0,
     )
+    failover_wait: float = setting(
+        10.0, "redis+sentinel:// only: how long a command that finds no primary (gone,"
+        " unreachable or demoted to replica) keeps trying again, asking the sentinels"
+        " where the primary is now, before it fails. Cover the sentinels'"
+        " down-after-milliseconds plus the election (compose: 3 s + about 1 s): then a"
+        " failover costs requests a pause, not errors.", unit="s", min=0.0, max=300.0,
+    )
+
+    def __post_init__(self) -> None:
+        try:
+            check_redis_url(self.url)
+        except ValueError as exc:
+            raise SettingsError(f"redis.url: {exc}") from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,4 +1,5 @@
-"""Real services for tests: redis-server, coturn turnserver, headless Chromium.
+"""Real services for tests: redis-server (alone, or a primary, a replica and sentinels),
+coturn turnserver, headless Chromium.
 
 Each is started on loopback on free ports by a context manager and stopped on exit.
 A missing binary is a test failure, never a skip: the project's `./dev test` installs them.
@@ -13,9 +14,10 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -214,3 +216,94 @@ def run_turnserver(
         )
     finally:
         stop_process(proc)
+
+
+@dataclass
+class SentinelGroup:
+    """A primary, one replica and three sentinels watching them as `service`."""
+
+    service: str
+    sentinel_ports: tuple[int, ...]
+    #: port → the redis-server (primary or replica) listening on it.
+    servers: dict[int, subprocess.Popen[bytes]]
+    first_primary: int
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+
+def _sentinel_config(path: Path, port: int, primary: int, service: str, *,
+                     down_after_ms: int, failover_timeout_ms: int) -> None:
+    path.write_text("\n".join([
+        f"port {port}", "bind 127.0.0.1", f"dir {path.parent}",
+        f"sentinel monitor {service} 127.0.0.1 {primary} 2",
+        f"sentinel down-after-milliseconds {service} {down_after_ms}",
+        f"sentinel failover-timeout {service} {failover_timeout_ms}",
+        f"sentinel parallel-syncs {service} 1", ""]))
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """For fixtures, which run outside the event loop: a process table has no event."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {timeout}s")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def run_sentinel_group(tmp: Path, *, service: str = "telemed", down_after_ms: int = 500,
+                       failover_timeout_ms: int = 2000) -> Iterator[SentinelGroup]:
+    """redis-server primary and replica (`--replicaof`) and three `redis-server --sentinel`,
+    on loopback; returns once the replica is in sync and every sentinel knows the other two
+    and the replica, so that a failover can start at once. The short down-after and
+    failover timeout make a failover take about 1-3 s."""
+    import redis as sync_redis
+
+    binary = require_binary("redis-server")
+    tmp.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    servers: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(argv: list[str], port: int) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        wait_port(port, proc=proc)
+        return proc
+
+    def ask(port: int, question: Callable[[sync_redis.Redis], Any]) -> Any:
+        with sync_redis.Redis(port=port, socket_timeout=1, decode_responses=True) as c:
+            return question(c)
+
+    try:
+        primary, replica = free_port(), free_port()
+        for port, extra in ((primary, []), (replica, ["--replicaof", "127.0.0.1", str(primary)])):
+            folder = tmp / f"redis-{port}"
+            folder.mkdir()
+            servers[port] = start([binary, "--port", str(port), "--bind", "127.0.0.1",
+                                   "--dir", str(folder), "--save", "", "--appendonly", "no",
+                                   *extra], port)
+        _until(lambda: ask(replica, lambda c: c.info("replication")).get(
+            "master_link_status") == "up", "replica in sync")
+        ports = tuple(free_port() for _ in range(3))
+        for port in ports:
+            conf = tmp / f"sentinel-{port}" / "sentinel.conf"
+            conf.parent.mkdir()
+            _sentinel_config(conf, port, primary, service, down_after_ms=down_after_ms,
+                             failover_timeout_ms=failover_timeout_ms)
+            start([binary, str(conf), "--sentinel"], port)
+
+        def ready() -> bool:
+            for port in ports:
+                state = ask(port, lambda c: c.sentinel_master(service))
+                if state["num-other-sentinels"] < 2 or state["num-slaves"] < 1:
+                    return False
+            return True
+
+        _until(ready, "sentinels knowing each other and the replica")
+        yield SentinelGroup(service, ports, servers, primary)
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)

@@ -123,7 +123,7 @@ def test_secrets_come_only_from_the_untracked_env_file() -> None:
                    for f in dataclasses.fields(cls) if f.metadata.get("secret")}
     for name in secret_envs & set(raw):
         assert re.fullmatch(r"\$\{[A-Z_]+[^}]*\}", raw[name]), name
-    assert "REDIS_PASSWORD}@redis" in raw["TELEMED_REDIS_URL"]
+    assert raw["TELEMED_REDIS_URL"].startswith("redis+sentinel://:${REDIS_PASSWORD}@")
 
 
 def test_ports_agree_and_nothing_is_published_beyond_public_ip() -> None:
@@ -136,7 +136,9 @@ def test_ports_agree_and_nothing_is_published_beyond_public_ip() -> None:
     nginx_conf = (COMPOSE / "nginx" / "nginx.conf.template").read_text()
     assert f"server signaling:{port};" in nginx_conf
     # Redis, the service and Kurento's JSON-RPC port stay on the compose network.
-    assert "ports" not in services["redis"] and "ports" not in signaling
+    for name in ("redis", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"):
+        assert "ports" not in services[name] and "network_mode" not in services[name], name
+    assert "ports" not in signaling
     assert "network_mode" not in services["kurento"]
     for name, service in services.items():
         for mapping in service.get("ports", []):
