@@ -447,3 +447,22 @@ def test_nginx_hands_the_service_the_real_client_address_and_nothing_else() -> N
     defaults = {k: v for k, v in env.items() if k not in ("NGINX_ADDRESS", "COMPOSE_SUBNET")}
     assert service_env(defaults)["TELEMED_HTTP_TRUSTED_PROXIES"] == interpolate(
         services["services"]["nginx"]["networks"]["default"]["ipv4_address"], defaults)
+
+
+def test_compose_runs_two_signalling_nodes_that_differ_only_in_their_node_id() -> None:
+    """Two nodes behind nginx (no stickiness: any node serves any socket), the same image
+    and settings but a node id of their own each, and nginx waits for both."""
+    services = compose()["services"]
+    a, b = services["signaling"], services["signaling-b"]
+    env_a, env_b = dict(a["environment"]), dict(b["environment"])
+    assert env_a.pop("TELEMED_NODE_ID") != env_b.pop("TELEMED_NODE_ID")
+    assert env_a == env_b
+    assert {k: v for k, v in a.items() if k != "environment"} == \
+        {k: v for k, v in b.items() if k != "environment"}
+    port = env_a["TELEMED_HTTP_PORT"]
+    conf = (ROOT / "compose" / "nginx" / "nginx.conf.template").read_text()
+    upstream = next(line for line in conf.splitlines() if "upstream telemed" in line)
+    assert f"server signaling:{port};" in upstream
+    assert f"server signaling-b:{port};" in upstream
+    assert "ip_hash" not in conf and "sticky" not in conf
+    assert {"signaling", "signaling-b"} <= set(services["nginx"]["depends_on"])
