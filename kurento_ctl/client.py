@@ -132,27 +132,42 @@ class KurentoClient:
         return self._connected.is_set()
 
     async def connect(self) -> None:
-        """Opens the socket and a session; raises if the server cannot be reached."""
+        """Opens the socket and a session; raises if the server cannot be reached, and
+        then leaves no HTTP session of ours open (`connect` may be tried again)."""
         if self._http is None:
             self._http = aiohttp.ClientSession()
-        await self._open()
+        try:
+            await self._open()
+        except BaseException:
+            await self._close_http()
+            raise
         self._spawn(self._keepalive(), "keepalive")
 
     async def close(self) -> None:
+        """Ends the socket, every task and the HTTP session we opened, even when the
+        caller is cancelled meanwhile (a sweep stopped while it says goodbye): a session
+        left open is only found, and warned about, by a later garbage collection."""
         self._closing = True
         self._connected.clear()
         ws, self._ws = self._ws, None
-        if ws is not None:
-            await ws.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._fail_all(ConnectionLost("client closed"))
-        if self._own_http and self._http is not None:
-            await self._http.close()
-        self._http = None
+        try:
+            try:
+                if ws is not None:
+                    await ws.close()
+            finally:
+                for task in list(self._tasks):
+                    task.cancel()
+                # gather, not suppress(CancelledError): a cancellation of close itself
+                # must reach its caller, not be taken for a task's.
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        finally:
+            self._fail_all(ConnectionLost("client closed"))
+            await self._close_http()
+
+    async def _close_http(self) -> None:
+        http, self._http = self._http, None
+        if self._own_http and http is not None:
+            await http.close()
 
     async def __aenter__(self) -> KurentoClient:
         await self.connect()

@@ -14,7 +14,8 @@ from signaling.events import CallEvent
 
 __all__ = ["Background", "CallHook"]
 
-log = logging.getLogger(__name__)
+# The hub's logger, as before the split: whichever part of the hub speaks.
+log = logging.getLogger("signaling.hub")
 
 CallHook = Callable[[CallEvent, Call, dict[str, Any]], Awaitable[None] | None]
 

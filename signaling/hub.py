@@ -10,7 +10,6 @@ running call, which owns its media, watchdog and participants), referral ringing
 
 from __future__ import annotations
 
-import logging
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -37,8 +36,6 @@ from turn.lease import ice_servers_for
 from turn.pool import TurnPool
 
 __all__ = ["HUB", "Connection", "Hub"]
-
-log = logging.getLogger(__name__)
 
 
 class Hub:

@@ -33,7 +33,8 @@ from turn.pool import TurnPool
 
 __all__ = ["CallRegistry", "CallRepository", "MediaFactory", "RegistryHost"]
 
-log = logging.getLogger(__name__)
+# The hub's logger, as before the split: whichever part of the hub speaks.
+log = logging.getLogger("signaling.hub")
 
 MediaFactory = Callable[[Call, Path, Any], CallMedia]
 

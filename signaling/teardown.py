@@ -26,7 +26,8 @@ from signaling.ringing import Referrals
 
 __all__ = ["Teardown", "TeardownHost", "expire_here"]
 
-log = logging.getLogger(__name__)
+# The hub's logger, as before the split: whichever part of the hub speaks.
+log = logging.getLogger("signaling.hub")
 
 
 class TeardownHost(Protocol):

@@ -30,6 +30,7 @@ from kurento_ctl.transaction import Transaction
 from tests.helpers import scaled, wait_until, within
 from tests.kurento_fixtures import ScriptedKms, run_kurento_proxy, run_scripted_kms
 from tests.media_fixtures import Peer, run_mediaserver
+from tests.services import free_port
 
 
 @pytest.fixture(params=["scripted", "embedded"])
@@ -603,3 +604,32 @@ async def test_a_resumed_session_tells_its_listeners_so_they_reread_state(
         await kms.drop_connections()
         await wait_until(lambda: resumed, describe=lambda: (resumed, lost))
         assert resumed == [session] and lost == []
+
+
+async def test_a_close_cancelled_while_the_socket_says_goodbye_still_ends_its_session(
+    scripted: tuple[str, ScriptedKms],
+) -> None:
+    """close() cancelled mid-way (a sweep stopped as its run finished) still closes the HTTP
+    session it opened, and the cancellation reaches the caller: no session is left for a
+    later test's garbage collection to warn about."""
+    url, _ = scripted
+    client = KurentoClient(url)
+    await client.connect()
+    http = client._http
+    assert http is not None
+    closing = asyncio.ensure_future(client.close())
+    await asyncio.sleep(0)  # its close frame is out; it waits for the server's
+    assert not closing.done()
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert http.closed
+
+
+async def test_a_connect_that_fails_keeps_no_session_open() -> None:
+    """Nobody listens: connect() raises and leaves no HTTP session of its own open (an
+    `async with` whose connect fails never calls close)."""
+    client = KurentoClient(f"ws://127.0.0.1:{free_port()}/kurento")
+    with pytest.raises(OSError):
+        await client.connect()
+    assert client._http is None
