@@ -144,7 +144,9 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"url": {"type": "string"}, "at": {"type": "number"},
                                "attempt": {"type": "integer"},
                                "status": {"type": ["integer", "null"]},
-                               "error": {"type": ["string", "null"]}}}},
+                               "error": {"type": ["string", "null"]},
+                               # sent by a node whose claim ran out meanwhile: not booked
+                               "claimLost": {"type": "boolean"}}}},
             "pending": {"type": "array", "items": {"type": "string"}},
         },
     },

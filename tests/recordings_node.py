@@ -2,8 +2,9 @@
 Redis and one recordings volume.
 
 `python -m tests.recordings_node REDIS_URL ROOT FOLDER CLAIM_TTL SNAPSHOT_JSON`: finalizes
-the call's folder, printing `published <event>` for each webhook it sends, then `lost` if
-another node took the call over while it worked, else `done`."""
+the call's folder, printing `published <event>` for each webhook it sends and
+`log <message>` for what its worker logs, then `lost` if another node took the call over
+while it worked, else `done` (it found the call finalized when it looked again)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Lost(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.seen = self.seen or "taken over by another node" in record.getMessage()
+        print("log", record.getMessage(), flush=True)  # for the test's failure message
 
 
 async def main(redis_url: str, root: str, folder: str, ttl: float, snap: dict[str, Any]

@@ -114,8 +114,10 @@ async def test_a_node_frozen_while_finalizing_is_taken_over_and_writes_nothing_a
         await pubsub.aclose()
         await redis.config_set("notify-keyspace-events", "")
     out, _ = await within(a.communicate(), 30, "node A's end")
-    assert out.decode().split("\n")[-2:] == ["lost", ""], out
-    assert b"published" not in out
+    # Lost at its next fence or renewal; or, after an error there, it looked again later
+    # and found the call finalized. Either way it sent and wrote nothing.
+    assert out.decode().split("\n")[-2] in ("lost", "done"), out
+    assert b"published" not in out, out
     assert [e for e, _ in published.events.values()] == ["recording.ready"]
     assert Catalog.read(folder) == final  # A wrote nothing after waking
     composed = folder / "consultation.webm"
