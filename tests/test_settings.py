@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from telemed import settings as settings_mod
+from telemed import settings_doc
 from telemed.settings import SettingsError, describe, load_settings
 
 
@@ -107,7 +107,7 @@ def test_secrets_are_masked_when_settings_are_described() -> None:
 def test_configuration_reference_in_docs_is_current() -> None:
     """docs/configuration.md is exactly what the settings module generates today."""
     doc = Path(__file__).parents[1] / "docs" / "configuration.md"
-    assert doc.read_text().strip() == settings_mod.markdown().strip(), (
+    assert doc.read_text().strip() == settings_doc.markdown().strip(), (
         "docs/configuration.md is stale: run "
         "python -m telemed.settings --markdown > docs/configuration.md"
     )
