@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 BEGUN = (CallState.CONNECTING.value, CallState.LIVE.value)
 FINISHED = (CallState.ENDED.value, CallState.FAILED.value)
+#: Calls of dead nodes taken over at once (as at start-up, telemed.recovery).
+ADOPT_AT_ONCE = 8
 
 
 class Cluster:
@@ -205,15 +207,23 @@ class Cluster:
 
     async def adopt_dead(self) -> list[str]:
         """Claims and takes over the calls of every node no longer heard of."""
-        taken: list[str] = []
-        for node in await self.ownership.dead_nodes():
-            for call_id in await self.ownership.calls_of(node):
+        gate = asyncio.Semaphore(ADOPT_AT_ONCE)
+
+        async def one(node: str, call_id: str) -> str | None:
+            async with gate:
                 try:
-                    if await self.place(call_id) == self.node_id:
-                        taken.append(call_id)
+                    return call_id if await self.place(call_id) == self.node_id else None
                 except Exception:
                     log.exception("! adopting a call of node %s failed", node,
                                   extra={"call_id": call_id})
+                    return None
+
+        found = [(node, call_id) for node in await self.ownership.dead_nodes()
+                 for call_id in await self.ownership.calls_of(node)]
+        # Side by side: each takeover is ~30 media-server requests, one after another
+        # would make the last call of a busy node wait for all the others
+        # (bench.nodes: 8 calls adopted one by one took up to 13 s).
+        taken = [c for c in await asyncio.gather(*(one(n, c) for n, c in found)) if c]
         if taken:
             log.warning("! adopted %d calls of nodes that are gone", len(taken))
         return taken

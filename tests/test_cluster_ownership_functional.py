@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from cluster.node import Cluster
 from cluster.ownership import NodeLease, Ownership
 from mis.history import CallStore
+from signaling.session import SessionConfig
+from tests.call_fakes import make_hub
 
 
 class Clock:
@@ -126,3 +132,32 @@ async def test_a_finished_calls_owner_record_stays_to_fence_and_leaves_the_nodes
     assert 0 < await redis_client.ttl("telemed:owner:c1") <= 86400
     assert await b.calls_of("node-b") == []
     assert await b.owner("c1") == ("node-b", 2)
+
+
+async def test_a_dead_nodes_calls_are_adopted_side_by_side(
+    redis_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The calls of a node that is gone are placed (claimed and taken over) at the same
+    time, not one after the other: each placement here waits until all three are under
+    way, which adoption one by one would never reach. The takeover itself is replaced;
+    tests/test_nodes_functional.py adopts real calls."""
+    hub, _ = make_hub(tmp_path)
+    config = SessionConfig(jwt_keys=["k"], issuer="i", audience="a", allowed_origins=set())
+    cluster = Cluster(redis_client, hub, CallStore(redis_client), config, ttl=5)
+    dead = node(redis_client, "node-dead")
+    await dead.lease.beat()
+    for call_id in ("c1", "c2", "c3"):
+        await dead.claim(call_id)
+    await redis_client.delete("telemed:nodes:node-dead")  # its lease ran out
+    under_way: list[str] = []
+    all_started = asyncio.Event()
+
+    async def place(call_id: str) -> str:
+        under_way.append(call_id)
+        if len(under_way) == 3:
+            all_started.set()
+        await asyncio.wait_for(all_started.wait(), 5)
+        return cluster.node_id
+
+    monkeypatch.setattr(cluster, "place", place)
+    assert sorted(await cluster.adopt_dead()) == ["c1", "c2", "c3"]
