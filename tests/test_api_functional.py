@@ -65,6 +65,7 @@ async def post(http: aiohttp.ClientSession, url: str, body: Any = None, *,
 async def test_requests_without_a_valid_key_are_refused(
     service: Service, http: aiohttp.ClientSession, headers: dict[str, str]
 ) -> None:
+    """A missing, wrong or mis-schemed API key is refused `auth.invalid` and creates no call."""
     status, body = await post(http, f"{service.url}/api/v1/calls", CONSULTATION,
                               headers=headers)
     assert (status, body["code"]) == (401, "auth.invalid")
@@ -74,6 +75,7 @@ async def test_requests_without_a_valid_key_are_refused(
 async def test_created_call_hands_out_links_that_join_it(
     service: Service, http: aiohttp.ClientSession
 ) -> None:
+    """A new call hands each participant a signed token and a link, and the link joins it."""
     status, body = await post(http, f"{service.url}/api/v1/calls", CONSULTATION)
     assert status == 201
     assert body["state"] == "created" and body["metadata"] == {"mis_visit": "V-1"}
@@ -117,6 +119,7 @@ def mis_jwt(**overrides: Any) -> str:
 async def test_a_jwt_signed_by_the_mis_authenticates_once(
     service: Service, http: aiohttp.ClientSession
 ) -> None:
+    """A JWT the MIS signs opens the API once; replaying its jti is refused `already used`."""
     token = mis_jwt()
     status, body = await post(http, f"{service.url}/api/v1/calls", CONSULTATION,
                               headers={"Authorization": f"Bearer {token}"})
@@ -145,6 +148,7 @@ async def test_a_jwt_signed_by_the_mis_authenticates_once(
 async def test_jwts_that_are_not_the_mis_fresh_own_are_refused(
     service: Service, http: aiohttp.ClientSession, redis_client: Any, token: Any
 ) -> None:
+    """A JWT with a wrong aud/iss/key/lifetime or no jti/exp/iat is refused and stores nothing."""
     status, body = await post(http, f"{service.url}/api/v1/calls", CONSULTATION,
                               headers={"Authorization": f"Bearer {token()}"})
     assert (status, body["code"]) == (401, "auth.invalid")
@@ -154,6 +158,7 @@ async def test_jwts_that_are_not_the_mis_fresh_own_are_refused(
 async def test_a_join_token_does_not_open_the_api(
     service: Service, http: aiohttp.ClientSession
 ) -> None:
+    """A participant's join token is not an API credential: the API answers `auth.invalid`."""
     _, created = await post(http, f"{service.url}/api/v1/calls", CONSULTATION)
     join = created["participants"][0]["token"]
     async with http.get(f"{service.url}/api/v1/calls",
@@ -189,6 +194,7 @@ async def test_invalid_calls_name_the_field_and_create_nothing(
     service: Service, http: aiohttp.ClientSession, redis_client: Any,
     change: dict[str, Any], field: str
 ) -> None:
+    """An invalid call request is refused 422 naming its bad field, and nothing is stored."""
     request = {k: v for k, v in {**CONSULTATION, **change}.items() if v is not None}
     status, body = await post(http, f"{service.url}/api/v1/calls", request,
                               headers={**AUTH, "Idempotency-Key": "k-1"})
@@ -200,6 +206,7 @@ async def test_invalid_calls_name_the_field_and_create_nothing(
 async def test_a_scheduled_call_echoes_its_window_and_its_tokens_last_through_it(
     service: Service, http: aiohttp.ClientSession
 ) -> None:
+    """A booked call keeps its window, and its tokens (renewed ones too) last an hour past it."""
     start = time.time() + 3 * 86400  # booked three days ahead: beyond the 24 h token_ttl
     window = {"start": start, "end": start + 1800}
     status, body = await post(http, f"{service.url}/api/v1/calls",
@@ -222,6 +229,7 @@ async def test_a_scheduled_call_echoes_its_window_and_its_tokens_last_through_it
 async def test_body_that_is_not_json_is_refused(
     service: Service, http: aiohttp.ClientSession
 ) -> None:
+    """A request body that is not JSON is refused 422 with the field `body`."""
     async with http.post(f"{service.url}/api/v1/calls", data=b"{nope",
                          headers={**AUTH, "Content-Type": "application/json"}) as r:
         assert r.status == 422
@@ -231,6 +239,7 @@ async def test_body_that_is_not_json_is_refused(
 async def test_ended_call_refuses_new_tokens_and_unknown_calls_are_404(
     service: Service, http: aiohttp.ClientSession
 ) -> None:
+    """An ended call refuses new tokens `call.ended`; ending an unknown call is 404."""
     _, created = await post(http, f"{service.url}/api/v1/calls", CONSULTATION)
     base = f"{service.url}/api/v1/calls/{created['id']}"
     status, fresh = await post(http, f"{base}/tokens")
@@ -246,6 +255,7 @@ async def test_ended_call_refuses_new_tokens_and_unknown_calls_are_404(
 async def test_calls_are_listed_newest_first_by_state_and_paged(
     service: Service, http: aiohttp.ClientSession
 ) -> None:
+    """Calls list newest first, page by cursor and filter by state; a bad query names its field."""
     ids = []
     for _ in range(3):
         _, created = await post(http, f"{service.url}/api/v1/calls", CONSULTATION)
@@ -278,6 +288,7 @@ async def test_calls_are_listed_newest_first_by_state_and_paged(
 async def test_history_outlives_the_process(
     tmp_path: Path, redis_server: RedisServer, http: aiohttp.ClientSession
 ) -> None:
+    """A new process serves the last one's calls and timelines; a booked call stays booked."""
     async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",)) as a:
         _, created = await post(http, f"{a.url}/api/v1/calls", CONSULTATION)
         await post(http, f"{a.url}/api/v1/calls/{created['id']}/end")
@@ -297,6 +308,7 @@ async def test_history_outlives_the_process(
 async def test_idempotent_creation_returns_the_same_call(
     service: Service, http: aiohttp.ClientSession
 ) -> None:
+    """A retry with the same Idempotency-Key returns the same call; a different body is a 409."""
     headers = {**AUTH, "Idempotency-Key": "visit-V-1-attempt"}
     s1, one = await post(http, f"{service.url}/api/v1/calls", CONSULTATION, headers=headers)
     s2, two = await post(http, f"{service.url}/api/v1/calls", CONSULTATION, headers=headers)
@@ -311,6 +323,7 @@ async def test_idempotent_creation_returns_the_same_call(
 async def test_concurrent_retries_with_one_idempotency_key_make_one_call(
     service: Service, http: aiohttp.ClientSession
 ) -> None:
+    """Concurrent retries with one Idempotency-Key create exactly one call."""
     headers = {**AUTH, "Idempotency-Key": "visit-V-2"}
     answers = await asyncio.gather(*(post(http, f"{service.url}/api/v1/calls", CONSULTATION,
                                           headers=headers) for _ in range(5)))
@@ -327,6 +340,7 @@ async def test_an_idempotent_retry_after_a_restart_returns_the_same_call(
     tmp_path: Path, redis_server: RedisServer, redis_client: Any,
     http: aiohttp.ClientSession
 ) -> None:
+    """After a restart, an idempotent retry returns the booked call, which can still be ended."""
     headers = {**AUTH, "Idempotency-Key": "visit-V-3"}
     async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",)) as a:
         status, first = await post(http, f"{a.url}/api/v1/calls", CONSULTATION,
@@ -345,6 +359,7 @@ async def test_an_idempotent_retry_after_a_restart_returns_the_same_call(
 async def test_unknown_participants_and_calls_are_404_and_change_nothing(
     service: Service, http: aiohttp.ClientSession
 ) -> None:
+    """Removing an unknown participant, or touching an unknown call, is 404 and changes nothing."""
     _, created = await post(http, f"{service.url}/api/v1/calls", CONSULTATION)
     base = f"{service.url}/api/v1/calls/{created['id']}"
     async with http.delete(f"{base}/participants/nobody", headers=AUTH) as r:
@@ -362,6 +377,7 @@ async def test_unknown_participants_and_calls_are_404_and_change_nothing(
 async def test_one_participant_gets_a_new_token_and_a_removed_one_is_out(
     service: Service, http: aiohttp.ClientSession
 ) -> None:
+    """One participant's token can be renewed; a removed one is told so and cannot come back."""
     _, created = await post(http, f"{service.url}/api/v1/calls", CONSULTATION)
     base = f"{service.url}/api/v1/calls/{created['id']}"
     status, fresh = await post(http, f"{base}/tokens", {"participant": "pat-1"})
@@ -395,6 +411,7 @@ async def test_one_participant_gets_a_new_token_and_a_removed_one_is_out(
 async def test_oversized_bodies_and_repeated_bad_keys_are_refused(
     service: Service, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Oversized bodies (chunked too) are 413; guessed keys get rate limited, logged keyless."""
     async with http.post(f"{service.url}/api/v1/calls", data=b"{" + b" " * 70000 + b"}",
                          headers={**AUTH, "Content-Type": "application/json"}) as r:
         assert (r.status, (await r.json())["code"]) == (413, "request.too_large")

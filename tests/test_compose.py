@@ -101,6 +101,7 @@ def setting_env_names() -> set[str]:
 
 
 def test_every_variable_given_to_the_service_is_a_setting_with_a_valid_value() -> None:
+    """Every variable compose gives the service is a known setting, and together they load."""
     env = service_env(example_env())
     assert set(env) - setting_env_names() == set()
     settings = load_settings(env=env)  # types, bounds and cross-setting rules
@@ -109,6 +110,7 @@ def test_every_variable_given_to_the_service_is_a_setting_with_a_valid_value() -
 
 
 def test_secrets_come_only_from_the_untracked_env_file() -> None:
+    """Secrets reach compose only as ${VAR}s from the git-ignored .env, never as literals."""
     text = (COMPOSE / "docker-compose.yml").read_text()
     used = set(re.findall(r"\$\{([A-Z_]+)", text))
     documented = set(re.findall(r"^([A-Z_]+)=", (COMPOSE / ".env.example").read_text(), re.M))
@@ -127,6 +129,7 @@ def test_secrets_come_only_from_the_untracked_env_file() -> None:
 
 
 def test_ports_agree_and_nothing_is_published_beyond_public_ip() -> None:
+    """Ports agree across services; only nginx, Kurento's UDP range and coturn face PUBLIC_IP."""
     services = compose()["services"]
     env = example_env()
     signaling = services["signaling"]
@@ -173,6 +176,7 @@ def test_ports_agree_and_nothing_is_published_beyond_public_ip() -> None:
 
 
 def test_nginx_template_fills_in_only_variables_compose_gives_it() -> None:
+    """The nginx template uses only variables compose sets and never shadows nginx's own."""
     template = (COMPOSE / "nginx" / "nginx.conf.template").read_text()
     nginx = compose()["services"]["nginx"]
     given = set(nginx["environment"])
@@ -189,6 +193,7 @@ def test_nginx_template_fills_in_only_variables_compose_gives_it() -> None:
 
 
 def test_kurento_and_the_service_share_the_recordings_volume() -> None:
+    """Kurento and the service mount one recordings volume, owned by the service's user."""
     services = compose()["services"]
     target = services["signaling"]["environment"]["TELEMED_RECORDINGS_DIR"]
     for name in ("kurento", "signaling"):
@@ -201,6 +206,7 @@ def test_kurento_and_the_service_share_the_recordings_volume() -> None:
 
 
 def test_kurento_is_configured_only_with_keys_kurento_7_reads() -> None:
+    """Kurento 7 gets only environment keys it reads, and no bind mount over its .ini files."""
     kurento = compose()["services"]["kurento"]
     assert kurento["image"].startswith("kurento/kurento-media-server:7.")
     env = kurento["environment"]
@@ -222,6 +228,7 @@ def coturn_conf() -> dict[str, str]:
 
 
 def test_coturn_config_is_locked_down() -> None:
+    """The shipped coturn config requires auth, TLS 1.2+, quotas and denies every private peer."""
     text = (COMPOSE / "coturn" / "turnserver.conf").read_text()
     lines = {line.strip() for line in text.splitlines() if line and not line.startswith("#")}
     for required in ("use-auth-secret", "no-multicast-peers", "fingerprint", "no-cli",
@@ -298,6 +305,7 @@ def check_secrets_kept_out_of_argv(coturn: dict[str, Any]) -> None:
 async def test_shipped_coturn_config_runs_and_relays_only_to_the_media_host(
     compose_coturn: dict[str, Any]
 ) -> None:
+    """The shipped coturn config serves TLS and relays to the media host, never to private peers."""
     server = (compose_coturn["ip"], compose_coturn["port"])
     new, old = compose_coturn["secrets"]
     check_secrets_kept_out_of_argv(compose_coturn)
@@ -392,6 +400,7 @@ def test_dockerfile_builds_the_package_the_readme_installs(tmp_path: Path) -> No
 
 
 def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    """`docker compose config` accepts the file with the example environment."""
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"],
                                         capture_output=True).returncode != 0:

@@ -55,6 +55,7 @@ async def hello_error(service: Service, token: str) -> str:
 async def test_bad_tokens_get_their_codes_and_no_token_is_logged(
     service: Service, live: LiveCall, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Each bad join token is refused with its own code and logged without its secret."""
     caplog.set_level(logging.DEBUG)
     tokens: list[str] = []
     target = other_call(service)
@@ -97,6 +98,7 @@ async def test_bad_tokens_get_their_codes_and_no_token_is_logged(
 async def test_tokens_signed_with_the_mis_private_key_open_one_call_only(
     service: Service, live: LiveCall, alg: str
 ) -> None:
+    """A join token signed with the MIS's RSA/EC key opens its call only; another key's does not."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -137,6 +139,7 @@ async def test_tokens_signed_with_the_mis_private_key_open_one_call_only(
 
 
 async def test_calls_larger_than_their_kind_allows_are_refused(service: Service) -> None:
+    """A call with more people than its kind allows is refused `call.full`."""
     from signaling.errors import CallError
 
     doctors = [(f"d{i}", f"D{i}", "doctor") for i in range(9)]
@@ -149,6 +152,7 @@ async def test_calls_larger_than_their_kind_allows_are_refused(service: Service)
 
 
 async def test_only_allowed_origins_may_open_a_call_socket(service: Service) -> None:
+    """Only the page's own origin (scheme, host and port) may open a call socket; others get 403."""
     async with aiohttp.ClientSession() as http:
         port = service.url.rsplit(":", 1)[1]
         for headers in ({"Origin": "http://evil.example"}, {},
@@ -167,6 +171,7 @@ async def test_only_allowed_origins_may_open_a_call_socket(service: Service) -> 
 async def test_a_peer_that_stops_answering_pings_is_dropped_and_its_place_held(
     service: Service
 ) -> None:
+    """A socket that stops answering pings is dropped within the heartbeat; its place is held."""
     from signaling.participant import ParticipantState
     from signaling.session import SESSION_CONFIG
 
@@ -216,6 +221,7 @@ async def test_the_call_socket_declines_compression_a_browser_offers(service: Se
 
 
 async def test_pre_call_diagnostics_land_on_the_timeline_before_join(service: Service) -> None:
+    """Client diagnostics sent before join land on the timeline; without hello they are refused."""
     call = other_call(service)
     client = CallClient(service, service.token(call.id, "pat-9"))
     try:
@@ -264,6 +270,7 @@ async def reply(ws: aiohttp.ClientWebSocketResponse, text: str) -> dict[str, Any
 async def test_malformed_messages_get_their_codes(
     service: Service, live: LiveCall, text: str, code: str
 ) -> None:
+    """Each malformed message gets its error code (and its id back), and the socket stays usable."""
     async with aiohttp.ClientSession() as http:
         ws = await raw_socket(service, http)
         answer = await reply(ws, text)
@@ -276,6 +283,7 @@ async def test_malformed_messages_get_their_codes(
 
 
 async def test_binary_and_oversized_frames(service: Service, live: LiveCall) -> None:
+    """A binary frame is `message.malformed`; a frame beyond the hard limit closes the socket."""
     async with aiohttp.ClientSession() as http:
         ws = await raw_socket(service, http)
         await ws.send_bytes(b"\x00\x01")
@@ -291,6 +299,7 @@ async def test_binary_and_oversized_frames(service: Service, live: LiveCall) -> 
 async def test_invalid_sdp_is_refused_and_the_participant_can_try_again(
     service: Service, live: LiveCall
 ) -> None:
+    """An invalid or receive-only offer is refused `sdp.invalid`; a good one then publishes."""
     target = other_call(service)
     client = CallClient(service, service.token(target.id, "pat-9"))
     try:
@@ -310,6 +319,7 @@ async def test_invalid_sdp_is_refused_and_the_participant_can_try_again(
 async def test_a_flood_is_rate_limited_then_cut_off_alone(
     service: Service, live: LiveCall
 ) -> None:
+    """A flooding socket is rate limited, then closed, while the live call is unharmed."""
     async with aiohttp.ClientSession() as http:
         ws = await raw_socket(service, http)
         for i in range(400):
@@ -381,6 +391,7 @@ class RandomMessages:
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 @pytest.mark.timeout(scaled(90))  # 40 calls set up and torn down, next to a live one
 async def test_random_messages_never_break_the_hub(service: Service, live: LiveCall) -> None:
+    """Random messages only get documented error codes, never `internal`, and no call breaks."""
     sender = RandomMessages(service, asyncio.get_running_loop())
     seen: set[str] = set()
 

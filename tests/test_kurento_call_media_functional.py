@@ -133,6 +133,7 @@ async def test_publish_and_subscribe_answer_in_one_round_trip_and_media_flows(
 async def test_a_refused_offer_is_sdp_invalid_and_a_failed_creation_leaves_nothing(
     tmp_path: Path,
 ) -> None:
+    """A failed creation releases its pipeline; an offer Kurento rejects is `sdp.invalid`."""
     async with run_scripted_kms() as (url, kms):
         pool = KurentoPool([url], health_interval=scaled(60))
         await pool.start()

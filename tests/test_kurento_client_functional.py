@@ -54,6 +54,7 @@ async def scripted() -> AsyncIterator[tuple[str, ScriptedKms]]:
 
 async def test_objects_are_created_invoked_and_released(kms: tuple[str, Any],
                                                         tmp_path: Path) -> None:
+    """Objects are created, connected and released; a released one is MEDIA_OBJECT_NOT_FOUND."""
     url, _ = kms
     async with KurentoClient(url) as client:
         manager = ServerManager(client)
@@ -74,6 +75,7 @@ async def test_objects_are_created_invoked_and_released(kms: tuple[str, Any],
 
 
 async def test_a_hundred_requests_in_flight_all_complete(kms: tuple[str, Any]) -> None:
+    """A hundred requests in flight on one connection all get their own replies."""
     url, _ = kms
     async with KurentoClient(url) as client:
         pipeline = await MediaPipeline.create(client)
@@ -84,6 +86,7 @@ async def test_a_hundred_requests_in_flight_all_complete(kms: tuple[str, Any]) -
 
 
 async def test_unknown_factory_is_a_typed_error_keeping_kurentos_code(kms: tuple[str, Any]) -> None:
+    """Creating an unknown type raises RpcError with Kurento's code 40108 and message."""
     url, backend = kms
     async with KurentoClient(url) as client:
         with pytest.raises(RpcError) as info:
@@ -95,6 +98,7 @@ async def test_unknown_factory_is_a_typed_error_keeping_kurentos_code(kms: tuple
 
 
 async def test_pipeline_scope_releases_on_every_exit_path(kms: tuple[str, Any]) -> None:
+    """`pipeline_scope` releases its pipeline when its body raises."""
     url, _ = kms
     async with KurentoClient(url) as client:
         with pytest.raises(ZeroDivisionError):
@@ -146,6 +150,7 @@ async def test_requests_made_in_one_loop_turn_leave_in_one_write(
 
 
 async def test_close_leaves_no_task_or_handler_behind(kms: tuple[str, Any]) -> None:
+    """Releasing drops the event handlers and closing ends every task the client started."""
     url, _ = kms
     before = {t for t in asyncio.all_tasks() if not t.done()}
     client = KurentoClient(url)
@@ -162,6 +167,7 @@ async def test_close_leaves_no_task_or_handler_behind(kms: tuple[str, Any]) -> N
 
 
 async def test_server_manager_events_reach_a_subscriber(kms: tuple[str, Any]) -> None:
+    """A ServerManager event reaches its subscriber as a typed ObjectCreated."""
     url, backend = kms
     async with KurentoClient(url) as client:
         created: asyncio.Queue[KurentoEvent] = asyncio.Queue()
@@ -176,6 +182,7 @@ async def test_server_manager_events_reach_a_subscriber(kms: tuple[str, Any]) ->
 
 async def test_a_transaction_creates_objects_and_uses_them_by_newref(kms: tuple[str, Any],
                                                                   tmp_path: Path) -> None:
+    """A transaction creates objects, refers to them by newref, and resolves them to real ids."""
     url, backend = kms
     async with KurentoClient(url) as client:
         tx = Transaction(client)
@@ -203,6 +210,7 @@ async def test_a_transaction_creates_objects_and_uses_them_by_newref(kms: tuple[
 async def test_a_failed_op_raises_its_typed_error_and_the_ops_after_it_do_not_run(
     kms: tuple[str, Any],
 ) -> None:
+    """A failed operation raises its typed error; later ones are not run and leave no handler."""
     url, backend = kms
     if isinstance(backend, ScriptedKms):
         backend.errors["processOffer"] = (40201, "Empty offer not valid", None)
@@ -300,6 +308,7 @@ async def test_reconnect_to_the_embedded_server_keeps_the_session_and_its_subscr
 async def test_a_restart_of_the_embedded_server_is_reported_as_session_loss(
     tmp_path: Path,
 ) -> None:
+    """A restarted embedded media server is reported as a lost session with its objects gone."""
     async with run_mediaserver(recordings_root=tmp_path) as (first, _), \
             run_kurento_proxy(first) as (url, proxy), \
             KurentoClient(url, reconnect_delays=(0.01,)) as client:
@@ -321,6 +330,7 @@ async def test_a_restart_of_the_embedded_server_is_reported_as_session_loss(
 
 
 async def test_requests_are_not_lock_step(scripted: tuple[str, ScriptedKms]) -> None:
+    """A fast request is answered while twenty slow ones are still pending."""
     url, kms = scripted
     kms.delays["getUsedMemory"] = scaled(2.0)
     async with KurentoClient(url) as client:
@@ -341,6 +351,7 @@ async def test_requests_are_not_lock_step(scripted: tuple[str, ScriptedKms]) -> 
 async def test_a_request_times_out_and_a_late_reply_is_ignored(
     scripted: tuple[str, ScriptedKms],
 ) -> None:
+    """A request times out with RequestTimeout; its late reply is ignored and the link works on."""
     url, kms = scripted
     kms.delays["getUsedMemory"] = scaled(0.5)
     kms.values["getUsedMemory"] = 42
@@ -355,6 +366,7 @@ async def test_a_request_times_out_and_a_late_reply_is_ignored(
 async def test_an_event_sent_before_the_subscribe_reply_is_delivered(
     scripted: tuple[str, ScriptedKms],
 ) -> None:
+    """An event the server sends before its subscribe reply still reaches the subscriber."""
     url, kms = scripted
     kms.emit_before_reply["MediaFlowInStateChanged"] = {
         "state": "FLOWING", "mediaType": "VIDEO", "padName": "default"}
@@ -371,6 +383,7 @@ async def test_an_event_sent_before_the_subscribe_reply_is_delivered(
 async def test_reconnect_keeps_the_session_and_its_subscriptions(
     scripted: tuple[str, ScriptedKms],
 ) -> None:
+    """A dropped socket resumes its session and subscriptions; no request id is reused."""
     url, kms = scripted
     lost: list[SessionLoss] = []
     async with KurentoClient(url, reconnect_delays=(0.01,)) as client:
@@ -398,6 +411,7 @@ async def test_reconnect_keeps_the_session_and_its_subscriptions(
 async def test_a_server_restart_is_reported_as_session_loss(
     scripted: tuple[str, ScriptedKms],
 ) -> None:
+    """A server restart is reported once as a lost session, and the old objects are gone."""
     url, kms = scripted
     lost: list[SessionLoss] = []
     async with KurentoClient(url, reconnect_delays=(0.01,)) as client:
@@ -417,6 +431,7 @@ async def test_a_server_restart_is_reported_as_session_loss(
 async def test_an_unanswered_ping_drops_the_socket_and_reconnects(
     scripted: tuple[str, ScriptedKms],
 ) -> None:
+    """An unanswered ping drops the socket; the client reconnects once the server answers."""
     url, kms = scripted
     async with KurentoClient(url, ping_interval=0.05, ping_timeout=0.3,
                              reconnect_delays=(0.01,)) as client:

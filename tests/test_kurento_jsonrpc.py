@@ -11,6 +11,7 @@ from kurento_ctl.jsonrpc import ClientProtocol, Reply, encode_operations, transa
 
 
 def test_a_transaction_request_numbers_its_ops_from_zero_and_carries_the_session() -> None:
+    """A transaction numbers its operations from 0 and carries the session id, as KMS expects."""
     protocol = ClientProtocol(first_id=7)
     protocol.session_id = "S"
     ops = encode_operations([
@@ -37,6 +38,7 @@ def test_a_transaction_request_numbers_its_ops_from_zero_and_carries_the_session
 
 
 def test_transaction_replies_stop_at_the_first_error() -> None:
+    """A transaction's replies stop at the first failed operation; those after it are None."""
     result = json.loads(
         '{"sessionId":"S","value":[{"id":0,"jsonrpc":"2.0","result":{"sessionId":"S",'
         '"value":"p_kurento.MediaPipeline"}},{"error":{"code":40201,"data":{"type":'
@@ -58,5 +60,6 @@ def test_transaction_replies_stop_at_the_first_error() -> None:
 def test_a_transaction_result_that_does_not_match_its_ops_is_a_protocol_violation(
     result: object,
 ) -> None:
+    """A transaction result whose replies do not match its operations is a ProtocolViolation."""
     with pytest.raises(ProtocolViolation):
         transaction_replies(result, 1)

@@ -36,6 +36,7 @@ async def test_pipelines_go_to_the_least_loaded_server() -> None:
 
 
 async def test_a_server_that_goes_away_reports_its_pipelines_lost_and_comes_back() -> None:
+    """A server that goes away reports its pipelines lost once and gets no new ones until back."""
     port_b = free_port()
     async with run_scripted_kms() as (url_a, _):
         stack = contextlib.AsyncExitStack()
@@ -71,6 +72,7 @@ async def test_a_server_that_goes_away_reports_its_pipelines_lost_and_comes_back
 
 
 async def test_a_server_whose_probes_go_unanswered_is_down_until_it_answers_again() -> None:
+    """A server is down after its second unanswered probe, not its first, and up once it answers."""
     async with run_scripted_kms() as (url, kms):
         pool = KurentoPool([url], health_interval=scaled(60), check_timeout=scaled(0.2),
                            failures_to_down=2)
@@ -96,6 +98,7 @@ async def test_a_server_whose_probes_go_unanswered_is_down_until_it_answers_agai
 
 
 async def test_no_reachable_server_is_a_clear_error() -> None:
+    """With no reachable media server, creating a pipeline raises NoMediaServer."""
     pool = KurentoPool([f"ws://127.0.0.1:{free_port()}/kurento"], health_interval=scaled(10))
     await pool.start()
     try:
@@ -106,6 +109,7 @@ async def test_no_reachable_server_is_a_clear_error() -> None:
 
 
 async def test_a_restarted_server_reports_lost_pipelines_at_once() -> None:
+    """A restarted server's pipelines are reported lost as soon as it reconnects."""
     async with run_scripted_kms() as (url, kms):
         pool = KurentoPool([url], health_interval=scaled(10))
         lost: list[tuple[str, set[str]]] = []
@@ -123,6 +127,7 @@ async def test_a_restarted_server_reports_lost_pipelines_at_once() -> None:
 
 
 async def test_a_restarted_server_stays_up_and_each_socket_reports_only_its_pipelines() -> None:
+    """After a restart each socket reports only its own pipelines lost, and the server stays up."""
     async with run_scripted_kms() as (url, kms):
         pool = KurentoPool([url], health_interval=scaled(10), sockets=2)
         lost: list[set[str]] = []
@@ -153,6 +158,7 @@ async def test_a_restarted_server_stays_up_and_each_socket_reports_only_its_pipe
 
 
 async def test_pipelines_spread_over_call_sockets_and_probes_use_their_own() -> None:
+    """Pipelines spread evenly over call sockets; probes use their own, never getPipelines."""
     async with run_scripted_kms() as (url, kms):
         pool = KurentoPool([url], health_interval=scaled(10), sockets=3)
         await pool.start()

@@ -206,3 +206,37 @@ def test_the_checker_names_an_import_cycle(tmp_path: Path) -> None:
     root = _tree(tmp_path, {"turn/__init__.py": "", "turn/a.py": "from turn import b\n",
                             "turn/b.py": "from turn.a import thing\n"})
     assert check(root) == ["import cycle: turn.a -> turn.b"]
+
+
+def undocumented_tests(root: Path) -> list[str]:
+    """Every test function of tests/test_*.py below `root` that has no docstring, as
+    `file:line: name`; the docstring says what behaviour the test proves (issue #15)."""
+    out = []
+    for path in sorted((root / "tests").rglob("test_*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        tests = [node for node in ast.walk(tree)
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 and node.name.startswith("test_") and not ast.get_docstring(node)]
+        name = path.relative_to(root).as_posix()
+        out += [f"{name}:{t.lineno}: {t.name}" for t in sorted(tests, key=lambda t: t.lineno)]
+    return out
+
+
+def test_every_test_says_what_behaviour_it_proves() -> None:
+    """Every test function has a docstring (delete one from any test and this fails naming
+    its file, line and name)."""
+    assert undocumented_tests(ROOT) == []
+
+
+def test_the_docstring_check_names_an_undocumented_test(tmp_path: Path) -> None:
+    """Plain, async and method tests without a docstring are reported; helpers are not."""
+    root = _tree(tmp_path, {"tests/test_a.py": (
+        'def test_told() -> None:\n    """A behaviour."""\n\n'
+        "def test_plain() -> None:\n    assert True\n\n"
+        "async def test_async() -> None:\n    pass\n\n"
+        "def helper() -> None:\n    pass\n\n"
+        "class TestGroup:\n    def test_method(self) -> None:\n        '''   '''\n"),
+        "tests/helpers.py": "def test_not_a_test_file() -> None:\n    pass\n"})
+    assert undocumented_tests(root) == ["tests/test_a.py:4: test_plain",
+                                        "tests/test_a.py:7: test_async",
+                                        "tests/test_a.py:14: test_method"]

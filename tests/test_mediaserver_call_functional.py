@@ -30,6 +30,8 @@ from tests.media_fixtures import (
 
 
 async def test_two_peers_receive_each_other_and_both_streams_are_recorded(tmp_path: Path) -> None:
+    """Two peers get each other's media, flow events follow it stopping and resuming, both are
+    recorded in full, and releasing the pipeline leaves no connection, task or file behind."""
     async with run_mediaserver(recordings_root=tmp_path) as (url, server), \
             KurentoClient(url) as kc:
         tasks_before = asyncio.all_tasks()
@@ -141,6 +143,7 @@ def _open_files() -> list[str]:
 
 
 async def test_a_player_plays_a_file_into_a_recorder_and_ends(tmp_path: Path) -> None:
+    """A player plays a file at its own pace into a recorder and ends; files outside are refused."""
     source = tmp_path / "clip.webm"
     proc = await asyncio.create_subprocess_exec(
         "ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=15",

@@ -66,6 +66,7 @@ async def blank_page_url() -> AsyncIterator[str]:
 async def test_chromium_and_aiortc_receive_each_other_through_the_media_server(
     tmp_path: Path, browser: Any, blank_page_url: str,
 ) -> None:
+    """Chromium and aiortc get each other's media through the media server, recorded in step."""
     async with run_mediaserver(recordings_root=tmp_path) as (url, _), \
             KurentoClient(url) as kc:
         call = CrossCall(kc, tmp_path)  # side "a" is Chromium, "b" the aiortc peer

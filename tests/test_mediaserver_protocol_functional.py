@@ -46,6 +46,7 @@ def rpc(i: int, method: str, **params: Any) -> dict[str, Any]:
 
 
 async def test_every_implemented_operation_exists_in_kmd_with_its_required_params() -> None:
+    """Every operation and event the media server implements is in Kurento's kmd, same params."""
     server = MediaServer()
     pipeline = MediaPipelineImpl(server)
     elements = [
@@ -65,6 +66,7 @@ async def test_every_implemented_operation_exists_in_kmd_with_its_required_param
 
 
 async def test_replies_are_compact_sorted_and_errors_are_kurentos(tmp_path: Path) -> None:
+    """Replies are compact JSON with sorted keys, like KMS's, and each error has KMS's code."""
     async with run_mediaserver(recordings_root=tmp_path) as (url, _), \
             aiohttp.ClientSession() as http:
         raw = await open_raw(http, url)
@@ -122,6 +124,7 @@ async def test_replies_are_compact_sorted_and_errors_are_kurentos(tmp_path: Path
 async def test_a_transaction_resolves_newrefs_and_stops_at_the_first_failure(
     tmp_path: Path,
 ) -> None:
+    """A transaction resolves newrefs and stops at its first failing operation."""
     async with run_mediaserver(recordings_root=tmp_path) as (url, _), \
             aiohttp.ClientSession() as http:
         raw = await open_raw(http, url)
@@ -142,6 +145,7 @@ async def test_a_transaction_resolves_newrefs_and_stops_at_the_first_failure(
 async def test_a_session_without_a_socket_is_collected_with_its_pipelines(
     tmp_path: Path,
 ) -> None:
+    """A session left without a socket is collected with its pipelines; a resumed one is kept."""
     async with run_mediaserver(gc_grace=0.2, recordings_root=tmp_path) as (url, server), \
             aiohttp.ClientSession() as http:
         raw = await open_raw(http, url)
@@ -165,6 +169,7 @@ async def test_a_session_without_a_socket_is_collected_with_its_pipelines(
 async def test_strict_mode_ignores_mdns_and_link_local_candidates(
     strict: bool, tmp_path: Path
 ) -> None:
+    """Strict mode drops mDNS and link-local candidates (SDP too); otherwise aiortc gets them."""
     async with run_mediaserver(strict_candidates=strict, recordings_root=tmp_path) as (url, s), \
             aiohttp.ClientSession() as http:
         raw = await open_raw(http, url)

@@ -23,6 +23,7 @@ from signaling.protocol import (
 
 
 def test_a_valid_message_becomes_its_dataclass() -> None:
+    """A valid client message parses into its frozen dataclass, empty and null fields kept."""
     msg = parse_client_message('{"type":"publish","id":7,"sdp":"v=0"}')
     assert msg == Publish(id=7, sdp="v=0")
     cand = parse_client_message(json.dumps({"type": "candidate", "target": "publish",
@@ -46,6 +47,7 @@ def test_a_valid_message_becomes_its_dataclass() -> None:
 ])
 def test_bad_messages_get_a_specific_code_naming_the_field(text: str, code: str,
                                                            names: str) -> None:
+    """A bad message is refused with a specific code whose message names the offending field."""
     with pytest.raises(MessageError) as info:
         parse_client_message(text)
     assert info.value.code == code
@@ -53,12 +55,14 @@ def test_bad_messages_get_a_specific_code_naming_the_field(text: str, code: str,
 
 
 def test_an_oversized_message_is_refused_before_parsing() -> None:
+    """A message over the size limit is refused `message.too_large` before it is parsed."""
     with pytest.raises(MessageError) as info:
         parse_client_message('{"type":"ping"}' + " " * 100, max_size=50)
     assert info.value.code == "message.too_large"
 
 
 def test_replies_name_the_request_and_events_do_not() -> None:
+    """Replies carry the request's id as `re`, events carry none, errors carry code and message."""
     assert json.loads(encode("answer", re=3, sdp="v=0")) == {"type": "answer", "re": 3,
                                                              "sdp": "v=0"}
     assert json.loads(encode("callLive")) == {"type": "callLive"}
@@ -67,6 +71,7 @@ def test_replies_name_the_request_and_events_do_not() -> None:
 
 
 def test_schemas_accept_what_the_parser_accepts() -> None:
+    """There is a JSON schema per client message, and the schemas agree with the parser."""
     all_schemas = schemas()
     assert set(all_schemas) == {"hello", "join", "publish", "subscribe", "candidate", "leave",
                                 "end", "clientEvent", "ring", "accept", "decline", "cancel",
@@ -80,6 +85,7 @@ def test_schemas_accept_what_the_parser_accepts() -> None:
 
 @given(st.text(max_size=300))
 def test_arbitrary_text_never_escapes_as_anything_but_a_message_error(text: str) -> None:
+    """Any text either parses or raises a MessageError with a `message.` code, nothing else."""
     try:
         parse_client_message(text)
     except MessageError as exc:
@@ -94,6 +100,7 @@ def test_arbitrary_text_never_escapes_as_anything_but_a_message_error(text: str)
                                  st.dictionaries(st.text(max_size=3), st.integers(),
                                                  max_size=2))))
 def test_arbitrary_objects_parse_or_fail_with_a_code(obj: dict[str, object]) -> None:
+    """Any JSON object either parses or fails with one of the three message error codes."""
     try:
         parse_client_message(json.dumps(obj))
     except MessageError as exc:

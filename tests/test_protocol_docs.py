@@ -54,6 +54,7 @@ def server_messages_in_sources() -> set[str]:
 
 
 def test_the_table_parser_reads_every_table() -> None:
+    """The table reader finds the entries of every table of docs/protocol.md that is checked."""
     assert {"hello", "ping"} <= set(table("## Client messages"))
     assert {"callFailed", "incomingCall"} <= set(table("## Server events"))
     assert "no-media" in table("### Failure reasons (`callFailed.reason`)")
@@ -61,12 +62,14 @@ def test_the_table_parser_reads_every_table() -> None:
 
 
 def test_the_client_messages_table_lists_exactly_the_messages_parsed() -> None:
+    """docs/protocol.md lists each client message the parser accepts, once, and no other."""
     documented = table("## Client messages")
     assert len(documented) == len(set(documented))
     assert sorted(documented) == sorted(MESSAGES)
 
 
 def test_the_error_codes_table_lists_exactly_the_known_codes() -> None:
+    """docs/protocol.md lists each error code in errors.CODES, once, and no other."""
     documented = table("## Error codes")
     assert len(documented) == len(set(documented)), "a code is listed twice"
     assert sorted(set(documented) - set(CODES)) == [], "documented but unknown"
@@ -74,6 +77,7 @@ def test_the_error_codes_table_lists_exactly_the_known_codes() -> None:
 
 
 def test_every_code_used_is_known_and_every_known_code_is_used() -> None:
+    """Every error code the sources send is in errors.CODES, and every code there is sent."""
     used = codes_in_sources()
     assert {"sdp.invalid", "origin.forbidden", "auth.expired", "internal"} <= used, \
         "the patterns above must find the codes in use"
@@ -82,11 +86,13 @@ def test_every_code_used_is_known_and_every_known_code_is_used() -> None:
 
 
 def test_the_failure_reasons_table_lists_exactly_the_reasons() -> None:
+    """docs/protocol.md lists exactly the FailureReason values as `callFailed` reasons."""
     assert sorted(table("### Failure reasons (`callFailed.reason`)")) == sorted(
         r.value for r in FailureReason)
 
 
 def test_every_server_message_is_documented_and_every_documented_event_is_sent() -> None:
+    """Every message the server sends is documented, and every documented event is sent."""
     sent = server_messages_in_sources()
     assert {"callLive", "ringTimeout", "mediaInterrupted", "welcome", "pong"} <= sent
     events = set(table("## Server events"))

@@ -82,10 +82,12 @@ async def recorded_call(service: Service, seconds: float = 1.5) -> str:
 def test_range_headers_are_judged_as_rfc_9110_says(
     header: str | None, size: int, verdict: str | None
 ) -> None:
+    """A Range header is served, clamped, refused as unsatisfiable or ignored as RFC 9110 says."""
     assert judge_range(header, size) == verdict
 
 
 def test_a_duration_must_fit_the_time_the_stream_was_recorded() -> None:
+    """A file's duration must match its recorded span within a few seconds, or it is flagged."""
     assert implausible(58.0, 100.0, 160.0) is None
     assert implausible(64.0, 100.0, 160.0) is None  # a few seconds of slack
     assert "longer" in str(implausible(70.0, 100.0, 160.0))
@@ -104,6 +106,7 @@ async def run(*args: str) -> bytes:
 async def test_a_conference_is_composed_as_a_grid_aligned_by_start_times(
     tmp_path: Path
 ) -> None:
+    """A conference is composed as one grid with mixed audio, each tile starting with its stream."""
     streams = []
     for i, offset in enumerate((0.0, 0.5, 1.0)):
         path = tmp_path / f"p{i}.webm"
@@ -142,6 +145,7 @@ def sha256(path: Path) -> str:
 async def test_a_call_leaves_verified_streams_metadata_and_a_composed_file(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """A call leaves owner-only files checked against metadata, and a composed side-by-side file."""
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
             tmp_path, redis_server.url, (kms_url,),
             env={"TELEMED_RECORDINGS_COMPOSE": "true"}) as service:
@@ -187,6 +191,7 @@ async def recorded(tmp_path: Path, redis_server: RedisServer, redis_client: Any)
 
 
 async def test_downloads_honour_ranges_and_refuse_strangers(recorded: Any) -> None:
+    """Downloads honour byte ranges; without the API key or a signed link nothing is served."""
     service, call_id = recorded
     (path,) = service.settings.recordings_path.rglob("pat-1.webm")
     data = path.read_bytes()
@@ -245,6 +250,7 @@ async def test_downloads_honour_ranges_and_refuse_strangers(recorded: Any) -> No
 async def test_a_lost_index_is_rebuilt_from_the_folders(
     recorded: Any, redis_client: Any
 ) -> None:
+    """A lost recordings index in Redis is rebuilt from the folders' metadata, unchanged."""
     service, call_id = recorded
     before = await indexed(service, call_id)
     await redis_client.delete(f"telemed:recordings:{call_id}")
@@ -255,6 +261,7 @@ async def test_a_lost_index_is_rebuilt_from_the_folders(
 
 
 async def test_retention_dry_run_then_deletion_is_recorded(recorded: Any) -> None:
+    """A retention dry run lists and keeps the files; the purge deletes them and records who did."""
     service, call_id = recorded
     files = sorted(service.settings.recordings_path.rglob("*.webm"))
     async with aiohttp.ClientSession() as http:
@@ -289,6 +296,7 @@ def small_volume(path: Path, size: int) -> Iterator[Path]:
 async def test_a_nearly_full_volume_refuses_calls_until_retention_frees_it(
     tmp_path: Path, redis_server: RedisServer, redis_client: Any
 ) -> None:
+    """A nearly full volume refuses new calls `recording.disk_full` until a purge frees space."""
     watermark = 4 * 2 ** 20
     body = {"kind": "consultation", "participants": [
         {"id": "p", "name": "P", "role": "patient"}]}
@@ -336,6 +344,7 @@ async def test_a_nearly_full_volume_refuses_calls_until_retention_frees_it(
 async def test_a_watchdog_failure_still_leaves_finalized_metadata(
     tmp_path: Path, redis_server: RedisServer, redis_client: Any
 ) -> None:
+    """A call failed by the watchdog leaves its empty recording flagged, and the MIS is told."""
     async with run_receiver(SECRET) as receiver, \
             run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
             tmp_path, redis_server.url, (kms_url,), watchdog_timeout=1.0,
@@ -372,6 +381,7 @@ async def test_a_watchdog_failure_still_leaves_finalized_metadata(
 async def test_recordings_of_a_sigkilled_service_are_finalized_at_restart(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """Recordings of a SIGKILLed service are finalized and verified when the service restarts."""
     from telemed.embedded import hash_api_key
 
     api_key = uuid.uuid4().hex
@@ -461,6 +471,7 @@ async def indexed(service: Service, call_id: str) -> dict[str, Any]:
 async def test_a_participant_who_vanishes_leaves_finalized_recordings(
     tmp_path: Path, redis_server: RedisServer, redis_client: Any
 ) -> None:
+    """Someone who vanishes without `leave` leaves a verified recording that ends when they went."""
     async with run_receiver(SECRET) as receiver, \
             run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
             tmp_path, redis_server.url, (kms_url,), env={
@@ -491,6 +502,7 @@ async def test_a_participant_who_vanishes_leaves_finalized_recordings(
 async def test_a_killed_media_server_leaves_recordings_finalized_or_flagged(
     tmp_path: Path, redis_server: RedisServer, redis_client: Any
 ) -> None:
+    """A killed media server fails the call; each file is verified or flagged, and the MIS told."""
     port = free_port()
     env = {"TELEMED_MEDIA_HEALTH_INTERVAL": "0.2", "TELEMED_MEDIA_DOWN_AFTER": "0.5"}
     async with run_receiver(SECRET) as receiver, run_service(

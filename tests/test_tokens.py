@@ -30,6 +30,7 @@ def verify(token: str, **kw: object) -> object:
 
 
 def test_a_good_token_yields_its_claims() -> None:
+    """A valid join token yields its subject, name, role and call."""
     claims = verify(mint(), call_id="call-1")
     assert (claims.subject, claims.name, claims.role, claims.call_id) == (  # type: ignore[attr-defined]
         "pat-1", "Anna", "patient", "call-1")
@@ -52,18 +53,21 @@ def test_a_good_token_yields_its_claims() -> None:
 ])
 def test_bad_tokens_are_refused_with_their_code(token: object, kw: dict[str, object],
                                                 code: str) -> None:
+    """A forged, expired, foreign, unsigned or wrong-role token is refused with its own code."""
     with pytest.raises(AuthError) as info:
         verify(token(), **kw)  # type: ignore[operator]
     assert info.value.code == code
 
 
 def test_rotated_keys_are_all_accepted() -> None:
+    """A token signed with an older key still verifies while that key is listed."""
     old = mint(key="old" * 11)
     assert verify(old, keys=[KEY, "old" * 11])
 
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256"])
 def test_asymmetric_tokens_from_the_mis_verify_with_its_public_key(alg: str) -> None:
+    """An RS256/ES256 token verifies with the MIS's public key; an HS256 one does not pass."""
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048) if alg == "RS256" \
         else ec.generate_private_key(ec.SECP256R1())
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -92,6 +96,7 @@ def _keypairs() -> dict[str, tuple[bytes, object]]:
 
 
 def test_each_key_verifies_its_own_algorithm_without_being_told() -> None:
+    """Each key verifies its own algorithm unasked; an RS256 token fails where only a secret is."""
     pairs = _keypairs()
     keys = [KEY, *(public for _, public in pairs.values())]
     assert verify(mint(), keys=keys)

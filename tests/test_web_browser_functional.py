@@ -83,6 +83,7 @@ async def timeline(service: Service, call_id: str) -> list[dict[str, Any]]:
 async def test_patient_and_doctor_pages_complete_a_recorded_consultation(
     tmp_path: Path, redis_server: RedisServer, turn_server: TurnServer, browser: Any
 ) -> None:
+    """Patient and doctor pages pass a TURN network check, go live, record, and end the call."""
     ARTIFACTS.mkdir(exist_ok=True)
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,), turn_urls=(turn_server.url,),
@@ -165,6 +166,7 @@ async def patient_page(service: Service, browser: Any, init_script: str | None =
 async def test_a_turn_server_that_relays_nothing_is_reported_plainly(
     tmp_path: Path, redis_server: RedisServer, browser: Any
 ) -> None:
+    """A TURN server that relays nothing shows a plain relay-failed message before the call."""
     nowhere = f"turn:127.0.0.1:{free_port()}"
     async with run_service(tmp_path, redis_server.url, DEAD_KURENTO, turn_urls=(nowhere,),
                            turn_secrets=("s" * 32,)) as service:
@@ -192,6 +194,7 @@ def _refuse(error: str) -> str:
 async def test_precheck_problems_show_what_to_do(
     tmp_path: Path, redis_server: RedisServer, browser: Any, init_script: str, key: str
 ) -> None:
+    """Each pre-call problem (permission, device, busy, no WebRTC, insecure) says what to do."""
     async with run_service(tmp_path, redis_server.url, DEAD_KURENTO) as service:
         page = await patient_page(service, browser, init_script)
         error_box = page.locator("#precheck-error")
@@ -203,6 +206,7 @@ async def test_precheck_problems_show_what_to_do(
 async def test_permission_denied_by_the_browser_itself_shows_its_message(
     tmp_path: Path, redis_server: RedisServer, browser_without_media_permission: Any
 ) -> None:
+    """A camera permission the browser itself refuses shows the permission message."""
     async with run_service(tmp_path, redis_server.url, DEAD_KURENTO) as service:
         # Headless Chromium without the fake-UI flag refuses the prompt: a real denial.
         page = await patient_page(service, browser_without_media_permission)
@@ -226,6 +230,7 @@ KEEP_SOCKETS = """(() => {
 async def test_a_dropped_connection_rejoins_within_the_grace_and_pictures_come_back(
     tmp_path: Path, redis_server: RedisServer, browser: Any
 ) -> None:
+    """A page whose socket drops rejoins within the grace and the pictures come back, still live."""
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,)) as service:
         call = service.hub.create_call(CallKind.CONSULTATION, [("pat-5", "P", "patient"),
@@ -304,6 +309,7 @@ FRAMES_DECODED = """async () => {
 async def test_chromium_mdns_candidates_are_dropped_and_media_still_arrives(
     tmp_path: Path, redis_server: RedisServer, browser_without_media_permission: Any
 ) -> None:
+    """Chromium's mDNS host candidates are dropped (on the timeline) and media still arrives."""
     browser = browser_without_media_permission
     from tests.hub_fixtures import CallClient
 
@@ -337,6 +343,7 @@ async def test_chromium_mdns_candidates_are_dropped_and_media_still_arrives(
 async def test_a_referral_started_on_the_workstation_rings_the_consultants_and_is_accepted(
     tmp_path: Path, redis_server: RedisServer, browser: Any
 ) -> None:
+    """A referral started on a workstation rings the consultant; Enter answers and it goes live."""
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,)) as service:
         hub = service.hub
@@ -394,6 +401,7 @@ async def test_a_referral_started_on_the_workstation_rings_the_consultants_and_i
 async def test_an_unanswered_referral_stops_ringing_on_the_phone_sized_workstation(
     tmp_path: Path, redis_server: RedisServer, browser: Any
 ) -> None:
+    """An unanswered referral stops ringing on a phone-sized page; both sides see why it ended."""
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,),
                         env={"TELEMED_CALLS_RING_TIMEOUT": str(scaled(3))}) as service:
@@ -422,6 +430,7 @@ async def test_an_unanswered_referral_stops_ringing_on_the_phone_sized_workstati
 async def test_a_call_whose_media_is_blocked_shows_the_watchdog_failure(
     tmp_path: Path, redis_server: RedisServer, browser: Any
 ) -> None:
+    """A call whose media is blocked shows the `no media` failure on time, with a retry button."""
     async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
             run_service(tmp_path, redis_server.url, (kms_url,),
                         watchdog_timeout=2.0) as service:

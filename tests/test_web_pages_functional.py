@@ -26,6 +26,7 @@ async def service(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Se
 
 
 async def test_demo_button_creates_a_call_with_two_links(service: Service) -> None:
+    """The demo button creates a demo call with a patient and a doctor link, both opening it."""
     async with aiohttp.ClientSession() as http:
         async with http.get(service.url + "/") as r:
             assert 'action="/demo/call?lang=ru"' in await r.text()
@@ -44,6 +45,7 @@ async def test_demo_button_creates_a_call_with_two_links(service: Service) -> No
 
 
 async def test_demo_post_from_another_site_is_refused(service: Service) -> None:
+    """A demo call requested from another site's origin is refused 403 and creates nothing."""
     async with aiohttp.ClientSession() as http, http.post(
             service.url + "/demo/call", headers={"Origin": "http://evil.example"}) as r:
         assert r.status == 403
@@ -53,6 +55,7 @@ async def test_demo_post_from_another_site_is_refused(service: Service) -> None:
 async def test_demo_is_off_when_not_bound_to_loopback(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """The demo is neither shown nor served when the service listens beyond loopback."""
     env = {"TELEMED_HTTP_HOST": "0.0.0.0", "TELEMED_HTTP_PUBLIC_URL": "https://tm.example"}
     async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",),
                            env=env) as svc, aiohttp.ClientSession() as http:
@@ -69,6 +72,7 @@ async def test_demo_is_off_when_not_bound_to_loopback(
 async def test_pages_speak_russian_by_default_and_english_on_request(
     service: Service, query: str, lang: str, word: str
 ) -> None:
+    """Pages are in Russian by default and for unknown languages, in English when asked."""
     async with aiohttp.ClientSession() as http, http.get(f"{service.url}/{query}") as r:
         text = await r.text()
     assert f'lang="{lang}"' in text
@@ -107,6 +111,7 @@ def _js_literals(js: str) -> list[str]:
 
 
 def test_every_string_is_in_both_languages_and_no_page_hard_codes_one() -> None:
+    """Every page string exists in both languages and no template or script hard-codes text."""
     assert STRINGS["ru"].keys() == STRINGS["en"].keys()
     assert all(v.strip() for table in STRINGS.values() for v in table.values())
     known = set(STRINGS["ru"])
@@ -129,6 +134,7 @@ def test_every_string_is_in_both_languages_and_no_page_hard_codes_one() -> None:
 
 
 def test_the_checker_catches_hard_coded_text() -> None:
+    """The hard-coded-text checks see template words, script phrases and string keys."""
     # The checks above must see the kinds of text they are meant to keep out.
     assert re.findall(r"[^\W\d_]{2,}", _template_text("<p>Нажмите {{ t.join }}</p>")) == [
         "Нажмите"]
@@ -139,6 +145,7 @@ def test_the_checker_catches_hard_coded_text() -> None:
 async def test_precheck_hands_out_this_participants_turn_lease_and_the_calls_end_returns_it(
     tmp_path: Path, redis_server: RedisServer, turn_server: TurnServer
 ) -> None:
+    """The precheck leases TURN to its own participant only; ending the call returns the lease."""
     async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",),
                            turn_urls=(turn_server.url,),
                            turn_secrets=(turn_server.secret,)) as svc, \
@@ -175,6 +182,7 @@ async def test_precheck_hands_out_this_participants_turn_lease_and_the_calls_end
 async def test_a_workstation_lists_only_its_doctors_open_calls_with_fresh_links(
     service: Service
 ) -> None:
+    """A workstation lists only its owner's open calls with fresh links; others' tokens get 403."""
     hub = service.hub
     consult = hub.create_call(CallKind.CONSULTATION, [("pat-1", "Анна Петрова", "patient"),
                                                       ("doc-1", "Д-р Иванов", "doctor")],
@@ -219,6 +227,7 @@ async def test_a_workstation_lists_only_its_doctors_open_calls_with_fresh_links(
 async def test_a_join_token_the_mis_signed_with_its_own_key_opens_the_doctors_page(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """A join token the MIS signed with its own EC key opens the doctor's call page."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 

@@ -36,6 +36,7 @@ def hook_env(url: str, extra: str = "") -> dict[str, str]:
 
 
 def test_signatures_verify_only_with_the_key_the_body_and_a_fresh_time() -> None:
+    """A webhook signature verifies only with its key, its exact body and a fresh timestamp."""
     body = b'{"id":"1"}'
     header = sign(SECRET, body, 1000.0)
     assert verify_signature(SECRET, header, body, now=1010.0)
@@ -46,11 +47,13 @@ def test_signatures_verify_only_with_the_key_the_body_and_a_fresh_time() -> None
 
 
 def test_retry_delays_double_up_to_the_cap() -> None:
+    """Webhook retry delays double from the first delay up to the cap."""
     assert [backoff(n, 1.0, 300.0) for n in (1, 2, 3, 9, 10, 500)] == [
         1.0, 2.0, 4.0, 256.0, 300.0, 300.0]
 
 
 def test_endpoints_without_a_secret_or_with_unknown_events_stop_start_up() -> None:
+    """Webhook endpoints without a secret, or filtering on no known event, stop start-up."""
     with pytest.raises(SettingsError, match=r"webhooks\.secret"):
         load_settings(env={"TELEMED_WEBHOOKS_ENDPOINTS": "http://mis/hook"})
     with pytest.raises(SettingsError, match="matches no event"):
@@ -119,6 +122,7 @@ async def test_a_call_sends_its_webhooks_in_order_signed_and_filtered(
 async def test_a_receiver_that_fails_five_times_gets_every_event_once_in_order(
     tmp_path: Path, redis_server: RedisServer, redis_client: Any
 ) -> None:
+    """A receiver that fails five times gets every event once, in order, with capped backoff."""
     async with run_receiver(SECRET) as receiver:
         receiver.fail_next = 5
         async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",),
@@ -212,6 +216,7 @@ async def test_events_queued_when_the_service_is_killed_are_delivered_after_rest
 async def test_events_heard_while_redis_is_away_survive_in_the_journal_and_arrive_once(
     tmp_path: Path, redis_server: RedisServer, redis_client: Any
 ) -> None:
+    """Events heard while Redis is away wait in the journal and are queued once, even replayed."""
     import redis.asyncio as aioredis
 
     from mis.history import CallStore, EventSink
