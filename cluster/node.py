@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from cluster.ownership import NodeLease, Ownership
+from cluster.ownership import NodeLease, Ownership, stop_task
 from cluster.relay import RelayBus, RemoteError, RemoteSocket
 from mis.history import CallStore
 from signaling.call import Call, CallState
@@ -105,9 +105,7 @@ class Cluster:
 
     async def close(self) -> None:
         if self._adopter is not None:
-            self._adopter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._adopter
+            await stop_task(self._adopter)
         await self.lease.stop(release=True)
         await self.bus.close()
         for task in list(self._served):
@@ -180,9 +178,16 @@ class Cluster:
         snap = None
         if call is None:
             snap = await self.store.get(call_id, limit=1)
-            if snap is None or snap["state"] in FINISHED or \
-                    (snap["state"] in BEGUN and not self.adopt):
+            if snap is None or snap["state"] in FINISHED:
                 return self.node_id  # nothing to run: the hub answers not found / ended
+            if snap["state"] in BEGUN and not self.adopt:
+                # Without takeover this node runs no call that had begun elsewhere: it
+                # relays to a living owner, else the hub answers not found.
+                owner, _ = await self.ownership.owner(call_id)
+                if owner is not None and owner != self.node_id \
+                        and await self.lease.alive(owner):
+                    return owner
+                return self.node_id
         node, epoch = await self.ownership.claim(call_id)
         if node != self.node_id:
             return node

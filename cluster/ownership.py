@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from mis.redis_scripts import OWNER
 
-__all__ = ["NODES", "OWNER", "NodeLease", "Ownership", "Placement"]
+__all__ = ["NODES", "NodeLease", "Ownership", "Placement", "stop_task"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class NodeLease:
         #: another's now. `valid()` is false until it returns.
         self.on_lapse: Callable[[], Awaitable[None]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._beat = redis.register_script(BEAT)
 
     def valid(self) -> bool:
@@ -124,7 +125,7 @@ class NodeLease:
         self._task = asyncio.create_task(self._run(), name="node lease")
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.beat()
             except (aioredis.RedisError, OSError) as exc:
@@ -135,10 +136,9 @@ class NodeLease:
 
     async def stop(self, *, release: bool = True) -> None:
         """A clean stop says so at once: the calls are free to be adopted."""
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         self.renewed_at = -math.inf
         if release:
             with contextlib.suppress(aioredis.RedisError, OSError):
@@ -228,6 +228,19 @@ class Ownership:
                 else:
                     await self.redis.srem(KNOWN, node)  # gone for good, nothing left
         return dead
+
+
+async def stop_task(task: asyncio.Task[Any], timeout: float = 2.0) -> None:
+    """Cancels a background loop and waits for it, boundedly: redis-py can swallow a
+    cancellation that lands as a reply arrives, and a stop must never hang on that (a
+    node once stayed 'stopping' for minutes)."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        log.warning("! %s did not stop within %.1f s; left behind", task.get_name(), timeout)
+        return
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
 
 
 def _text(value: Any) -> str:

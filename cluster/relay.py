@@ -26,6 +26,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
+from cluster.ownership import stop_task
+
 __all__ = ["CHANNEL", "RelayBus", "RemoteError", "RemoteSocket"]
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,7 @@ class RelayBus:
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
         self._asked: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self._answering: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self.frames_in = 0
         self.frames_out = 0
 
@@ -154,11 +157,9 @@ class RelayBus:
         # What is queued (close frames among it) leaves before the writer stops.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._out.join(), 2.0)
+        self._stopping = True
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task)
         if self._pubsub is not None:
             with contextlib.suppress(aioredis.RedisError, OSError):
                 await self._pubsub.aclose()
@@ -286,7 +287,7 @@ class RelayBus:
         self._seen.pop(node, None)
 
     async def _read(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 if not self._pubsub.subscribed:
                     await self._pubsub.subscribe(CHANNEL + self.node_id)
@@ -314,7 +315,7 @@ class RelayBus:
                 log.exception("! a relayed message could not be handled")
 
     async def _write(self) -> None:
-        while True:
+        while not self._stopping:
             node, message = await self._out.get()
             batch: dict[str, list[dict[str, Any]]] = {node: [message]}
             taken = 1
@@ -340,7 +341,7 @@ class RelayBus:
 
     async def _watch(self) -> None:
         """Closes the sockets shared with a node that is no longer heard of."""
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.check_interval)
             if self.alive is None:
                 continue

@@ -95,3 +95,35 @@ async def test_a_booked_call_whose_page_is_open_on_another_node_expires_there(
             assert stored is not None and stored["failure"] == "expired"
         finally:
             await patient.close()
+
+
+async def test_a_socket_for_a_call_that_began_on_another_node_is_relayed_there(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The patient joins and publishes on node A (the call has begun there); the doctor's
+    socket then lands on node B, which carries it to A although B takes no calls over
+    (`calls.take_over` off, as in these in-process services): the call goes live."""
+    shared = {"TELEMED_RECORDINGS_DIR": str(tmp_path / "rec")}
+    async with run_mediaserver(recordings_root=tmp_path / "rec") as (kms_url, _), \
+            run_service(tmp_path / "a", redis_server.url, (kms_url,), env=shared) as a, \
+            run_service(tmp_path / "b", redis_server.url, (kms_url,), env=shared) as b:
+        call = a.hub.create_call(CallKind.CONSULTATION, [
+            ("pat", "P", "patient"), ("doc", "D", "doctor")])
+        await a.app[SINK].settle()
+        patient = CallClient(a, a.token(call.id, "pat"))
+        doctor = CallClient(b, b.token(call.id, "doc", role="doctor"))
+        try:
+            await patient.connect()
+            await patient.join()
+            await patient.publish()
+            await a.app[SINK].settle()  # recorded as begun on A
+            await doctor.connect()
+            await doctor.join()
+            await doctor.publish()
+            await asyncio.gather(patient.subscribe("doc"), doctor.subscribe("pat"))
+            await asyncio.gather(patient.wait_event("callLive"), doctor.wait_event("callLive"))
+            assert call.id in a.hub.sessions and call.id not in b.hub.sessions
+            await doctor.request("end")
+            await patient.wait_event("callEnded")
+        finally:
+            await asyncio.gather(patient.close(), doctor.close())
