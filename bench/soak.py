@@ -41,8 +41,10 @@ from tests.services import free_port, run_redis, run_turnserver
 
 #: RSS either process may gain between the first sample after warm-up and the last.
 RSS_BOUND_MIB = 40.0
-#: Per-call Redis keys kept by design (history, recordings metadata, webhook logs).
-PER_CALL_PREFIXES = ("telemed:calls:", "telemed:recordings:", "telemed:webhooks:")
+#: Per-call Redis keys kept by design (history, recordings metadata, webhook logs, and a
+#: finished call's owner record, which fences late writers for a day and then expires).
+PER_CALL_PREFIXES = ("telemed:calls:", "telemed:recordings:", "telemed:webhooks:",
+                     "telemed:owner:")
 
 
 def fds(pid: int) -> int:
