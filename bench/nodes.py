@@ -1,0 +1,179 @@
+"""Several signalling nodes on one Redis (issue 17): the hot path spread over two nodes
+against one node, and how long a dead node's calls take to be adopted.
+
+**Hot path.** The load of `bench.signalling` (trickle candidates client → hub → media
+server and the media server's events back, through the scripted media server, timed on
+one clock) against (a) one hub process, then (b) two hub processes on the same Redis and
+the same scripted media server, each call with one socket on each node: the first socket
+of a call claims it where it lands (the calls alternate between the nodes), the second
+lands on the other node and is relayed to the owner over Redis pub/sub, so half the
+sockets are carried — the worst placement. Same load process, same connections, same run;
+each pass on a Redis database of its own. Figures: saturated messages/s, p50/p99 of both
+legs, a paced pass at a quarter of the saturated rate (as bench.signalling), the server
+processes' CPU, and (b)/(a) with the gain per node added (target >= 0.7). The hubs and
+the load share the machine's cores, so the module also reports messages per second of
+server CPU for each: what (b) would give per node where each node has its own core.
+
+**Adoption** (`bench/nodes_adoption.py`): node A runs N live calls with real media (the
+aiortc replay peers of bench.takeover), node B idles; A is SIGKILLed; time from the kill to
+every call owned (`telemed:owner:<call>`) and taken over by B, frames lost, calls failed.
+
+    python -m bench.nodes [--connections 1000] [--seconds 5] [--cap 40]
+                          [--calls 8] [--ttl 1.5] [--skip-adoption] [--skip-hot-path]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.common import Child, bench_main, cpu_seconds, serve_commands
+from bench.scripted_kms import OFFER, run_scripted_kms
+from bench.signalling import Load, clock
+
+#: The per-node gain the issue asks for: each node added brings this much of one node.
+TARGET_PER_NODE = 0.7
+
+
+class SpreadLoad(Load):
+    """bench.signalling's participants, each call's two sockets placed on given nodes."""
+
+    async def setup(self, body: dict[str, Any]) -> dict[str, Any]:
+        pairs: list[list[str]] = json.loads(Path(body["tokens"]).read_text())
+        pairs = pairs[:body["connections"] // 2]
+        nodes: list[dict[str, str]] = body["nodes"]
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        gate = asyncio.Semaphore(50)
+
+        async def one(token: str, node: dict[str, str]) -> aiohttp.ClientWebSocketResponse:
+            async with gate:
+                assert self.http is not None
+                ws = await self.http.ws_connect(node["url"], protocols=["telemed.v1"],
+                                                headers={"Origin": node["origin"]})
+                await self._request(ws, 1, "hello", token=token)
+                await self._request(ws, 2, "join")
+                await self._request(ws, 3, "publish", sdp=OFFER)
+                return ws
+
+        start = clock()
+        # The first socket of a call claims it on its node; only then the second comes,
+        # on the other node (relayed to the owner when there are two).
+        first = await asyncio.gather(*(one(p[0], nodes[i % len(nodes)])
+                                       for i, p in enumerate(pairs)))
+        second = await asyncio.gather(*(one(p[1], nodes[(i + 1) % len(nodes)])
+                                        for i, p in enumerate(pairs)))
+        self.sockets = [ws for pair in zip(first, second, strict=True) for ws in pair]
+        self.readers = [asyncio.create_task(self._read(ws)) for ws in self.sockets]
+        return {"seconds": clock() - start}
+
+
+async def load_main() -> None:
+    async with run_scripted_kms(clock) as (url, kms):
+        load = SpreadLoad(kms)
+        await serve_commands({"kms": url}, {"setup": load.setup, "saturate": load.saturate,
+                                            "paced": load.paced, "close": load.close})
+
+
+@contextlib.contextmanager
+def hubs(n: int, redis: str, kms: str, calls: int, tokens: Path) -> Iterator[list[Child]]:
+    """`n` hub processes on one Redis; the first creates the calls (any node may: they
+    are in Redis), the others none."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(Child(
+            "bench.server", "hub", "--redis", redis, "--kurento", kms,
+            "--calls", str(calls if i == 0 else 0), "--take-over",
+            "--tokens", str(tokens if i == 0 else tokens.with_suffix(f".{i}.json"))))
+            for i in range(n)]
+
+
+def one_pass(load: Child, servers: list[Child], opts: argparse.Namespace, tokens: Path
+             ) -> dict[str, Any]:
+    nodes = [{"url": s.ready["url"], "origin": s.ready["origin"]} for s in servers]
+    setup = load.ask("setup", nodes=nodes, tokens=str(tokens),
+                     connections=opts.connections)
+    cpu0, t0 = [cpu_seconds(s.pid) for s in servers], time.monotonic()
+    sat = load.ask("saturate", seconds=opts.seconds, cap=opts.cap)
+    elapsed = time.monotonic() - t0
+    server_cpu = [(cpu_seconds(s.pid) - c) / elapsed for s, c in zip(servers, cpu0,
+                                                                      strict=True)]
+    paced = load.ask("paced", rate=sat["msgs_per_s"] / 4, seconds=opts.seconds)
+    load.ask("close")
+    return {"setup_s": setup["seconds"], "sat": sat, "paced": paced, "server_cpu": server_cpu}
+
+
+def hot_path(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
+    calls = (opts.connections + 1) // 2
+    runs: dict[str, dict[str, Any]] = {}
+    base = redis.rsplit("/", 1)[0]
+    with Child("bench.nodes", "--load") as load:
+        kms = load.ready["kms"]
+        for name, n, db in (("one", 1, 1), ("two", 2, 2)):
+            tokens = tmp / f"tokens-{name}.json"
+            with hubs(n, f"{base}/{db}", kms, calls, tokens) as servers:
+                print(f"  pass {name}", flush=True)
+                runs[name] = one_pass(load, servers, opts, tokens)
+    figures: dict[str, Any] = {"connections": opts.connections, "seconds": opts.seconds,
+                               "cap_per_conn": opts.cap}
+    for name, run in runs.items():
+        sat, paced = run["sat"], run["paced"]
+        cpu = sum(run["server_cpu"])
+        figures |= {
+            f"{name}_node_msgs_per_s": sat["msgs_per_s"],
+            f"{name}_node_sat_leg1_p50_ms": sat["leg1_p50_ms"],
+            f"{name}_node_sat_leg1_p99_ms": sat["leg1_p99_ms"],
+            f"{name}_node_sat_leg2_p50_ms": sat["leg2_p50_ms"],
+            f"{name}_node_sat_leg2_p99_ms": sat["leg2_p99_ms"],
+            f"{name}_node_paced_msgs_per_s": paced["msgs_per_s"],
+            f"{name}_node_paced_leg1_p50_ms": paced["leg1_p50_ms"],
+            f"{name}_node_paced_leg1_p99_ms": paced["leg1_p99_ms"],
+            f"{name}_node_paced_leg2_p50_ms": paced["leg2_p50_ms"],
+            f"{name}_node_paced_leg2_p99_ms": paced["leg2_p99_ms"],
+            f"{name}_node_server_cpu_cores": cpu,
+            f"{name}_node_load_cpu_cores": sat["load_cpu"],
+            # Per core of server CPU: what a node gives where it has a core of its own.
+            f"{name}_node_msgs_per_server_cpu_s": sat["msgs_per_s"] / cpu,
+            f"{name}_node_lost": sat["lost"] + paced["lost"],
+            f"{name}_node_setup_s": run["setup_s"],
+        }
+    one, two = runs["one"]["sat"]["msgs_per_s"], runs["two"]["sat"]["msgs_per_s"]
+    figures["two_node_server_cpu_cores_a"], figures["two_node_server_cpu_cores_b"] = \
+        runs["two"]["server_cpu"]
+    figures["ratio_two_to_one"] = two / one
+    figures["gain_per_node_added"] = two / one - 1
+    # Two nodes' worth of cores each doing what a node does per CPU second in (b).
+    per_core = (figures["two_node_msgs_per_server_cpu_s"]
+                / figures["one_node_msgs_per_server_cpu_s"])
+    figures["cpu_efficiency_two_to_one"] = per_core
+    figures["target_gain_per_node_met"] = figures["gain_per_node_added"] >= TARGET_PER_NODE
+    return figures
+
+
+def measure(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    if not opts.skip_hot_path:
+        figures |= hot_path(opts, redis, tmp)
+    if not opts.skip_adoption:
+        from bench.nodes_adoption import adoption
+
+        figures |= asyncio.run(adoption(opts, redis, tmp))
+    return figures
+
+
+def main() -> None:
+    bench_main("nodes", __doc__ or "", measure, load_main,
+               {"connections": 20, "seconds": 1.5, "calls": 2},
+               connections=1000, seconds=5.0, cap=40.0, calls=8, ttl=1.5, window=3.0,
+               width=160, height=120, fps=10, kbps=100, skip_adoption=False,
+               skip_hot_path=False)
+
+
+if __name__ == "__main__":
+    main()
