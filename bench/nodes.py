@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 import aiohttp
 
 from bench.common import Child, bench_main, cpu_seconds, serve_commands
+from bench.common import tokens as read_tokens
 from bench.scripted_kms import OFFER, run_scripted_kms
 from bench.signalling import Load, clock
 
@@ -47,8 +47,8 @@ class SpreadLoad(Load):
     """bench.signalling's participants, each call's two sockets placed on given nodes."""
 
     async def setup(self, body: dict[str, Any]) -> dict[str, Any]:
-        pairs: list[list[str]] = json.loads(Path(body["tokens"]).read_text())
-        pairs = pairs[:body["connections"] // 2]
+        flat = read_tokens(body["tokens"], body["connections"] // 2 * 2)
+        pairs = list(zip(flat[::2], flat[1::2], strict=True))
         nodes: list[dict[str, str]] = body["nodes"]
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         gate = asyncio.Semaphore(50)
@@ -169,7 +169,7 @@ def measure(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
 
 def main() -> None:
     bench_main("nodes", __doc__ or "", measure, load_main,
-               {"connections": 20, "seconds": 1.5, "calls": 2},
+               {"connections": 20, "seconds": 1.5, "calls": 2, "window": 2.0},
                connections=1000, seconds=5.0, cap=40.0, calls=8, ttl=1.5, window=3.0,
                width=160, height=120, fps=10, kbps=100, skip_adoption=False,
                skip_hot_path=False)
