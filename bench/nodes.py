@@ -9,10 +9,11 @@ of a call claims it where it lands (the calls alternate between the nodes), the 
 lands on the other node and is relayed to the owner over Redis pub/sub, so half the
 sockets are carried — the worst placement. Same load process, same connections, same run;
 each pass on a Redis database of its own. Figures: saturated messages/s, p50/p99 of both
-legs, a paced pass at a quarter of the saturated rate (as bench.signalling), the server
-processes' CPU, and (b)/(a) with the gain per node added (target >= 0.7). The hubs and
-the load share the machine's cores, so the module also reports messages per second of
-server CPU for each: what (b) would give per node where each node has its own core.
+legs, a paced pass at a quarter of the saturated rate (as bench.signalling), the CPU of
+the hub processes and of redis-server (which carries the relayed frames), and (b)/(a)
+with the gain per node added (target >= 0.7). The hubs, Redis and the load share the
+machine's cores, so it also reports messages per second of server CPU for each: what a
+node would give in (b) where each node has a core of its own.
 
 **Adoption** (`bench/nodes_adoption.py`): node A runs N live calls with real media (the
 aiortc replay peers of bench.takeover), node B idles; A is SIGKILLed; time from the kill to
@@ -94,37 +95,53 @@ def hubs(n: int, redis: str, kms: str, calls: int, tokens: Path) -> Iterator[lis
             for i in range(n)]
 
 
-def one_pass(load: Child, servers: list[Child], opts: argparse.Namespace, tokens: Path
-             ) -> dict[str, Any]:
+def redis_pid(url: str) -> int:
+    """The redis-server listening on the URL's port (tests.services starts it with
+    `--port N`): the relay's frames cost its CPU too."""
+    port = url.rsplit(":", 1)[1].split("/", 1)[0]
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes().split(b"\0")
+            if argv[0].endswith(b"redis-server") and port.encode() in argv:
+                return int(cmdline.parent.name)
+    raise RuntimeError(f"no redis-server process for {url}")
+
+
+def one_pass(load: Child, servers: list[Child], opts: argparse.Namespace, tokens: Path,
+             redis: int) -> dict[str, Any]:
     nodes = [{"url": s.ready["url"], "origin": s.ready["origin"]} for s in servers]
     setup = load.ask("setup", nodes=nodes, tokens=str(tokens),
                      connections=opts.connections)
-    cpu0, t0 = [cpu_seconds(s.pid) for s in servers], time.monotonic()
+    pids = [s.pid for s in servers] + [redis]
+    cpu0, t0 = [cpu_seconds(pid) for pid in pids], time.monotonic()
     sat = load.ask("saturate", seconds=opts.seconds, cap=opts.cap)
     elapsed = time.monotonic() - t0
-    server_cpu = [(cpu_seconds(s.pid) - c) / elapsed for s, c in zip(servers, cpu0,
-                                                                      strict=True)]
+    *server_cpu, redis_cpu = [(cpu_seconds(pid) - c) / elapsed
+                              for pid, c in zip(pids, cpu0, strict=True)]
     paced = load.ask("paced", rate=sat["msgs_per_s"] / 4, seconds=opts.seconds)
     load.ask("close")
-    return {"setup_s": setup["seconds"], "sat": sat, "paced": paced, "server_cpu": server_cpu}
+    return {"setup_s": setup["seconds"], "sat": sat, "paced": paced, "server_cpu": server_cpu,
+            "redis_cpu": redis_cpu}
 
 
 def hot_path(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
     calls = (opts.connections + 1) // 2
     runs: dict[str, dict[str, Any]] = {}
     base = redis.rsplit("/", 1)[0]
+    redis_process = redis_pid(redis)
     with Child("bench.nodes", "--load") as load:
         kms = load.ready["kms"]
         for name, n, db in (("one", 1, 1), ("two", 2, 2)):
             tokens = tmp / f"tokens-{name}.json"
             with hubs(n, f"{base}/{db}", kms, calls, tokens) as servers:
                 print(f"  pass {name}", flush=True)
-                runs[name] = one_pass(load, servers, opts, tokens)
+                runs[name] = one_pass(load, servers, opts, tokens, redis_process)
     figures: dict[str, Any] = {"connections": opts.connections, "seconds": opts.seconds,
                                "cap_per_conn": opts.cap}
     for name, run in runs.items():
         sat, paced = run["sat"], run["paced"]
         cpu = sum(run["server_cpu"])
+        both = cpu + run["redis_cpu"]
         figures |= {
             f"{name}_node_msgs_per_s": sat["msgs_per_s"],
             f"{name}_node_sat_leg1_p50_ms": sat["leg1_p50_ms"],
@@ -137,9 +154,11 @@ def hot_path(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
             f"{name}_node_paced_leg2_p50_ms": paced["leg2_p50_ms"],
             f"{name}_node_paced_leg2_p99_ms": paced["leg2_p99_ms"],
             f"{name}_node_server_cpu_cores": cpu,
+            f"{name}_node_redis_cpu_cores": run["redis_cpu"],
             f"{name}_node_load_cpu_cores": sat["load_cpu"],
             # Per core of server CPU: what a node gives where it has a core of its own.
             f"{name}_node_msgs_per_server_cpu_s": sat["msgs_per_s"] / cpu,
+            f"{name}_node_msgs_per_server_and_redis_cpu_s": sat["msgs_per_s"] / both,
             f"{name}_node_lost": sat["lost"] + paced["lost"],
             f"{name}_node_setup_s": run["setup_s"],
         }
@@ -152,6 +171,13 @@ def hot_path(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
     per_core = (figures["two_node_msgs_per_server_cpu_s"]
                 / figures["one_node_msgs_per_server_cpu_s"])
     figures["cpu_efficiency_two_to_one"] = per_core
+    figures["cpu_efficiency_with_redis_two_to_one"] = (
+        figures["two_node_msgs_per_server_and_redis_cpu_s"]
+        / figures["one_node_msgs_per_server_and_redis_cpu_s"])
+    # Were the hubs and Redis CPU-bound, each on cores of its own: two nodes at the (b)
+    # cost per message against one at the (a) cost, less the one node.
+    figures["projected_gain_per_node_own_cores"] = (
+        2 * figures["cpu_efficiency_with_redis_two_to_one"] - 1)
     figures["target_gain_per_node_met"] = figures["gain_per_node_added"] >= TARGET_PER_NODE
     return figures
 
