@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,16 +96,15 @@ def hubs(n: int, redis: str, kms: str, calls: int, tokens: Path) -> Iterator[lis
             for i in range(n)]
 
 
-def redis_pid(url: str) -> int:
-    """The redis-server listening on the URL's port (tests.services starts it with
-    `--port N`): the relay's frames cost its CPU too."""
-    port = url.rsplit(":", 1)[1].split("/", 1)[0]
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+def redis_pid() -> int:
+    """The redis-server bench_main started (a child of this process): the relay's frames
+    cost its CPU too."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
-            argv = cmdline.read_bytes().split(b"\0")
-            if argv[0].endswith(b"redis-server") and port.encode() in argv:
-                return int(cmdline.parent.name)
-    raise RuntimeError(f"no redis-server process for {url}")
+            comm, rest = stat.read_text().rsplit(")", 1)
+            if comm.endswith("(redis-server") and int(rest.split()[1]) == os.getpid():
+                return int(stat.parent.name)
+    raise RuntimeError("no redis-server child process")
 
 
 def one_pass(load: Child, servers: list[Child], opts: argparse.Namespace, tokens: Path,
@@ -128,7 +128,7 @@ def hot_path(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
     calls = (opts.connections + 1) // 2
     runs: dict[str, dict[str, Any]] = {}
     base = redis.rsplit("/", 1)[0]
-    redis_process = redis_pid(redis)
+    redis_process = redis_pid()
     with Child("bench.nodes", "--load") as load:
         kms = load.ready["kms"]
         for name, n, db in (("one", 1, 1), ("two", 2, 2)):
