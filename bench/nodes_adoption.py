@@ -138,7 +138,7 @@ async def adoption(opts: argparse.Namespace, redis_url: str, tmp: Path) -> dict[
     logging.disable(logging.WARNING)  # aiortc's and aiohttp's chatter about closed peers
     clip_packets = clip(opts.width, opts.height, opts.fps, opts.kbps)
     # A database of its own: the hot path's passes leave their nodes' keys behind.
-    redis_url = redis_url.rsplit("/", 1)[0] + "/3"
+    redis_url = redis_url.rsplit("/", 1)[0] + "/15"
     api_key = uuid.uuid4().hex
     kms_port = free_port()
     a, b = nodes(opts, tmp, redis_url, kms_port, api_key)
