@@ -192,7 +192,11 @@ def hot_path(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
     # cost per message against one at the (a) cost, less the one node.
     figures["projected_gain_per_node_own_cores"] = (
         2 * figures["cpu_efficiency_with_redis_two_to_one"] - 1)
-    figures["target_gain_per_node_met"] = figures["gain_per_node_added"] >= TARGET_PER_NODE
+    # Two readings of the same target; on a shared machine they disagree (docs/benchmarks).
+    figures["target_gain_per_node_met_by_throughput"] = (
+        figures["gain_per_node_added"] >= TARGET_PER_NODE)
+    figures["target_gain_per_node_met_by_cpu"] = (
+        figures["projected_gain_per_node_own_cores"] >= TARGET_PER_NODE)
     return figures
 
 
