@@ -51,9 +51,7 @@ async def test_takeover_bench_smoke_run_resumes_every_call() -> None:
 
 @pytest.mark.timeout(scaled(240))  # two hub passes, then Redis, a media server, two nodes
 async def test_nodes_bench_smoke_run_relays_and_adopts_every_call() -> None:
-    """bench.nodes --smoke: both hot-path passes carry every message back (half the
-    sockets relayed in the two-node pass), and after node A's SIGKILL node B owns, takes
-    over and resumes both calls, with none failed."""
+    """bench.nodes --smoke: no message lost on one or two nodes; B adopts and resumes A's calls."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.nodes", "--smoke",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -65,7 +63,7 @@ async def test_nodes_bench_smoke_run_relays_and_adopts_every_call() -> None:
     for name in ("one", "two"):
         assert result[f"{name}_node_msgs_per_s"] > 0, result
         assert result[f"{name}_node_lost"] == 0, result
-    # Both nodes of the two-node pass worked: each served calls and relayed sockets.
+    # Both hubs of the two-node pass worked (a relay that failed would have failed setup).
     assert result["two_node_server_cpu_cores_a"] > 0, result
     assert result["two_node_server_cpu_cores_b"] > 0, result
     assert result["ratio_two_to_one"] > 0, result
