@@ -19,9 +19,12 @@ server CPU for each: what a node would give in (b) where each node has a core of
 **Adoption** (`bench/nodes_adoption.py`): node A runs N live calls with real media (the
 aiortc replay peers of bench.takeover), node B idles; A is SIGKILLed; time from the kill to
 every call owned (`telemed:owner:<call>`) and taken over by B, frames lost, calls failed.
+`--signalling-calls N` adds the same kill with N calls that are `connecting` (offers
+published, no media ever): the adoption's timings at a size whose media would not fit.
 
     python -m bench.nodes [--connections 1000] [--seconds 5] [--cap 40] [--rounds 3]
                           [--calls 8] [--ttl 1.5] [--skip-adoption] [--skip-hot-path]
+                          [--signalling-calls 100]
 """
 
 from __future__ import annotations
@@ -208,15 +211,19 @@ def measure(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
         from bench.nodes_adoption import adoption
 
         figures |= asyncio.run(adoption(opts, redis, tmp))
+    if opts.signalling_calls:
+        from bench.nodes_adoption import signalling_only
+
+        figures |= asyncio.run(signalling_only(opts, redis, tmp))
     return figures
 
 
 def main() -> None:
     bench_main("nodes", __doc__ or "", measure, load_main,
                {"connections": 20, "seconds": 1.5, "calls": 2, "window": 2.0,
-                "rounds": 1},
+                "rounds": 1, "signalling_calls": 4},
                connections=1000, seconds=5.0, cap=40.0, rounds=3, calls=8, ttl=1.5, window=3.0,
-               width=160, height=120, fps=10, kbps=100, skip_adoption=False,
+               signalling_calls=0, width=160, height=120, fps=10, kbps=100, skip_adoption=False,
                skip_hot_path=False)
 
 

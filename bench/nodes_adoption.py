@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -31,9 +32,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import redis.asyncio as aioredis
 
 from bench.common import pct
+from bench.scripted_kms import OFFER
 from bench.takeover import (
     FIT,
     IN_FLIGHT,
@@ -49,6 +52,8 @@ from mis.redis_scripts import OWNER
 from telemed.embedded import hash_api_key
 from tests.services import free_port
 
+#: bench.scripted_kms's offer as a browser sends it, with rtcp-mux, which aiortc requires.
+MUXED_OFFER = OFFER.replace("a=sendonly", "a=sendonly\r\na=rtcp-mux")
 #: The issue's bound on a dead node's calls being adopted, from the kill (s).
 TARGET_MAX_S = 5.0
 
@@ -75,23 +80,23 @@ def nodes(opts: argparse.Namespace, tmp: Path, redis_url: str, kms_port: int,
     return a, b
 
 
-async def owners(redis: aioredis.Redis, calls: list[Call]) -> list[str | None]:
+async def owners(redis: aioredis.Redis, ids: list[str]) -> list[str | None]:
     async with redis.pipeline(transaction=False) as pipe:
-        for call_id, _, _ in calls:
+        for call_id in ids:
             pipe.hget(OWNER + call_id, "node")
         found = await pipe.execute()
     return [v.decode() if isinstance(v, bytes) else v for v in found]
 
 
-async def held_by(redis: aioredis.Redis, calls: list[Call], node: str, since: float,
+async def held_by(redis: aioredis.Redis, ids: list[str], node: str, since: float,
                   timeout: float) -> dict[str, float]:
     """Per call, seconds from `since` until its owner record names `node`; calls never
     taken within `timeout` are missing."""
     at: dict[str, float] = {}
     deadline = since + timeout
-    while len(at) < len(calls) and time.monotonic() < deadline:
+    while len(at) < len(ids) and time.monotonic() < deadline:
         now = time.monotonic()
-        for (call_id, _, _), owner in zip(calls, await owners(redis, calls), strict=True):
+        for call_id, owner in zip(ids, await owners(redis, ids), strict=True):
             if owner == node and call_id not in at:
                 at[call_id] = now - since
         await asyncio.sleep(0.02)  # another process's write: nothing here to await
@@ -103,7 +108,7 @@ async def adopt_and_resume(redis: aioredis.Redis, call: Call, b: Node, killed: f
     """A call's pages come back as soon as node B holds it (before that, B would carry them
     to the dead node): seconds from the kill to B holding it and to both resumed, and
     whether the resume went right."""
-    held = await held_by(redis, [call], "node-b", killed, timeout=60)
+    held = await held_by(redis, [call[0]], "node-b", killed, timeout=60)
     if call[0] not in held:
         print(f"  ! {call[0]}: never adopted", flush=True)
         return float("inf"), float("inf"), False
@@ -112,6 +117,80 @@ async def adopt_and_resume(redis: aioredis.Redis, call: Call, b: Node, killed: f
     scratch: dict[str, Any] = {}
     failed = await resume_all([call], killed, scratch)
     return held[call[0]], scratch["resumed_after_ready_s_max"], not failed
+
+
+async def signalling_only(opts: argparse.Namespace, redis_url: str, tmp: Path
+                          ) -> dict[str, Any]:
+    """Adoption of `--signalling-calls` calls that media cannot limit: each call's two
+    participants join and publish a browser-like offer on A over plain sockets, and the
+    call is `connecting` (its objects made on the media server, no ICE ever), which B
+    adopts as it would a live one. The adoption's timings at a size whose media would
+    not fit this machine; no frames to count."""
+    redis_url = redis_url.rsplit("/", 1)[0] + "/14"
+    api_key = uuid.uuid4().hex
+    kms_port = free_port()
+    tmp = tmp / "signalling"  # data folders of their own: no old calls to recover
+    tmp.mkdir()
+    a, b = nodes(opts, tmp, redis_url, kms_port, api_key)
+    redis = aioredis.Redis.from_url(redis_url)
+    n = opts.signalling_calls
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    # No pool limit: the sockets hold their connections for the whole run.
+    async with media_server(kms_port, tmp) as _, aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0)) as http:
+        try:
+            await asyncio.gather(a.start(), b.start())
+            gate = asyncio.Semaphore(10)
+
+            async def one(token: str) -> None:
+                ws = await http.ws_connect(a.ws_url, protocols=["telemed.v1"],
+                                           headers={"Origin": a.url})
+                sockets.append(ws)
+                steps = (("hello", {"token": token}), ("join", {}),
+                         ("publish", {"sdp": MUXED_OFFER}))
+                for i, (kind, extra) in enumerate(steps):
+                    await ws.send_str(json.dumps({"type": kind, "id": i, **extra}))
+                    while (reply := json.loads((await ws.receive()).data)).get("re") != i:
+                        pass
+                    if reply["type"] == "error":
+                        raise RuntimeError(f"{kind}: {reply}")
+
+            async def call() -> str:
+                async with gate, http.post(
+                        f"{a.url}/api/v1/calls", headers={"Authorization": f"Bearer {api_key}"},
+                        json={"kind": "consultation", "participants": [
+                            {"id": "pat", "name": "P", "role": "patient"},
+                            {"id": "doc", "name": "D", "role": "doctor"}]}) as r:
+                    created = await r.json()
+                    assert r.status == 201, created
+                    for p in created["participants"]:
+                        await one(p["token"])
+                return str(created["id"])
+
+            ids = await asyncio.gather(*(call() for _ in range(n)))
+            placed = await owners(redis, ids)
+            assert placed == ["node-a"] * n, placed
+            killed_wall, killed = time.time(), time.monotonic()
+            await a.kill()
+            held = await held_by(redis, ids, "node-b", killed, timeout=120)
+            owned_s = [held.get(i, float("inf")) for i in ids]
+            taken: dict[str, float] = {}
+            deadline = time.monotonic() + 60
+            while len(taken) < len(held) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)  # B's log, written by another process
+                _, taken = b.adopted_at(killed_wall)
+            taken_s = [taken[i] - killed_wall if i in taken else float("inf") for i in ids]
+            return {"signalling_calls": n,
+                    "signalling_kill_to_owned_s_p50": pct(owned_s, 50),
+                    "signalling_kill_to_owned_s_max": max(owned_s),
+                    "signalling_kill_to_taken_over_s_p50": pct(taken_s, 50),
+                    "signalling_kill_to_taken_over_s_max": max(taken_s),
+                    "signalling_calls_not_taken_over": sum(i not in taken for i in ids),
+                    "signalling_target_max_5s_met": max(taken_s) <= TARGET_MAX_S}
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))
+            await asyncio.gather(a.kill(signal.SIGTERM), b.kill(signal.SIGTERM))
+            await redis.aclose()
 
 
 async def finish(calls: list[Call], fps: int, failed: set[str]) -> None:
@@ -156,7 +235,7 @@ async def adoption(opts: argparse.Namespace, redis_url: str, tmp: Path) -> dict[
             while len(calls) < opts.calls:
                 calls += await asyncio.gather(*(new_call(a, api_key, clip_packets)
                                                 for _ in range(min(2, opts.calls - len(calls)))))
-            placed = await owners(redis, calls)
+            placed = await owners(redis, [c for c, _, _ in calls])
             assert placed == ["node-a"] * len(calls), placed
             figures["adoption_calls"] = len(calls)
             w = await window(calls, opts.window, pids)

@@ -70,5 +70,8 @@ async def test_nodes_bench_smoke_run_relays_and_adopts_every_call() -> None:
     assert result["adoption_calls"] == 2 and result["adoption_calls_failed"] == 0, result
     assert result["calls_not_adopted"] == 0 and result["resumes_refused"] == 0, result
     # Adopted, taken over and resumed: finite times (a call never adopted is infinity).
-    for key in ("kill_to_owned_s_max", "kill_to_taken_over_s_max", "kill_to_resumed_s_max"):
+    for key in ("kill_to_owned_s_max", "kill_to_taken_over_s_max", "kill_to_resumed_s_max",
+                "signalling_kill_to_taken_over_s_max"):
         assert 0 < result[key] < 30, (key, result)
+    assert result["signalling_calls"] == 4, result
+    assert result["signalling_calls_not_taken_over"] == 0, result
