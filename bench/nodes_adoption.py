@@ -80,6 +80,23 @@ def nodes(opts: argparse.Namespace, tmp: Path, redis_url: str, kms_port: int,
     return a, b
 
 
+async def stop(node: Node, grace: float = 30.0) -> bool:
+    """SIGTERM, then SIGKILL if the node has not exited within `grace`: a node that hangs
+    on its way out must not hang the benchmark. Whether it stopped on SIGTERM."""
+    proc = node.proc
+    if proc is None or proc.returncode is not None:
+        return True
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+        return True
+    except TimeoutError:
+        print(f"  ! {node.env['TELEMED_NODE_ID']} did not exit {grace:.0f} s after SIGTERM "
+              f"(pid {proc.pid}, log {node.log}); killed", flush=True)
+        await node.kill()
+        return False
+
+
 async def owners(redis: aioredis.Redis, ids: list[str]) -> list[str | None]:
     async with redis.pipeline(transaction=False) as pipe:
         for call_id in ids:
@@ -189,7 +206,7 @@ async def signalling_only(opts: argparse.Namespace, redis_url: str, tmp: Path
                     "signalling_target_max_5s_met": max(taken_s) <= TARGET_MAX_S}
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets))
-            await asyncio.gather(a.kill(signal.SIGTERM), b.kill(signal.SIGTERM))
+            await asyncio.gather(stop(a), stop(b))
             await redis.aclose()
 
 
@@ -288,7 +305,8 @@ async def adoption(opts: argparse.Namespace, redis_url: str, tmp: Path) -> dict[
                 not failed and adopted_max <= TARGET_MAX_S)
         finally:
             await asyncio.gather(*(p.close() for _, pat, doc in calls for p in (pat, doc)))
-            await asyncio.gather(a.kill(signal.SIGTERM), b.kill(signal.SIGTERM))
+            stopped = await asyncio.gather(stop(a), stop(b))
+            figures["adoption_nodes_not_stopping_on_sigterm"] = stopped.count(False)
             await redis.aclose()
         figures["adoption_mediaserver_warnings"] = sum(
             line.startswith("WARNING") for line in media_log.read_text().splitlines())
