@@ -37,6 +37,7 @@ import aiohttp
 from aiohttp import web
 
 from bench.common import Handler, raise_nofile, serve_commands, serve_ws, write_json
+from mis.history import SINK
 from signaling.call import CallKind
 from tests.hub_fixtures import run_service
 
@@ -138,7 +139,10 @@ async def hub(opts: argparse.Namespace) -> None:
     if opts.tracemalloc:
         tracer = Tracer()
         handlers |= {"snapshot": tracer.snapshot, "compare": tracer.compare}
-    env = {"TELEMED_LOG_LEVEL": "ERROR", "TELEMED_MEDIA_HEALTH_INTERVAL": "5"}
+    env = {"TELEMED_LOG_LEVEL": "ERROR", "TELEMED_MEDIA_HEALTH_INTERVAL": "5",
+           # As deployed on several nodes (bench.nodes): a node with it off relays no
+           # socket to a begun call another node runs.
+           "TELEMED_CALLS_TAKE_OVER": str(opts.take_over).lower()}
     with tempfile.TemporaryDirectory() as tmp:
         async with run_service(Path(tmp), opts.redis, tuple(opts.kurento),
                                watchdog_timeout=opts.watchdog_timeout, env=env) as service:
@@ -151,6 +155,8 @@ async def hub(opts: argparse.Namespace) -> None:
                 ids.append(call.id)
                 tokens.append([service.token(call.id, f"p{i}"),
                                service.token(call.id, f"d{i}", role="doctor")])
+            # In Redis before the tokens go out: another node (bench.nodes) reads them there.
+            await service.app[SINK].settle()
             write_json(opts.tokens, tokens)
 
             async def deadlines(_: dict[str, Any]) -> dict[str, Any]:
@@ -256,6 +262,7 @@ def main() -> None:
     parser.add_argument("--tokens", default="")
     parser.add_argument("--watchdog-timeout", type=float, default=600.0)
     parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument("--take-over", action="store_true")
     opts = parser.parse_args()
     raise_nofile()
     if opts.tracemalloc:

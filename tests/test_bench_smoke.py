@@ -47,3 +47,31 @@ async def test_takeover_bench_smoke_run_resumes_every_call() -> None:
     assert result["resumed_after_ready_s_max"] < 30, result
     assert result["adopted_after_ready_s_max"] < 30, result
     assert result["kill_longest_gap_s_max"] < 30, result
+
+
+@pytest.mark.timeout(scaled(240))  # two hub passes, then Redis, a media server, two nodes
+async def test_nodes_bench_smoke_run_relays_and_adopts_every_call() -> None:
+    """bench.nodes --smoke: no message lost on one or two nodes; B adopts and resumes A's calls."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.nodes", "--smoke",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), scaled(200))
+    assert proc.returncode == 0, err.decode()[-2000:]
+    (line,) = [x for x in out.decode().splitlines() if x.startswith("RESULT ")]
+    result = json.loads(line[len("RESULT "):])
+    assert result["bench"] == "nodes", result
+    for name in ("one", "two"):
+        assert result[f"{name}_node_msgs_per_s"] > 0, result
+        assert result[f"{name}_node_lost"] == 0, result
+    # Both hubs of the two-node pass worked (a relay that failed would have failed setup).
+    assert result["two_node_server_cpu_cores_a"] > 0, result
+    assert result["two_node_server_cpu_cores_b"] > 0, result
+    assert result["ratio_two_to_one"] > 0, result
+    assert result["adoption_calls"] == 2 and result["adoption_calls_failed"] == 0, result
+    assert result["calls_not_adopted"] == 0 and result["resumes_refused"] == 0, result
+    # Adopted, taken over and resumed: finite times (a call never adopted is infinity).
+    for key in ("kill_to_owned_s_max", "kill_to_taken_over_s_max", "kill_to_resumed_s_max",
+                "signalling_kill_to_taken_over_s_max"):
+        assert 0 < result[key] < 30, (key, result)
+    assert result["signalling_calls"] == 4, result
+    assert result["signalling_calls_not_taken_over"] == 0, result
