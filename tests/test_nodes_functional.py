@@ -36,6 +36,7 @@ from tests.test_takeover_functional import (
     frames,
     more_frames,
     node,
+    reconnect,
 )
 from tests.webhook_receiver import Receiver, run_receiver
 
@@ -92,12 +93,7 @@ async def join_on(clients: dict[str, CallClient], where: dict[str, Node],
 async def resume_on(client: CallClient, n: Node) -> dict[str, Any]:
     """The page reconnects, to whichever node the proxy picks, and resumes."""
     client.service = cast(Service, n)
-    if client.http is not None:
-        await client.http.close()
-    client.authenticated = False
-    await client.connect()
-    await client.hello()
-    return await client.request("join", resume=True)
+    return await reconnect(client, resume=True)
 
 
 async def owned_by(n: Node, api_key: str, call_id: str, owner: str) -> None:
