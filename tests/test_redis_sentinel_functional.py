@@ -29,11 +29,11 @@ from tests.media_fixtures import run_mediaserver
 from tests.services import SentinelGroup, run_sentinel_group
 from tests.webhook_receiver import run_receiver
 
-# A connection to a primary these tests SIGKILL or demote is sometimes left for the garbage
-# collector (redis-py's Connection, its StreamWriter, transport, socket) during the failover: not traced to its source
-# yet (issue #17's closing note). It is bounded (one per failover) and would fail a later,
-# unrelated test where the collector happens to run; the behaviour asserted here is not
-# affected.
+# A connection to a primary these tests SIGKILL or demote is sometimes left for the
+# garbage collector during the failover (redis-py's Connection, its StreamWriter, transport
+# and socket): not traced to its source yet (issue #17's closing note). It is bounded (one
+# per failover) and would fail a later, unrelated test where the collector happens to run;
+# the behaviour asserted here is not affected.
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:Exception ignored in. <(socket\.socket|function (StreamWriter|_SelectorTransport"
     r"|AbstractConnection)\.__del__):pytest.PytestUnraisableExceptionWarning")
