@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from mis.redis_scripts import OWNER
 
-__all__ = ["NODES", "NodeLease", "Ownership", "Placement", "stop_task"]
+__all__ = ["NODES", "NodeLease", "Ownership", "stop_task"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return had
 """
 
-Placement = tuple[str, int | None]
+#: (node, epoch): this node and the epoch it claimed, or the owner and None.
+Claim = tuple[str, int | None]
 
 
 class NodeLease:
@@ -164,7 +165,7 @@ class Ownership:
         return (_text(node) if node is not None else None,
                 int(epoch) if epoch is not None else None)
 
-    async def claim(self, call_id: str) -> Placement:
+    async def claim(self, call_id: str) -> Claim:
         """Takes the call unless a living node runs it: (this node, epoch) or (owner, None)."""
         found = await self._claim(keys=[OWNER + call_id],
                                   args=[self.node_id, NODES, NODE_CALLS, call_id])

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from cluster.ownership import NodeLease as NodeHeartbeat
+from cluster.ownership import NodeLease
 from mis.history import STORE, CallStore
 from signaling.call import CallState, FailureReason
 from signaling.events import CallEvent
@@ -117,8 +117,8 @@ async def test_a_starting_node_leaves_the_begun_calls_of_a_living_node_alone(
     this node's and the dead node's, never the living node's; with takeover on it keeps
     them all, and `orphaned` picks the same two for adoption."""
     store = CallStore(redis_client)
-    me = NodeHeartbeat(redis_client, "node-a", ttl=5)
-    other = NodeHeartbeat(redis_client, "node-b", ttl=5)
+    me = NodeLease(redis_client, "node-a", ttl=5)
+    other = NodeLease(redis_client, "node-b", ttl=5)
     await me.beat()
     await other.beat()
     now = time.time()

@@ -31,6 +31,7 @@ from tests.test_takeover_functional import (
     SECRET,
     Node,
     call_state,
+    clients_of,
     create_call,
     duration,
     frames,
@@ -175,8 +176,7 @@ async def test_a_call_spread_over_two_nodes_survives_the_sigkill_of_its_owner(
         call_id = created["id"]
         assert (await call_state(b, api_key, call_id))["state"] == "created"
         assert len(await tokens_from(b, api_key, call_id)) == 2
-        tokens = {p["id"]: p["token"] for p in created["participants"]}
-        clients = {pid: CallClient(cast(Service, a), tokens[pid]) for pid in ("pat", "doc")}
+        clients = clients_of(a, created)
         try:
             await join_on(clients, {"pat": a, "doc": b}, receiver, call_id)
             loop = asyncio.get_running_loop()
@@ -215,8 +215,7 @@ async def test_a_drained_node_hands_its_call_to_the_other_node(
     async with two_nodes(tmp_path, redis_server.url) as (a, b, api_key, receiver):
         created = await create_call(a, api_key)
         call_id = created["id"]
-        tokens = {p["id"]: p["token"] for p in created["participants"]}
-        clients = {pid: CallClient(cast(Service, a), tokens[pid]) for pid in ("pat", "doc")}
+        clients = clients_of(a, created)
         try:
             await join_on(clients, {"pat": a, "doc": a}, receiver, call_id)
             live_at = asyncio.get_running_loop().time()
@@ -249,8 +248,7 @@ async def test_a_frozen_owner_that_wakes_up_cannot_touch_the_call_any_more(
     async with two_nodes(tmp_path, redis_server.url, grace=grace) as (a, b, api_key, receiver):
         created = await create_call(a, api_key)
         call_id = created["id"]
-        tokens = {p["id"]: p["token"] for p in created["participants"]}
-        clients = {pid: CallClient(cast(Service, a), tokens[pid]) for pid in ("pat", "doc")}
+        clients = clients_of(a, created)
         assert a.proc is not None
         frozen = a.proc
         try:

@@ -11,16 +11,29 @@ went on with the call."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from mis.history import SINK, STORE
 from signaling.call import CallKind
 from telemed.app import CLUSTER
 from telemed.recovery import expire_booked
-from tests.hub_fixtures import CallClient, run_service
+from tests.hub_fixtures import CallClient, Service, run_service
 from tests.media_fixtures import run_mediaserver
 from tests.services import RedisServer
+
+
+@contextlib.asynccontextmanager
+async def two_services(tmp_path: Path, redis_server: RedisServer
+                       ) -> AsyncIterator[tuple[Service, Service]]:
+    """Nodes A and B on one Redis and one media server, writing where it records."""
+    shared = {"TELEMED_RECORDINGS_DIR": str(tmp_path / "rec")}
+    async with run_mediaserver(recordings_root=tmp_path / "rec") as (kms_url, _), \
+            run_service(tmp_path / "a", redis_server.url, (kms_url,), env=shared) as a, \
+            run_service(tmp_path / "b", redis_server.url, (kms_url,), env=shared) as b:
+        yield a, b
 
 
 async def test_a_consultant_online_on_another_node_is_rung_and_the_call_goes_live(
@@ -29,10 +42,7 @@ async def test_a_consultant_online_on_another_node_is_rung_and_the_call_goes_liv
     """The consultant says hello on node B, the doctor joins on node A: `incomingCall`
     reaches the consultant, the accept reaches the doctor, both publish and subscribe,
     the call goes live on its owner and ends for both; one of the two nodes relayed."""
-    shared = {"TELEMED_RECORDINGS_DIR": str(tmp_path / "rec")}  # the media server's
-    async with run_mediaserver(recordings_root=tmp_path / "rec") as (kms_url, _), \
-            run_service(tmp_path / "a", redis_server.url, (kms_url,), env=shared) as a, \
-            run_service(tmp_path / "b", redis_server.url, (kms_url,), env=shared) as b:
+    async with two_services(tmp_path, redis_server) as (a, b):
         call = a.hub.create_call(CallKind.REFERRAL, [
             ("doc-1", "Dr. Ivanov", "doctor"), ("fd-1", "Dr. Sidorova", "consultant")])
         await a.app[SINK].settle()  # booked in Redis, as the API answers only then
@@ -72,10 +82,7 @@ async def test_a_booked_call_whose_page_is_open_on_another_node_expires_there(
     """Node A runs the expiry round; the patient's pre-call page is on node B (which
     claimed the call): A has B end it `expired`, the patient hears it, and the call is
     over on B and in Redis."""
-    shared = {"TELEMED_RECORDINGS_DIR": str(tmp_path / "rec")}
-    async with run_mediaserver(recordings_root=tmp_path / "rec") as (kms_url, _), \
-            run_service(tmp_path / "a", redis_server.url, (kms_url,), env=shared) as a, \
-            run_service(tmp_path / "b", redis_server.url, (kms_url,), env=shared) as b:
+    async with two_services(tmp_path, redis_server) as (a, b):
         call = a.hub.create_call(CallKind.CONSULTATION, [
             ("pat", "P", "patient"), ("doc", "D", "doctor")])
         await a.app[SINK].settle()
@@ -103,10 +110,7 @@ async def test_a_socket_for_a_call_that_began_on_another_node_is_relayed_there(
     """The patient joins and publishes on node A (the call has begun there); the doctor's
     socket then lands on node B, which carries it to A although B takes no calls over
     (`calls.take_over` off, as in these in-process services): the call goes live."""
-    shared = {"TELEMED_RECORDINGS_DIR": str(tmp_path / "rec")}
-    async with run_mediaserver(recordings_root=tmp_path / "rec") as (kms_url, _), \
-            run_service(tmp_path / "a", redis_server.url, (kms_url,), env=shared) as a, \
-            run_service(tmp_path / "b", redis_server.url, (kms_url,), env=shared) as b:
+    async with two_services(tmp_path, redis_server) as (a, b):
         call = a.hub.create_call(CallKind.CONSULTATION, [
             ("pat", "P", "patient"), ("doc", "D", "doctor")])
         await a.app[SINK].settle()
