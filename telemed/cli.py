@@ -18,6 +18,8 @@ from telemed import embedded
 from telemed.app import create_app
 from telemed.embedded import hash_api_key
 from telemed.logs import configure_logging
+from telemed.redis_client import SENTINEL_SCHEME
+from telemed.redis_failover import FailoverFailed, planned_failover
 from telemed.settings import Settings, SettingsError, describe, load_settings
 from telemed.supervisor import Supervisor
 from turn.providers.return_users import generate
@@ -100,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     users.add_argument("--config", help="TOML settings file (also $TELEMED_CONFIG)")
     users.add_argument("--force", action="store_true",
                        help="replace an existing file (live reTurn credentials stop working)")
+    failover = sub.add_parser(
+        "redis-failover", help="move the Redis primary onto its replica (redis+sentinel:// "
+        "only), failing and losing no write")
+    failover.add_argument("--config", help="TOML settings file (also $TELEMED_CONFIG)")
     args = parser.parse_args(argv)
     if args.command == "api-key":
         key = secrets.token_urlsafe(32)
@@ -116,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "turn-users":
         return _turn_users(settings, force=args.force)
+    if args.command == "redis-failover":
+        return _redis_failover(settings)
     if args.command == "settings":
         print(json.dumps(describe(settings), indent=2))
         return 0
@@ -124,6 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         log.error("! %s", exc)
         return 1
+    return 0
+
+
+def _redis_failover(settings: Settings) -> int:
+    if not settings.redis.url.startswith(f"{SENTINEL_SCHEME}://"):
+        print(f"telemed: redis-failover needs redis.url (TELEMED_REDIS_URL) to be a "
+              f"{SENTINEL_SCHEME}:// URL; a failover is Redis Sentinel's", file=sys.stderr)
+        return 2
+    try:
+        moved = asyncio.run(planned_failover(settings.redis.url,
+                                             timeout=settings.redis.timeout))
+    except FailoverFailed as exc:
+        print(f"telemed: the Redis primary was not moved: {exc}", file=sys.stderr)
+        return 1
+    print(f"Redis primary moved from {moved.old[0]}:{moved.old[1]} to "
+          f"{moved.new[0]}:{moved.new[1]}; writes waited {moved.paused:.2f} s")
     return 0
 
 
