@@ -30,7 +30,7 @@ from signaling.placement import Placement, acting, in_doubt, place, precheck_els
 from signaling.presence import Presence
 from signaling.registry import CallRegistry, CallRepository, MediaFactory
 from signaling.ringing import Referrals
-from signaling.teardown import Teardown
+from signaling.teardown import Teardown, fail_on_bug
 from signaling.tokens import JoinClaims
 from turn.lease import ice_servers_for
 from turn.pool import TurnPool
@@ -101,8 +101,9 @@ class Hub:
         self.background.emit(event, call, data)
 
     def spawn(self, coro: Awaitable[Any], call_id: str) -> None:
-        """A background task whose failure is logged with its call's id, never lost."""
-        self.background.spawn(coro, call_id)
+        """A call's background task: its failure is logged with the call's id, and a bug in
+        it fails the call `internal` (`fail_on_bug`)."""
+        self.background.spawn(fail_on_bug(self, coro, call_id), call_id)
 
     def session(self, call: Call) -> CallSession:
         """The running call, set up on first use (a join, or a pre-call network check)."""

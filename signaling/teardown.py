@@ -14,6 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
+
+from kurento_ctl.errors import KurentoError
 from signaling.background import Background
 from signaling.call import Call, FailureReason
 from signaling.call_session import CallSession
@@ -24,7 +27,7 @@ from signaling.presence import Presence
 from signaling.protocol import encode
 from signaling.ringing import Referrals
 
-__all__ = ["Teardown", "TeardownHost", "expire_here"]
+__all__ = ["Teardown", "TeardownHost", "expire_here", "fail_on_bug"]
 
 # The hub's logger, as before the split: whichever part of the hub speaks.
 log = logging.getLogger("signaling.hub")
@@ -53,6 +56,29 @@ class TeardownHost(Protocol):
     def spawn(self, coro: Awaitable[Any], call_id: str) -> None: ...
     async def end(self, call_id: str, reason: FailureReason | None = None,
                   detail: str = "") -> None: ...
+
+
+#: Failures of the world outside, not of our code: the paths that meet them handle them
+#: (a lost media server fails the call `media-server-lost` on its own).
+NOT_BUGS = (OSError, TimeoutError, RedisError, KurentoError, CallError)
+
+
+async def fail_on_bug(host: TeardownHost, coro: Awaitable[Any], call_id: str) -> Any:
+    """`coro`, a call's background work; a bug in it fails the call `internal`. Its state
+    is then in doubt, and a clean failure finalises the recordings and tells the MIS and
+    everyone in it, where carrying on could leave the call hanging half-changed."""
+    try:
+        return await coro
+    except NOT_BUGS:
+        raise
+    except Exception as exc:
+        session = host.sessions.get(call_id)
+        if session is not None and not session.closing and not session.call.finished:
+            log.error("! a bug in the call's background work: the call fails (internal)",
+                      exc_info=exc, extra={"call_id": call_id})
+            await host.end(call_id, FailureReason.INTERNAL,
+                           f"{type(exc).__name__} in the service; the log has the details")
+        raise
 
 
 class Teardown:
@@ -216,6 +242,13 @@ async def expire_here(hub: ExpiryHost, call_id: str, detail: str) -> bool:
     session = hub.sessions.get(call_id)
     if session is not None and any(m.present for m in session.members.values()):
         return False  # a doctor waiting in a referral that was never answered
+    # Someone came but the TURN pool had no credentials for them: say so, rather than
+    # "nobody came".
+    refused = sorted({str(e.get("participant")) for e in call.timeline.as_list()
+                      if e.get("event") == "turn-exhausted"})
+    if refused:
+        detail = f"refused TURN credentials (pool exhausted): {', '.join(refused)}; {detail}"
     log.info("= booked call expired: %s", detail, extra={"call_id": call_id})
-    await hub.end(call_id, FailureReason.EXPIRED, detail)
+    await hub.end(call_id, FailureReason.TURN_EXHAUSTED if refused else FailureReason.EXPIRED,
+                  detail)
     return True

@@ -168,18 +168,7 @@ def test_the_webhook_events_documented_are_the_events_sent() -> None:
         assert sent, f"{event} is documented but never sent"
 
 
-#: Documented failure reasons no code fails a call with: the hub's owner sends or drops them.
-NEVER_SENT = {
-    FailureReason.TURN_EXHAUSTED: "issue #20: a refused join gets the error turn.exhausted; "
-    "no call fails with the reason",
-    FailureReason.INTERNAL: "found with issue #20: no call fails with `internal` (a bug "
-    "answers the request with the error code internal and the call goes on)",
-}
-
-
-@pytest.mark.parametrize("reason", [
-    pytest.param(r.value, marks=pytest.mark.xfail(strict=True, reason=NEVER_SENT[r]))
-    if r in NEVER_SENT else r.value for r in FailureReason])
+@pytest.mark.parametrize("reason", [r.value for r in FailureReason])
 def test_every_failure_reason_is_one_a_call_can_fail_with(reason: str) -> None:
     """A documented failure reason is used by code that fails calls."""
     name = FailureReason(reason).name

@@ -138,3 +138,39 @@ async def test_a_starting_node_leaves_the_begun_calls_of_a_living_node_alone(
     assert (await store.get("call-node-b"))["state"] == "live"
     await other.stop()  # a clean stop frees its calls at once
     assert await me.orphaned(snaps["node-b"])
+
+
+async def test_a_booked_call_whose_patient_was_refused_turn_fails_turn_exhausted(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """A TURN pool of one: the first booked call's patient holds the lease, the second's is
+    refused on the pre-call page. Past their windows, the first expires `expired` (nobody
+    came) and the second fails `turn-exhausted`, its detail naming who was refused, so the
+    MIS can tell a full pool from a no-show."""
+    env = {"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_POOL_SIZE": "1",
+           "TELEMED_TURN_URLS": TURN["turn_urls"][0],
+           "TELEMED_TURN_SECRETS": TURN["turn_secrets"][0]}
+    async with run_service(tmp_path, redis_server.url, ("ws://127.0.0.1:9/kurento",),
+                           env=env, **TURN) as service, aiohttp.ClientSession() as http:
+        failed: dict[str, dict[str, Any]] = {}
+        service.hub.hooks.append(lambda event, call, data: failed.__setitem__(call.id, data)
+                                 if event == CallEvent.FAILED else None)
+        first = await book(service, http, ends_in=60)
+        second = await book(service, http, ends_in=60)
+        answers = []
+        for booked in (first, second):
+            async with http.post(f"{service.url}/precheck/ice", json={
+                    "token": booked["participants"][0]["token"]}) as r:
+                answers.append((r.status, (await r.json()).get("code")))
+        assert answers == [(200, None), (503, "turn.exhausted")]
+        expired = await expire_booked(
+            service.hub, service.app[STORE], service.hub.turn,
+            now=time.time() + 61 + service.settings.calls.schedule_overrun,
+            overrun=service.settings.calls.schedule_overrun,
+            idle=service.settings.calls.idle_expiry)
+        assert sorted(expired) == sorted([first["id"], second["id"]])
+        assert failed[first["id"]]["reason"] == FailureReason.EXPIRED.value
+        assert failed[second["id"]]["reason"] == FailureReason.TURN_EXHAUSTED.value
+        assert "pat-1" in failed[second["id"]]["detail"]
+        await service.app_sink_settled()
+        after = await stored(service, http, second["id"])
+        assert (after["state"], after["failure"]) == ("failed", "turn-exhausted")
