@@ -51,6 +51,18 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> tuple[int, ...]:
+    """`count` distinct free TCP ports: each socket is held until all are chosen, since the
+    kernel may hand a just-closed port out again (two free_port() calls gave the same one,
+    and a sentinel group's primary and replica one folder, in a CI run)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                   for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return tuple(int(s.getsockname()[1]) for s in sockets)
+
+
 def free_udp_and_tcp_port() -> int:
     """A port free for both TCP and UDP: coturn listens on both, and a port taken for TCP
     only (an ephemeral connection's) left it serving UDP alone, unseen by `wait_port`."""
@@ -278,7 +290,7 @@ def run_sentinel_group(tmp: Path, *, service: str = "telemed", down_after_ms: in
             return question(c)
 
     try:
-        primary, replica = free_port(), free_port()
+        primary, replica = free_ports(2)
         for port, extra in ((primary, []), (replica, ["--replicaof", "127.0.0.1", str(primary)])):
             folder = tmp / f"redis-{port}"
             folder.mkdir()
@@ -287,7 +299,7 @@ def run_sentinel_group(tmp: Path, *, service: str = "telemed", down_after_ms: in
                                    *extra], port)
         _until(lambda: ask(replica, lambda c: c.info("replication")).get(
             "master_link_status") == "up", "replica in sync")
-        ports = tuple(free_port() for _ in range(3))
+        ports = free_ports(3)
         for port in ports:
             conf = tmp / f"sentinel-{port}" / "sentinel.conf"
             conf.parent.mkdir()
