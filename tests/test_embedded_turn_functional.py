@@ -1,0 +1,94 @@
+"""The embedded coturn, started from the very configuration `telemed run` writes, carrying a
+call whose peers may only use relays (`iceTransportPolicy: relay`), as `./dev run` does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from signaling.call import CallKind, CallState
+from telemed import embedded
+from telemed.settings import load_settings
+from tests.hub_fixtures import CallClient, run_service
+from tests.media_fixtures import run_mediaserver
+from tests.services import (
+    RedisServer,
+    free_port,
+    free_udp_and_tcp_port,
+    require_binary,
+    stop_process,
+    wait_port,
+)
+from tests.test_turn_functional import _selected_local_type as selected_local_type
+from turn.providers.coturn import DENIED_PEERS
+
+
+@dataclass(frozen=True)
+class EmbeddedTurn:
+    urls: tuple[str, ...]
+    secrets: tuple[str, ...]
+    conf: str
+
+
+@contextlib.contextmanager
+def embedded_turn(tmp_path: Path, redis_url: str) -> Iterator[EmbeddedTurn]:
+    """coturn as `telemed.embedded.plan` starts it: its argv, its config file, its URLs."""
+    require_binary("turnserver")
+    port = free_udp_and_tcp_port()
+    settings = load_settings(env={
+        "TELEMED_DATA_DIR": str(tmp_path / "data"), "TELEMED_HTTP_PORT": str(free_port()),
+        "TELEMED_REDIS_URL": redis_url, "TELEMED_MEDIA_KURENTO_URLS": "ws://127.0.0.1:1/k",
+        "TELEMED_TURN_EMBEDDED_PORT": str(port), "TELEMED_CALLS_TAKE_OVER": "false"})
+    children, endpoints = embedded.plan(settings)
+    (coturn,) = children
+    assert coturn.name == "coturn"
+    proc = subprocess.Popen(coturn.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc=proc)
+        conf = (settings.data_path / "turn" / "turnserver.conf").read_text()
+        yield EmbeddedTurn(endpoints.turn_urls, endpoints.turn_secrets, conf)
+    finally:
+        stop_process(proc)
+
+
+async def test_relay_only_peers_go_live_through_the_embedded_turn(
+    tmp_path: Path, redis_server: RedisServer,
+) -> None:
+    """Relay-only aiortc peers get media through the embedded coturn: the call goes live."""
+    with embedded_turn(tmp_path, redis_server.url) as turn:
+        relay = embedded.host_address()
+        assert relay is not None, "this test needs a non-loopback IPv4 address"
+        lines = turn.conf.splitlines()
+        # Relaying on this host's own address, the one exception to the denied ranges.
+        assert [x for x in lines if x.startswith(("relay-ip=", "allowed-peer-ip="))] == [
+            f"relay-ip={relay}", f"allowed-peer-ip={relay}"]
+        assert [x.split("=", 1)[1] for x in lines if x.startswith("denied-peer-ip=")] == list(
+            DENIED_PEERS)
+        env = {"TELEMED_TURN_PROVIDER": "embedded", "TELEMED_TURN_POOL_SIZE": "4"}
+        async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
+                tmp_path, redis_server.url, (kms_url,), env=env, watchdog_timeout=15,
+                turn_urls=turn.urls, turn_secrets=turn.secrets) as service:
+            call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
+                                                                  ("doc-1", "D", "doctor")])
+            patient = CallClient(service, service.token(call.id, "pat-1"))
+            doctor = CallClient(service, service.token(call.id, "doc-1", role="doctor"))
+            patient.relay_only = doctor.relay_only = True
+            try:
+                await asyncio.gather(patient.connect(), doctor.connect())
+                await patient.join()
+                await doctor.join()
+                await asyncio.gather(patient.publish(), doctor.publish())
+                await asyncio.gather(patient.subscribe("doc-1"), doctor.subscribe("pat-1"))
+                await doctor.wait_event("callLive", timeout=30)
+                assert call.state is CallState.LIVE
+                for client in (patient, doctor):
+                    for pc in client.pcs.values():
+                        assert selected_local_type(pc) == "relay"
+            finally:
+                await asyncio.gather(patient.close(), doctor.close())
+
+
