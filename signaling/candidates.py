@@ -28,6 +28,7 @@ from signaling.errors import MediaError, ResourceError
 
 __all__ = [
     "EARLY_CANDIDATES",
+    "BrowserCandidates",
     "CandidateBuffer",
     "CandidateFilter",
     "CandidateInvalid",
@@ -204,10 +205,59 @@ def _judge_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[s
     return "", ip.is_private
 
 
+#: An endpoint, as (participant, target): `publish` or the participant it receives.
+EndpointKey = tuple[str, str]
+
+
+@dataclass
+class BrowserCandidates:
+    """What each endpoint got of its browser's candidates: how many passed the filter, and
+    whether the browser said it has no more (`a=end-of-candidates`, or an empty trickled
+    candidate).
+
+    Once a browser's candidates are complete and none passed, the endpoint has nothing to
+    check: its ICE has failed, although Kurento stays in GATHERING for ever (it leaves
+    that state only on a remote candidate) and the embedded media server may never start
+    its checks. The watchdog names such an endpoint's ICE `FAILED`."""
+
+    passed: Counter[EndpointKey] = field(default_factory=Counter)
+    ended: set[EndpointKey] = field(default_factory=set)
+
+    def offered(self, key: EndpointKey, filtered_sdp: str) -> None:
+        """An offer's SDP as it went to the media server."""
+        lines = filtered_sdp.splitlines()
+        self.passed[key] += sum(line.startswith("a=candidate:") for line in lines)
+        if "a=end-of-candidates" in (line.strip() for line in lines):
+            self.ended.add(key)
+
+    def trickled(self, key: EndpointKey, verdict: Verdict) -> None:
+        if verdict.keep and not verdict.line:
+            self.ended.add(key)
+        elif verdict.keep:
+            self.passed[key] += 1
+
+    def none_usable(self, key: EndpointKey) -> bool:
+        """The browser's candidates are complete and not one of them passed."""
+        return key in self.ended and self.passed[key] == 0
+
+    def forget(self, participant: str) -> None:
+        """A participant who left: its endpoints, and the others' receiving it, are gone."""
+        for key in [k for k in (*self.passed, *self.ended) if participant in k]:
+            self.passed.pop(key, None)
+            self.ended.discard(key)
+
+
 @dataclass
 class CandidateFilter:
     policy: CandidatePolicy = field(default_factory=CandidatePolicy)
     dropped: Counter[str] = field(default_factory=Counter)
+    browser: BrowserCandidates = field(default_factory=BrowserCandidates)
+
+    def judge_browser(self, line: str, key: EndpointKey) -> Verdict:
+        """`judge` for a candidate the browser trickled for endpoint `key`, counted."""
+        verdict = self.judge(line)
+        self.browser.trickled(key, verdict)
+        return verdict
 
     def judge(self, line: str) -> Verdict:
         """Whether a candidate line (with or without `candidate:` / `a=`) may pass.

@@ -219,7 +219,7 @@ class CallMedia(MediaNegotiation):
         return entry.publisher if target == "publish" else entry.subscriptions.get(target)
 
     async def add_candidate(self, owner: str, target: str, candidate: dict[str, Any]) -> None:
-        verdict = self.filter.judge(str(candidate.get("candidate", "")))
+        verdict = self.filter.judge_browser(str(candidate.get("candidate", "")), (owner, target))
         if not verdict.keep:
             self.listener.dropped(owner, "from-browser", [verdict.reason])
             return
@@ -279,6 +279,7 @@ class CallMedia(MediaNegotiation):
             if sub is not None:
                 released.append(sub)
         self._recording.discard(participant)
+        self.filter.browser.forget(participant)
         if entry is not None:
             if entry.publisher is not None:
                 released.append(entry.publisher)

@@ -20,6 +20,7 @@ from tests.services import (
     free_port,
     free_udp_and_tcp_port,
     require_binary,
+    run_turnserver,
     stop_process,
     wait_port,
 )
@@ -92,3 +93,30 @@ async def test_relay_only_peers_go_live_through_the_embedded_turn(
                 await asyncio.gather(patient.close(), doctor.close())
 
 
+
+
+async def test_relay_only_peers_whose_relays_are_dropped_fail_with_ice_failed(
+    tmp_path: Path, redis_server: RedisServer,
+) -> None:
+    """Relay-only peers behind a TURN relaying on 127.0.0.1, whose every candidate the hub
+    drops, fail the call no-media with `ICE FAILED` in the detail (not Kurento's GATHERING)."""
+    with run_turnserver(tmp_path / "turn") as turn:  # relays on 127.0.0.1, as before the fix
+        url = f"{turn.url}?transport=udp"
+        env = {"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_POOL_SIZE": "4",
+               "TELEMED_TURN_URLS": url, "TELEMED_TURN_SECRETS": turn.secret}
+        async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
+                tmp_path, redis_server.url, (kms_url,), env=env, watchdog_timeout=3,
+                turn_urls=(url,), turn_secrets=(turn.secret,)) as service:
+            call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
+                                                                  ("doc-1", "D", "doctor")])
+            patient = CallClient(service, service.token(call.id, "pat-1"))
+            patient.relay_only = True
+            try:
+                await patient.connect()
+                await patient.join()
+                await patient.publish()
+                failed = await patient.wait_event("callFailed", timeout=20)
+            finally:
+                await patient.close()
+    assert failed["reason"] == "no-media"
+    assert str(failed["detail"]).endswith("(direction from-browser, ICE FAILED)"), failed
