@@ -9,10 +9,14 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from signaling.call import CallKind, CallState
 from telemed import embedded
 from telemed.settings import load_settings
+from tests.helpers import scaled
 from tests.hub_fixtures import CallClient, run_service
 from tests.media_fixtures import run_mediaserver
 from tests.services import (
@@ -25,6 +29,7 @@ from tests.services import (
     wait_port,
 )
 from tests.test_turn_functional import _selected_local_type as selected_local_type
+from tests.test_web_browser_functional import open_call, timeline
 from turn.providers.coturn import DENIED_PEERS
 
 
@@ -120,3 +125,53 @@ async def test_relay_only_peers_whose_relays_are_dropped_fail_with_ice_failed(
                 await patient.close()
     assert failed["reason"] == "no-media"
     assert str(failed["detail"]).endswith("(direction from-browser, ICE FAILED)"), failed
+
+
+#: `iceTransportPolicy: "relay"` on every peer connection the page opens, as a browser on a
+#: network that lets nothing but TURN through (or one configured so) behaves.
+RELAY_ONLY = """(() => {
+  const Native = window.RTCPeerConnection;
+  window.RTCPeerConnection = function (config, ...rest) {
+    return new Native({...(config || {}), iceTransportPolicy: 'relay'}, ...rest);
+  };
+  window.RTCPeerConnection.prototype = Native.prototype;
+})();"""
+
+
+@pytest.mark.timeout(scaled(90))
+async def test_relay_only_chromium_pages_go_live_through_the_embedded_turn(
+    tmp_path: Path, redis_server: RedisServer, browser: Any,
+) -> None:
+    """Two Chromium pages forced to relay-only go live through the embedded coturn, each
+    peer connection on a relay pair."""
+    with embedded_turn(tmp_path, redis_server.url) as turn:
+        env = {"TELEMED_TURN_PROVIDER": "embedded", "TELEMED_TURN_POOL_SIZE": "4"}
+        async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
+                tmp_path, redis_server.url, (kms_url,), env=env, watchdog_timeout=20,
+                turn_urls=turn.urls, turn_secrets=turn.secrets) as service:
+            call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
+                                                                  ("doc-1", "D", "doctor")])
+            link = f"{service.url}/join/" + "{}"
+            pages = [await open_call(browser, link.format(service.token(call.id, "pat-1")),
+                                     "patient", init_script=RELAY_ONLY),
+                     await open_call(browser, link.format(
+                         service.token(call.id, "doc-1", role="doctor")), "doctor",
+                         init_script=RELAY_ONLY)]
+            for page in pages:
+                await page.click("#join-button")
+            for page in pages:
+                await page.wait_for_selector("body[data-call-state=live]",
+                                             timeout=scaled(40) * 1000)
+            assert call.state is CallState.LIVE
+            events = await timeline(service, call.id)
+            # Every relay candidate was one the hub forwards: none on loopback, where only
+            # the browsers' checks reaching the media server from 127.0.0.1 (peer-reflexive)
+            # could save the call, and only while the host's address is not a denied one.
+            dropped = {r for e in call.timeline.as_list() if e["event"] == "candidates-dropped"
+                       for r in e["reasons"]}
+            assert "loopback" not in dropped, dropped
+    pairs = [e["data"] for e in events if e["event"] == "client.selectedPair"]
+    assert {(e["participant"], e["data"]["target"]) for e in events
+            if e["event"] == "client.selectedPair"} == {
+        ("pat-1", "publish"), ("pat-1", "doc-1"), ("doc-1", "publish"), ("doc-1", "pat-1")}
+    assert {p["local"] for p in pairs} == {"relay"}, pairs
