@@ -100,18 +100,30 @@ async def test_relay_only_peers_go_live_through_the_embedded_turn(
 
 
 
-async def test_relay_only_peers_whose_relays_are_dropped_fail_with_ice_failed(
-    tmp_path: Path, redis_server: RedisServer,
+@contextlib.contextmanager
+def loopback_or_no_turn(tmp_path: Path, fault: str) -> Iterator[tuple[str, str]]:
+    """(TURN URL, secret) of a coturn relaying on 127.0.0.1 (the embedded one before issue
+    #20), or of a port where no TURN server answers."""
+    if fault == "relays-dropped":
+        with run_turnserver(tmp_path / "turn") as turn:
+            yield f"{turn.url}?transport=udp", turn.secret
+    else:
+        yield f"turn:127.0.0.1:{free_udp_and_tcp_port()}?transport=udp", "s" * 32
+
+
+@pytest.mark.parametrize("fault", ["relays-dropped", "turn-unreachable"])
+async def test_relay_only_peers_with_no_usable_candidate_fail_with_ice_failed(
+    tmp_path: Path, redis_server: RedisServer, fault: str,
 ) -> None:
-    """Relay-only peers behind a TURN relaying on 127.0.0.1, whose every candidate the hub
-    drops, fail the call no-media with `ICE FAILED` in the detail (not Kurento's GATHERING)."""
-    with run_turnserver(tmp_path / "turn") as turn:  # relays on 127.0.0.1, as before the fix
-        url = f"{turn.url}?transport=udp"
+    """A relay-only peer whose relay candidates the hub drops (loopback), or that gets none
+    (its TURN server does not answer), fails the call no-media with `ICE FAILED` in the
+    detail, not the GATHERING the media server still reports."""
+    with loopback_or_no_turn(tmp_path, fault) as (url, secret):
         env = {"TELEMED_TURN_PROVIDER": "coturn-secret", "TELEMED_TURN_POOL_SIZE": "4",
-               "TELEMED_TURN_URLS": url, "TELEMED_TURN_SECRETS": turn.secret}
+               "TELEMED_TURN_URLS": url, "TELEMED_TURN_SECRETS": secret}
         async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
                 tmp_path, redis_server.url, (kms_url,), env=env, watchdog_timeout=3,
-                turn_urls=(url,), turn_secrets=(turn.secret,)) as service:
+                turn_urls=(url,), turn_secrets=(secret,)) as service:
             call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
                                                                   ("doc-1", "D", "doctor")])
             patient = CallClient(service, service.token(call.id, "pat-1"))
@@ -123,6 +135,9 @@ async def test_relay_only_peers_whose_relays_are_dropped_fail_with_ice_failed(
                 failed = await patient.wait_event("callFailed", timeout=20)
             finally:
                 await patient.close()
+            dropped = {r for e in call.timeline.as_list() if e["event"] == "candidates-dropped"
+                       for r in e["reasons"]}
+    assert dropped == ({"loopback"} if fault == "relays-dropped" else set()), dropped
     assert failed["reason"] == "no-media"
     assert str(failed["detail"]).endswith("(direction from-browser, ICE FAILED)"), failed
 
