@@ -218,13 +218,17 @@ class BrowserCandidates:
     Once a browser's candidates are complete and none passed, the endpoint has nothing to
     check: its ICE has failed, although Kurento stays in GATHERING for ever (it leaves
     that state only on a remote candidate) and the embedded media server may never start
-    its checks. The watchdog names such an endpoint's ICE `FAILED`."""
+    its checks. The watchdog names such an endpoint's ICE `FAILED`, as it does when the
+    browser reports that its own ICE failed."""
 
     passed: Counter[EndpointKey] = field(default_factory=Counter)
     ended: set[EndpointKey] = field(default_factory=set)
+    #: The browser said its own ICE failed (`clientEvent pcFailed`, `iceConnectionState`).
+    failed: set[EndpointKey] = field(default_factory=set)
 
     def offered(self, key: EndpointKey, filtered_sdp: str) -> None:
         """An offer's SDP as it went to the media server."""
+        self.failed.discard(key)  # a new negotiation (an ICE restart) starts afresh
         lines = filtered_sdp.splitlines()
         self.passed[key] += sum(line.startswith("a=candidate:") for line in lines)
         if "a=end-of-candidates" in (line.strip() for line in lines):
@@ -240,11 +244,16 @@ class BrowserCandidates:
         """The browser's candidates are complete and not one of them passed."""
         return key in self.ended and self.passed[key] == 0
 
+    def ice_failed(self, key: EndpointKey) -> bool:
+        """Nothing left to check, or the browser's end of this ICE session gave up."""
+        return self.none_usable(key) or key in self.failed
+
     def forget(self, participant: str) -> None:
         """A participant who left: its endpoints, and the others' receiving it, are gone."""
-        for key in [k for k in (*self.passed, *self.ended) if participant in k]:
+        for key in [k for k in (*self.passed, *self.ended, *self.failed) if participant in k]:
             self.passed.pop(key, None)
             self.ended.discard(key)
+            self.failed.discard(key)
 
 
 @dataclass

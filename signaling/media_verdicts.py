@@ -177,8 +177,9 @@ class MediaVerdicts:
         # the viewer's receiving endpoint for media towards the browser.
         key = (expectation.participant, expectation.source or "publish")
         state = self.media.ice_states.get(key, "no ICE activity")
-        if state not in ("CONNECTED", "READY") and self.media.filter.browser.none_usable(key):
-            # Nothing left to check: failed, whatever Kurento still says (it stays GATHERING).
+        if state not in ("CONNECTED", "READY") and self.media.filter.browser.ice_failed(key):
+            # Failed, whatever Kurento still says: with nothing to check it stays GATHERING,
+            # and the embedded server never learns that a trickling browser gave up.
             state = "FAILED"
         return f"ICE {state}"
 

@@ -263,3 +263,17 @@ def test_trickled_candidates_count_towards_none_usable_and_a_leaver_is_forgotten
     f.judge_browser("", ("doc-1", "pat-1"))
     f.browser.forget("pat-1")
     assert f.browser == BrowserCandidates()
+
+
+def test_a_browser_reported_ice_failure_holds_until_the_endpoint_is_offered_again() -> None:
+    """`failed` (the browser's own report) makes `ice_failed` true with usable candidates;
+    a new offer for that endpoint (an ICE restart) clears it."""
+    f = CandidateFilter()
+    key = ("pat-1", "publish")
+    usable = "\r\n".join(["v=0", "a=" + HOST4, "a=end-of-candidates", ""])
+    f.browser.offered(key, f.filter_sdp(usable)[0])
+    assert not f.browser.ice_failed(key)
+    f.browser.failed.add(key)
+    assert f.browser.ice_failed(key) and not f.browser.none_usable(key)
+    f.browser.offered(key, f.filter_sdp(usable)[0])
+    assert not f.browser.ice_failed(key)

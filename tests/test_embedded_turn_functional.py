@@ -142,6 +142,34 @@ async def test_relay_only_peers_with_no_usable_candidate_fail_with_ice_failed(
     assert str(failed["detail"]).endswith("(direction from-browser, ICE FAILED)"), failed
 
 
+async def test_a_browser_that_reports_its_ice_failed_fails_the_call_with_ice_failed(
+    tmp_path: Path, redis_server: RedisServer,
+) -> None:
+    """A trickling browser whose ICE gave up (`clientEvent pcFailed`) while the media server
+    still checks gets `ICE FAILED` in the detail; a report naming no endpoint is ignored."""
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
+            tmp_path, redis_server.url, (kms_url,), watchdog_timeout=3) as service:
+        call = service.hub.create_call(CallKind.CONSULTATION, [("pat-1", "P", "patient"),
+                                                              ("doc-1", "D", "doctor")])
+        patient = CallClient(service, service.token(call.id, "pat-1"))
+        # No candidates and no end of them: the media server keeps waiting (CONNECTING).
+        patient.withhold_candidates = patient.strip_remote_candidates = True
+        try:
+            await patient.connect()
+            await patient.join()
+            await patient.publish()
+            failed_ice = service.hub.sessions[call.id].media.filter.browser.failed
+            for target in ("invented", "publish"):
+                await patient.request("clientEvent", event="pcFailed",
+                                      data={"target": target, "what": "iceConnectionState"})
+            assert failed_ice == {("pat-1", "publish")}
+            failed = await patient.wait_event("callFailed", timeout=20)
+        finally:
+            await patient.close()
+    assert failed["reason"] == "no-media"
+    assert str(failed["detail"]).endswith("(direction from-browser, ICE FAILED)"), failed
+
+
 #: `iceTransportPolicy: "relay"` on every peer connection the page opens, as a browser on a
 #: network that lets nothing but TURN through (or one configured so) behaves.
 RELAY_ONLY = """(() => {
