@@ -234,11 +234,12 @@ class BrowserCandidates:
         if "a=end-of-candidates" in (line.strip() for line in lines):
             self.ended.add(key)
 
-    def trickled(self, key: EndpointKey, verdict: Verdict) -> None:
-        if verdict.keep and not verdict.line:
-            self.ended.add(key)
-        elif verdict.keep:
+    def trickled(self, key: EndpointKey, line: str) -> None:
+        """A trickled candidate that passed the filter ("" for end-of-candidates)."""
+        if line:
             self.passed[key] += 1
+        else:
+            self.ended.add(key)
 
     def none_usable(self, key: EndpointKey) -> bool:
         """The browser's candidates are complete and not one of them passed."""
@@ -260,13 +261,8 @@ class BrowserCandidates:
 class CandidateFilter:
     policy: CandidatePolicy = field(default_factory=CandidatePolicy)
     dropped: Counter[str] = field(default_factory=Counter)
+    #: The browser's side of each endpoint's candidates, for the watchdog's detail.
     browser: BrowserCandidates = field(default_factory=BrowserCandidates)
-
-    def judge_browser(self, line: str, key: EndpointKey) -> Verdict:
-        """`judge` for a candidate the browser trickled for endpoint `key`, counted."""
-        verdict = self.judge(line)
-        self.browser.trickled(key, verdict)
-        return verdict
 
     def judge(self, line: str) -> Verdict:
         """Whether a candidate line (with or without `candidate:` / `a=`) may pass.

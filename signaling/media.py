@@ -219,16 +219,17 @@ class CallMedia(MediaNegotiation):
         return entry.publisher if target == "publish" else entry.subscriptions.get(target)
 
     async def add_candidate(self, owner: str, target: str, candidate: dict[str, Any]) -> None:
-        verdict = self.filter.judge_browser(str(candidate.get("candidate", "")), (owner, target))
+        verdict = self.filter.judge(str(candidate.get("candidate", "")))
         if not verdict.keep:
             self.listener.dropped(owner, "from-browser", [verdict.reason])
             return
         ep = self._endpoint_for(owner, target)
-        if ep is None:
-            if not self.buffer.add(f"{owner}/{target}", candidate):
-                raise MediaError("too many early candidates", code="candidate.invalid")
-            return
-        await self._add_candidate(ep, candidate)
+        if ep is None and not self.buffer.add(f"{owner}/{target}", candidate):
+            raise MediaError("too many early candidates", code="candidate.invalid")
+        # Counted once held: the buffer's cap bounds what invented targets can add.
+        self.filter.browser.trickled((owner, target), verdict.line)
+        if ep is not None:
+            await self._add_candidate(ep, candidate)
 
     async def _add_candidate(self, ep: WebRtcEndpoint, candidate: dict[str, Any]) -> None:
         args = candidate_args(candidate)

@@ -253,14 +253,15 @@ def test_trickled_candidates_count_towards_none_usable_and_a_leaver_is_forgotten
     none usable; a passing trickled candidate makes it usable; leaving forgets both ends."""
     f = CandidateFilter()
     key = ("pat-1", "publish")
-    assert not f.judge_browser(LOOPBACK, key).keep
-    assert not f.browser.none_usable(key)  # not complete yet
-    f.judge_browser("", key)
+    assert not f.judge(LOOPBACK).keep  # dropped: the tally never hears of it
+    f.browser.trickled(key, f.judge("").line)
     assert f.browser.none_usable(key)
-    f.judge_browser(RELAY, ("pat-1", "doc-1"))
-    f.judge_browser("", ("pat-1", "doc-1"))
+    f.browser.trickled(("pat-1", "doc-1"), f.judge(RELAY).line)
+    assert not f.browser.none_usable(("pat-1", "doc-1"))  # one passed, and not complete yet
+    f.browser.trickled(("pat-1", "doc-1"), "")
     assert not f.browser.none_usable(("pat-1", "doc-1"))
-    f.judge_browser("", ("doc-1", "pat-1"))
+    f.browser.trickled(("doc-1", "pat-1"), "")
+    f.browser.failed.add(("doc-1", "pat-1"))
     f.browser.forget("pat-1")
     assert f.browser == BrowserCandidates()
 
