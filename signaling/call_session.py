@@ -272,6 +272,11 @@ class CallSession(MediaVerdicts, CallTurn):
         if event == "mediaReceived" and isinstance(source, str):
             self.member(pid).reported.add(source)
             self._satisfy(Expectation(pid, "browser-report", "media", source))
+        target = data.get("target")
+        if event == "pcFailed" and data.get("what") == "iceConnectionState" \
+                and (target == "publish" or target in self.call.participants):
+            # Only real endpoints: a client inventing targets must not grow the set.
+            self.media.filter.browser.failed.add((pid, str(target)))
 
     # ---------------------------------------------------------------- leaving
 

@@ -28,6 +28,7 @@ from signaling.errors import MediaError, ResourceError
 
 __all__ = [
     "EARLY_CANDIDATES",
+    "BrowserCandidates",
     "CandidateBuffer",
     "CandidateFilter",
     "CandidateInvalid",
@@ -204,10 +205,64 @@ def _judge_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[s
     return "", ip.is_private
 
 
+#: An endpoint, as (participant, target): `publish` or the participant it receives.
+EndpointKey = tuple[str, str]
+
+
+@dataclass
+class BrowserCandidates:
+    """What each endpoint got of its browser's candidates: how many passed the filter, and
+    whether the browser said it has no more (`a=end-of-candidates`, or an empty trickled
+    candidate).
+
+    Once a browser's candidates are complete and none passed, the endpoint has nothing to
+    check: its ICE has failed, although Kurento stays in GATHERING for ever (it leaves
+    that state only on a remote candidate) and the embedded media server may never start
+    its checks. The watchdog names such an endpoint's ICE `FAILED`, as it does when the
+    browser reports that its own ICE failed."""
+
+    passed: Counter[EndpointKey] = field(default_factory=Counter)
+    ended: set[EndpointKey] = field(default_factory=set)
+    #: The browser said its own ICE failed (`clientEvent pcFailed`, `iceConnectionState`).
+    failed: set[EndpointKey] = field(default_factory=set)
+
+    def offered(self, key: EndpointKey, filtered_sdp: str) -> None:
+        """An offer's SDP as it went to the media server."""
+        self.failed.discard(key)  # a new negotiation (an ICE restart) starts afresh
+        lines = filtered_sdp.splitlines()
+        self.passed[key] += sum(line.startswith("a=candidate:") for line in lines)
+        if "a=end-of-candidates" in (line.strip() for line in lines):
+            self.ended.add(key)
+
+    def trickled(self, key: EndpointKey, line: str) -> None:
+        """A trickled candidate that passed the filter ("" for end-of-candidates)."""
+        if line:
+            self.passed[key] += 1
+        else:
+            self.ended.add(key)
+
+    def none_usable(self, key: EndpointKey) -> bool:
+        """The browser's candidates are complete and not one of them passed."""
+        return key in self.ended and self.passed[key] == 0
+
+    def ice_failed(self, key: EndpointKey) -> bool:
+        """Nothing left to check, or the browser's end of this ICE session gave up."""
+        return self.none_usable(key) or key in self.failed
+
+    def forget(self, participant: str) -> None:
+        """A participant who left: its endpoints, and the others' receiving it, are gone."""
+        for key in [k for k in (*self.passed, *self.ended, *self.failed) if participant in k]:
+            self.passed.pop(key, None)
+            self.ended.discard(key)
+            self.failed.discard(key)
+
+
 @dataclass
 class CandidateFilter:
     policy: CandidatePolicy = field(default_factory=CandidatePolicy)
     dropped: Counter[str] = field(default_factory=Counter)
+    #: The browser's side of each endpoint's candidates, for the watchdog's detail.
+    browser: BrowserCandidates = field(default_factory=BrowserCandidates)
 
     def judge(self, line: str) -> Verdict:
         """Whether a candidate line (with or without `candidate:` / `a=`) may pass.

@@ -224,11 +224,12 @@ class CallMedia(MediaNegotiation):
             self.listener.dropped(owner, "from-browser", [verdict.reason])
             return
         ep = self._endpoint_for(owner, target)
-        if ep is None:
-            if not self.buffer.add(f"{owner}/{target}", candidate):
-                raise MediaError("too many early candidates", code="candidate.invalid")
-            return
-        await self._add_candidate(ep, candidate)
+        if ep is None and not self.buffer.add(f"{owner}/{target}", candidate):
+            raise MediaError("too many early candidates", code="candidate.invalid")
+        # Counted once held: the buffer's cap bounds what invented targets can add.
+        self.filter.browser.trickled((owner, target), verdict.line)
+        if ep is not None:
+            await self._add_candidate(ep, candidate)
 
     async def _add_candidate(self, ep: WebRtcEndpoint, candidate: dict[str, Any]) -> None:
         args = candidate_args(candidate)
@@ -279,6 +280,7 @@ class CallMedia(MediaNegotiation):
             if sub is not None:
                 released.append(sub)
         self._recording.discard(participant)
+        self.filter.browser.forget(participant)
         if entry is not None:
             if entry.publisher is not None:
                 released.append(entry.publisher)

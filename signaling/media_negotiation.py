@@ -125,7 +125,7 @@ class MediaNegotiation:
             tx.add_tag(neg.recorder, TAG_ENDPOINT, f"{owner}/recorder")
         self._watch(tx, ep, owner, target)
         build(neg)
-        neg.answer = tx.process_offer(ep, self._offer(owner, offer))
+        neg.answer = tx.process_offer(ep, self._offer(owner, target, offer))
         neg.gathering = tx.gather_candidates(ep)
         for candidate in self.buffer.take(f"{owner}/{target}"):
             args = candidate_args(candidate)
@@ -225,8 +225,9 @@ class MediaNegotiation:
             self._recording.add(participant)
             self.listener.recording(participant)
 
-    def _offer(self, owner: str, sdp: str) -> str:
+    def _offer(self, owner: str, target: str, sdp: str) -> str:
         filtered, reasons = self.filter.filter_sdp(sdp)
+        self.filter.browser.offered((owner, target), filtered)
         if reasons:
             self.listener.dropped(owner, "from-browser", reasons)
         return filtered

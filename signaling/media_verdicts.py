@@ -175,8 +175,12 @@ class MediaVerdicts:
     def _ice_detail(self, expectation: Expectation) -> str:
         # Whose endpoint's ICE explains it: the publisher's for its own upload and recording,
         # the viewer's receiving endpoint for media towards the browser.
-        target = expectation.source or "publish"
-        state = self.media.ice_states.get((expectation.participant, target), "no ICE activity")
+        key = (expectation.participant, expectation.source or "publish")
+        state = self.media.ice_states.get(key, "no ICE activity")
+        if state not in ("CONNECTED", "READY") and self.media.filter.browser.ice_failed(key):
+            # Failed, whatever Kurento still says: with nothing to check it stays GATHERING,
+            # and the embedded server never learns that a trickling browser gave up.
+            state = "FAILED"
         return f"ICE {state}"
 
     def _on_watchdog(self, expired: Expired) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -142,6 +143,32 @@ def _media_child(settings: Settings) -> tuple[ChildSpec, str]:
     return spec, f"ws://127.0.0.1:{port}/kurento"
 
 
+def host_address() -> str | None:
+    """The IPv4 address this host sends from by default, or None when it has only loopback.
+
+    The embedded media server offers candidates on the host's own addresses only (never
+    loopback), so a relay on 127.0.0.1 is of no use to a relay-only client: its relay
+    candidate is one the hub must drop, and the media server has no loopback candidate."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        # connect() on UDP only chooses the route and source address: nothing is sent.
+        probe.connect(("192.0.2.1", 9))
+        address = ipaddress.IPv4Address(probe.getsockname()[0])
+        if not (address.is_loopback or address.is_unspecified or address.is_link_local):
+            return str(address)
+    return None
+
+
+def _turn_relay_lines() -> list[str]:
+    relay = host_address()
+    if relay is None:
+        log.warning("! no non-loopback IPv4 address: the embedded coturn relays on 127.0.0.1, "
+                    "which relay-only clients cannot use")
+        return ["relay-ip=127.0.0.1"]
+    # The relay's only way in past denied-peer-ip is this host's own address, where the
+    # embedded media server's candidates are: nothing else on the network becomes a peer.
+    return [f"relay-ip={relay}", f"allowed-peer-ip={relay}"]
+
+
 def _turn_child(settings: Settings, data: Path, secret: str) -> tuple[ChildSpec, str] | None:
     binary = shutil.which("turnserver")
     if binary is None:
@@ -156,7 +183,7 @@ def _turn_child(settings: Settings, data: Path, secret: str) -> tuple[ChildSpec,
         fh.write(
             "\n".join([
                 "listening-ip=127.0.0.1",
-                "relay-ip=127.0.0.1",
+                *_turn_relay_lines(),
                 f"listening-port={port}",
                 "min-port=49160",
                 "max-port=49260",

@@ -169,8 +169,9 @@ class MediaSettings:
 class TurnSettings:
     provider: Literal["embedded", "coturn-secret", "coturn-redis", "return", "none"] = setting(
         "embedded",
-        "Where per-call TURN credentials come from. embedded: a private coturn on loopback"
-        " (when the turnserver binary is present).",
+        "Where per-call TURN credentials come from. embedded: a private coturn listening on"
+        " loopback and relaying on this host's own address (when the turnserver binary is"
+        " present; docs/deployment.md).",
     )
     urls: tuple[str, ...] = setting(
         (), "TURN URLs handed to clients, all with the same credentials: UDP and TCP on the "

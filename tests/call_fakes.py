@@ -13,6 +13,7 @@ from typing import Any
 
 from kurento_ctl.pool import KurentoPool
 from signaling.call import Call, CallKind
+from signaling.candidates import CandidateFilter
 from signaling.hub import Hub
 from signaling.media import MediaListener
 from turn.lease import TurnLease
@@ -53,6 +54,7 @@ class FakeMedia:
         self.call, self.folder, self.listener = call, folder, listener
         self.participants: dict[str, FakeEndpoints] = {}
         self.ice_states: dict[tuple[str, str], str] = {}
+        self.filter = CandidateFilter()  # the watchdog's detail reads its browser tally
         self.recordings: list[Path] = []
         self.server: Any = None
         self.pipeline_id: str | None = f"pipeline-{call.id}"

@@ -11,6 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from signaling.candidates import (
+    BrowserCandidates,
     CandidateBuffer,
     CandidateFilter,
     CandidateInvalid,
@@ -226,3 +227,54 @@ def test_a_trickled_candidate_is_parsed_once_for_the_socket_and_the_filter(
     dropped = CandidateFilter().judge(
         normalize_candidate("candidate:78 1 udp 2122260223 ::ffff:127.0.0.1 50000 typ host"))
     assert (dropped.keep, dropped.reason, len(calls)) == (False, "loopback", 2)
+
+
+def test_an_offer_whose_candidates_were_all_dropped_has_none_usable() -> None:
+    """Complete candidates (SDP end-of-candidates) with none left after the filter count as
+    none usable; one passing candidate, or candidates still to come, do not."""
+    f = CandidateFilter()
+    offer = "\r\n".join(["v=0", "a=" + LOOPBACK, "a=" + CHROMIUM_MDNS, "a=end-of-candidates", ""])
+    filtered, reasons = f.filter_sdp(offer)
+    assert sorted(reasons) == ["loopback", "mdns"]
+    f.browser.offered(("pat-1", "publish"), filtered)
+    assert f.browser.none_usable(("pat-1", "publish"))
+    assert not f.browser.none_usable(("pat-1", "doc-1"))  # another endpoint: nothing known
+    usable = "\r\n".join(["v=0", "a=" + HOST4, "a=end-of-candidates", ""])
+    f.browser.offered(("doc-1", "publish"), f.filter_sdp(usable)[0])
+    assert not f.browser.none_usable(("doc-1", "publish"))
+    still_coming = "\r\n".join(["v=0", "a=" + LOOPBACK, ""])
+    f.browser.offered(("doc-1", "pat-1"), f.filter_sdp(still_coming)[0])
+    assert not f.browser.none_usable(("doc-1", "doc-1"))
+    assert not f.browser.none_usable(("doc-1", "pat-1"))
+
+
+def test_trickled_candidates_count_towards_none_usable_and_a_leaver_is_forgotten() -> None:
+    """A browser that trickles only dropped candidates and then an empty one (its end) has
+    none usable; a passing trickled candidate makes it usable; leaving forgets both ends."""
+    f = CandidateFilter()
+    key = ("pat-1", "publish")
+    assert not f.judge(LOOPBACK).keep  # dropped: the tally never hears of it
+    f.browser.trickled(key, f.judge("").line)
+    assert f.browser.none_usable(key)
+    f.browser.trickled(("pat-1", "doc-1"), f.judge(RELAY).line)
+    assert not f.browser.none_usable(("pat-1", "doc-1"))  # one passed, and not complete yet
+    f.browser.trickled(("pat-1", "doc-1"), "")
+    assert not f.browser.none_usable(("pat-1", "doc-1"))
+    f.browser.trickled(("doc-1", "pat-1"), "")
+    f.browser.failed.add(("doc-1", "pat-1"))
+    f.browser.forget("pat-1")
+    assert f.browser == BrowserCandidates()
+
+
+def test_a_browser_reported_ice_failure_holds_until_the_endpoint_is_offered_again() -> None:
+    """`failed` (the browser's own report) makes `ice_failed` true with usable candidates;
+    a new offer for that endpoint (an ICE restart) clears it."""
+    f = CandidateFilter()
+    key = ("pat-1", "publish")
+    usable = "\r\n".join(["v=0", "a=" + HOST4, "a=end-of-candidates", ""])
+    f.browser.offered(key, f.filter_sdp(usable)[0])
+    assert not f.browser.ice_failed(key)
+    f.browser.failed.add(key)
+    assert f.browser.ice_failed(key) and not f.browser.none_usable(key)
+    f.browser.offered(key, f.filter_sdp(usable)[0])
+    assert not f.browser.ice_failed(key)

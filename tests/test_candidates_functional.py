@@ -107,6 +107,8 @@ async def test_early_candidates_for_invented_targets_are_capped_per_participant(
                                          for i in range(300)))
         assert replies.count("ok") == 256
         assert set(replies[256:]) == {"candidate.too_many"}
+        # The watchdog's tally of browser candidates is held to the same cap.
+        assert len(service.hub.sessions[call.id].media.filter.browser.passed) == 256
         await client.publish()  # needs no early candidate
         assert (await client.request("ping"))["type"] == "pong"
     finally:
