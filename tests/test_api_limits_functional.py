@@ -78,6 +78,43 @@ async def test_deep_or_non_json_bodies_are_refused_with_422(
     assert service.hub.calls == {}
 
 
+async def test_refused_requests_keep_the_connection_and_the_next_post_works(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deep bodies, deep metadata, a wrong method and an unknown route each get a JSON
+    error with a documented code on one kept-alive connection, and a POST after them on
+    that same connection creates the call."""
+    opened: list[object] = []
+
+    async def count(_session: object, _ctx: object, params: object) -> None:
+        opened.append(params)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(count)
+    connector = aiohttp.TCPConnector(limit=1)
+    refused = [("POST", "/api/v1/calls", "[" * 3000 + "]" * 3000),
+               ("POST", "/api/v1/calls", call_body({"x": 1}).replace('{"x": 1}',
+                                                                     deep_text(975))),
+               ("GET", "/api/v1/calls/nope/end", ""),
+               ("DELETE", "/api/v1/calls/nope", ""),
+               ("POST", "/api/v1/nothing-here", "{}")]
+    answers = []
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as http:
+        for method, path, raw in refused:
+            async with http.request(method, service.url + path, data=raw.encode(),
+                                    headers=AUTH) as r:
+                answers.append((r.status, (await r.json())["code"], r.headers.get("Allow")))
+        async with http.post(f"{service.url}/api/v1/calls", data=call_body({"x": 1}),
+                             headers=AUTH) as r:
+            assert r.status == 201, await r.text()
+    assert answers == [(422, "request.invalid", None), (422, "request.invalid", None),
+                       (405, "request.method_not_allowed", "POST"),
+                       (405, "request.method_not_allowed", "GET,HEAD"),
+                       (404, "request.not_found", None)]
+    assert len(opened) == 1  # one connection for all six: none was dropped
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
 async def test_metadata_at_the_limits_is_accepted(service: Service) -> None:
     """Eight levels of metadata and a 16 KB-ish value are still a valid call."""
     async with aiohttp.ClientSession() as http, http.post(
