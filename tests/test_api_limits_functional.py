@@ -125,6 +125,19 @@ async def test_refused_requests_keep_the_connection_and_the_next_post_works(
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
 
 
+async def test_the_precheck_refuses_deep_json_with_400_and_keeps_the_connection(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The page's unauthenticated POST /precheck/ice answers a body nested 100,000 deep with
+    400 message.invalid (was a 500 and a traceback), and the connection serves the next."""
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for raw in ("[" * 100000 + "]" * 100000, deep_text(100000), '{"token": 1}'):
+            async with http.post(f"{service.url}/precheck/ice", data=raw.encode()) as r:
+                assert (r.status, (await r.json())["code"]) == (400, "message.invalid")
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
 async def test_metadata_at_the_limits_is_accepted(service: Service) -> None:
     """Eight levels of metadata and a 16 KB-ish value are still a valid call."""
     async with aiohttp.ClientSession() as http, http.post(
