@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,11 @@ class WebmWriter:
         first_video = next((c for k, c in self._pending if k == "video"), None)
         # flush_packets: what the muxer has written reaches the file at once, so a crash
         # loses less.
+        # A consultation: its owner's alone whatever the umask. FFmpeg would create the
+        # file 0666 & ~umask; opened for writing, an existing file keeps the mode set here.
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)
+        os.close(fd)
         self._container = av.open(str(self._path), mode="w", format=self._format,
                                   container_options={"flush_packets": "1"})
         for kind in self._kinds:

@@ -127,6 +127,16 @@ class Api:
                             f"request bodies are at most {MAX_BODY} bytes")
         if (request.content_length or 0) > MAX_BODY:
             return too_large
+        missed = request.match_info.http_exception
+        if isinstance(missed, web.HTTPMethodNotAllowed):
+            # JSON like every other answer: a MIS parses the code, not aiohttp's text.
+            response = problem(405, "request.method_not_allowed",
+                               f"{request.method} is not one of "
+                               f"{', '.join(sorted(missed.allowed_methods))} here")
+            response.headers["Allow"] = ",".join(sorted(missed.allowed_methods))
+            return response
+        if missed is not None:
+            return problem(404, "request.not_found", "no such API route")
         try:
             return await handler(request)  # type: ignore[no-any-return]
         except (aioredis.RedisError, OSError) as exc:

@@ -55,7 +55,8 @@ SCHEMAS: dict[str, Any] = {
             "kind": {"type": "string", "enum": ["consultation", "referral", "conference"]},
             "participants": {"type": "array", "minItems": 1, "maxItems": 8,
                              "items": _ref("NewParticipant")},
-            "metadata": {"type": "object", "description": "echoed back in reads and webhooks"},
+            "metadata": {"type": "object", "description": "echoed back in reads and webhooks; "
+                         "nested at most 8 levels, at most 16 KiB as JSON (else 422)"},
             "schedule": _ref("Schedule"),
         },
     },

@@ -68,6 +68,9 @@ CODES: dict[str, str] = {
                      "on",
     "request.invalid": "REST: a field of the request is invalid; `field` names it",
     "request.too_large": "REST: the request body is above 64 KiB",
+    "request.not_found": "REST: no such API route",
+    "request.method_not_allowed": "REST: the route does not take this method (`Allow` "
+                                  "lists those it takes)",
     "request.conflict": "REST: the Idempotency-Key was used with a different request",
     "event.not_found": "REST: no such webhook event",
     "service.unavailable": "the service's shared state (Redis) is not answering; retry "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -56,6 +57,22 @@ from signaling.media_types import (
 __all__ = ["FAILING_RECORDER_ERRORS", "CallMedia", "MediaListener", "candidate_kind"]
 
 log = logging.getLogger(__name__)
+
+
+def private_folders(folder: Path) -> None:
+    """`folder` and its missing parents made 0700 whatever the umask (recordings are medical
+    data); folders that already exist, such as a configured recordings root, are left as
+    they are."""
+    missing: list[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for level in reversed(missing):
+        try:
+            os.mkdir(level, 0o700)
+        except FileExistsError:
+            continue  # another call made it at the same moment, private too
+        os.chmod(level, 0o700)  # mkdir's mode is narrowed by the umask, never widened
 
 
 class CallMedia(MediaNegotiation):
@@ -123,7 +140,7 @@ class CallMedia(MediaNegotiation):
         profile: MediaProfile = "WEBM" if kinds == {"audio", "video"} else (
             "WEBM_AUDIO_ONLY" if kinds == {"audio"} else "WEBM_VIDEO_ONLY")
         path = self._recording_path(participant)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folders(path.parent)
         media_type: MediaType | None = None if len(kinds) != 1 else (
             "AUDIO" if "audio" in kinds else "VIDEO")
 

@@ -78,6 +78,66 @@ async def test_deep_or_non_json_bodies_are_refused_with_422(
     assert service.hub.calls == {}
 
 
+async def test_refused_requests_keep_the_connection_and_the_next_post_works(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deep bodies, deep metadata, a wrong method, an unknown route and oversized bodies
+    (with a length and chunked) each get a JSON error with a documented code on one
+    kept-alive connection, and a POST after them on that same connection creates the call."""
+    opened: list[object] = []
+
+    async def count(_session: object, _ctx: object, params: object) -> None:
+        opened.append(params)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(count)
+    connector = aiohttp.TCPConnector(limit=1)
+    refused = [("POST", "/api/v1/calls", "[" * 3000 + "]" * 3000),
+               ("POST", "/api/v1/calls", call_body({"x": 1}).replace('{"x": 1}',
+                                                                     deep_text(975))),
+               ("GET", "/api/v1/calls/nope/end", ""),
+               ("DELETE", "/api/v1/calls/nope", ""),
+               ("POST", "/api/v1/nothing-here", "{}"),
+               ("POST", "/api/v1/calls", call_body({"pad": "x" * 70000})),
+               ("POST", "/api/v1/calls", None)]  # chunked, no length: 70 KB of padding
+
+    async def chunked() -> AsyncIterator[bytes]:
+        yield b'{"kind": "consultation", "metadata": {"pad": "'
+        for _ in range(70):
+            yield b"x" * 1000
+        yield b'"}}'
+
+    answers = []
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as http:
+        for method, path, raw in refused:
+            async with http.request(method, service.url + path, headers=AUTH, data=(
+                    raw.encode() if raw is not None else chunked())) as r:
+                answers.append((r.status, (await r.json())["code"], r.headers.get("Allow")))
+        async with http.post(f"{service.url}/api/v1/calls", data=call_body({"x": 1}),
+                             headers=AUTH) as r:
+            assert r.status == 201, await r.text()
+    assert answers == [(422, "request.invalid", None), (422, "request.invalid", None),
+                       (405, "request.method_not_allowed", "POST"),
+                       (405, "request.method_not_allowed", "GET,HEAD"),
+                       (404, "request.not_found", None),
+                       (413, "request.too_large", None), (413, "request.too_large", None)]
+    assert len(opened) == 1  # one connection for all eight: none was dropped
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+async def test_the_precheck_refuses_deep_json_with_400_and_keeps_the_connection(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The page's unauthenticated POST /precheck/ice answers a body nested 100,000 deep with
+    400 message.invalid (was a 500 and a traceback), and the connection serves the next."""
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for raw in ("[" * 100000 + "]" * 100000, deep_text(100000), '{"token": 1}'):
+            async with http.post(f"{service.url}/precheck/ice", data=raw.encode()) as r:
+                assert (r.status, (await r.json())["code"]) == (400, "message.invalid")
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
 async def test_metadata_at_the_limits_is_accepted(service: Service) -> None:
     """Eight levels of metadata and a 16 KB-ish value are still a valid call."""
     async with aiohttp.ClientSession() as http, http.post(

@@ -168,8 +168,6 @@ async def test_fuzzed_socket_messages_get_documented_codes_and_the_call_flows(
 
 
 @pytest.mark.timeout(scaled(60 + EXAMPLES * 0.5))
-@pytest.mark.xfail(strict=True, reason="needs mis: REST bodies nested ~1,000 deep answer 500 "
-                   "and deep metadata is accepted (issue #20, the API's depth limit)")
 async def test_fuzzed_rest_requests_get_documented_codes_and_the_call_flows(
     rest_batches: list[list[tuple[str, str, str]]], service: Service, live: LiveCall,
     caplog: pytest.LogCaptureFixture

@@ -68,6 +68,39 @@ async def recorded_call(service: Service, seconds: float = 1.5) -> str:
     return call.id
 
 
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """The most permissive umask (0): privacy must come from the modes the code sets."""
+    earlier = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(earlier)
+
+
+async def test_recordings_and_the_journal_are_private_whatever_the_umask(
+    tmp_path: Path, redis_server: RedisServer, open_umask: None
+) -> None:
+    """Under umask 0, every file a recorded call leaves (streams written by the media
+    server, metadata, the composed file) is 0600, every folder the call created 0700, and
+    the call-events journal 0600 in a 0700 data folder."""
+    async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), run_service(
+            tmp_path, redis_server.url, (kms_url,),
+            env={"TELEMED_RECORDINGS_COMPOSE": "true"}) as service:
+        call_id = await recorded_call(service)
+        root = service.settings.recordings_path
+        (folder,) = [p for p in root.glob("*/*/*/*") if p.name == call_id]
+        data = service.settings.data_path
+    files = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert {"doc-1.webm", "pat-1.webm", "metadata.json", "consultation.webm"} <= set(files)
+    assert set(files.values()) == {0o600}, files
+    levels = [folder, *list(folder.parents)[:3]]  # the call's, the day's, month's, year's
+    modes = {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in levels}
+    assert modes == dict.fromkeys(modes, 0o700), modes
+    assert (data / "call-events.journal").stat().st_mode & 0o777 == 0o600
+    assert data.stat().st_mode & 0o777 == 0o700
+
+
 @pytest.mark.parametrize(("header", "size", "verdict"), [
     (None, 100, None), ("bytes=0-9", 100, "bytes=0-9"), ("bytes=90-", 100, "bytes=90-99"),
     ("bytes=-10", 100, "bytes=90-99"), ("bytes=-500", 100, "bytes=0-99"),

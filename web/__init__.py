@@ -104,7 +104,7 @@ async def precheck_ice(request: web.Request) -> web.Response:
         token = body["token"] if isinstance(body, dict) else None
         if not isinstance(token, str) or len(token) > 4096:
             raise ValueError("token")
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, RecursionError):  # RecursionError: JSON nested too deep
         return web.json_response({"code": "message.invalid", "message": "send {token}"},
                                  status=400, headers=headers)
     try:
