@@ -135,7 +135,15 @@ def _describe(handle: asyncio.Handle) -> str:
     return repr(task if isinstance(task, asyncio.Task) else handle)[:400]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true",
+                     help="the long fuzz run: about 10^5 socket messages (docs/testing.md)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--long"):
+        # Read by tests/test_fuzz_functional.py when it is imported, after this hook.
+        os.environ.setdefault("TELEMED_FUZZ_EXAMPLES", "10000")
     config.addinivalue_line(
         "markers", "blocks_loop(reason): the test blocks the event loop on purpose; the "
         "loop guard only records how long")
