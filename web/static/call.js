@@ -268,6 +268,9 @@ async function hello() {
 // ---------------------------------------------------------------- reconnecting
 
 const TERMINAL = /^(auth\.|call\.(ended|not_found|not_yours|removed))/;
+// A service restart leaves the server unreachable for a while, then holds our place for
+// the grace from when it is back: while it cannot be reached at all, keep trying this long.
+const UNREACHABLE_WAIT = 120000;
 
 // The socket dropped: come back within the rejoin grace and keep our place in the call.
 async function reconnect() {
@@ -278,6 +281,7 @@ async function reconnect() {
   // Peer connections are kept until the server says whether their endpoints still exist
   // (it restarted and took the call over) or not (they were released with the socket).
   const deadline = Date.now() + state.grace * 1000;
+  const unreachableDeadline = Date.now() + Math.max(state.grace * 1000, UNREACHABLE_WAIT);
   let delay = 300;
   while (!state.over) {
     try {
@@ -297,7 +301,11 @@ async function reconnect() {
         finish(err.code === "call.ended" ? T.ended : T.reconnect_failed, { retry: err.code !== "call.ended" });
         return;
       }
-      if (Date.now() + delay > deadline) { finish(T.reconnect_failed, { retry: true }); return; }
+      const unreachable = err.code === "socket.error" || err.code === "socket.closed";
+      if (Date.now() + delay > (unreachable ? unreachableDeadline : deadline)) {
+        finish(T.reconnect_failed, { retry: true });
+        return;
+      }
       await new Promise((resume) => {
         const timer = setTimeout(resume, delay);
         window.addEventListener("online", () => { clearTimeout(timer); resume(); }, { once: true });
