@@ -97,7 +97,8 @@ def create_app(
     app[WEB_CONFIG] = WebConfig(language=settings.http.language, host=settings.http.host,
                                 demo=settings.http.demo,
                                 rejoin_grace=settings.calls.rejoin_grace,
-                                frame_ancestors=settings.http.frame_ancestors)
+                                frame_ancestors=settings.http.frame_ancestors,
+                                time_zone=settings.http.time_zone)
     app[RECORDINGS_CONFIG] = RecordingsConfig(
         secret=endpoints.jwt_secret, public_url=settings.public_url,
         retention_days=settings.recordings.retention_days)
