@@ -21,6 +21,7 @@ from mis.api import API, API_CONFIG, REDIS, ApiConfig, setup_api
 from mis.clients import parse_networks
 from mis.history import SINK, STORE, CallStore, EventSink, snapshot
 from mis.webhooks import OUTBOX, Outbox, parse_endpoint
+from mis.workstation_links import setup_workstation_links
 from recordings.catalog import Catalog
 from recordings.http import (
     CATALOG,
@@ -258,6 +259,7 @@ def create_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/ws", websocket_handler)
     app[API] = setup_api(app)
+    setup_workstation_links(app)
     setup_recordings(app)
     setup_web(app)
     return app

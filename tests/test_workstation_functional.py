@@ -4,7 +4,11 @@ summaries, and appointments are ordered and shown in the hospital's time zone.""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -18,7 +22,8 @@ import redis.asyncio as aioredis
 
 from mis.staff_calls import BACKFILLED
 from telemed.settings import SettingsError, load_settings
-from tests.hub_fixtures import API_KEY, CallClient, Service, run_service
+from tests.helpers import within
+from tests.hub_fixtures import API_KEY, JWT_SECRET, CallClient, Service, run_service
 from tests.media_fixtures import run_mediaserver
 from tests.services import RedisServer
 from tests.test_nodes_inprocess_functional import two_services
@@ -191,3 +196,85 @@ def test_a_time_zone_that_is_not_one_is_refused_naming_the_setting() -> None:
             load_settings(env={"TELEMED_HTTP_TIME_ZONE": bad})
     assert load_settings(env={"TELEMED_HTTP_TIME_ZONE": "Asia/Vladivostok"}
                          ).http.time_zone == "Asia/Vladivostok"
+
+
+async def test_the_api_mints_a_workstation_link_that_lists_the_doctors_calls(
+    service: Service
+) -> None:
+    """POST /api/v1/workstation-links answers 201 with a link (and token, expiresAt) whose
+    page lists the doctor's calls; a patient role is 422 `request.invalid` naming `role`, a
+    bad ttl names `ttl`, and no or a wrong key is 401 `auth.invalid`."""
+    doctor = who("doc")
+    url = f"{service.url}/api/v1/workstation-links"
+    async with aiohttp.ClientSession() as http:
+        call = await book(http, service, [{"id": who("pat"), "name": "Анна", "role": "patient"},
+                                          {"id": doctor, "name": "D", "role": "doctor"}])
+        body = {"id": doctor, "name": "Д-р Иванов", "role": "doctor"}
+        async with http.post(url, json=body, headers=AUTH) as r:
+            assert r.status == 201
+            made = await r.json()
+        assert made["link"] == f"{service.url}/workstation/{made['token']}"
+        ttl = service.settings.auth.token_ttl
+        assert abs(made["expiresAt"] - (datetime.now().timestamp() + ttl)) < 60
+        async with http.get(made["link"]) as r:
+            assert r.status == 200
+            page = await r.text()
+        assert ROW.findall(page) == [call["id"]] and "Д-р Иванов" in page
+        async with http.post(url, json={**body, "ttl": 3600}, headers=AUTH) as r:
+            assert r.status == 201
+            assert abs((await r.json())["expiresAt"] - datetime.now().timestamp() - 3600) < 60
+        for bad, field in (({**body, "role": "patient"}, "role"), ({**body, "ttl": 10}, "ttl"),
+                           ({**body, "id": "no spaces"}, "id"), ({"role": "doctor"}, "id")):
+            async with http.post(url, json=bad, headers=AUTH) as r:
+                assert r.status == 422
+                error = await r.json()
+                assert (error["code"], error["field"]) == ("request.invalid", field)
+                assert set(error) == {"code", "field", "message"} and error["message"]
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            async with http.post(url, json=body, headers=headers) as r:
+                assert r.status == 401
+                assert (await r.json())["code"] == "auth.invalid"
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "telemed", *args, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await within(proc.communicate(), 60, "telemed workstation-link")
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_command_prints_a_link_that_opens_the_doctors_workstation(
+    service: Service, tmp_path: Path
+) -> None:
+    """`telemed workstation-link` prints a link signed with the configured key (or the one
+    kept in the data folder) that opens the workstation (200) listing that doctor's calls;
+    a patient role is refused."""
+    doctor = who("doc")
+    port = service.url.rsplit(":", 1)[1]
+    data = tmp_path / "cli-data"
+    data.mkdir()
+    # The data folder of a service that generated its own key (here, the test services' key).
+    (data / "secrets.json").write_text(json.dumps(
+        {"jwt_secret": JWT_SECRET, "turn_secret": "t" * 32, "api_key": "k" * 32}))
+    base = {"TELEMED_HTTP_PORT": port, "TELEMED_DATA_DIR": str(data)}
+    async with aiohttp.ClientSession() as http:
+        call = await book(http, service, [{"id": who("pat"), "name": "Олег", "role": "patient"},
+                                          {"id": doctor, "name": "D", "role": "doctor"}])
+        for env in ({**base, "TELEMED_AUTH_JWT_SECRET": JWT_SECRET}, base):
+            code, out, err = await run_cli("workstation-link", "--id", doctor, "--name",
+                                           "Д-р Смирнов", "--role", "doctor", env=env)
+            assert code == 0, err
+            link = out.strip()
+            assert link.startswith(f"{service.url}/workstation/")
+            async with http.get(link) as r:
+                assert r.status == 200
+                page = await r.text()
+            assert ROW.findall(page) == [call["id"]] and "Д-р Смирнов" in page
+        code, out, _ = await run_cli("workstation-link", "--id", doctor, "--name", "D",
+                                     "--role", "doctor", "--json", env=base)
+        assert code == 0 and set(json.loads(out)) == {"link", "token", "expiresAt"}
+        code, out, err = await run_cli("workstation-link", "--id", doctor, "--name", "D",
+                                       "--role", "patient", env=base)
+        assert code == 2 and out == "" and "--role" in err

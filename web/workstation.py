@@ -21,6 +21,7 @@ from aiohttp import web
 from mis.api import API, API_CONFIG, REDIS
 from mis.history import SINK
 from mis.staff_calls import STAFF_ROLES, open_calls_of
+from mis.workstation_links import WORKSTATION_CALL
 from signaling.errors import AuthError
 from signaling.session import SESSION_CONFIG
 from signaling.tokens import JoinClaims, verify_join_token
@@ -31,7 +32,7 @@ from web.i18n import strings
 __all__ = ["WORKSTATION", "setup_workstation"]
 
 #: The `call` claim of a workstation link.
-WORKSTATION = "workstation"
+WORKSTATION = WORKSTATION_CALL
 STAFF = STAFF_ROLES
 
 log = logging.getLogger(__name__)
