@@ -94,7 +94,7 @@ class CallStore:
             tx.srem(f"{PREFIX}open", meta["id"])
         else:
             tx.sadd(f"{PREFIX}open", meta["id"])
-        queue_staff_index(tx, meta, meta["state"] in FINAL)
+        queue_staff_index(tx, meta["id"])
 
     async def save_many(self, saves: list[tuple[dict[str, Any], int, list[str]]]) -> set[str]:
         """Summaries and their new entries (JSON, numbered from `first`), in one

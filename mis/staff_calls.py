@@ -1,7 +1,8 @@
 """Per-person index of open calls for doctors and consultants, in Redis.
 
 `telemed:calls:staff:<participant id>` is a set of call ids, written in the same transaction
-as the call's summary (`CallStore`), so every node that records a call keeps it current.
+as the call's summary (`CallStore`), from the summary as stored, so every node that records
+a call keeps it current and a write refused by the fence changes nothing.
 The summary stays the truth: a read (one Lua script, so it sees one moment) returns only
 summaries still open with the person in them as staff and not removed, and drops ids that
 are no longer so (left behind by a write a newer owner fenced off, say). Calls recorded
@@ -75,16 +76,34 @@ return n
 """
 
 
-def queue_staff_index(tx: Any, meta: dict[str, Any], final: bool) -> None:
-    """Queues, in the caller's transaction, the index writes for one summary."""
-    for p in meta.get("participants", ()):
-        if p.get("role") not in STAFF_ROLES:
-            continue
-        key = f"{PREFIX}staff:{p['id']}"
-        if final or p.get("removed"):
-            tx.srem(key, meta["id"])
-        else:
-            tx.sadd(key, meta["id"])
+#: The person sets made to agree with the summary as stored: after a fenced write, the
+#: owner's summary, not the refused one (a stale node failing its copy of a call must not
+#: take the owner's open call off the workstations). KEYS: the summary. ARGV: the prefix,
+#: the call's id.
+_SYNC = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local ok, snap = pcall(cjson.decode, raw)
+if not ok or type(snap) ~= 'table' then return 0 end
+local open = snap.state ~= 'ended' and snap.state ~= 'failed'
+for _, p in ipairs(snap.participants or {}) do
+  if p.role == 'doctor' or p.role == 'consultant' then
+    local key = ARGV[1] .. 'staff:' .. p.id
+    if open and p.removed ~= true then
+      redis.call('SADD', key, ARGV[2])
+    else
+      redis.call('SREM', key, ARGV[2])
+    end
+  end
+end
+return 1
+"""
+
+
+def queue_staff_index(tx: Any, call_id: str) -> None:
+    """Queues, in the caller's transaction and after its (fenced) write of the summary, the
+    index writes that summary calls for."""
+    tx.eval(_SYNC, 1, f"{PREFIX}{call_id}", PREFIX, call_id)
 
 
 async def open_calls_of(redis: aioredis.Redis, subject: str) -> list[dict[str, Any]]:

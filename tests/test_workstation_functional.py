@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -20,7 +21,9 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from mis.staff_calls import BACKFILLED
+from mis.history import CallStore
+from mis.redis_scripts import OWNER
+from mis.staff_calls import BACKFILLED, open_calls_of
 from telemed.settings import SettingsError, load_settings
 from tests.helpers import within
 from tests.hub_fixtures import API_KEY, JWT_SECRET, CallClient, Service, run_service
@@ -278,3 +281,26 @@ async def test_the_command_prints_a_link_that_opens_the_doctors_workstation(
         code, out, err = await run_cli("workstation-link", "--id", doctor, "--name", "D",
                                        "--role", "patient", env=base)
         assert code == 2 and out == "" and "--role" in err
+
+
+async def test_a_write_the_fence_refuses_leaves_the_owners_call_on_the_workstation(
+    redis_client: Any
+) -> None:
+    """A stale node's write of a call it no longer owns (failed, under an older epoch) is
+    refused by the fence and leaves the doctor's index as the owner's summary says: open."""
+    doctor, call_id = who("doc"), uuid.uuid4().hex
+    store = CallStore(redis_client)
+    snap = {"id": call_id, "kind": "consultation", "state": "created", "epoch": 2,
+            "createdAt": time.time(), "participants": [
+                {"id": who("pat"), "name": "P", "role": "patient", "state": "invited"},
+                {"id": doctor, "name": "D", "role": "doctor", "state": "invited"}]}
+    await redis_client.hset(f"{OWNER}{call_id}", "epoch", 2)
+    await store.save(snap)  # the owner's
+    assert [c["id"] for c in await open_calls_of(redis_client, doctor)] == [call_id]
+    refused = await store.save_many([({**snap, "state": "failed", "epoch": 1}, 0, [])])
+    assert refused == {call_id}
+    assert await redis_client.smembers(f"telemed:calls:staff:{doctor}") == {call_id.encode()}
+    assert [c["id"] for c in await open_calls_of(redis_client, doctor)] == [call_id]
+    await store.save({**snap, "state": "ended"})  # the owner ends it: off the list
+    assert await open_calls_of(redis_client, doctor) == []
+    assert not await redis_client.exists(f"telemed:calls:staff:{doctor}")
