@@ -28,8 +28,10 @@ from telemed.settings import SettingsError, load_settings
 from tests.helpers import within
 from tests.hub_fixtures import API_KEY, JWT_SECRET, CallClient, Service, run_service
 from tests.media_fixtures import run_mediaserver
-from tests.services import RedisServer
+from tests.services import RedisServer, run_redis
+from tests.test_api_redis_hang_functional import frozen
 from tests.test_nodes_inprocess_functional import two_services
+from web.i18n import STRINGS
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 ROW = re.compile(r'data-call="([^"]+)"')
@@ -304,3 +306,24 @@ async def test_a_write_the_fence_refuses_leaves_the_owners_call_on_the_workstati
     await store.save({**snap, "state": "ended"})  # the owner ends it: off the list
     assert await open_calls_of(redis_client, doctor) == []
     assert not await redis_client.exists(f"telemed:calls:staff:{doctor}")
+
+
+async def test_a_hung_redis_gets_a_503_page_with_a_sentence_then_the_list_again(
+    tmp_path: Path
+) -> None:
+    """While its Redis is stopped (SIGSTOP) the workstation answers 503 with the
+    "cannot be read" sentence within the Redis timeout; once it runs again, the list."""
+    doctor = who("doc")
+    with run_redis(tmp_path / "redis") as redis:
+        async with run_mediaserver(recordings_root=tmp_path) as (kms_url, _), \
+                run_service(tmp_path, redis.url, (kms_url,)) as service, \
+                aiohttp.ClientSession() as http:
+            call = await book(http, service, [{"id": who("pat"), "name": "P",
+                                               "role": "patient"},
+                                              {"id": doctor, "name": "D", "role": "doctor"}])
+            token = service.token("workstation", doctor, role="doctor")
+            with frozen(redis.pid):
+                async with http.get(f"{service.url}/workstation/{token}") as r:
+                    assert r.status == 503
+                    assert STRINGS["ru"]["ws_unavailable"] in await r.text()
+            assert ROW.findall(await desk(http, service, doctor)) == [call["id"]]
