@@ -1,6 +1,7 @@
 """The doctor's workstation over HTTP on real services and a real redis-server: every node
 lists every call from the shared history, the per-person index stays true to the calls'
-summaries, and appointments are ordered and shown in the hospital's time zone."""
+summaries (fenced writes included), appointments are ordered and shown in the hospital's
+time zone, and workstation links come from the API and from `telemed workstation-link`."""
 
 from __future__ import annotations
 
