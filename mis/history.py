@@ -27,6 +27,7 @@ from aiohttp import web
 from mis.journal import Journal
 from mis.jsonsafe import sanitize
 from mis.redis_scripts import APPEND, FENCED_SET, OWNER, READ
+from mis.staff_calls import queue_staff_index
 from mis.webhooks import Outbox, as_text
 from signaling.call import Call, CallState
 from signaling.timeline import TIMELINE_LIMIT
@@ -93,6 +94,7 @@ class CallStore:
             tx.srem(f"{PREFIX}open", meta["id"])
         else:
             tx.sadd(f"{PREFIX}open", meta["id"])
+        queue_staff_index(tx, meta["id"])
 
     async def save_many(self, saves: list[tuple[dict[str, Any], int, list[str]]]) -> set[str]:
         """Summaries and their new entries (JSON, numbered from `first`), in one

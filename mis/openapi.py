@@ -110,6 +110,21 @@ SCHEMAS: dict[str, Any] = {
                        "link": {"type": "string"}},
     },
     "CreatedCall": {},  # the Call, with join tokens in place of participants: below
+    "NewWorkstationLink": {
+        "type": "object", "required": ["id", "name", "role"],
+        "properties": {
+            "id": ID, "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "role": {"type": "string", "enum": ["doctor", "consultant"]},
+            "ttl": {"type": "number", "minimum": 60, "maximum": 604800,
+                    "description": "seconds the link stays valid; default auth.token_ttl"},
+        },
+    },
+    "WorkstationLink": {
+        "type": "object", "required": ["link", "token", "expiresAt"],
+        "properties": {"link": {"type": "string"}, "token": {"type": "string"},
+                       "expiresAt": {"type": "integer",
+                                     "description": "unix seconds"}},
+    },
     "CallPage": {
         "type": "object", "required": ["calls", "nextCursor"],
         "properties": {"calls": {"type": "array", "items": _ref("Call")},
@@ -302,6 +317,16 @@ def document() -> dict[str, Any]:
                         "properties": {"url": {"type": "string"},
                                        "expiresIn": {"type": "integer"}}}, "the link"),
                         "404": _json(_ref("Error"), "`recording.not_found`"), **ERRORS},
+                },
+            },
+            "/api/v1/workstation-links": {
+                "post": {
+                    "summary": "A workstation link for a doctor or consultant: their open "
+                               "calls, each with a fresh join link (docs/web.md)",
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {"schema": _ref("NewWorkstationLink")}}},
+                    "responses": {"201": _json(_ref("WorkstationLink"), "the link"),
+                                  **ERRORS},
                 },
             },
             "/api/v1/turn": {

@@ -175,6 +175,9 @@ class Teardown:
         if pid not in call.participants:
             raise CallError("no such participant", code="participant.not_found")
         call.participants[pid].extra["removed"] = True
+        # An entry has the history write the call, so the removal is in Redis for every
+        # node (the workstations) even when the removed person was never connected.
+        call.timeline.add("removed", participant=pid)
         host.presence.drop(call_id, pid)
         session = host.sessions.get(call_id)
         m = session.members.get(pid) if session else None

@@ -21,6 +21,7 @@ from mis.api import API, API_CONFIG, REDIS, ApiConfig, setup_api
 from mis.clients import parse_networks
 from mis.history import SINK, STORE, CallStore, EventSink, snapshot
 from mis.webhooks import OUTBOX, Outbox, parse_endpoint
+from mis.workstation_links import setup_workstation_links
 from recordings.catalog import Catalog
 from recordings.http import (
     CATALOG,
@@ -97,7 +98,8 @@ def create_app(
     app[WEB_CONFIG] = WebConfig(language=settings.http.language, host=settings.http.host,
                                 demo=settings.http.demo,
                                 rejoin_grace=settings.calls.rejoin_grace,
-                                frame_ancestors=settings.http.frame_ancestors)
+                                frame_ancestors=settings.http.frame_ancestors,
+                                time_zone=settings.http.time_zone)
     app[RECORDINGS_CONFIG] = RecordingsConfig(
         secret=endpoints.jwt_secret, public_url=settings.public_url,
         retention_days=settings.recordings.retention_days)
@@ -257,6 +259,7 @@ def create_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/ws", websocket_handler)
     app[API] = setup_api(app)
+    setup_workstation_links(app)
     setup_recordings(app)
     setup_web(app)
     return app

@@ -13,6 +13,8 @@ import sys
 
 from aiohttp import web
 
+from mis.answers import Invalid
+from mis.workstation_links import check_person, mint_workstation_link
 from signaling.hub import HUB
 from telemed import embedded
 from telemed.app import create_app
@@ -106,6 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         "redis-failover", help="move the Redis primary onto its replica (redis+sentinel:// "
         "only), failing and losing no write")
     failover.add_argument("--config", help="TOML settings file (also $TELEMED_CONFIG)")
+    link = sub.add_parser(
+        "workstation-link", help="print a doctor's or consultant's workstation link, signed "
+        "with the service's key (as POST /api/v1/workstation-links)")
+    link.add_argument("--config", help="TOML settings file (also $TELEMED_CONFIG)")
+    link.add_argument("--id", required=True, help="the person's id in the MIS")
+    link.add_argument("--name", required=True, help="the name the pages show")
+    link.add_argument("--role", required=True, choices=("doctor", "consultant"))
+    link.add_argument("--ttl", type=float, help="seconds it stays valid (auth.token_ttl)")
+    link.add_argument("--json", action="store_true", help="link, token and expiresAt as JSON")
     args = parser.parse_args(argv)
     if args.command == "api-key":
         key = secrets.token_urlsafe(32)
@@ -124,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         return _turn_users(settings, force=args.force)
     if args.command == "redis-failover":
         return _redis_failover(settings)
+    if args.command == "workstation-link":
+        return _workstation_link(settings, args)
     if args.command == "settings":
         print(json.dumps(describe(settings), indent=2))
         return 0
@@ -148,6 +161,23 @@ def _redis_failover(settings: Settings) -> int:
         return 1
     print(f"Redis primary moved from {moved.old[0]}:{moved.old[1]} to "
           f"{moved.new[0]}:{moved.new[1]}; writes waited {moved.paused:.2f} s")
+    return 0
+
+
+def _workstation_link(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        pid, name, role, ttl = check_person({"id": args.id, "name": args.name,
+                                             "role": args.role, "ttl": args.ttl})
+    except Invalid as exc:
+        print(f"telemed: --{exc.field}: {exc}", file=sys.stderr)
+        return 2
+    # The key the service signs with: configured, or the one it generated and kept.
+    key = settings.auth.jwt_secret or embedded.load_secrets(settings.data_path).jwt_secret
+    made = mint_workstation_link(
+        key=key, issuer=settings.auth.jwt_issuer, audience=settings.auth.jwt_audience,
+        public_url=settings.public_url, subject=pid, name=name, role=role,
+        ttl=ttl if ttl is not None else settings.auth.token_ttl)
+    print(json.dumps(made) if args.json else made["link"])
     return 0
 
 

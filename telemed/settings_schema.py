@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from telemed.redis_client import check_url as check_redis_url
 from telemed.settings_field import SettingsError, setting
@@ -49,6 +50,10 @@ class HttpSettings:
         " service binds to a loopback address.",
     )
     language: Literal["ru", "en"] = setting("ru", "Default language of the pages.")
+    time_zone: str = setting(
+        "UTC", "The hospital's time zone (IANA name, e.g. Asia/Vladivostok): the workstation"
+        " shows appointment times in it and says which calls are today's.",
+    )
     trusted_proxies: tuple[str, ...] = setting(
         (), "Addresses or CIDR blocks of reverse proxies (compose's nginx) whose"
         " X-Forwarded-For names the client. From anyone else it is ignored. The API's rate"
@@ -70,6 +75,13 @@ class HttpSettings:
     ws_burst: float = setting(
         100.0, "Messages a client may send at once above ws_rate.", min=1,
     )
+
+    def __post_init__(self) -> None:
+        try:
+            ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise SettingsError(f"http.time_zone: {self.time_zone!r} is not an IANA time zone"
+                                " name such as Europe/Moscow or UTC") from None
 
 
 @dataclass(frozen=True, kw_only=True)

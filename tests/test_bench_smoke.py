@@ -13,7 +13,7 @@ from tests.helpers import scaled
 
 
 @pytest.mark.parametrize("name", ["watchdog", "turn_leases", "signalling", "call_setup",
-                                  "mediaserver_call", "idle", "sentinel"])
+                                  "mediaserver_call", "idle", "sentinel", "workstation"])
 @pytest.mark.timeout(scaled(150))  # several processes start; the suite's 60 s is too short
 async def test_benchmark_smoke_mode_reports_its_figures(name: str) -> None:
     """Each benchmark's --smoke run exits 0 printing a RESULT line of measured, non-NaN figures."""

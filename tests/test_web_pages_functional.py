@@ -4,6 +4,7 @@ languages and the one place every string lives."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -184,17 +185,20 @@ async def test_a_workstation_lists_only_its_doctors_open_calls_with_fresh_links(
 ) -> None:
     """A workstation lists only its owner's open calls with fresh links; others' tokens get 403."""
     hub = service.hub
-    consult = hub.create_call(CallKind.CONSULTATION, [("pat-1", "Анна Петрова", "patient"),
-                                                      ("doc-1", "Д-р Иванов", "doctor")],
+    # The session's Redis keeps other tests' booked calls, and the page lists from it.
+    n = uuid.uuid4().hex[:8]
+    doc1, fd1, pat1 = f"doc-1-{n}", f"fd-1-{n}", f"pat-1-{n}"
+    consult = hub.create_call(CallKind.CONSULTATION, [(pat1, "Анна Петрова", "patient"),
+                                                      (doc1, "Д-р Иванов", "doctor")],
                               {"subject": "Повторный приём"})
-    referral = hub.create_call(CallKind.REFERRAL, [("doc-1", "Д-р Иванов", "doctor"),
-                                                   ("fd-1", "Д-р Сидорова", "consultant")])
+    referral = hub.create_call(CallKind.REFERRAL, [(doc1, "Д-р Иванов", "doctor"),
+                                                   (fd1, "Д-р Сидорова", "consultant")])
     other = hub.create_call(CallKind.CONSULTATION, [("pat-2", "Олег", "patient"),
                                                     ("doc-2", "Д-р Смирнов", "doctor")])
     over = hub.create_call(CallKind.CONSULTATION, [("pat-3", "Ирина", "patient"),
-                                                   ("doc-1", "Д-р Иванов", "doctor")])
+                                                   (doc1, "Д-р Иванов", "doctor")])
     await hub.end(over.id)
-    doctor = service.token("workstation", "doc-1", role="doctor", name="Д-р Иванов")
+    doctor = service.token("workstation", doc1, role="doctor", name="Д-р Иванов")
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{service.url}/workstation/{doctor}") as r:
             assert r.status == 200
@@ -210,14 +214,14 @@ async def test_a_workstation_lists_only_its_doctors_open_calls_with_fresh_links(
             async with http.get(href) as r:
                 assert r.status == 200 and 'data-role="doctor"' in await r.text()
         # A consultant's referral waits for the ring instead of offering a start button.
-        consultant = service.token("workstation", "fd-1", role="consultant")
+        consultant = service.token("workstation", fd1, role="consultant")
         async with http.get(f"{service.url}/workstation/{consultant}") as r:
             page = await r.text()
         assert re.findall(r'data-call="([^"]+)"', page) == [referral.id]
         shown = re.sub(r'data-rings="[^"]*"', "", page)  # the ring script's own data
         assert STRINGS["ru"]["ws_wait_ring"] in page and "/join/" not in shown
-        for token in (service.token("workstation", "pat-1"),  # patients have no workstation
-                      service.token(consult.id, "doc-1", role="doctor"),  # a call's own token
+        for token in (service.token("workstation", pat1),  # patients have no workstation
+                      service.token(consult.id, doc1, role="doctor"),  # a call's own token
                       "not-a-token"):
             async with http.get(f"{service.url}/workstation/{token}") as r:
                 assert r.status == 403

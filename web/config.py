@@ -21,6 +21,8 @@ class WebConfig:
     #: Origins (the MIS) allowed to embed the pages in an iframe, and to hear their
     #: postMessage events. Empty: no embedding.
     frame_ancestors: tuple[str, ...] = ()
+    #: The hospital's IANA time zone: the workstation's times and its "today".
+    time_zone: str = "UTC"
 
 
 WEB_CONFIG = web.AppKey("web_config", WebConfig)
