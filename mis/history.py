@@ -26,7 +26,7 @@ from aiohttp import web
 
 from mis.journal import Journal
 from mis.jsonsafe import sanitize
-from mis.redis_scripts import APPEND, FENCED_SET, OWNER, READ
+from mis.redis_scripts import APPEND, FENCED_SET, OPEN_SYNC, OWNER, READ
 from mis.staff_calls import queue_staff_index
 from mis.webhooks import Outbox, as_text
 from signaling.call import Call, CallState
@@ -90,10 +90,7 @@ class CallStore:
         if entries:
             tx.eval(APPEND, 2, f"{key}:timeline", f"{key}:seq", self.limit, first, *entries)
         tx.zadd(f"{PREFIX}index", {meta["id"]: meta["createdAt"]})
-        if meta["state"] in FINAL:
-            tx.srem(f"{PREFIX}open", meta["id"])
-        else:
-            tx.sadd(f"{PREFIX}open", meta["id"])
+        tx.eval(OPEN_SYNC, 2, key, f"{PREFIX}open", meta["id"])
         queue_staff_index(tx, meta["id"])
 
     async def save_many(self, saves: list[tuple[dict[str, Any], int, list[str]]]) -> set[str]:

@@ -4,8 +4,8 @@ append to and read one call's timeline, and claim and book one delivery."""
 
 from __future__ import annotations
 
-__all__ = ["APPEND", "FENCED_SET", "OUTBOX_BOOK", "OUTBOX_CLAIM", "OUTBOX_RENEW", "OWNER",
-           "READ"]
+__all__ = ["APPEND", "FENCED_SET", "OPEN_SYNC", "OUTBOX_BOOK", "OUTBOX_CLAIM", "OUTBOX_RENEW",
+           "OWNER", "READ"]
 
 #: Appends numbered timeline entries once each, whoever sends them and however often (a
 #: journal replayed after a crash sends some again), and keeps the last ARGV[1].
@@ -111,6 +111,24 @@ if ARGV[4] == '1' then
   redis.call('ZREM', KEYS[2], ARGV[2])
 else
   redis.call('HSET', KEYS[1], 'event', ARGV[2], 'attempts', ARGV[5], 'not_before', ARGV[6])
+end
+return 1
+"""
+
+
+#: The set of open calls made to agree with the summary as stored: after a fenced write,
+#: the owner's summary, not a refused one (a stale node's `failed` must not take the
+#: owner's running call out of the set the expiry round and the listings read).
+#: KEYS: the summary, the open set. ARGV: the call's id.
+OPEN_SYNC = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local ok, snap = pcall(cjson.decode, raw)
+if not ok or type(snap) ~= 'table' then return 0 end
+if snap.state == 'ended' or snap.state == 'failed' then
+  redis.call('SREM', KEYS[2], ARGV[1])
+else
+  redis.call('SADD', KEYS[2], ARGV[1])
 end
 return 1
 """

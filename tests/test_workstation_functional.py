@@ -290,7 +290,8 @@ async def test_a_write_the_fence_refuses_leaves_the_owners_call_on_the_workstati
     redis_client: Any
 ) -> None:
     """A stale node's write of a call it no longer owns (failed, under an older epoch) is
-    refused by the fence and leaves the doctor's index as the owner's summary says: open."""
+    refused by the fence and leaves the doctor's index, and the set of open calls the
+    expiry round reads, as the owner's summary says: open."""
     doctor, call_id = who("doc"), uuid.uuid4().hex
     store = CallStore(redis_client)
     snap = {"id": call_id, "kind": "consultation", "state": "created", "epoch": 2,
@@ -304,8 +305,10 @@ async def test_a_write_the_fence_refuses_leaves_the_owners_call_on_the_workstati
     assert refused == {call_id}
     assert await redis_client.smembers(f"telemed:calls:staff:{doctor}") == {call_id.encode()}
     assert [c["id"] for c in await open_calls_of(redis_client, doctor)] == [call_id]
+    assert await redis_client.sismember("telemed:calls:open", call_id)
     await store.save({**snap, "state": "ended"})  # the owner ends it: off the list
     assert await open_calls_of(redis_client, doctor) == []
+    assert not await redis_client.sismember("telemed:calls:open", call_id)
     assert not await redis_client.exists(f"telemed:calls:staff:{doctor}")
 
 
