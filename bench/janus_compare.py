@@ -73,10 +73,12 @@ class JanusRoom(Room):
         self.room_id = room_id
         self.rec_dir = rec_dir
         self.handles: list[int] = []
+        self.feeds: dict[int, Peer] = {}
 
-    def totals(self) -> dict[str, int]:
-        """Frames each publisher sent, per kind, since it started."""
-        return {k: sum(p.tracks[k].sent for p, _ in self.links) for k in ("audio", "video")}
+    def totals(self) -> dict[int, dict[str, int]]:
+        """Frames each publisher (by feed) sent, per kind, since it started."""
+        return {feed: {k: p.tracks[k].sent for k in ("audio", "video")}
+                for feed, p in self.feeds.items()}
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self.peers))
@@ -104,6 +106,7 @@ async def janus_call(janus: janus_api.Janus, rec_dir: Path | None, n: int,
         joined, _ = await janus.message(handle, {"request": "join", "ptype": "publisher",
                                                  "room": room_id, "display": f"p{i}"})
         feeds.append(int(joined["id"]))
+        room.feeds[feeds[-1]] = publisher
         await publisher.pc.setLocalDescription(await publisher.pc.createOffer())
         offer = {"type": "offer", "sdp": publisher.pc.localDescription.sdp, "trickle": False}
         _, answer = await janus.message(handle, {"request": "publish", "audio": True,
@@ -130,19 +133,20 @@ async def janus_call(janus: janus_api.Janus, rec_dir: Path | None, n: int,
     return room
 
 
-def janus_file_delivery(rooms: list[JanusRoom], sent: list[dict[str, int]]) -> float:
-    """Worst frames-in-.mjr over frames-sent of any call's kind (over the whole call:
-    Janus reports nothing about its recorder while it records)."""
-    worst = float("nan")
+def janus_file_delivery(rooms: list[JanusRoom], sent: list[dict[int, dict[str, int]]]) -> float:
+    """Worst frames-in-.mjr over frames-sent of any publisher's audio or video, over the
+    whole call (Janus tells nothing of its recorder while it records). Janus names a
+    recording videoroom-<room>-user-<feed>-<time>-<kind>-<mid>.mjr."""
+    worst = 1.0
     for room, totals in zip(rooms, sent, strict=True):
         assert room.rec_dir is not None
-        written = {"audio": 0, "video": 0}
-        for path in room.rec_dir.glob(f"*{room.room_id}*.mjr"):
-            kind, frames = janus_api.count_mjr(path)
-            written[kind] += frames
-        for kind in ("audio", "video"):
-            ratio = min(written[kind] / max(totals[kind], 1), 1.0)
-            worst = ratio if worst != worst else min(worst, ratio)
+        for feed, by_kind in totals.items():
+            written = {"audio": 0, "video": 0}
+            for path in room.rec_dir.glob(f"videoroom-{room.room_id}-user-{feed}-*.mjr"):
+                kind, frames = janus_api.count_mjr(path)
+                written[kind] += frames
+            for kind, count in by_kind.items():
+                worst = min(worst, written[kind] / max(count, 1))
     return worst
 
 
@@ -165,6 +169,7 @@ async def phase(name: str, pid: int, idle: float, make: Callable[[int], Awaitabl
     figures[f"{name}_cpu_pct_per_stream"] = (w["cpu"] - idle) / streams
     figures[f"{name}_worst_delivery"] = w["worst"]
     figures[f"{name}_mean_delivery"] = w["mean"]
+    figures[f"{name}_load_average_1m"] = os.getloadavg()[0]
     if name == "ours_rec":
         figures[f"{name}_worst_file_delivery"] = w["worst_file"]
     if name == "janus_rec":
@@ -187,13 +192,18 @@ async def run(ours_url: str, ours_pid: int, janus_url: str, janus_pid: int, tmp:
         load0 = os.getloadavg()[0]
         for rec in (False, True):
             suffix = "_rec" if rec else ""
-            await phase(f"ours{suffix}", ours_pid, idle[0]["cpu"],
-                        lambda n, r=rec: our_call(kc, ours_rec if r else None, n, source),
-                        opts.calls, opts, figures)
-            await phase(f"janus{suffix}", janus_pid, idle[1]["cpu"],
-                        lambda n, r=rec: janus_call(janus, janus_rec if r else None,
-                                                    n + (100 if r else 0), source),
-                        opts.calls, opts, figures)
+
+            def ours(n: int, rec: bool = rec) -> Awaitable[Room]:
+                return our_call(kc, ours_rec if rec else None, n, source)
+
+            def theirs(n: int, rec: bool = rec) -> Awaitable[Room]:
+                # Each phase its own rooms: a destroyed room's number is not reused.
+                return janus_call(janus, janus_rec if rec else None, n + 100 * rec, source)
+
+            await phase(f"ours{suffix}", ours_pid, idle[0]["cpu"], ours, opts.calls, opts,
+                        figures)
+            await phase(f"janus{suffix}", janus_pid, idle[1]["cpu"], theirs, opts.calls, opts,
+                        figures)
         figures["load_average_1m_start"], figures["load_average_1m_end"] = load0, os.getloadavg()[0]
     for suffix in ("", "_rec"):
         figures[f"ratio_ours_to_janus{suffix}"] = (figures[f"ours{suffix}_cpu_pct_per_stream"]
