@@ -9,7 +9,9 @@ connected crosswise, a RecorderEndpoint (WEBM) per party when recording. Janus: 
 clients do, a publisher (sendonly) and a subscriber (recvonly) handle per party in one
 VideoRoom per call; recording is the room's `record` (Janus's own .mjr recorder).
 A call forwards 4 streams (2 parties x audio and video). CPU is each server process's
-(all threads) from /proc over the window, less its idle CPU, in % of one core.
+(all threads) from /proc over the window, less its idle CPU, in % of one core; per
+stream, and per delivered stream (divided by the mean delivery ratio too: a server that
+drops media also spends less). This process's own CPU (the load) is reported per phase.
 
 Both servers run at once; the phases alternate (ours, Janus, ours recording, Janus
 recording) so machine load drifts over both alike. Both get ICE on the machine's own host
@@ -169,6 +171,9 @@ async def phase(name: str, pid: int, idle: float, make: Callable[[int], Awaitabl
     figures[f"{name}_cpu_pct_per_stream"] = (w["cpu"] - idle) / streams
     figures[f"{name}_worst_delivery"] = w["worst"]
     figures[f"{name}_mean_delivery"] = w["mean"]
+    # A server that drops media also spends less: the cost of what it did deliver.
+    figures[f"{name}_cpu_pct_per_delivered_stream"] = (w["cpu"] - idle) / (streams * w["mean"])
+    figures[f"{name}_generator_cpu_pct"] = w["own_cpu"]
     figures[f"{name}_load_average_1m"] = os.getloadavg()[0]
     if name == "ours_rec":
         figures[f"{name}_worst_file_delivery"] = w["worst_file"]
@@ -206,8 +211,11 @@ async def run(ours_url: str, ours_pid: int, janus_url: str, janus_pid: int, tmp:
                         figures)
         figures["load_average_1m_start"], figures["load_average_1m_end"] = load0, os.getloadavg()[0]
     for suffix in ("", "_rec"):
-        figures[f"ratio_ours_to_janus{suffix}"] = (figures[f"ours{suffix}_cpu_pct_per_stream"]
-                                                   / figures[f"janus{suffix}_cpu_pct_per_stream"])
+        for per in ("stream", "delivered_stream"):
+            ratio = "" if per == "stream" else "_delivered"
+            figures[f"ratio_ours_to_janus{suffix}{ratio}"] = (
+                figures[f"ours{suffix}_cpu_pct_per_{per}"]
+                / figures[f"janus{suffix}_cpu_pct_per_{per}"])
     return figures
 
 
