@@ -79,8 +79,7 @@ async def test_nodes_bench_smoke_run_relays_and_adopts_every_call() -> None:
 
 @pytest.mark.timeout(scaled(150))  # our media server and Janus, four phases of a call each
 async def test_janus_compare_smoke_run_measures_both_servers() -> None:
-    """bench.janus_compare --smoke: media flows through both servers, Janus's .mjr files hold
-    what was sent, and CPU per stream and the ratios are measured with and without recording."""
+    """bench.janus_compare --smoke: media crosses ours and Janus, both record, ratios measured."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.janus_compare", "--smoke",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
