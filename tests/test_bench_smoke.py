@@ -75,3 +75,26 @@ async def test_nodes_bench_smoke_run_relays_and_adopts_every_call() -> None:
         assert 0 < result[key] < 30, (key, result)
     assert result["signalling_calls"] == 4, result
     assert result["signalling_calls_not_taken_over"] == 0, result
+
+
+@pytest.mark.timeout(scaled(150))  # our media server and Janus, four phases of a call each
+async def test_janus_compare_smoke_run_measures_both_servers() -> None:
+    """bench.janus_compare --smoke: media crosses ours and Janus, both record, ratios measured."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.janus_compare", "--smoke",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), scaled(120))
+    # Janus missing exits non-zero ("./dev installs it"), failing here.
+    assert proc.returncode == 0, err.decode()[-2000:]
+    (line,) = [x for x in out.decode().splitlines() if x.startswith("RESULT ")]
+    result = json.loads(line[len("RESULT "):])
+    assert result["bench"] == "janus_compare" and result["streams"] == 4, result
+    for name in ("ours", "janus", "ours_rec", "janus_rec"):
+        assert result[f"{name}_cpu_pct"] > 0, (name, result)
+        # Media crossed the server (a loaded machine delivers less, never nothing).
+        assert result[f"{name}_mean_delivery"] > 0.3, (name, result)
+    # Both recorders wrote: Janus's .mjr files were found and parsed, ours' files counted.
+    assert result["janus_rec_worst_file_delivery"] > 0.3, result
+    assert result["ours_rec_worst_file_delivery"] > 0.3, result
+    for key in ("ratio_ours_to_janus", "ratio_ours_to_janus_rec"):
+        assert 0 < result[key] < float("inf"), (key, result)
