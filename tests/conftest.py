@@ -141,7 +141,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("--long"):
+    if config.getoption("--long", default=False):
         # Read by tests/test_fuzz_functional.py when it is imported, after this hook.
         os.environ.setdefault("TELEMED_FUZZ_EXAMPLES", "10000")
     config.addinivalue_line(
