@@ -349,13 +349,17 @@ def _build(obj: dict[str, Any]) -> ClientMessage:
     return typing.cast(ClientMessage, shape.cls(**kwargs))
 
 
+#: Made once: `json.dumps` with options builds a new encoder for every message.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(type_: str, *, re: RequestId = None, **fields: Any) -> str:
     """A server message: events have no `re`; replies name the request they answer."""
     body: dict[str, Any] = {"type": type_}
     if re is not None:
         body["re"] = re
     body.update(fields)
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(body)
 
 
 def error(code: str, message: str, *, re: RequestId = None) -> str:
