@@ -218,9 +218,16 @@ def passes(load: Child, server: Child, opts: argparse.Namespace, tokens: str | N
            ) -> dict[str, Any]:
     setup = load.ask("setup", url=server.ready["url"], origin=server.ready["origin"],
                      tokens=tokens, connections=opts.connections, publish=tokens is not None)
+    hub = tokens is not None
+    heap: dict[str, Any] = {}
+    if hub:
+        # The heap a full collection walks, once the calls are set up.
+        heap = server.ask("gc")
+        server.ask("gc_pauses")
     cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
     sat = load.ask("saturate", seconds=opts.seconds, cap=opts.cap)
     server_cpu = (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
+    sat_gc = server.ask("gc_pauses") if hub else {}
     if opts.profile and tokens is not None:
         # A separate saturated pass: the profiler's own cost must not touch the figures.
         server.ask("profile_start")
@@ -229,15 +236,15 @@ def passes(load: Child, server: Child, opts: argparse.Namespace, tokens: str | N
         print(f"hub profile, saturated ({found['total_s']:.1f} s of CPU), by own time:")
         for row in found["top"]:
             print(f"  {100 * row['own_s'] / found['total_s']:5.1f} %  "
-                  f"cum {100 * row['cum_s'] / found['total_s']:5.1f} %  {row['where']}")
-    hub = tokens is not None
+                  f"cum {100 * row['cum_s'] / found['total_s']:5.1f} %  {row['where']}"
+                  f"  <- {', '.join(row['callers'][:2])}")
     if hub:
         server.ask("gc_pauses")
     half = load.ask("paced", rate=sat["msgs_per_s"] / 4, seconds=opts.seconds)
     pauses = server.ask("gc_pauses") if hub else {}
     load.ask("close")
     return {"setup_s": setup["seconds"], "sat": sat, "half": half, "server_cpu": server_cpu,
-            "gc": pauses}
+            "gc": pauses, "sat_gc": sat_gc, "heap": heap}
 
 
 def measure(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
@@ -268,6 +275,13 @@ def measure(opts: argparse.Namespace, redis: str, tmp: Path) -> dict[str, Any]:
             f"{name}_lost": run["sat"]["lost"] + run["half"]["lost"],
         }
     figures["hub_setup_s"] = ours["setup_s"]
+    figures["hub_gc_objects"] = ours["heap"]["objects"]
+    figures["hub_gc_frozen"] = ours["heap"]["frozen"]
+    figures["hub_full_gc_ms"] = ours["heap"]["full_ms"]
+    figures["hub_sat_gc_collections"] = ours["sat_gc"]["collections"]
+    figures["hub_sat_gc_full"] = ours["sat_gc"]["full"]
+    figures["hub_sat_gc_ms"] = ours["sat_gc"]["total_ms"]
+    figures["hub_sat_gc_max_pause_ms"] = ours["sat_gc"]["max_ms"]
     figures["hub_half_gc_collections"] = ours["gc"]["collections"]
     figures["hub_half_gc_full"] = ours["gc"]["full"]
     figures["hub_half_gc_max_pause_ms"] = ours["gc"]["max_ms"]

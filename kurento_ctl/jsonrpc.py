@@ -205,6 +205,10 @@ def transaction_replies(result: Any, count: int) -> list[Reply | None]:
     return replies
 
 
+#: Made once: `json.dumps` with options builds a new encoder for every request.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 class ClientProtocol:
     """Request ids, session id and reply matching for one client session.
 
@@ -235,7 +239,7 @@ class ClientProtocol:
         if params:
             body["params"] = params
         self._pending[request_id] = method
-        self._outgoing.append(json.dumps(body, separators=(",", ":")))
+        self._outgoing.append(_ENCODER.encode(body))
         return request_id
 
     def data_to_send(self) -> list[str]:

@@ -130,9 +130,11 @@ def _parse(text: str) -> _Parsed:
     return _Parsed(fields, component, fields[2].lower(), fields[4], port, fields[7].lower(), ip)
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(text: str) -> _Address | None:
     """An IP address (an IPv6 one perhaps with a %zone, which is dropped) or a host name,
-    as SDP allows; None for anything else."""
+    as SDP allows; None for anything else. Cached: a browser's candidates come from few
+    addresses, and parsing one with `ipaddress` costs more than the rest of the line."""
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:

@@ -194,10 +194,14 @@ class ClientSession:
     def _handle_aside(self, message: ClientMessage) -> asyncio.Task[None]:
         task = asyncio.create_task(self._handle(message))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        if isinstance(message, Candidate):
-            task.add_done_callback(self._in_flight.discard)
+        # One callback, not two: each is its own loop callback once the task is done.
+        task.add_done_callback(self._candidate_done if isinstance(message, Candidate)
+                               else self._tasks.discard)
         return task
+
+    def _candidate_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight.discard(task)
 
     async def _handle(self, message: ClientMessage) -> None:
         try:

@@ -18,6 +18,7 @@ from mis.workstation_links import check_person, mint_workstation_link
 from signaling.hub import HUB
 from telemed import embedded
 from telemed.app import create_app
+from telemed.collector import tune_collector
 from telemed.embedded import hash_api_key
 from telemed.logs import configure_logging
 from telemed.redis_client import SENTINEL_SCHEME
@@ -68,6 +69,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
                 f"TELEMED_HTTP_HOST/TELEMED_HTTP_PORT: cannot listen on "
                 f"{settings.http.host}:{settings.http.port}: {exc.strerror}") from None
         log.info("= serving on %s", settings.public_url)
+        tune_collector()
         if specs:
             # The newcomer's next step, last in the start-up: where to go, and where the
             # MIS's credentials are (the file, never the key itself).

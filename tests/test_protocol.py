@@ -152,3 +152,17 @@ def test_whatever_is_accepted_encodes_back_to_strict_utf8_json(data: object) -> 
         return
     assert isinstance(msg, ClientEvent)
     json.dumps(msg.data, allow_nan=False, ensure_ascii=False).encode("utf-8")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-32-le"])
+def test_a_message_as_bytes_parses_as_its_text_does(encoding: str) -> None:
+    """Bytes in any JSON encoding parse to the same message as the text (the decoder is
+    made once, so bytes are decoded before it, as `json.loads` would)."""
+    text = '{"type":"clientEvent","event":"é","data":{"a":[1,"ü"]}}'
+    assert parse_client_message(text.encode(encoding)) == parse_client_message(text)
+
+
+def test_the_first_missing_required_field_is_named() -> None:
+    """A message lacking several required fields names the first one declared."""
+    with pytest.raises(MessageError, match=r"subscribe\.participant: required"):
+        parse_client_message('{"type":"subscribe"}')
