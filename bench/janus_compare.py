@@ -37,33 +37,11 @@ from aiortc import RTCSessionDescription
 
 from bench import janus_api
 from bench.common import args, report
-from bench.mediaserver_call import Peer, Room, _wait_port, clip, window
+from bench.mediaserver_call import Peer, Room, _wait_port, clip, two_party_call, window
 from kurento_ctl.client import KurentoClient
-from kurento_ctl.objects import MediaPipeline
 from tests.services import free_port
 
 STREAMS_PER_CALL = 4
-
-
-async def our_call(kc: KurentoClient, folder: Path | None, n: int, source: Path) -> Room:
-    """bench.mediaserver_call's two-party call, recorded only when `folder` is given."""
-    room = Room()
-    room.pipeline = pipeline = await MediaPipeline.create(kc)
-    parties = [Peer(source, receive=True), Peer(source, receive=True)]
-    room.peers = parties
-    eps = [await pipeline.create_webrtc_endpoint() for _ in parties]
-    if folder is not None:
-        for i, (party, ep) in enumerate(zip(parties, eps, strict=True)):
-            recorder = await pipeline.create_recorder_endpoint((folder / f"{n}-{i}.webm").as_uri())
-            await ep.connect(recorder)
-            await recorder.record()
-            room.recorders.append((party, recorder))
-    await eps[0].connect(eps[1])
-    await eps[1].connect(eps[0])
-    room.links = [(parties[0], parties[1]), (parties[1], parties[0])]
-    for party, ep in zip(parties, eps, strict=True):
-        await party.connect(ep)
-    return room
 
 
 class JanusRoom(Room):
@@ -199,7 +177,7 @@ async def run(ours_url: str, ours_pid: int, janus_url: str, janus_pid: int, tmp:
             suffix = "_rec" if rec else ""
 
             def ours(n: int, rec: bool = rec) -> Awaitable[Room]:
-                return our_call(kc, ours_rec if rec else None, n, source)
+                return two_party_call(kc, ours_rec if rec else None, n, source)
 
             def theirs(n: int, rec: bool = rec) -> Awaitable[Room]:
                 # Each phase its own rooms: a destroyed room's number is not reused.

@@ -144,14 +144,18 @@ class Room:
                                                timeout=120)
 
 
-async def two_party_call(kc: KurentoClient, folder: Path, n: int, source: Path) -> Room:
-    """Two participants, crosswise, each recorded, as the hub connects a consultation."""
+async def two_party_call(kc: KurentoClient, folder: Path | None, n: int, source: Path
+                         ) -> Room:
+    """Two participants, crosswise, as the hub connects a consultation; each recorded into
+    `folder` unless it is None (bench.janus_compare's unrecorded phase)."""
     room = Room()
     room.pipeline = pipeline = await MediaPipeline.create(kc)
     parties = [Peer(source, receive=True), Peer(source, receive=True)]
     room.peers = parties
     eps = [await pipeline.create_webrtc_endpoint() for _ in parties]
     for i, (party, ep) in enumerate(zip(parties, eps, strict=True)):
+        if folder is None:
+            break
         recorder = await pipeline.create_recorder_endpoint((folder / f"{n}-{i}.webm").as_uri())
         await ep.connect(recorder)
         await recorder.record()
